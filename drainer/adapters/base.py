@@ -9,30 +9,23 @@ the CLI (two processes) see the same thing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+from drainer.model import LBStatus, LBView
 
-class LBStatus(StrEnum):
-    """Where the node stands at one load balancer."""
-
-    IN_SERVICE = "in_service"  # gets new connections
-    DRAINING = "draining"  # no new connections; existing ones may remain
-    OUT = "out"  # fully out (maint/down)
-
-
-@dataclass(frozen=True)
-class LBView:
-    """The node as one load balancer sees it now."""
-
-    status: LBStatus
-    sessions: int  # connections still open to the node through this load balancer
-    detail: str = ""  # one line for ``drainer status``: the server's state as the LB shows it
+__all__ = [
+    "AdapterConfig",
+    "AdapterContext",
+    "AdapterPlugin",
+    "LBStatus",
+    "LBView",
+    "LoadBalancer",
+]
 
 
 @dataclass(frozen=True)

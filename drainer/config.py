@@ -1,0 +1,230 @@
+"""The configuration: one YAML file validated once into a typed tree.
+
+Unknown keys are errors and every error names the file and the key path
+(``drainer.yaml: load_balancers[0].backend: field required``). Defaults live here and
+nowhere else; ``drainer config show`` prints them.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
+
+from drainer.adapters.base import AdapterConfig, AdapterPlugin
+from drainer.core import Approve, Policy, Reaction, Rule
+from drainer.errors import ConfigError
+from drainer.model import EventType, format_duration, parse_duration
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    Field(ge=0),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(_Strict):
+    name: str | None = None  # default: the VM's name from the metadata service
+    boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
+
+
+class SourceConfig(_Strict):
+    type: str = "azure"
+    endpoint: str = "http://169.254.169.254"
+    poll_interval: Duration = 1.0
+    timeout: Duration = 2.0
+    approve: Approve = Approve.SOLE
+
+
+class EventRule(_Strict):
+    action: Reaction
+    min_duration: Duration = 0.0
+
+
+def _rule(value: Any) -> Any:
+    return {"action": value} if isinstance(value, str) else value
+
+
+RuleField = Annotated[EventRule, BeforeValidator(_rule)]
+
+
+def _default_rules() -> dict[EventType, EventRule]:
+    return {
+        EventType.REBOOT: EventRule(action=Reaction.DRAIN),
+        EventType.REDEPLOY: EventRule(action=Reaction.DRAIN),
+        EventType.FREEZE: EventRule(action=Reaction.DRAIN, min_duration=10.0),
+        EventType.PREEMPT: EventRule(action=Reaction.REMOVE),
+        EventType.TERMINATE: EventRule(action=Reaction.REMOVE),
+    }
+
+
+class DrainConfig(_Strict):
+    timeout: Duration = 300.0
+    margin: Duration = 30.0  # a drain that will not be approved ends this long before NotBefore
+    kill_at_deadline: bool = False  # close what is left at the deadline
+
+
+class HttpCheck(_Strict):
+    url: str
+    expect_status: list[int] = [200]
+    timeout: Duration = 2.0
+
+
+class TcpCheck(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    timeout: Duration = 2.0
+
+
+class HealthConfig(_Strict):
+    http: HttpCheck | None = None
+    tcp: TcpCheck | None = None
+    interval: Duration = 2.0
+    successes: int = Field(default=3, ge=1)
+    deadline: Duration = 2700.0  # a forced host maintenance can keep a VM down ~30 min
+
+    @model_validator(mode="after")
+    def _one_check(self) -> HealthConfig:
+        if (self.http is None) == (self.tcp is None):
+            raise ValueError("set exactly one of http or tcp")
+        return self
+
+
+class MetricsConfig(_Strict):
+    listen: str | None = "127.0.0.1:9464"  # null turns the endpoint off
+
+
+class Config(_Strict):
+    node: NodeConfig = NodeConfig()
+    state_dir: Path = Path("/var/lib/drainer")
+    source: SourceConfig = SourceConfig()
+    events: dict[EventType, RuleField] = Field(default_factory=_default_rules)
+    drain: DrainConfig = DrainConfig()
+    health: HealthConfig
+    load_balancers: list[SerializeAsAny[AdapterConfig]] = Field(min_length=1)
+    metrics: MetricsConfig = MetricsConfig()
+    log_format: Literal["text", "json"] = "text"
+
+    def policy(self, *, node_names: frozenset[str], lbs: tuple[str, ...]) -> Policy:
+        rules = {**_default_rules(), **self.events}
+        return Policy(
+            node_names=node_names,
+            lbs=lbs,
+            rules={k: Rule(v.action, v.min_duration) for k, v in rules.items()},
+            approve=self.source.approve,
+            drain_timeout=self.drain.timeout,
+            drain_margin=self.drain.margin,
+            kill_at_deadline=self.drain.kill_at_deadline,
+            health_interval=self.health.interval,
+            health_successes=self.health.successes,
+            health_deadline=self.health.deadline,
+        )
+
+
+def adapter_plugins() -> dict[str, AdapterPlugin]:
+    """Every adapter registered under the ``drainer.adapters`` entry-point group."""
+    plugins: dict[str, AdapterPlugin] = {}
+    for ep in entry_points(group="drainer.adapters"):
+        plugin = ep.load()
+        if not isinstance(plugin, AdapterPlugin):
+            raise ConfigError(f"entry point drainer.adapters:{ep.name} is not an AdapterPlugin")
+        plugins[ep.name] = plugin
+    return plugins
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _messages(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in (*prefix, *err["loc"]) if not str(p).startswith("function-"))
+        msg = err["msg"]
+        if err["type"] == "missing":
+            msg = "field required"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"{_path(loc) or '(top level)'}: {msg}")
+    return lines
+
+
+def parse_config(raw: Any, *, origin: str = "<config>") -> Config:
+    """Validate an already-loaded YAML document; raise ConfigError naming every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: the configuration must be a mapping of keys")
+    problems: list[str] = []
+    lbs: list[AdapterConfig] = []
+    plugins = adapter_plugins()
+    entries = raw.get("load_balancers")
+    if isinstance(entries, list):
+        for i, item in enumerate(entries):
+            kind = item.get("type") if isinstance(item, dict) else None
+            if not isinstance(item, dict):
+                problems.append(f"load_balancers[{i}]: must be a mapping")
+            elif kind not in plugins:
+                known = ", ".join(sorted(plugins))
+                problems.append(
+                    f"load_balancers[{i}].type: unknown type {kind!r} (known: {known})"
+                )
+            else:
+                try:
+                    lbs.append(plugins[kind].config_model.model_validate(item))
+                except ValidationError as exc:
+                    problems += _messages(exc, ("load_balancers", i))
+        raw = {**raw, "load_balancers": lbs}
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        # an entry that failed above is missing from the list: its own message says why
+        lb_failed = any(p.startswith("load_balancers") for p in problems)
+        problems += [m for m in _messages(exc) if not (lb_failed and m.startswith("load_b"))]
+        config = None
+    if problems or config is None:
+        raise ConfigError("\n".join(f"{origin}: {p}" for p in problems))
+    names = [lb.name for lb in config.load_balancers if lb.name]
+    if len(names) != len(set(names)):
+        raise ConfigError(f"{origin}: load_balancers: names must be unique")
+    return config
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_config(raw, origin=str(path))
+
+
+def dump_config(config: Config) -> str:
+    data = config.model_dump(mode="json")
+    return str(yaml.safe_dump(data, sort_keys=False))

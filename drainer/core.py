@@ -1,0 +1,568 @@
+"""The drain state machine: ``step(record, input, now, policy) -> (record, actions)``.
+
+Pure: no I/O, no clock, nothing imported from adapters, sources or the CLI. The shell
+(``drainer.engine``) saves the returned record *before* it runs the actions, so a crash
+at any point leaves a record whose intent is already on disk; every action is
+idempotent and the next tick re-derives whatever is missing from what the load
+balancers report. Hence the invariants:
+
+- ``owned`` names the load balancers drainer itself took the node out of and has not
+  yet put it back into. Only those are ever put back automatically; a load balancer
+  where an operator had already taken the node out is never owned.
+- A node leaves the pool only through ``draining`` and comes back only through
+  ``recovering`` after ``policy.health_successes`` consecutive health checks, once no
+  event for this node is left (or by an operator's ``undrain``).
+- ``held`` and ``removed`` never end by themselves: a person runs ``drainer undrain``.
+
+Phases:
+    in_service --event due / manual drain--> draining --drained or deadline--> drained
+    drained --event started--> in_maintenance --event gone or reboot--> recovering
+    draining/drained --event cancelled--> recovering --healthy, no event--> in_service
+    recovering --health deadline--> held;  any --Preempt/Terminate drained--> removed
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from drainer.model import EventStatus, EventType, LBStatus, LBView, MaintenanceEvent
+
+
+class Phase(StrEnum):
+    IN_SERVICE = "in_service"
+    DRAINING = "draining"
+    DRAINED = "drained"
+    IN_MAINTENANCE = "in_maintenance"
+    RECOVERING = "recovering"
+    HELD = "held"
+    REMOVED = "removed"
+
+
+OUT_PHASES = frozenset(
+    {Phase.DRAINED, Phase.IN_MAINTENANCE, Phase.RECOVERING, Phase.HELD, Phase.REMOVED}
+)
+
+
+class Reaction(StrEnum):
+    """What an event type does to this node."""
+
+    DRAIN = "drain"  # out of the pool, back after the maintenance
+    REMOVE = "remove"  # out of the pool for good
+    IGNORE = "ignore"
+
+
+class Approve(StrEnum):
+    NEVER = "never"
+    SOLE = "sole"  # only when this VM is the event's only resource
+    ALWAYS = "always"
+
+
+@dataclass(frozen=True)
+class Rule:
+    reaction: Reaction
+    min_duration: float = 0.0  # react only if DurationInSeconds is -1 or at least this
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    """The configuration as the core needs it."""
+
+    node_names: frozenset[str]
+    lbs: tuple[str, ...]
+    rules: Mapping[EventType, Rule]
+    approve: Approve = Approve.SOLE
+    drain_timeout: float = 300.0
+    drain_margin: float = 30.0  # a drain that will not be approved ends this long before NotBefore
+    kill_at_deadline: bool = False
+    health_interval: float = 2.0
+    health_successes: int = 3
+    health_deadline: float = 2700.0
+    approve_retry: float = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    """Everything drainer must remember across a crash or a reboot."""
+
+    phase: Phase = Phase.IN_SERVICE
+    event: MaintenanceEvent | None = None  # the event handled or waited for
+    boot_id: str = ""
+    owned: frozenset[str] = frozenset()
+    manual: bool = False  # an operator's drain: held until undrain
+    undrain: bool = False  # an operator's undrain is putting the node back
+    since: float = 0.0  # when the phase began
+    drain_deadline: float = 0.0
+    approved_at: float | None = None
+    health_ok: int = 0  # consecutive passing health checks
+    next_health: float = 0.0
+    health_detail: str = ""
+    rebooted: bool = False
+    dismissed: tuple[str, ...] = ()  # event ids an operator's undrain told us to let be
+    alert: str = ""  # the last thing a person should know about
+    note: str = ""  # why the last transition happened
+
+
+# Inputs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One look at the world. ``events`` is None when the source could not be read;
+    ``lbs`` holds a view per load balancer read this tick (None: unreachable)."""
+
+    boot_id: str
+    events: tuple[MaintenanceEvent, ...] | None
+    lbs: Mapping[str, LBView | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PutBackDone:
+    lb: str
+
+
+@dataclass(frozen=True)
+class ApproveFailed:
+    event_id: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ManualDrain:
+    pass
+
+
+@dataclass(frozen=True)
+class ManualUndrain:
+    pass
+
+
+Input = Tick | HealthResult | PutBackDone | ApproveFailed | ManualDrain | ManualUndrain
+
+
+# Actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drain:
+    lbs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TakeOut:
+    lbs: tuple[str, ...]
+    kill: bool = False
+
+
+@dataclass(frozen=True)
+class PutBack:
+    lbs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ApproveEvent:
+    event_id: str
+
+
+@dataclass(frozen=True)
+class CheckHealth:
+    pass
+
+
+@dataclass(frozen=True)
+class Alert:
+    message: str
+
+
+Action = Drain | TakeOut | PutBack | ApproveEvent | CheckHealth | Alert
+Result = tuple[Record, list[Action]]
+
+
+# Pure helpers -------------------------------------------------------------------------
+
+
+def reaction(event: MaintenanceEvent, policy: Policy) -> Reaction:
+    rule = policy.rules.get(event.event_type, Rule(Reaction.DRAIN))
+    if rule.reaction is Reaction.IGNORE:
+        return Reaction.IGNORE
+    if event.duration != -1 and event.duration < rule.min_duration:
+        return Reaction.IGNORE
+    return rule.reaction
+
+
+def relevant(
+    events: tuple[MaintenanceEvent, ...], policy: Policy, dismissed: tuple[str, ...] = ()
+) -> list[MaintenanceEvent]:
+    """The events this node must act on: naming this VM, not ignored, not dismissed."""
+    return [
+        e
+        for e in events
+        if policy.node_names.intersection(e.resources)
+        and e.event_id not in dismissed
+        and reaction(e, policy) is not Reaction.IGNORE
+    ]
+
+
+def approvable(event: MaintenanceEvent, policy: Policy) -> bool:
+    if event.status is not EventStatus.SCHEDULED:
+        return False
+    if policy.approve is Approve.ALWAYS:
+        return True
+    return policy.approve is Approve.SOLE and set(event.resources) <= policy.node_names
+
+
+def drain_due(event: MaintenanceEvent, policy: Policy) -> float | None:
+    """When the drain must start; None means at once."""
+    if (
+        event.status is EventStatus.STARTED
+        or event.not_before is None
+        or approvable(event, policy)
+        or reaction(event, policy) is Reaction.REMOVE
+    ):
+        return None
+    return event.not_before - policy.drain_timeout - policy.drain_margin
+
+
+def wants_lb_views(
+    record: Record, events: tuple[MaintenanceEvent, ...] | None, policy: Policy
+) -> bool:
+    """Whether the shell should read the load balancers this tick (idle: no)."""
+    if record.phase is not Phase.IN_SERVICE:
+        return True
+    return bool(events and relevant(events, policy, record.dismissed))
+
+
+def _pick(
+    current: MaintenanceEvent | None, candidates: list[MaintenanceEvent], policy: Policy
+) -> MaintenanceEvent | None:
+    """Follow the current event while it lasts, unless a removal outranks it."""
+    if not candidates:
+        return None
+    removals = [e for e in candidates if reaction(e, policy) is Reaction.REMOVE]
+    if removals:
+        return removals[0]
+    if current is not None:
+        for e in candidates:
+            if e.event_id == current.event_id:
+                return e
+    return min(
+        candidates,
+        key=lambda e: (e.status is not EventStatus.STARTED, e.not_before or 0.0),
+    )
+
+
+def _describe(event: MaintenanceEvent | None) -> str:
+    return f"{event.event_type.value} {event.event_id}" if event else "no event"
+
+
+def _enter(record: Record, phase: Phase, now: float, note: str, **changes: object) -> Record:
+    return replace(record, phase=phase, since=now, note=note, **changes)  # type: ignore[arg-type]
+
+
+# Transitions --------------------------------------------------------------------------
+
+
+def step(record: Record, given: Input, now: float, policy: Policy) -> Result:
+    """Advance ``record`` by one input; the caller saves the record, then runs the actions."""
+    if isinstance(given, Tick):
+        return _tick(record, given, now, policy)
+    if isinstance(given, HealthResult):
+        if record.phase not in (Phase.RECOVERING, Phase.HELD):
+            return record, []
+        count = record.health_ok + 1 if given.ok else 0
+        return replace(record, health_ok=count, health_detail=given.detail), []
+    if isinstance(given, PutBackDone):
+        owned = record.owned - {given.lb}
+        if owned or record.phase is not Phase.RECOVERING:
+            return replace(record, owned=owned), []
+        return _enter(
+            record,
+            Phase.IN_SERVICE,
+            now,
+            "back in service",
+            owned=owned,
+            event=None,
+            undrain=False,
+            rebooted=False,
+            approved_at=None,
+            alert="",
+        ), []
+    if isinstance(given, ApproveFailed):
+        return replace(record, approved_at=None, alert=f"approval failed: {given.detail}"), [
+            Alert(f"approving event {given.event_id} failed: {given.detail}")
+        ]
+    if isinstance(given, ManualDrain):
+        return _manual_drain(record, now, policy)
+    return _manual_undrain(record, now, policy)
+
+
+def _manual_drain(record: Record, now: float, policy: Policy) -> Result:
+    if record.phase is Phase.IN_SERVICE or record.undrain:
+        return _start_drain(
+            replace(record, manual=True, undrain=False), {}, now, policy, "manual drain"
+        )
+    if record.phase is Phase.RECOVERING:
+        return _enter(record, Phase.HELD, now, "manual drain", manual=True), []
+    return replace(record, manual=True, note="manual drain"), []
+
+
+def _manual_undrain(record: Record, now: float, policy: Policy) -> Result:
+    """An operator puts the node back everywhere, whoever took it out, and dismisses the
+    events it was out for (the CLI has health-checked the node unless forced)."""
+    dismissed = record.dismissed
+    if record.event is not None and record.phase is not Phase.IN_SERVICE:
+        dismissed = (*dismissed, record.event.event_id)[-20:]
+    new = _enter(
+        record,
+        Phase.RECOVERING,
+        now,
+        "manual undrain",
+        owned=frozenset(policy.lbs),
+        manual=False,
+        undrain=True,
+        dismissed=dismissed,
+        alert="",
+    )
+    return new, [PutBack(policy.lbs)]
+
+
+def _start_drain(
+    record: Record, lbs: Mapping[str, LBView | None], now: float, policy: Policy, note: str
+) -> Result:
+    # A load balancer where the node is already out, and not by us, is an operator's:
+    # leave it alone now and never put it back later.
+    foreign = {
+        name
+        for name, view in lbs.items()
+        if name not in record.owned and view is not None and view.status is not LBStatus.IN_SERVICE
+    }
+    owned = frozenset(policy.lbs) - foreign
+    new = _enter(
+        record,
+        Phase.DRAINING,
+        now,
+        note,
+        owned=owned,
+        drain_deadline=now + policy.drain_timeout,
+        health_ok=0,
+        approved_at=None,
+        undrain=False,
+    )
+    return new, [Drain(tuple(sorted(owned)))] if owned else []
+
+
+def _tick(record: Record, tick: Tick, now: float, policy: Policy) -> Result:
+    actions: list[Action] = []
+    if record.boot_id != tick.boot_id:
+        record = _after_boot(record, tick.boot_id, now)
+
+    event = record.event
+    gone = False
+    if tick.events is not None:
+        event = _pick(record.event, relevant(tick.events, policy, record.dismissed), policy)
+        gone = event is None
+
+    phase = record.phase
+    if phase is Phase.IN_SERVICE:
+        return _in_service(record, event, tick, now, policy)
+    if phase is Phase.DRAINING:
+        return _draining(replace(record, event=event), gone, tick, now, policy)
+    if phase in (Phase.DRAINED, Phase.IN_MAINTENANCE):
+        return _out(record, event, gone, tick, now, policy)
+    if phase is Phase.RECOVERING:
+        return _recovering(record, event, tick, now, policy)
+    # held, removed: stay out, keep approving what comes, keep checking health in held.
+    if (
+        event is not None
+        and reaction(event, policy) is Reaction.REMOVE
+        and phase is not Phase.REMOVED
+    ):
+        record = _enter(record, Phase.REMOVED, now, f"{_describe(event)}: never back")
+    record = replace(record, event=event)
+    actions += _reassert_out(record, tick)
+    record, more = _maybe_approve(record, now, policy)
+    actions += more
+    if phase is Phase.HELD:
+        record, more = _maybe_check_health(record, now, policy)
+        actions += more
+    return record, actions
+
+
+def _after_boot(record: Record, boot_id: str, now: float) -> Record:
+    if not record.boot_id:
+        return replace(record, boot_id=boot_id)
+    if record.phase in (Phase.DRAINING, Phase.DRAINED, Phase.IN_MAINTENANCE):
+        return _enter(
+            record,
+            Phase.RECOVERING,
+            now,
+            "rebooted",
+            boot_id=boot_id,
+            rebooted=True,
+            health_ok=0,
+            next_health=now,
+        )
+    return replace(record, boot_id=boot_id, rebooted=record.phase is not Phase.IN_SERVICE)
+
+
+def _in_service(
+    record: Record, event: MaintenanceEvent | None, tick: Tick, now: float, policy: Policy
+) -> Result:
+    if event is None:
+        if record.event is not None:
+            return replace(record, event=None, note=f"{_describe(record.event)} gone"), []
+        return record, []
+    due = drain_due(event, policy)
+    if due is not None and now < due:
+        if record.event is None or record.event.event_id != event.event_id:
+            return replace(record, event=event, note=f"{_describe(event)}: drain due"), []
+        return replace(record, event=event), []
+    return _start_drain(replace(record, event=event), tick.lbs, now, policy, _describe(event))
+
+
+def _draining(record: Record, gone: bool, tick: Tick, now: float, policy: Policy) -> Result:
+    if gone and not record.manual:
+        return _enter(
+            record,
+            Phase.RECOVERING,
+            now,
+            "event gone while draining",
+            next_health=now,
+            health_ok=0,
+        ), []
+    actions: list[Action] = []
+    again = tuple(
+        sorted(
+            name
+            for name in record.owned
+            if (view := tick.lbs.get(name)) is not None and view.status is LBStatus.IN_SERVICE
+        )
+    )
+    if again:
+        actions.append(Drain(again))  # a reload or a restart forgot our drain
+    views = [tick.lbs.get(name) for name in sorted(record.owned)]
+    drained = all(
+        v is not None and v.sessions == 0 and v.status is not LBStatus.IN_SERVICE for v in views
+    )
+    if not drained and now < record.drain_deadline:
+        return record, actions
+    kill = False
+    if not drained:
+        kill = policy.kill_at_deadline
+        left = sum(v.sessions for v in views if v is not None)
+        unreachable = sorted(n for n in record.owned if tick.lbs.get(n) is None)
+        message = f"drain deadline passed with {left} sessions left"
+        if unreachable:
+            message += f"; unreachable: {', '.join(unreachable)}"
+        record = replace(record, alert=message)
+        actions.append(Alert(message))
+    if record.owned:
+        actions.append(TakeOut(tuple(sorted(record.owned)), kill=kill))
+    event = record.event
+    note = "drained" if drained else "drain deadline passed"
+    if record.manual:
+        record = _enter(record, Phase.HELD, now, note)
+    elif event is not None and reaction(event, policy) is Reaction.REMOVE:
+        record = _enter(record, Phase.REMOVED, now, f"{note}: {_describe(event)}, never back")
+    elif event is not None and event.status is EventStatus.STARTED:
+        record = _enter(record, Phase.IN_MAINTENANCE, now, note)
+    else:
+        record = _enter(record, Phase.DRAINED, now, note)
+    record, more = _maybe_approve(record, now, policy)
+    return record, actions + more
+
+
+def _out(
+    record: Record,
+    event: MaintenanceEvent | None,
+    gone: bool,
+    tick: Tick,
+    now: float,
+    policy: Policy,
+) -> Result:
+    if gone:
+        return _enter(
+            record,
+            Phase.RECOVERING,
+            now,
+            f"{_describe(record.event)} gone",
+            next_health=now,
+            health_ok=0,
+        ), []
+    if event is not None and reaction(event, policy) is Reaction.REMOVE:
+        record = _enter(record, Phase.REMOVED, now, f"{_describe(event)}: never back")
+    elif (
+        record.phase is Phase.DRAINED and event is not None and event.status is EventStatus.STARTED
+    ):
+        record = _enter(record, Phase.IN_MAINTENANCE, now, f"{_describe(event)} started")
+    record = replace(record, event=event)
+    actions = _reassert_out(record, tick)
+    record, more = _maybe_approve(record, now, policy)
+    return record, actions + more
+
+
+def _recovering(
+    record: Record, event: MaintenanceEvent | None, tick: Tick, now: float, policy: Policy
+) -> Result:
+    if record.undrain:
+        return record, [PutBack(tuple(sorted(record.owned)))] if record.owned else []
+    if event is not None and (record.event is None or event.event_id != record.event.event_id):
+        # Scheduled again straight after a maintenance: stay out and handle it.
+        return _start_drain(
+            replace(record, event=event),
+            tick.lbs,
+            now,
+            policy,
+            f"{_describe(event)} during recovery",
+        )
+    record = replace(record, event=event)
+    if now >= record.since + policy.health_deadline:
+        message = (
+            f"not healthy {int(policy.health_deadline)}s after the maintenance: "
+            f"held out of the pool ({record.health_detail or 'no check passed'})"
+        )
+        return _enter(record, Phase.HELD, now, "health deadline passed", alert=message), [
+            Alert(message)
+        ]
+    healthy = record.health_ok >= policy.health_successes
+    if healthy and event is None and tick.events is not None:
+        if record.manual:
+            return _enter(record, Phase.HELD, now, "healthy, held by an operator"), []
+        return record, [PutBack(tuple(sorted(record.owned)))] if record.owned else []
+    actions = [] if healthy else _reassert_out(record, tick)
+    record, more = _maybe_check_health(record, now, policy)
+    return record, actions + more
+
+
+def _reassert_out(record: Record, tick: Tick) -> list[Action]:
+    """While the node is meant to be out, put it out again where a reload brought it back."""
+    back = tuple(
+        sorted(
+            name
+            for name in record.owned
+            if (view := tick.lbs.get(name)) is not None and view.status is LBStatus.IN_SERVICE
+        )
+    )
+    return [TakeOut(back)] if back else []
+
+
+def _maybe_approve(record: Record, now: float, policy: Policy) -> Result:
+    event = record.event
+    if event is None or not approvable(event, policy):
+        return record, []
+    if record.approved_at is not None and now - record.approved_at < policy.approve_retry:
+        return record, []
+    return replace(record, approved_at=now), [ApproveEvent(event.event_id)]
+
+
+def _maybe_check_health(record: Record, now: float, policy: Policy) -> Result:
+    if now < record.next_health:
+        return record, []
+    return replace(record, next_health=now + policy.health_interval), [CheckHealth()]

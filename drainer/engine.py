@@ -1,0 +1,196 @@
+"""The effectful shell around the core: read the world, step, save, act.
+
+One ``turn`` holds the state directory's lock from load to the last action, so the
+daemon and a CLI command never interleave. Inside a turn the record is saved after
+every step and *before* the step's actions run; an action's outcome (a health result,
+a finished put-back, a failed approval) is fed back as the next input. A crash at any
+point therefore leaves on disk an intent that the next turn, in this process or the
+next one, carries out again: every action is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from drainer.adapters.base import AdapterContext, LoadBalancer
+from drainer.config import Config, HealthConfig, adapter_plugins
+from drainer.core import (
+    Action,
+    Alert,
+    ApproveEvent,
+    ApproveFailed,
+    CheckHealth,
+    Drain,
+    HealthResult,
+    Input,
+    Phase,
+    Policy,
+    PutBack,
+    PutBackDone,
+    Record,
+    TakeOut,
+    Tick,
+    step,
+    wants_lb_views,
+)
+from drainer.errors import AdapterError, ConfigError, SourceError
+from drainer.health import check_health
+from drainer.metrics import Metrics
+from drainer.model import LBView, MaintenanceEvent
+from drainer.sources.base import EventSource
+from drainer.store import Store
+
+log = logging.getLogger("drainer")
+
+
+def read_boot_id(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"node.boot_id_path: cannot read {path}: {exc.strerror}") from exc
+
+
+def build_lbs(config: Config, node: str) -> dict[str, LoadBalancer]:
+    plugins = adapter_plugins()
+    context = AdapterContext(node=node, state_dir=config.state_dir)
+    lbs: dict[str, LoadBalancer] = {}
+    for i, entry in enumerate(config.load_balancers):
+        for lb in plugins[entry.type].create(entry, context):
+            if lb.name in lbs:
+                raise ConfigError(
+                    f"load_balancers[{i}]: the name {lb.name!r} is used twice; set `name`"
+                )
+            lbs[lb.name] = lb
+    return lbs
+
+
+@dataclass
+class Engine:
+    policy: Policy
+    lbs: dict[str, LoadBalancer]
+    store: Store
+    source: EventSource
+    boot_id: str
+    health: HealthConfig
+    metrics: Metrics = field(default_factory=Metrics)
+    clock: Callable[[], float] = time.time
+    check: Callable[[HealthConfig], tuple[bool, str]] = check_health
+    _errors: dict[str, str] = field(default_factory=dict)
+
+    def views(self) -> dict[str, LBView | None]:
+        """Each load balancer's view of the node; None where it could not be read."""
+        out: dict[str, LBView | None] = {}
+        for name, lb in self.lbs.items():
+            try:
+                out[name] = lb.state()
+                if self._errors.pop(name, None):
+                    log.info("%s: reachable again", name, extra={"lb": name})
+            except AdapterError as exc:
+                out[name] = None
+                self._error("adapter", name, f"{name}: cannot read state: {exc}")
+        return out
+
+    def turn(
+        self, events: tuple[MaintenanceEvent, ...] | None, given: Input | None = None
+    ) -> tuple[Record, dict[str, LBView | None]]:
+        """Run one input (a Tick when none is given) and everything it leads to."""
+        with self.store.locked():
+            record = self.store.load()
+            views: dict[str, LBView | None] = {}
+            if given is None:
+                if wants_lb_views(record, events, self.policy):
+                    views = self.views()
+                given = Tick(self.boot_id, events, views)
+            inputs: deque[Input] = deque([given])
+            while inputs:
+                now = self.clock()
+                new, actions = step(record, inputs.popleft(), now, self.policy)
+                if new != record:
+                    self.store.save(new)
+                    self._observe(record, new)
+                record = new
+                for action in actions:
+                    inputs.extend(self._run(action))
+            return record, views
+
+    def _run(self, action: Action) -> list[Input]:
+        if isinstance(action, Drain | TakeOut | PutBack):
+            return self._on_lbs(action)
+        if isinstance(action, ApproveEvent):
+            try:
+                self.source.approve(action.event_id)
+            except SourceError as exc:
+                self.metrics.errors.labels("approve").inc()
+                return [ApproveFailed(action.event_id, str(exc))]
+            log.info(
+                "approved event %s: the maintenance may start now",
+                action.event_id,
+                extra={"event_id": action.event_id},
+            )
+            return []
+        if isinstance(action, CheckHealth):
+            ok, detail = self.check(self.health)
+            log.debug("health check: %s", detail)
+            return [HealthResult(ok, detail)]
+        assert isinstance(action, Alert)
+        log.warning("%s", action.message)
+        return []
+
+    def _on_lbs(self, action: Drain | TakeOut | PutBack) -> list[Input]:
+        done: list[Input] = []
+        for name in action.lbs:
+            lb = self.lbs.get(name)
+            if lb is None:  # removed from the configuration since it was drained
+                log.warning("%s: no longer configured; forgetting it", name)
+                done.append(PutBackDone(name))
+                continue
+            try:
+                if isinstance(action, Drain):
+                    lb.drain()
+                elif isinstance(action, TakeOut):
+                    lb.take_out(kill=action.kill)
+                elif lb.put_back():
+                    done.append(PutBackDone(name))
+            except AdapterError as exc:
+                self._error("adapter", name, f"{name}: {type(action).__name__.lower()}: {exc}")
+            else:
+                verb = {Drain: "draining", TakeOut: "out", PutBack: "putting back"}
+                log.debug("%s: %s", name, verb[type(action)], extra={"lb": name})
+        return done
+
+    def _error(self, kind: str, key: str, message: str) -> None:
+        self.metrics.errors.labels(kind).inc()
+        if self._errors.get(key) != message:  # say it once, not every second
+            self._errors[key] = message
+            log.error("%s", message, extra={"lb": key})
+
+    def _observe(self, old: Record, new: Record) -> None:
+        if new.event is not None and (
+            old.event is None or old.event.event_id != new.event.event_id
+        ):
+            self.metrics.events.labels(new.event.event_type.value).inc()
+        if new.phase is old.phase:
+            return
+        self.metrics.set_phase(new.phase)
+        if old.phase is Phase.DRAINING:
+            result = "deadline" if "deadline" in new.note else "drained"
+            if new.phase is Phase.RECOVERING:
+                result = "cancelled"
+            self.metrics.drains.labels(result).inc()
+        event = new.event
+        extra = {
+            "phase": new.phase.value,
+            "event_id": event.event_id if event else "",
+            "event_type": event.event_type.value if event else "",
+            "note": new.note,
+        }
+        text = f"phase {new.phase.value}"
+        if event:
+            text += f" event={event.event_id} type={event.event_type.value}"
+        level = logging.WARNING if new.phase is Phase.HELD and not new.manual else logging.INFO
+        log.log(level, "%s: %s", text, new.note, extra=extra)

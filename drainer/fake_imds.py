@@ -1,0 +1,715 @@
+"""A fake Azure Instance Metadata Service (IMDS), served over real HTTP.
+
+For demos and tests, ours and users': it answers the Scheduled Events and compute
+endpoints to the letter of the documented schema, and a control API scripts
+maintenance the way Azure would::
+
+    with FakeIMDS(clock=clock) as imds:              # a daemon thread on 127.0.0.1:<free port>
+        event_id = imds.schedule("Reboot", ["web-1"], not_before_in=600)
+        ...                                          # point the code under test at imds.url
+        clock.advance(600)                           # the event is now Started
+        imds.end_event(event_id)                     # ...and now gone
+
+Metadata API (header ``Metadata: true``, no ``X-Forwarded-For``, ``?api-version=V``)::
+
+    GET  /metadata/scheduledevents   200 {"DocumentIncarnation": int, "Events": [event, ...]}
+    POST /metadata/scheduledevents   {"StartRequests": [{"EventId": id}, ...]}  200, empty body
+    GET  /metadata/instance/compute  200 {"name": "web-1", "vmScaleSetName": "", ...}
+
+    event = {"EventId", "EventType", "ResourceType", "Resources", "EventStatus",
+             "NotBefore", "Description", "EventSource", "DurationInSeconds"}
+
+    400 {"error": ...}  Metadata header missing or not "true", any X-Forwarded-For,
+                        api-version missing or unknown, approval body of another shape
+    404 {"error": ...}  unknown path            405  known path, wrong method
+    429 {"error": ...}  more than ``rate_limit`` metadata requests in one second
+
+Control API (JSON in, JSON out, no header needed, never rate limited)::
+
+    POST /fake/events              {"type", "resources", "not_before_in", "duration", "source",
+                                    "description", "start_on_approval", "end_after", "status"}
+                                   (only type and resources required)  -> {"EventId": id}
+    POST /fake/events/<id>/start   Scheduled -> Started                -> state
+    POST /fake/events/<id>/end     the event disappears                -> state
+    POST /fake/events/<id>/cancel  a Scheduled event disappears        -> state
+    POST /fake/faults              {"kind", "count", "delay"}          -> state
+    POST /fake/compute             {"field": "value", ...}             -> state
+    GET  /fake/state               {"DocumentIncarnation", "Events", "approvals", "requests"}
+    POST /fake/reset               back to the state after __init__    -> state
+
+    400 {"error": what is wrong}   404 {"error": ...} unknown event id or path
+
+Rules the fake keeps:
+
+- Scheduled events are accepted with api-versions 2017-03-01 ... 2020-07-01. Fields
+  arrive with their version: ``Description`` 2019-04-01, ``EventSource`` 2019-08-01,
+  ``DurationInSeconds`` 2020-07-01. Compute is accepted with 2021-02-01; a dotted
+  compute field (``osProfile.computerName``) is served nested, as IMDS does.
+- ``NotBefore`` is RFC 1123 while Scheduled and ``""`` once Started.
+- ``DocumentIncarnation`` starts at 0 and grows by one whenever ``Events`` changes,
+  and only then. Changes are evaluated lazily, against ``clock()``, on every request
+  and on ``snapshot()``: a Scheduled event whose NotBefore has passed is Started (as
+  of NotBefore), a Started event with ``end_after`` is gone that many seconds after it
+  started. Several changes found by one evaluation count as one.
+- An approval is recorded (every time, in order; unknown ids are ignored). It starts
+  an event created with ``start_on_approval`` at once, for every VM in Resources.
+- Faults (``inject``) hit the next well-formed GETs of the scheduled events, first
+  in, first out: "500", "429", "slow" (wait ``delay`` seconds, then answer),
+  "malformed" (invalid JSON), "schema" (valid JSON, ``Events`` an object without
+  EventId), "drop" (close the connection without an answer).
+- The rate limit and the lifecycle read the injected ``clock``: a test with a frozen
+  clock advances it (or passes ``rate_limit=None``) to get past the limit.
+
+Programming errors raise ``ValueError``; an unknown event id raises
+``UnknownEventError``. All state sits behind one lock; nothing is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import Message
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = [
+    "COMPUTE_API_VERSIONS",
+    "EVENT_TYPES",
+    "FAULT_KINDS",
+    "SCHEDULED_EVENTS_API_VERSIONS",
+    "FakeIMDS",
+    "UnknownEventError",
+]
+
+SCHEDULED_EVENTS_API_VERSIONS = (
+    "2017-03-01",
+    "2017-08-01",
+    "2017-11-01",
+    "2019-01-01",
+    "2019-04-01",
+    "2019-08-01",
+    "2020-07-01",
+)
+COMPUTE_API_VERSIONS = ("2021-02-01",)
+EVENT_TYPES = ("Freeze", "Reboot", "Redeploy", "Preempt", "Terminate")
+FAULT_KINDS = ("500", "429", "slow", "malformed", "schema", "drop")
+
+_SCHEDULED = "Scheduled"
+_STARTED = "Started"
+_EVENTS_PATH = "/metadata/scheduledevents"
+_COMPUTE_PATH = "/metadata/instance/compute"
+_METADATA_ROUTES = {  # (method, path) -> accepted api-versions
+    ("GET", _EVENTS_PATH): SCHEDULED_EVENTS_API_VERSIONS,
+    ("POST", _EVENTS_PATH): SCHEDULED_EVENTS_API_VERSIONS,
+    ("GET", _COMPUTE_PATH): COMPUTE_API_VERSIONS,
+}
+_FIELD_SINCE = {  # event field -> first api-version that has it
+    "Description": "2019-04-01",
+    "EventSource": "2019-08-01",
+    "DurationInSeconds": "2020-07-01",
+}
+_LATEST = SCHEDULED_EVENTS_API_VERSIONS[-1]
+_SCHEDULE_KEYS = {
+    "type": "event_type",
+    "resources": "resources",
+    "not_before_in": "not_before_in",
+    "duration": "duration",
+    "source": "source",
+    "description": "description",
+    "start_on_approval": "start_on_approval",
+    "end_after": "end_after",
+    "status": "status",
+}
+_DEFAULT_COMPUTE = {
+    "name": "web-1",
+    "vmScaleSetName": "",
+    "platformUpdateDomain": "0",
+    "platformFaultDomain": "0",
+    "zone": "",
+    "vmId": "02aab8a4-74ef-476e-8182-f6d2ba4166a6",
+    "resourceId": (
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/drainer-demo"
+        "/providers/Microsoft.Compute/virtualMachines/web-1"
+    ),
+    "location": "westeurope",
+    "osProfile.computerName": "web-1",
+}
+
+
+class UnknownEventError(LookupError):
+    """No event with this id is (still) in the document."""
+
+
+@dataclass
+class _Event:
+    event_id: str
+    event_type: str
+    resources: list[str]
+    status: str
+    not_before: float
+    description: str
+    source: str
+    duration: int
+    start_on_approval: bool
+    end_after: float | None
+    started_at: float | None = None
+
+    def start(self, at: float) -> None:
+        self.status = _STARTED
+        self.started_at = at
+
+    def to_json(self, api_version: str) -> dict[str, Any]:
+        not_before = ""
+        if self.status == _SCHEDULED:
+            not_before = format_datetime(datetime.fromtimestamp(self.not_before, UTC), usegmt=True)
+        document = {
+            "EventId": self.event_id,
+            "EventType": self.event_type,
+            "ResourceType": "VirtualMachine",
+            "Resources": list(self.resources),
+            "EventStatus": self.status,
+            "NotBefore": not_before,
+            "Description": self.description,
+            "EventSource": self.source,
+            "DurationInSeconds": self.duration,
+        }
+        return {
+            key: value
+            for key, value in document.items()
+            if api_version >= _FIELD_SINCE.get(key, api_version)
+        }
+
+
+@dataclass
+class _Fault:
+    kind: str
+    remaining: int
+    delay: float
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: bytes = b""
+    drop: bool = False
+
+
+def _json_reply(status: int, payload: object) -> _Reply:
+    return _Reply(status, json.dumps(payload).encode())
+
+
+def _error(status: int, message: str) -> _Reply:
+    return _json_reply(status, {"error": message})
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_compute(fields: dict[str, str]) -> None:
+    for key, value in fields.items():
+        if not isinstance(key, str) or not key or not isinstance(value, str):
+            raise ValueError(f"compute fields must map names to strings, got {key!r}: {value!r}")
+        parts = key.split(".")
+        for depth in range(1, len(parts)):
+            if ".".join(parts[:depth]) in fields:
+                raise ValueError(f"compute field {key!r} is nested under a string field")
+
+
+def _nested(fields: dict[str, str]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in fields.items():
+        *parents, leaf = key.split(".")
+        node = document
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return document
+
+
+def _start_requests(body: bytes) -> list[str] | None:
+    """The EventIds of an approval body, or None if it is not the documented shape."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get("StartRequests"), list):
+        return None
+    requests = payload["StartRequests"]
+    ids = [item.get("EventId") if isinstance(item, dict) else None for item in requests]
+    if not all(isinstance(event_id, str) and event_id for event_id in ids):
+        return None
+    return cast(list[str], ids)
+
+
+def _schedule_args(payload: object) -> dict[str, Any]:
+    """Turn a POST /fake/events body into keyword arguments of FakeIMDS.schedule."""
+    if not isinstance(payload, dict):
+        raise ValueError("body must be a JSON object")
+    unknown = sorted(set(payload) - set(_SCHEDULE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown keys: {', '.join(unknown)}")
+    for key in ("type", "resources"):
+        if key not in payload:
+            raise ValueError(f"{key} is required")
+    checks: dict[str, tuple[Callable[[object], bool], str]] = {
+        "type": (lambda v: isinstance(v, str), "a string"),
+        "resources": (
+            lambda v: isinstance(v, list) and all(isinstance(r, str) for r in v),
+            "a list of strings",
+        ),
+        "not_before_in": (_is_number, "a number"),
+        "duration": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+        "source": (lambda v: isinstance(v, str), "a string"),
+        "description": (lambda v: isinstance(v, str), "a string"),
+        "start_on_approval": (lambda v: isinstance(v, bool), "a boolean"),
+        "end_after": (lambda v: v is None or _is_number(v), "a number or null"),
+        "status": (lambda v: isinstance(v, str), "a string"),
+    }
+    for key, value in payload.items():
+        ok, expected = checks[key]
+        if not ok(value):
+            raise ValueError(f"{key} must be {expected}, got {value!r}")
+    return {_SCHEDULE_KEYS[key]: value for key, value in payload.items()}
+
+
+class FakeIMDS:
+    """A fake IMDS on ``url``; see the module docstring for its HTTP and control API."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        compute: dict[str, str] | None = None,
+        rate_limit: int | None = 5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        initial_compute = dict(_DEFAULT_COMPUTE if compute is None else compute)
+        _check_compute(initial_compute)
+        if rate_limit is not None and rate_limit < 1:
+            raise ValueError(f"rate_limit must be at least 1 or None, got {rate_limit}")
+        self._host = host
+        self._port = port
+        self._initial_compute = initial_compute
+        self._rate_limit = rate_limit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._url = ""
+        self._events: dict[str, _Event] = {}
+        self._incarnation = 0
+        self._approvals: list[str] = []
+        self._faults: deque[_Fault] = deque()
+        self._compute: dict[str, str] = {}
+        self._requests = 0
+        self._recent: deque[float] = deque()  # times of the metadata requests of the last second
+        self._reset_locked()
+
+    # Lifecycle of the server
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` of the running server."""
+        if not self._url:
+            raise RuntimeError("FakeIMDS is not started")
+        return self._url
+
+    def start(self) -> FakeIMDS:
+        """Serve in a daemon thread; returns self."""
+        if self._server is not None:
+            raise RuntimeError("FakeIMDS is already started")
+        self._stopping = threading.Event()
+        server = _Server((self._host, self._port), self)
+        self._server = server
+        self._url = f"http://{self._host}:{server.server_port}"
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fake-imds-{server.server_port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and join the thread; requests still sleeping in "slow" wake up."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        self._server = self._thread = None
+        self._url = ""
+        self._stopping.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    def serve_forever(self) -> None:
+        """Serve until KeyboardInterrupt or stop() from another thread (for a CLI)."""
+        if self._server is None:
+            self.start()
+        stopping = self._stopping
+        try:
+            while not stopping.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def __enter__(self) -> FakeIMDS:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # Scripting maintenance
+
+    def schedule(
+        self,
+        event_type: str,
+        resources: list[str],
+        *,
+        not_before_in: float = 900.0,
+        duration: int = -1,
+        source: str = "Platform",
+        description: str = "",
+        start_on_approval: bool = True,
+        end_after: float | None = None,
+        status: str = _SCHEDULED,
+    ) -> str:
+        """Add an event and return its EventId; status="Started" is a no-notice event."""
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"type must be one of {', '.join(EVENT_TYPES)}, got {event_type!r}")
+        if not resources or not all(isinstance(r, str) and r for r in resources):
+            raise ValueError(f"resources must be a non-empty list of VM names, got {resources!r}")
+        if source not in ("Platform", "User"):
+            raise ValueError(f"source must be Platform or User, got {source!r}")
+        if status not in (_SCHEDULED, _STARTED):
+            raise ValueError(f"status must be Scheduled or Started, got {status!r}")
+        if duration < -1:
+            raise ValueError(f"duration must be -1 (unknown) or more, got {duration}")
+        if not math.isfinite(not_before_in):
+            raise ValueError(f"not_before_in must be finite, got {not_before_in}")
+        if end_after is not None and not (math.isfinite(end_after) and end_after >= 0):
+            raise ValueError(f"end_after must be a number of seconds >= 0, got {end_after}")
+        event_id = str(uuid.uuid4()).upper()
+        with self._lock:
+            now = self._advance_locked()
+            event = _Event(
+                event_id=event_id,
+                event_type=event_type,
+                resources=list(resources),
+                status=_SCHEDULED,
+                not_before=now + not_before_in,
+                description=description,
+                source=source,
+                duration=duration,
+                start_on_approval=start_on_approval,
+                end_after=end_after,
+            )
+            if status == _STARTED:
+                event.start(now)
+            self._events[event_id] = event
+            self._incarnation += 1
+        return event_id
+
+    def start_event(self, event_id: str) -> None:
+        """Scheduled -> Started now (NotBefore becomes ""); a Started event stays as it is."""
+        with self._lock:
+            now = self._advance_locked()
+            event = self._event_locked(event_id)
+            if event.status == _SCHEDULED:
+                event.start(now)
+                self._incarnation += 1
+
+    def end_event(self, event_id: str) -> None:
+        """The event is over: it disappears, whatever its status."""
+        with self._lock:
+            self._advance_locked()
+            self._event_locked(event_id)
+            del self._events[event_id]
+            self._incarnation += 1
+
+    def cancel_event(self, event_id: str) -> None:
+        """Azure called the event off: a Scheduled event disappears; a Started one can't."""
+        with self._lock:
+            self._advance_locked()
+            if self._event_locked(event_id).status != _SCHEDULED:
+                raise ValueError(f"event {event_id} has started and can no longer be cancelled")
+            del self._events[event_id]
+            self._incarnation += 1
+
+    def inject(self, kind: str, *, count: int = 1, delay: float = 5.0) -> None:
+        """Make the next ``count`` scheduled-events GETs fail in this way (after earlier faults)."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        if not (math.isfinite(delay) and delay >= 0):
+            raise ValueError(f"delay must be a number of seconds >= 0, got {delay}")
+        with self._lock:
+            self._faults.append(_Fault(kind, count, delay))
+
+    def set_compute(self, **fields: str) -> None:
+        """Change or add fields of the compute answer (a dotted name is served nested)."""
+        with self._lock:
+            compute = {**self._compute, **fields}
+            _check_compute(compute)
+            self._compute = compute
+
+    def snapshot(self) -> dict[str, Any]:
+        """The document as the newest api-version serves it, the approvals and the
+        number of metadata requests so far (rejected ones included)."""
+        with self._lock:
+            self._advance_locked()
+            return {
+                **self._document_locked(_LATEST),
+                "approvals": list(self._approvals),
+                "requests": self._requests,
+            }
+
+    def reset(self) -> None:
+        """Back to the state right after __init__ (the server keeps running)."""
+        with self._lock:
+            self._reset_locked()
+
+    # State, always under self._lock
+
+    def _reset_locked(self) -> None:
+        self._events = {}
+        self._incarnation = 0
+        self._approvals = []
+        self._faults = deque()
+        self._compute = dict(self._initial_compute)
+        self._requests = 0
+        self._recent = deque()
+
+    def _advance_locked(self) -> float:
+        """Apply what the clock says happened since the last look; return now."""
+        now = self._clock()
+        changed = False
+        for event in list(self._events.values()):
+            if event.status == _SCHEDULED and now >= event.not_before:
+                event.start(event.not_before)
+                changed = True
+            if (
+                event.started_at is not None
+                and event.end_after is not None
+                and now >= event.started_at + event.end_after
+            ):
+                del self._events[event.event_id]
+                changed = True
+        if changed:
+            self._incarnation += 1
+        return now
+
+    def _event_locked(self, event_id: str) -> _Event:
+        try:
+            return self._events[event_id]
+        except KeyError:
+            raise UnknownEventError(f"no event {event_id}") from None
+
+    def _document_locked(self, api_version: str) -> dict[str, Any]:
+        return {
+            "DocumentIncarnation": self._incarnation,
+            "Events": [event.to_json(api_version) for event in self._events.values()],
+        }
+
+    def _over_rate_limit_locked(self, now: float) -> bool:
+        """Count this request; True if it is one too many in the last second."""
+        if self._rate_limit is None:
+            return False
+        self._recent.append(now)
+        while self._recent and self._recent[0] <= now - 1.0:
+            self._recent.popleft()
+        return len(self._recent) > self._rate_limit
+
+    def _take_fault_locked(self) -> _Fault | None:
+        if not self._faults:
+            return None
+        fault = self._faults[0]
+        fault.remaining -= 1
+        if fault.remaining == 0:
+            self._faults.popleft()
+        return fault
+
+    # HTTP, called by the request handler's threads
+
+    def _handle(self, method: str, target: str, headers: Message, body: bytes) -> _Reply:
+        parts = urlsplit(target)
+        if parts.path.startswith("/fake/"):
+            return self._control(method, parts.path, body)
+        if not parts.path.startswith("/metadata/"):
+            return _error(404, f"not found: {parts.path}")
+        with self._lock:
+            self._requests += 1
+            if self._over_rate_limit_locked(self._clock()):
+                return _error(429, "Too many requests")
+        versions = _METADATA_ROUTES.get((method, parts.path))
+        if versions is None:
+            if parts.path in (_EVENTS_PATH, _COMPUTE_PATH):
+                return _error(405, f"{method} is not allowed on {parts.path}")
+            return _error(404, f"not found: {parts.path}")
+        if headers.get("X-Forwarded-For") is not None:
+            return _error(400, "Bad request. X-Forwarded-For header is not allowed")
+        if (headers.get("Metadata") or "").lower() != "true":
+            return _error(400, "Bad request. Required metadata header not specified")
+        api_version = (parse_qs(parts.query).get("api-version") or [""])[-1]
+        if not api_version:
+            return _error(400, "Bad request. api-version was not specified in the request")
+        if api_version not in versions:
+            return _error(400, f"Bad request. api-version {api_version} is invalid")
+        if parts.path == _COMPUTE_PATH:
+            with self._lock:
+                return _json_reply(200, _nested(self._compute))
+        if method == "POST":
+            return self._approve(body)
+        return self._events_reply(api_version)
+
+    def _events_reply(self, api_version: str) -> _Reply:
+        with self._lock:
+            fault = self._take_fault_locked()
+        if fault is not None and fault.kind == "slow":
+            self._stopping.wait(fault.delay)
+        with self._lock:
+            self._advance_locked()
+            document = self._document_locked(api_version)
+        match fault.kind if fault is not None else None:
+            case "500":
+                return _error(500, "Internal server error")
+            case "429":
+                return _error(429, "Too many requests")
+            case "malformed":
+                return _Reply(200, b'{"DocumentIncarnation": 1, "Events": [{"EventId": ')
+            case "schema":
+                events = {"EventType": "Reboot", "EventStatus": "Scheduled"}
+                return _json_reply(200, {**document, "Events": events})
+            case "drop":
+                return _Reply(0, drop=True)
+        return _json_reply(200, document)
+
+    def _approve(self, body: bytes) -> _Reply:
+        event_ids = _start_requests(body)
+        if event_ids is None:
+            return _error(400, 'Bad request. Expected {"StartRequests": [{"EventId": "..."}]}')
+        with self._lock:
+            now = self._advance_locked()
+            started = False
+            for event_id in event_ids:
+                event = self._events.get(event_id)
+                if event is None:
+                    continue
+                self._approvals.append(event_id)
+                if event.start_on_approval and event.status == _SCHEDULED:
+                    event.start(now)
+                    started = True
+            if started:
+                self._incarnation += 1
+        return _Reply(200)
+
+    def _control(self, method: str, path: str, body: bytes) -> _Reply:
+        try:
+            payload = json.loads(body) if body.strip() else {}
+        except ValueError as exc:
+            return _error(400, f"body is not JSON: {exc}")
+        try:
+            match method, path.strip("/").split("/")[1:]:
+                case "POST", ["events"]:
+                    return _json_reply(200, {"EventId": self.schedule(**_schedule_args(payload))})
+                case "POST", ["events", event_id, "start"]:
+                    self.start_event(event_id)
+                case "POST", ["events", event_id, "end"]:
+                    self.end_event(event_id)
+                case "POST", ["events", event_id, "cancel"]:
+                    self.cancel_event(event_id)
+                case "POST", ["faults"]:
+                    self._control_inject(payload)
+                case "POST", ["compute"]:
+                    if not isinstance(payload, dict):
+                        raise ValueError("body must be a JSON object of strings")
+                    self.set_compute(**payload)
+                case "GET", ["state"]:
+                    pass
+                case "POST", ["reset"]:
+                    self.reset()
+                case _:
+                    return _error(404, f"no control endpoint {method} {path}")
+        except UnknownEventError as exc:
+            return _error(404, str(exc))
+        except ValueError as exc:
+            return _error(400, str(exc))
+        return _json_reply(200, self.snapshot())
+
+    def _control_inject(self, payload: object) -> None:
+        if not isinstance(payload, dict) or not isinstance(payload.get("kind"), str):
+            raise ValueError("body must be a JSON object with a string kind")
+        unknown = sorted(set(payload) - {"kind", "count", "delay"})
+        if unknown:
+            raise ValueError(f"unknown keys: {', '.join(unknown)}")
+        count, delay = payload.get("count", 1), payload.get("delay", 5.0)
+        if not (isinstance(count, int) and not isinstance(count, bool)):
+            raise ValueError(f"count must be an integer, got {count!r}")
+        if not _is_number(delay):
+            raise ValueError(f"delay must be a number, got {delay!r}")
+        self.inject(payload["kind"], count=count, delay=delay)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64  # the default 5 drops bursts of parallel clients for a second
+
+    def __init__(self, address: tuple[str, int], fake: FakeIMDS) -> None:
+        self.fake = fake
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "FakeIMDS/1.0"
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests and demos want a quiet stderr
+
+    def _serve(self, method: str) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._send(_error(400, "bad Content-Length"))
+            return
+        body = self.rfile.read(length)
+        self._send(cast(_Server, self.server).fake._handle(method, self.path, self.headers, body))
+
+    def _send(self, reply: _Reply) -> None:
+        if reply.drop:
+            self.close_connection = True
+            return
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)

@@ -1,0 +1,491 @@
+"""Every transition of the pure state machine: no I/O, no sleeping."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from drainer.core import (
+    Alert,
+    Approve,
+    ApproveEvent,
+    ApproveFailed,
+    CheckHealth,
+    Drain,
+    HealthResult,
+    ManualDrain,
+    ManualUndrain,
+    Phase,
+    Policy,
+    PutBack,
+    PutBackDone,
+    Reaction,
+    Record,
+    Rule,
+    TakeOut,
+    Tick,
+    drain_due,
+    relevant,
+    step,
+    wants_lb_views,
+)
+from drainer.model import EventStatus, EventType, LBStatus, LBView, MaintenanceEvent
+
+NOW = 1_000_000.0
+BOOT = "boot-1"
+LBS = ("lb-a", "lb-b")
+POLICY = Policy(
+    node_names=frozenset({"web-1"}),
+    lbs=LBS,
+    rules={
+        EventType.REBOOT: Rule(Reaction.DRAIN),
+        EventType.REDEPLOY: Rule(Reaction.DRAIN),
+        EventType.FREEZE: Rule(Reaction.DRAIN, min_duration=10),
+        EventType.PREEMPT: Rule(Reaction.REMOVE),
+        EventType.TERMINATE: Rule(Reaction.REMOVE),
+    },
+    approve=Approve.SOLE,
+    drain_timeout=300,
+    drain_margin=30,
+    health_interval=2,
+    health_successes=3,
+    health_deadline=2700,
+)
+
+IN = LBView(LBStatus.IN_SERVICE, 0)
+OUT = LBView(LBStatus.OUT, 0)
+
+
+def event(
+    kind: EventType = EventType.REBOOT,
+    *,
+    eid: str = "E1",
+    status: EventStatus = EventStatus.SCHEDULED,
+    resources: tuple[str, ...] = ("web-1",),
+    not_before: float | None = NOW + 900,
+    duration: int = -1,
+) -> MaintenanceEvent:
+    return MaintenanceEvent(eid, kind, status, resources, not_before, duration)
+
+
+def draining_view(sessions: int) -> LBView:
+    return LBView(LBStatus.DRAINING, sessions)
+
+
+def tick(
+    *events: MaintenanceEvent,
+    lbs: dict[str, LBView | None] | None = None,
+    boot: str = BOOT,
+    unknown: bool = False,
+) -> Tick:
+    return Tick(boot, None if unknown else tuple(events), lbs if lbs is not None else {})
+
+
+def both(view: LBView | None) -> dict[str, LBView | None]:
+    return dict.fromkeys(LBS, view)
+
+
+def at(phase: Phase, **changes: object) -> Record:
+    base = Record(
+        phase=phase,
+        boot_id=BOOT,
+        owned=frozenset(LBS),
+        since=NOW,
+        event=event(),
+        drain_deadline=NOW + 300,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def run(record: Record, given: object, now: float = NOW, policy: Policy = POLICY):  # type: ignore[no-untyped-def]
+    return step(record, given, now, policy)  # type: ignore[arg-type]
+
+
+# -- in service ------------------------------------------------------------------------
+
+
+def test_idle_tick_changes_nothing() -> None:
+    record = Record(boot_id=BOOT)
+    assert run(record, tick()) == (record, [])
+
+
+def test_first_tick_learns_the_boot_id() -> None:
+    new, actions = run(Record(), tick())
+    assert new.boot_id == BOOT and new.phase is Phase.IN_SERVICE and actions == []
+
+
+def test_approvable_event_drains_at_once() -> None:
+    new, actions = run(Record(boot_id=BOOT), tick(event(), lbs=both(IN)))
+    assert new.phase is Phase.DRAINING
+    assert new.owned == frozenset(LBS)
+    assert new.drain_deadline == NOW + 300
+    assert actions == [Drain(LBS)]
+
+
+def test_event_for_another_vm_is_ignored() -> None:
+    record = Record(boot_id=BOOT)
+    new, actions = run(record, tick(event(resources=("web-2",))))
+    assert new == record and actions == []
+
+
+def test_shared_event_not_approvable_waits_until_due() -> None:
+    shared = event(resources=("web-1", "web-2"), not_before=NOW + 900)
+    new, actions = run(Record(boot_id=BOOT), tick(shared))
+    assert new.phase is Phase.IN_SERVICE and new.event == shared and actions == []
+    due = drain_due(shared, POLICY)
+    assert due == NOW + 900 - 300 - 30
+    later, actions = run(new, tick(shared, lbs=both(IN)), now=due)
+    assert later.phase is Phase.DRAINING and actions == [Drain(LBS)]
+
+
+def test_approve_never_waits_even_for_sole_event() -> None:
+    policy = replace(POLICY, approve=Approve.NEVER)
+    new, actions = run(Record(boot_id=BOOT), tick(event()), policy=policy)
+    assert new.phase is Phase.IN_SERVICE and actions == []
+
+
+def test_started_without_notice_drains_at_once() -> None:
+    sudden = event(status=EventStatus.STARTED, not_before=None, resources=("web-1", "web-2"))
+    new, actions = run(Record(boot_id=BOOT), tick(sudden, lbs=both(IN)))
+    assert new.phase is Phase.DRAINING and actions == [Drain(LBS)]
+
+
+def test_blank_not_before_while_scheduled_drains_at_once() -> None:
+    odd = event(not_before=None, resources=("web-1", "web-2"))
+    new, _ = run(Record(boot_id=BOOT), tick(odd, lbs=both(IN)))
+    assert new.phase is Phase.DRAINING
+
+
+def test_short_freeze_is_ignored_and_long_or_unknown_freeze_drains() -> None:
+    short = event(EventType.FREEZE, duration=5)
+    assert run(Record(boot_id=BOOT), tick(short))[0].phase is Phase.IN_SERVICE
+    for duration in (10, -1):
+        long = event(EventType.FREEZE, duration=duration)
+        assert run(Record(boot_id=BOOT), tick(long))[0].phase is Phase.DRAINING
+
+
+def test_ignored_event_type() -> None:
+    policy = replace(POLICY, rules={**POLICY.rules, EventType.REDEPLOY: Rule(Reaction.IGNORE)})
+    assert relevant((event(EventType.REDEPLOY),), policy) == []
+
+
+def test_pending_event_cancelled_before_drain() -> None:
+    shared = event(resources=("web-1", "web-2"))
+    pending, _ = run(Record(boot_id=BOOT), tick(shared))
+    new, actions = run(pending, tick())
+    assert new.phase is Phase.IN_SERVICE and new.event is None and actions == []
+
+
+def test_operator_drained_lb_is_not_owned() -> None:
+    lbs: dict[str, LBView | None] = {"lb-a": IN, "lb-b": OUT}
+    new, actions = run(Record(boot_id=BOOT), tick(event(), lbs=lbs))
+    assert new.owned == frozenset({"lb-a"}) and actions == [Drain(("lb-a",))]
+
+
+def test_unreadable_lb_is_owned_and_drained() -> None:
+    lbs: dict[str, LBView | None] = {"lb-a": IN, "lb-b": None}
+    new, actions = run(Record(boot_id=BOOT), tick(event(), lbs=lbs))
+    assert new.owned == frozenset(LBS) and actions == [Drain(LBS)]
+
+
+def test_lb_views_only_wanted_when_something_is_going_on() -> None:
+    idle = Record(boot_id=BOOT)
+    assert not wants_lb_views(idle, (), POLICY)
+    assert not wants_lb_views(idle, None, POLICY)
+    assert not wants_lb_views(idle, (event(resources=("web-2",)),), POLICY)
+    assert wants_lb_views(idle, (event(),), POLICY)
+    assert wants_lb_views(at(Phase.DRAINED), (), POLICY)
+
+
+# -- draining --------------------------------------------------------------------------
+
+
+def test_draining_waits_for_sessions() -> None:
+    record = at(Phase.DRAINING)
+    new, actions = run(
+        record, tick(event(), lbs={"lb-a": draining_view(2), "lb-b": draining_view(0)})
+    )
+    assert new == replace(record, event=event()) and actions == []
+
+
+def test_drained_everywhere_takes_out_and_approves() -> None:
+    new, actions = run(at(Phase.DRAINING), tick(event(), lbs=both(draining_view(0))))
+    assert new.phase is Phase.DRAINED
+    assert actions == [TakeOut(LBS), ApproveEvent("E1")]
+    assert new.approved_at == NOW
+
+
+def test_unreadable_lb_blocks_drained() -> None:
+    lbs: dict[str, LBView | None] = {"lb-a": draining_view(0), "lb-b": None}
+    new, actions = run(at(Phase.DRAINING), tick(event(), lbs=lbs))
+    assert new.phase is Phase.DRAINING and actions == []
+
+
+def test_drain_reasserted_where_a_reload_forgot_it() -> None:
+    lbs: dict[str, LBView | None] = {"lb-a": IN, "lb-b": draining_view(1)}
+    new, actions = run(at(Phase.DRAINING), tick(event(), lbs=lbs))
+    assert new.phase is Phase.DRAINING and actions == [Drain(("lb-a",))]
+
+
+def test_drain_deadline_takes_out_and_names_unreachable() -> None:
+    lbs: dict[str, LBView | None] = {"lb-a": draining_view(4), "lb-b": None}
+    new, actions = run(at(Phase.DRAINING), tick(event(), lbs=lbs), now=NOW + 300)
+    assert new.phase is Phase.DRAINED
+    alert = actions[0]
+    assert isinstance(alert, Alert)
+    assert "4 sessions left" in alert.message and "unreachable: lb-b" in alert.message
+    assert actions[1] == TakeOut(LBS, kill=False)
+    assert new.alert == alert.message
+
+
+def test_drain_deadline_kills_when_configured() -> None:
+    policy = replace(POLICY, kill_at_deadline=True)
+    _, actions = run(
+        at(Phase.DRAINING), tick(event(), lbs=both(draining_view(1))), now=NOW + 301, policy=policy
+    )
+    assert TakeOut(LBS, kill=True) in actions
+
+
+def test_drained_while_started_goes_to_maintenance_without_approval() -> None:
+    started = event(status=EventStatus.STARTED, not_before=None)
+    new, actions = run(at(Phase.DRAINING), tick(started, lbs=both(draining_view(0))))
+    assert new.phase is Phase.IN_MAINTENANCE and actions == [TakeOut(LBS)]
+
+
+def test_cancelled_while_draining_recovers() -> None:
+    new, actions = run(at(Phase.DRAINING), tick(lbs=both(draining_view(3))))
+    assert new.phase is Phase.RECOVERING and actions == []
+
+
+def test_unknown_events_are_not_a_cancellation() -> None:
+    record = at(Phase.DRAINING)
+    new, _ = run(record, tick(unknown=True, lbs=both(draining_view(3))))
+    assert new.phase is Phase.DRAINING and new.event == record.event
+
+
+def test_preempt_drained_is_removed() -> None:
+    preempt = event(EventType.PREEMPT)
+    new, actions = run(at(Phase.DRAINING, event=preempt), tick(preempt, lbs=both(draining_view(0))))
+    assert new.phase is Phase.REMOVED
+    assert actions == [TakeOut(LBS), ApproveEvent("E1")]
+
+
+def test_preempt_outranks_a_reboot_being_handled() -> None:
+    preempt = event(EventType.PREEMPT, eid="P1")
+    new, _ = run(at(Phase.DRAINED), tick(event(), preempt, lbs=both(OUT)))
+    assert new.phase is Phase.REMOVED and new.event == preempt
+
+
+# -- drained, in maintenance -----------------------------------------------------------
+
+
+def test_drained_reapproves_only_after_the_retry_interval() -> None:
+    record = at(Phase.DRAINED, approved_at=NOW)
+    assert run(record, tick(event(), lbs=both(OUT)), now=NOW + 10)[1] == []
+    _, actions = run(record, tick(event(), lbs=both(OUT)), now=NOW + 61)
+    assert actions == [ApproveEvent("E1")]
+
+
+def test_failed_approval_is_retried_next_tick() -> None:
+    record = at(Phase.DRAINED, approved_at=NOW)
+    failed, actions = run(record, ApproveFailed("E1", "HTTP 500"))
+    assert failed.approved_at is None and isinstance(actions[0], Alert)
+    _, actions = run(failed, tick(event(), lbs=both(OUT)), now=NOW + 1)
+    assert actions == [ApproveEvent("E1")]
+
+
+def test_event_started_enters_maintenance() -> None:
+    started = event(status=EventStatus.STARTED, not_before=None)
+    new, actions = run(at(Phase.DRAINED, approved_at=NOW), tick(started, lbs=both(OUT)))
+    assert new.phase is Phase.IN_MAINTENANCE and actions == []
+
+
+def test_out_reasserted_after_reload() -> None:
+    lbs: dict[str, LBView | None] = {"lb-a": IN, "lb-b": OUT}
+    started = event(status=EventStatus.STARTED, not_before=None)
+    _, actions = run(at(Phase.IN_MAINTENANCE, event=started), tick(started, lbs=lbs))
+    assert actions == [TakeOut(("lb-a",))]
+
+
+def test_event_gone_without_reboot_recovers() -> None:
+    new, actions = run(at(Phase.IN_MAINTENANCE), tick(lbs=both(OUT)))
+    assert new.phase is Phase.RECOVERING and new.next_health == NOW and actions == []
+
+
+def test_reboot_detected_recovers_even_while_event_listed() -> None:
+    started = event(status=EventStatus.STARTED, not_before=None)
+    new, actions = run(
+        at(Phase.IN_MAINTENANCE, event=started), tick(started, boot="boot-2", lbs=both(OUT))
+    )
+    assert new.phase is Phase.RECOVERING and new.rebooted and new.boot_id == "boot-2"
+    assert actions == [CheckHealth()]
+
+
+def test_reboot_while_in_service_is_only_noted() -> None:
+    new, actions = run(Record(boot_id=BOOT), tick(boot="boot-2"))
+    assert new.phase is Phase.IN_SERVICE and new.boot_id == "boot-2" and actions == []
+
+
+# -- recovering ------------------------------------------------------------------------
+
+
+def recovering(**changes: object) -> Record:
+    return at(Phase.RECOVERING, next_health=NOW, **changes)
+
+
+def test_recovering_checks_health_on_its_interval() -> None:
+    new, actions = run(recovering(event=None), tick(lbs=both(OUT)))
+    assert actions == [CheckHealth()] and new.next_health == NOW + 2
+    _, actions = run(new, tick(lbs=both(OUT)), now=NOW + 1)
+    assert actions == []
+
+
+def test_health_results_count_consecutive_successes() -> None:
+    record = recovering()
+    for _ in range(2):
+        record, _ = run(record, HealthResult(True, "200"))
+    assert record.health_ok == 2
+    record, _ = run(record, HealthResult(False, "503"))
+    assert record.health_ok == 0 and record.health_detail == "503"
+
+
+def test_healthy_and_no_event_puts_back() -> None:
+    record = recovering(event=None, health_ok=3)
+    _, actions = run(record, tick(lbs=both(OUT)))
+    assert actions == [PutBack(LBS)]
+
+
+def test_healthy_but_event_still_listed_stays_out() -> None:
+    started = event(status=EventStatus.STARTED, not_before=None)
+    record = recovering(event=started, health_ok=5)
+    new, actions = run(record, tick(started, lbs=both(OUT)), now=NOW + 1)
+    assert new.phase is Phase.RECOVERING and not any(isinstance(a, PutBack) for a in actions)
+
+
+def test_healthy_but_source_unreadable_stays_out() -> None:
+    record = recovering(event=None, health_ok=5)
+    _, actions = run(record, tick(unknown=True, lbs=both(OUT)), now=NOW + 1)
+    assert not any(isinstance(a, PutBack) for a in actions)
+
+
+def test_put_back_completes_per_lb() -> None:
+    record = recovering(event=None, health_ok=3)
+    half, _ = run(record, PutBackDone("lb-a"))
+    assert half.phase is Phase.RECOVERING and half.owned == frozenset({"lb-b"})
+    _, actions = run(half, tick(lbs={"lb-a": IN, "lb-b": OUT}), now=NOW + 1)
+    assert actions == [PutBack(("lb-b",))]
+    done, _ = run(half, PutBackDone("lb-b"))
+    assert done.phase is Phase.IN_SERVICE and done.owned == frozenset() and done.event is None
+
+
+def test_unhealthy_never_put_back_and_held_at_deadline() -> None:
+    record = recovering(event=None, health_ok=1)
+    _, actions = run(record, tick(lbs=both(OUT)), now=NOW + 100)
+    assert not any(isinstance(a, PutBack) for a in actions)
+    held, actions = run(record, tick(lbs=both(OUT)), now=NOW + 2700)
+    assert held.phase is Phase.HELD and not held.manual
+    assert isinstance(actions[0], Alert) and "held" in held.alert
+
+
+def test_new_event_during_recovery_drains_again() -> None:
+    second = event(eid="E2")
+    record = recovering(health_ok=2)
+    new, actions = run(record, tick(second, lbs=both(OUT)))
+    assert new.phase is Phase.DRAINING and new.event == second
+    assert new.owned == frozenset(LBS) and actions == [Drain(LBS)]
+    drained, _ = run(new, tick(second, lbs=both(OUT)))
+    assert drained.phase is Phase.DRAINED
+
+
+def test_new_event_after_partial_put_back_reclaims_the_lb() -> None:
+    record = recovering(owned=frozenset({"lb-b"}), health_ok=3)
+    new, actions = run(record, tick(event(eid="E2"), lbs={"lb-a": IN, "lb-b": OUT}))
+    assert new.owned == frozenset(LBS) and actions == [Drain(LBS)]
+
+
+def test_unhealthy_recovering_reasserts_out() -> None:
+    _, actions = run(recovering(event=None), tick(lbs={"lb-a": IN, "lb-b": OUT}))
+    assert TakeOut(("lb-a",)) in actions
+
+
+# -- manual drain and undrain ------------------------------------------------------------
+
+
+def test_manual_drain_ends_held() -> None:
+    new, actions = run(Record(boot_id=BOOT), ManualDrain())
+    assert new.phase is Phase.DRAINING and new.manual and actions == [Drain(LBS)]
+    held, actions = run(new, tick(lbs=both(draining_view(0))))
+    assert held.phase is Phase.HELD and actions == [TakeOut(LBS)]
+
+
+def test_held_manual_survives_events_reboots_and_health() -> None:
+    record = at(Phase.HELD, manual=True, event=None)
+    record, _ = run(record, tick(event(), lbs=both(OUT)))
+    assert record.phase is Phase.HELD
+    record, _ = run(record, tick(lbs=both(OUT), boot="boot-2"), now=NOW + 5)
+    assert record.phase is Phase.HELD
+    for _ in range(5):
+        record, _ = run(record, HealthResult(True))
+    record, actions = run(record, tick(lbs=both(OUT)), now=NOW + 10)
+    assert record.phase is Phase.HELD and not any(isinstance(a, PutBack) for a in actions)
+
+
+def test_held_approves_events_since_the_node_is_out() -> None:
+    _, actions = run(at(Phase.HELD, manual=True, event=None), tick(event(), lbs=both(OUT)))
+    assert ApproveEvent("E1") in actions
+
+
+def test_manual_drain_during_maintenance_holds_after_it() -> None:
+    record, _ = run(at(Phase.IN_MAINTENANCE), ManualDrain())
+    assert record.manual and record.phase is Phase.IN_MAINTENANCE
+    record, _ = run(record, tick(lbs=both(OUT)))
+    assert record.phase is Phase.RECOVERING
+    record = replace(record, health_ok=3)
+    held, actions = run(record, tick(lbs=both(OUT)), now=NOW + 1)
+    assert held.phase is Phase.HELD and actions == []
+
+
+def test_manual_drain_not_undone_by_event_cancel_while_draining() -> None:
+    record, _ = run(Record(boot_id=BOOT), ManualDrain())
+    new, _ = run(record, tick(lbs=both(draining_view(2))))
+    assert new.phase is Phase.DRAINING
+
+
+def test_undrain_puts_back_everywhere_and_dismisses_the_event() -> None:
+    record = at(Phase.HELD, manual=True, owned=frozenset({"lb-a"}))
+    new, actions = run(record, ManualUndrain())
+    assert new.phase is Phase.RECOVERING and new.undrain and not new.manual
+    assert actions == [PutBack(LBS)] and "E1" in new.dismissed
+    for lb in LBS:
+        new, _ = run(new, PutBackDone(lb))
+    assert new.phase is Phase.IN_SERVICE
+    again, actions = run(new, tick(event(), lbs=both(IN)), now=NOW + 1)
+    assert again.phase is Phase.IN_SERVICE and actions == []
+
+
+def test_undrain_in_service_does_not_dismiss_a_pending_event() -> None:
+    pending = Record(boot_id=BOOT, event=event(resources=("web-1", "web-2")))
+    new, _ = run(pending, ManualUndrain())
+    assert new.dismissed == ()
+
+
+def test_interrupted_undrain_resumes_put_back() -> None:
+    new, _ = run(at(Phase.HELD, manual=True), ManualUndrain())
+    _, actions = run(new, tick(lbs=both(OUT)), now=NOW + 1)
+    assert actions == [PutBack(LBS)]
+
+
+def test_removed_is_final_until_undrain() -> None:
+    record = at(Phase.REMOVED, event=event(EventType.PREEMPT))
+    new, actions = run(record, tick(lbs={"lb-a": IN, "lb-b": OUT}))
+    assert new.phase is Phase.REMOVED and TakeOut(("lb-a",)) in actions
+    new, _ = run(new, tick(lbs=both(OUT), boot="boot-9"), now=NOW + 3600)
+    assert new.phase is Phase.REMOVED
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_health_results_outside_recovery_are_ignored_or_counted(phase: Phase) -> None:
+    new, actions = run(at(phase), HealthResult(True))
+    assert actions == []
+    assert new.health_ok == (1 if phase in (Phase.RECOVERING, Phase.HELD) else 0)
