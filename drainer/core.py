@@ -258,10 +258,6 @@ def _pick(
     )
 
 
-def _describe(event: MaintenanceEvent | None) -> str:
-    return f"{event.event_type.value} {event.event_id}" if event else "no event"
-
-
 def _enter(record: Record, phase: Phase, now: float, note: str, **changes: object) -> Record:
     return replace(record, phase=phase, since=now, note=note, **changes)  # type: ignore[arg-type]
 
@@ -384,7 +380,7 @@ def _tick(record: Record, tick: Tick, now: float, policy: Policy) -> Result:
         and reaction(event, policy) is Reaction.REMOVE
         and phase is not Phase.REMOVED
     ):
-        record = _enter(record, Phase.REMOVED, now, f"{_describe(event)}: never back")
+        record = _enter(record, Phase.REMOVED, now, "removal event: never back")
     record = replace(record, event=event)
     actions += _reassert_out(record, tick)
     record, more = _maybe_approve(record, now, policy)
@@ -417,14 +413,14 @@ def _in_service(
 ) -> Result:
     if event is None:
         if record.event is not None:
-            return replace(record, event=None, note=f"{_describe(record.event)} gone"), []
+            return replace(record, event=None, note="event gone before its drain was due"), []
         return record, []
     due = drain_due(event, policy)
     if due is not None and now < due:
         if record.event is None or record.event.event_id != event.event_id:
-            return replace(record, event=event, note=f"{_describe(event)}: drain due"), []
+            return replace(record, event=event, note="event scheduled; drain not due yet"), []
         return replace(record, event=event), []
-    return _start_drain(replace(record, event=event), tick.lbs, now, policy, _describe(event))
+    return _start_drain(replace(record, event=event), tick.lbs, now, policy, "drain started")
 
 
 def _draining(record: Record, gone: bool, tick: Tick, now: float, policy: Policy) -> Result:
@@ -466,11 +462,11 @@ def _draining(record: Record, gone: bool, tick: Tick, now: float, policy: Policy
     if record.owned:
         actions.append(TakeOut(tuple(sorted(record.owned)), kill=kill))
     event = record.event
-    note = "drained" if drained else "drain deadline passed"
+    note = "no connections left" if drained else "drain deadline passed"
     if record.manual:
         record = _enter(record, Phase.HELD, now, note)
     elif event is not None and reaction(event, policy) is Reaction.REMOVE:
-        record = _enter(record, Phase.REMOVED, now, f"{note}: {_describe(event)}, never back")
+        record = _enter(record, Phase.REMOVED, now, f"{note}; removal event: never back")
     elif event is not None and event.status is EventStatus.STARTED:
         record = _enter(record, Phase.IN_MAINTENANCE, now, note)
     else:
@@ -492,16 +488,16 @@ def _out(
             record,
             Phase.RECOVERING,
             now,
-            f"{_describe(record.event)} gone",
+            "event gone",
             next_health=now,
             health_ok=0,
         ), []
     if event is not None and reaction(event, policy) is Reaction.REMOVE:
-        record = _enter(record, Phase.REMOVED, now, f"{_describe(event)}: never back")
+        record = _enter(record, Phase.REMOVED, now, "removal event: never back")
     elif (
         record.phase is Phase.DRAINED and event is not None and event.status is EventStatus.STARTED
     ):
-        record = _enter(record, Phase.IN_MAINTENANCE, now, f"{_describe(event)} started")
+        record = _enter(record, Phase.IN_MAINTENANCE, now, "event started")
     record = replace(record, event=event)
     actions = _reassert_out(record, tick)
     record, more = _maybe_approve(record, now, policy)
@@ -520,7 +516,7 @@ def _recovering(
             tick.lbs,
             now,
             policy,
-            f"{_describe(event)} during recovery",
+            "new event during recovery",
         )
     record = replace(record, event=event)
     if now >= record.since + policy.health_deadline:

@@ -189,8 +189,6 @@ class Engine:
             "event_type": event.event_type.value if event else "",
             "note": new.note,
         }
-        text = f"phase {new.phase.value}"
-        if event:
-            text += f" event={event.event_id} type={event.event_type.value}"
+        about = f" [{event.event_type.value} {event.event_id}]" if event else ""
         level = logging.WARNING if new.phase is Phase.HELD and not new.manual else logging.INFO
-        log.log(level, "%s: %s", text, new.note, extra=extra)
+        log.log(level, "%s: %s%s", new.phase.value, new.note, about, extra=extra)

@@ -129,13 +129,17 @@ class AzureSource:
         )
         self._endpoint = config.endpoint
         stopping = stopping or threading.Event()
+        self._stopping = stopping
         self._retrying = Retrying(
             stop=stop_after_attempt(attempts) | stop_when_event_set(stopping),
             wait=wait_exponential(multiplier=0.25, max=2.0),
             retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
-            sleep=lambda seconds: stopping.wait(seconds) and None,
+            sleep=self._pause,
             retry_error_callback=self._give_up,
         )
+
+    def _pause(self, seconds: float) -> None:
+        self._stopping.wait(seconds)  # returns at once on shutdown
 
     def _give_up(self, state: RetryCallState) -> Any:
         exc = state.outcome.exception() if state.outcome else None

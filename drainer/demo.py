@@ -1,0 +1,158 @@
+"""``drainer demo``: a whole maintenance on a simulated VM, in well under a minute.
+
+Everything runs on loopback in a temporary directory: the fake metadata service, a
+small web server playing the VM's application, a load balancer (a real HAProxy with
+clients sending requests through it when ``haproxy`` is installed, otherwise the mock),
+and the sidecar itself. The "reboot" stops the sidecar and the web server, changes the
+boot id and starts them again, so the sidecar resumes from its state file as it would
+on a real VM.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from drainer.config import adapter_plugins, parse_config
+from drainer.core import Phase
+from drainer.daemon import assemble, loop
+from drainer.fake_imds import FakeIMDS
+from drainer.lab import LoadClient, WebServer, free_port, haproxy_available, start_haproxy
+from drainer.store import Store
+
+VM = "demo-web-1"
+
+
+class Timeline(logging.Handler):
+    """Prints drainer's own log lines and the demo's narration with elapsed seconds."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.start = time.monotonic()
+
+    def say(self, who: str, text: str) -> None:
+        print(f"{time.monotonic() - self.start:6.1f}s  {who:<8} {text}", flush=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.say("drainer", record.getMessage())
+
+
+class Sidecar:
+    """``drainer run`` in a thread, so the demo can stop it for the reboot."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.config = parse_config(raw, origin="demo")
+        self.stopping = threading.Event()
+        self.node = assemble(self.config, self.stopping)
+        for lb in self.node.lbs.values():
+            lb.serve()
+        self.thread = threading.Thread(
+            target=loop, args=(self.node, self.stopping), name="drainer-loop", daemon=True
+        )
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self.node.close()
+
+
+def _wait(store: Store, phase: Phase, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while store.load().phase is not phase:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"demo: the node did not reach {phase.value} in {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+@contextmanager
+def _quiet_then_timeline() -> Iterator[Timeline]:
+    timeline = Timeline()
+    logger = logging.getLogger("drainer")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    logger.handlers[:] = [timeline]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield timeline
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def run_demo(*, use_haproxy: bool = True) -> int:
+    with ExitStack() as stack, _quiet_then_timeline() as say:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="drainer-demo-")))
+        boot = tmp / "boot_id"
+        boot.write_text("boot-1\n")
+        fake = stack.enter_context(FakeIMDS(rate_limit=None))
+        fake.set_compute(name=VM)
+        web = WebServer(free_port(), name=VM)
+        web.start()
+        stack.callback(web.stop)
+        say.say("demo", f"web server for {VM} on 127.0.0.1:{web.port}")
+
+        lb: dict[str, Any] = {"type": "mock", "sessions": 4, "drain_seconds": 3}
+        client: LoadClient | None = None
+        if use_haproxy and haproxy_available() and "haproxy" in adapter_plugins():
+            peer = WebServer(free_port(), name="demo-web-2").start()
+            stack.callback(peer.stop)
+            proxy = start_haproxy(tmp, backends={VM: web.port, "demo-web-2": peer.port})
+            stack.callback(proxy.stop)
+            lb = {"type": "haproxy", "instances": [proxy.admin], "backend": "app", "server": VM}
+            client = LoadClient(f"http://127.0.0.1:{proxy.port}/", workers=4)
+            client.start()
+            stack.callback(client.stop)
+            say.say("demo", f"HAProxy on 127.0.0.1:{proxy.port}, 4 clients sending requests")
+        else:
+            say.say("demo", "load balancer: the mock (install haproxy to see a real one)")
+
+        raw = {
+            "node": {"boot_id_path": str(boot)},
+            "state_dir": str(tmp / "state"),
+            "source": {"endpoint": fake.url, "poll_interval": "0.5s", "approve": "sole"},
+            "drain": {"timeout": "20s"},
+            "health": {
+                "http": {"url": f"http://127.0.0.1:{web.port}/healthz"},
+                "interval": "0.5s",
+                "successes": 3,
+            },
+            "load_balancers": [lb],
+            "metrics": {"listen": None},
+        }
+        store = Store(tmp / "state")
+        sidecar = Sidecar(raw)
+        time.sleep(1.5)
+
+        event_id = fake.schedule("Reboot", [VM], not_before_in=900, end_after=None)
+        say.say("azure", f"Reboot {event_id} scheduled for {VM}, not before 15 minutes from now")
+        _wait(store, Phase.IN_MAINTENANCE)
+        say.say("azure", "the event started early, because drainer approved it once drained")
+
+        say.say("demo", "the VM reboots: sidecar and web server stop, a new boot id")
+        sidecar.stop()
+        web.stop()
+        time.sleep(2.0)
+        boot.write_text("boot-2\n")
+        web = WebServer(web.port, name=VM)
+        web.start()
+        stack.callback(web.stop)
+        say.say("demo", "the VM is up again; the sidecar starts and reads its state from disk")
+        sidecar = Sidecar(raw)
+        stack.callback(sidecar.stop)
+        time.sleep(2.0)
+        fake.end_event(event_id)
+        say.say("azure", "the maintenance is over: the event is gone from Scheduled Events")
+        _wait(store, Phase.IN_SERVICE)
+        time.sleep(1.0)
+        if client is not None:
+            client.stop()
+            ok, failed = client.counts()
+            say.say("demo", f"clients: {ok} requests served, {failed} failed")
+        say.say("demo", f"done: {VM} was drained, rebooted, health-checked and put back")
+        return 0 if client is None or client.counts()[1] == 0 else 1

@@ -1,0 +1,214 @@
+"""A small local lab for the demo, the benchmarks and users' own tests: a web server that
+plays a VM's application, a bounded load client, and a real HAProxy on loopback.
+
+Everything binds 127.0.0.1 only; every process is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def do_GET(self) -> None:
+        body = f"hello from {self.server.name}\n".encode()
+        status = 200 if self.path != "/healthz" or self.server.healthy else 503
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    name = ""
+    healthy = True
+
+
+class WebServer:
+    """An HTTP/1.1 keep-alive server on 127.0.0.1:``port``; ``/healthz`` answers 200 or 503."""
+
+    def __init__(self, port: int, *, name: str = "web") -> None:
+        self.port = port
+        self.name = name
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self._server is not None and self._server.healthy
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        assert self._server is not None
+        self._server.healthy = value
+
+    def start(self) -> WebServer:
+        self._server = _Server(("127.0.0.1", self.port), _Handler)
+        self._server.name = self.name
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"web-{self.name}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and cut every open connection, as a reboot would."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+
+
+@dataclass
+class LoadClient:
+    """``workers`` keep-alive clients sending GETs until stopped or ``limit_seconds``.
+
+    A request fails when it raises (connection refused, reset, timeout) or answers 5xx.
+    """
+
+    url: str
+    workers: int = 4
+    limit_seconds: float = 120.0
+    pause: float = 0.0
+    ok: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _work(self) -> None:
+        deadline = time.monotonic() + self.limit_seconds
+        with httpx.Client(trust_env=False, timeout=5.0) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                try:
+                    good = client.get(self.url).status_code < 500
+                    kind = "" if good else "5xx"
+                except httpx.HTTPError as exc:
+                    good, kind = False, type(exc).__name__
+                with self._lock:
+                    if good:
+                        self.ok += 1
+                    else:
+                        self.failed += 1
+                        self.errors[kind] = self.errors.get(kind, 0) + 1
+                if self.pause:
+                    self._stop.wait(self.pause)
+
+    def start(self) -> LoadClient:
+        for i in range(self.workers):
+            t = threading.Thread(target=self._work, name=f"load-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return self.ok, self.failed
+
+
+def haproxy_available() -> bool:
+    return shutil.which("haproxy") is not None or Path("/usr/sbin/haproxy").exists()
+
+
+@dataclass
+class HAProxy:
+    process: subprocess.Popen[bytes]
+    port: int  # the frontend clients use
+    admin: str  # the runtime API address, level admin
+    config: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def haproxy_config(
+    tmp: Path,
+    *,
+    port: int,
+    backends: dict[str, int],
+    check: str = "check inter 500ms",
+    extra_server: str = "",
+) -> str:
+    servers = "\n".join(
+        f"  server {name} 127.0.0.1:{p} {check} {extra_server}".rstrip()
+        for name, p in backends.items()
+    )
+    return f"""global
+  stats socket {tmp}/admin.sock mode 600 level admin
+  stats timeout 30s
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  retries 3
+  option redispatch
+frontend web
+  bind 127.0.0.1:{port}
+  default_backend app
+backend app
+  balance roundrobin
+{servers}
+"""
+
+
+def start_haproxy(tmp: Path, *, backends: dict[str, int], **options: str) -> HAProxy:
+    """A real HAProxy in front of ``backends`` (name -> port); admin socket in ``tmp``."""
+    port = free_port()
+    config = tmp / "haproxy.cfg"
+    config.write_text(haproxy_config(tmp, port=port, backends=backends, **options))
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    process = subprocess.Popen(
+        [binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    proxy = HAProxy(process, port, f"unix://{tmp}/admin.sock", config)
+    deadline = time.monotonic() + 10
+    while not (tmp / "admin.sock").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            proxy.stop()
+            raise RuntimeError(f"haproxy did not start with {config}")
+        time.sleep(0.05)
+    return proxy
