@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""What the sidecar costs while idle, and how fast it reacts to an event.
+
+Starts the fake metadata service and `drainer run` (mock load balancer, 1 s poll,
+metrics on) as a subprocess, then prints:
+- resident memory and CPU use of the idle sidecar over --idle seconds,
+- the time from an event appearing in the metadata service to the adapter's drain call
+  (read from the mock's own call log), median and p99 over --events events.
+Loopback only; bounded by the counts given.
+
+    python bench/footprint.py [--idle 30] [--events 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from drainer.fake_imds import FakeIMDS
+from drainer.lab import WebServer, free_port
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def wait_for(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the sidecar did not react in time")
+        time.sleep(0.01)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle measurement")
+    parser.add_argument("--events", type=int, default=25, help="events to time (>= 20)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="drainer-bench-") as tmp_dir, FakeIMDS(
+        rate_limit=None
+    ) as fake:
+        tmp = Path(tmp_dir)
+        (tmp / "boot_id").write_text("boot-1\n")
+        web = WebServer(free_port(), name="web-1").start()
+        mock = tmp / "mock.json"
+        config = {
+            "node": {"name": "web-1", "boot_id_path": str(tmp / "boot_id")},
+            "state_dir": str(tmp / "state"),
+            "source": {"endpoint": fake.url, "poll_interval": "1s"},
+            "health": {"tcp": {"port": web.port}, "interval": "200ms", "successes": 1},
+            "load_balancers": [{"type": "mock", "path": str(mock), "drain_seconds": 0}],
+            "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+        }
+        (tmp / "drainer.yaml").write_text(json.dumps(config))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "drainer", "run", "-c", str(tmp / "drainer.yaml")],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(5.0)  # imports done, first polls made
+            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            peak = 0.0
+            while time.monotonic() - t0 < args.idle:
+                peak = max(peak, rss_mib(proc.pid))
+                time.sleep(1.0)
+            cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
+            print(f"idle, 1 s poll, over {args.idle:.0f} s: "
+                  f"RSS {rss_mib(proc.pid):.1f} MiB (peak {peak:.1f} MiB), CPU {cpu:.2f} %")
+
+            def drains() -> list[float]:
+                try:
+                    calls = json.loads(mock.read_text())["calls"]
+                except (FileNotFoundError, ValueError):
+                    return []
+                return [c["at"] for c in calls if c["op"] == "drain"]
+
+            def in_service() -> bool:
+                state = json.loads((tmp / "state" / "state.json").read_text())
+                return bool(state["phase"] == "in_service")
+
+            latencies = []
+            for _ in range(args.events):
+                before = len(drains())
+                time.sleep(0.1 + (len(latencies) * 0.37) % 1.0)  # spread over the poll cycle
+                appeared = time.time()
+                eid = fake.schedule("Reboot", ["web-1"], status="Started")
+                wait_for(lambda before=before: len(drains()) > before)
+                latencies.append(drains()[-1] - appeared)
+                fake.end_event(eid)
+                wait_for(in_service)
+            latencies.sort()
+            p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
+            print(f"event appears -> adapter drain call, {len(latencies)} events: "
+                  f"median {statistics.median(latencies) * 1000:.0f} ms, "
+                  f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            web.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
