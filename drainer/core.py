@@ -340,6 +340,16 @@ def _start_drain(
         if name not in record.owned and view is not None and view.status is not LBStatus.IN_SERVICE
     }
     owned = frozenset(policy.lbs) - foreign
+    # Where the node is already out (an event during recovery), a drain would move it
+    # back towards service: HAProxy's `state drain` from maint restarts health checks
+    # and sends sticky clients to the node again. Drain only where it is in service.
+    drain = tuple(
+        sorted(
+            name
+            for name in owned
+            if (view := lbs.get(name)) is None or view.status is LBStatus.IN_SERVICE
+        )
+    )
     new = _enter(
         record,
         Phase.DRAINING,
@@ -351,7 +361,7 @@ def _start_drain(
         approved_at=None,
         undrain=False,
     )
-    return new, [Drain(tuple(sorted(owned)))] if owned else []
+    return new, [Drain(drain)] if drain else []
 
 
 def _tick(record: Record, tick: Tick, now: float, policy: Policy) -> Result:
@@ -538,12 +548,14 @@ def _recovering(
 
 
 def _reassert_out(record: Record, tick: Tick) -> list[Action]:
-    """While the node is meant to be out, put it out again where a reload brought it back."""
+    """While the node is meant to be out, take it out again wherever it is not: a reload
+    brought it back, or the take-out itself failed or was lost to a crash between the
+    save and the call (the load balancer then still shows the drain)."""
     back = tuple(
         sorted(
             name
             for name in record.owned
-            if (view := tick.lbs.get(name)) is not None and view.status is LBStatus.IN_SERVICE
+            if (view := tick.lbs.get(name)) is not None and view.status is not LBStatus.OUT
         )
     )
     return [TakeOut(back)] if back else []

@@ -50,6 +50,9 @@ class _Server(ThreadingHTTPServer):
     name = ""
     healthy = True
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that resets its connection is not news
+
 
 class WebServer:
     """An HTTP/1.1 keep-alive server on 127.0.0.1:``port``; ``/healthz`` answers 200 or 503."""
@@ -201,6 +204,7 @@ def start_haproxy(tmp: Path, *, backends: dict[str, int], **options: str) -> HAP
     config = tmp / "haproxy.cfg"
     config.write_text(haproxy_config(tmp, port=port, backends=backends, **options))
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    (tmp / "admin.sock").unlink(missing_ok=True)  # a stale one would look like a ready one
     process = subprocess.Popen(
         [binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -308,6 +308,14 @@ def test_out_reasserted_after_reload() -> None:
     assert actions == [TakeOut(("lb-a",))]
 
 
+@pytest.mark.parametrize("phase", [Phase.DRAINED, Phase.IN_MAINTENANCE, Phase.HELD])
+def test_out_taken_again_where_the_take_out_did_not_happen(phase: Phase) -> None:
+    # the take-out failed, or a crash came between saving the phase and the call
+    lbs: dict[str, LBView | None] = {"lb-a": draining_view(0), "lb-b": OUT}
+    _, actions = run(at(phase, approved_at=NOW), tick(event(), lbs=lbs))
+    assert [a for a in actions if not isinstance(a, CheckHealth)] == [TakeOut(("lb-a",))]
+
+
 def test_event_gone_without_reboot_recovers() -> None:
     new, actions = run(at(Phase.IN_MAINTENANCE), tick(lbs=both(OUT)))
     assert new.phase is Phase.RECOVERING and new.next_health == NOW and actions == []
@@ -393,15 +401,16 @@ def test_new_event_during_recovery_drains_again() -> None:
     record = recovering(health_ok=2)
     new, actions = run(record, tick(second, lbs=both(OUT)))
     assert new.phase is Phase.DRAINING and new.event == second
-    assert new.owned == frozenset(LBS) and actions == [Drain(LBS)]
-    drained, _ = run(new, tick(second, lbs=both(OUT)))
-    assert drained.phase is Phase.DRAINED
+    # already out everywhere: no drain, which would move it back towards service
+    assert new.owned == frozenset(LBS) and actions == []
+    drained, actions = run(new, tick(second, lbs=both(OUT)))
+    assert drained.phase is Phase.DRAINED and actions[0] == TakeOut(LBS)
 
 
 def test_new_event_after_partial_put_back_reclaims_the_lb() -> None:
     record = recovering(owned=frozenset({"lb-b"}), health_ok=3)
     new, actions = run(record, tick(event(eid="E2"), lbs={"lb-a": IN, "lb-b": OUT}))
-    assert new.owned == frozenset(LBS) and actions == [Drain(LBS)]
+    assert new.owned == frozenset(LBS) and actions == [Drain(("lb-a",))]
 
 
 def test_unhealthy_recovering_reasserts_out() -> None:
