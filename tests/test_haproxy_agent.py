@@ -15,7 +15,7 @@ from drainer.errors import ConfigError
 from drainer.lab import HAProxy, WebServer, free_port, haproxy_available, start_haproxy
 from drainer.model import LBStatus
 
-TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
    0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0
    1: 0100007F:1F90 0200000A:D432 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0
    2: 0100007F:1F90 0100007F:D433 06 00000000:00000000 00:00000000 00000000     0        0 3 1 0
