@@ -102,7 +102,9 @@ def run_demo(*, use_haproxy: bool = True) -> int:
         if use_haproxy and haproxy_available() and "haproxy" in adapter_plugins():
             peer = WebServer(free_port(), name="demo-web-2").start()
             stack.callback(peer.stop)
-            proxy = start_haproxy(tmp, backends={VM: web.port, "demo-web-2": peer.port})
+            proxy = start_haproxy(
+                tmp, backends={VM: web.port, "demo-web-2": peer.port}, redispatch=True
+            )
             stack.callback(proxy.stop)
             lb = {"type": "haproxy", "instances": [proxy.admin], "backend": "app", "server": VM}
             client = LoadClient(f"http://127.0.0.1:{proxy.port}/", workers=4)

@@ -6,16 +6,19 @@ Everything binds 127.0.0.1 only; every process is stopped by its PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,6 +35,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
+        if self.server.delay and self.path != "/healthz":
+            time.sleep(self.server.delay)  # a request takes a while: some are always in flight
         body = f"hello from {self.server.name}\n".encode()
         status = 200 if self.path != "/healthz" or self.server.healthy else 503
         self.send_response(status)
@@ -49,6 +54,29 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     name = ""
     healthy = True
+    delay = 0.0
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _Handler)
+        self.open: set[socket.socket] = set()
+        self.lock = threading.Lock()
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        with self.lock:
+            self.open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+        with self.lock:
+            self.open.discard(request)
+        super().shutdown_request(request)
+
+    def cut(self) -> None:
+        """Reset every open connection, as a machine going down does."""
+        with self.lock:
+            for conn in list(self.open):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client that resets its connection is not news
@@ -57,9 +85,10 @@ class _Server(ThreadingHTTPServer):
 class WebServer:
     """An HTTP/1.1 keep-alive server on 127.0.0.1:``port``; ``/healthz`` answers 200 or 503."""
 
-    def __init__(self, port: int, *, name: str = "web") -> None:
+    def __init__(self, port: int, *, name: str = "web", delay: float = 0.0) -> None:
         self.port = port
         self.name = name
+        self.delay = delay
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -73,8 +102,9 @@ class WebServer:
         self._server.healthy = value
 
     def start(self) -> WebServer:
-        self._server = _Server(("127.0.0.1", self.port), _Handler)
+        self._server = _Server(("127.0.0.1", self.port))
         self._server.name = self.name
+        self._server.delay = self.delay
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -90,7 +120,25 @@ class WebServer:
             return
         self._server.shutdown()
         self._server.server_close()
+        self._server.cut()
         self._server = None
+
+
+class BlackHole:
+    """A port that takes no connection: while a machine reboots its address answers
+    nothing, so connections time out instead of being refused. A listener with a full
+    accept queue that never accepts does that on loopback: the kernel drops new SYNs."""
+
+    def __init__(self, port: int) -> None:
+        self._listener = socket.create_server(("127.0.0.1", port), backlog=0)
+        self._filler = socket.socket()
+        self._filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            self._filler.connect(("127.0.0.1", port))  # fills the queue of one
+
+    def close(self) -> None:
+        self._filler.close()
+        self._listener.close()
 
 
 @dataclass
@@ -174,9 +222,13 @@ def haproxy_config(
     backends: dict[str, int],
     check: str = "check inter 500ms",
     extra_server: str = "",
+    per_server: dict[str, str] | None = None,
+    redispatch: bool = False,
 ) -> str:
+    """``extra_server`` goes on every server line, ``per_server[name]`` on that one's."""
+    more = per_server or {}
     servers = "\n".join(
-        f"  server {name} 127.0.0.1:{p} {check} {extra_server}".rstrip()
+        f"  server {name} 127.0.0.1:{p} {check} {extra_server} {more.get(name, '')}".rstrip()
         for name, p in backends.items()
     )
     return f"""global
@@ -188,7 +240,7 @@ defaults
   timeout client 30s
   timeout server 30s
   retries 3
-  option redispatch
+{"  option redispatch" if redispatch else ""}
 frontend web
   bind 127.0.0.1:{port}
   default_backend app
@@ -198,7 +250,7 @@ backend app
 """
 
 
-def start_haproxy(tmp: Path, *, backends: dict[str, int], **options: str) -> HAProxy:
+def start_haproxy(tmp: Path, *, backends: dict[str, int], **options: Any) -> HAProxy:
     """A real HAProxy in front of ``backends`` (name -> port); admin socket in ``tmp``."""
     port = free_port()
     config = tmp / "haproxy.cfg"
@@ -216,3 +268,48 @@ def start_haproxy(tmp: Path, *, backends: dict[str, int], **options: str) -> HAP
             raise RuntimeError(f"haproxy did not start with {config}")
         time.sleep(0.05)
     return proxy
+
+
+class WebProcess:
+    """A WebServer in a process of its own (``python -m drainer.lab web PORT NAME DELAY``),
+    so load tests are not held back by one interpreter's lock; stopped by PID."""
+
+    def __init__(self, port: int, *, name: str, delay: float = 0.0) -> None:
+        self.port, self.name, self.delay = port, name, delay
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WebProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "drainer.lab", "web", str(self.port), self.name, str(self.delay)]
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"web server {self.name} did not start") from None
+                time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        """SIGKILL by default: the kernel resets its connections, as a machine going down."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+            self.process.wait(timeout=10)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 4 or argv[0] != "web":
+        print("usage: python -m drainer.lab web PORT NAME DELAY", file=sys.stderr)
+        return 2
+    server = WebServer(int(argv[1]), name=argv[2], delay=float(argv[3])).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
