@@ -1,0 +1,527 @@
+"""The HAProxy runtime-API client and the ``haproxy`` adapter, against real HAProxy 2.6.
+
+Parsers are checked on replies captured from HAProxy 2.6.12; everything else runs
+against HAProxy processes of our own (tests/lbprocs.py), stopped by PID at teardown.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lbprocs import (
+    HAProxy,
+    HttpBackend,
+    canned_cli,
+    free_port,
+    have_haproxy,
+    silent_listener,
+    start_haproxy,
+    wait_until,
+)
+from pydantic import ValidationError
+
+from drainer.adapters.base import AdapterContext, LBStatus, LoadBalancer
+from drainer.adapters.haproxy import (
+    PLUGIN,
+    HAProxyConfig,
+    HAProxyLoadBalancer,
+    create,
+    put_back_step,
+)
+from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
+from drainer.haproxy import (
+    HAProxyClient,
+    OpState,
+    ServerState,
+    StatRow,
+    parse_address,
+    parse_node_address,
+    parse_servers_state,
+    parse_stat,
+)
+
+needs_haproxy = pytest.mark.skipif(not have_haproxy(), reason="needs /usr/sbin/haproxy")
+CONTEXT = AdapterContext(node="vm1", state_dir=Path("/nonexistent"))
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., HAProxy]]:
+    started: list[HAProxy] = []
+
+    def _start(body: str, **options: Any) -> HAProxy:
+        started.append(start_haproxy(body, **options))
+        return started[-1]
+
+    yield _start
+    for haproxy in started:
+        haproxy.stop()
+
+
+@pytest.fixture
+def backend() -> Iterator[Callable[..., HttpBackend]]:
+    started: list[HttpBackend] = []
+
+    def _backend(port: int = 0) -> HttpBackend:
+        started.append(HttpBackend(port))
+        return started[-1]
+
+    yield _backend
+    for server in started:
+        server.stop()
+
+
+def make_lb(*instances: str, **options: Any) -> HAProxyLoadBalancer:
+    lbs = create(HAProxyConfig(type="haproxy", instances=list(instances), **options), CONTEXT)
+    assert len(lbs) == 1 and isinstance(lbs[0], HAProxyLoadBalancer)
+    return lbs[0]
+
+
+def row(haproxy: HAProxy, backend: str, server: str) -> ServerState:
+    states = HAProxyClient(haproxy.admin).servers_state(backend)
+    return next(s for s in states if s.server == server)
+
+
+def two_servers(port1: int, port2: int, extra: str = "") -> str:
+    return f"""
+backend app
+  server web1 127.0.0.1:{port1} check inter 200ms {extra}
+  server web2 127.0.0.1:{port2} check inter 200ms
+"""
+
+
+# -- parsing, on replies captured from HAProxy 2.6.12 ------------------------------------
+
+SERVERS_STATE = (
+    "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight"
+    " srv_iweight srv_time_since_last_change srv_check_status srv_check_result"
+    " srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id"
+    " srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr"
+    " srv_agent_port\n"
+    "3 app 1 web1 127.0.0.1 2 8 1 1 0 6 3 4 6 0 0 0 - 18081 - 0 0 - - 0\n"
+    "3 app 2 web2 127.0.0.1 2 0 1 1 1 1 0 2 0 0 0 0 - 18082 - 0 0 - - 0\n"
+    "5 dead 1 w3 127.0.0.1 0 1 1 1 1 8 2 0 14 0 0 0 - 18089 - 0 0 - - 0\n\n"
+)
+
+STAT = (
+    "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,"
+    "wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,"
+    "throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,\n"
+    "app,web1,0,0,3,3,,0,0,0,,0,,0,0,0,0,DRAIN,1,1,0,0,0,1,0,,1,3,1,,0,,2,0,,0,L4OK,,\n"
+    "app,web2,0,0,0,0,,0,0,0,,0,,0,0,0,0,no check,1,1,0,,,2,,,1,3,2,,0,,2,0,,0,,,\n"
+    "app,BACKEND,0,0,3,3,999,0,0,0,0,0,,0,0,0,0,UP,1,1,0,,0,2,0,,1,3,0,,0,,1,0,,0,,,\n\n"
+)
+
+
+def test_servers_state_is_parsed_by_its_header() -> None:
+    web1, web2, w3 = parse_servers_state(SERVERS_STATE)
+    assert web1 == ServerState(
+        backend="app", server="web1", address="127.0.0.1", port=18081,
+        op_state=OpState.RUNNING, admin_state=8, check_state=6,
+    )  # fmt: skip
+    assert web1.forced_drain and not web1.maint and web1.checked and web1.up
+    assert web2.in_service and not web2.checked
+    assert w3.forced_maint and w3.checked and not w3.up  # 14: the check is paused in maint
+
+    # Columns moved and one added (as between versions): the same rows come out.
+    lines = SERVERS_STATE.splitlines()
+    header = lines[1][2:].split()
+    order = [header.index(n) for n in reversed(header)]
+    shuffled = ["1", "# " + " ".join(header[i] for i in order) + " srv_new_in_3x"]
+    shuffled += [" ".join([line.split()[i] for i in order] + ["x"]) for line in lines[2:5]]
+    assert parse_servers_state("\n".join(shuffled) + "\n\n") == [web1, web2, w3]
+
+
+def test_stat_is_parsed_by_its_header_and_keeps_servers_only() -> None:
+    rows = parse_stat(STAT)
+    assert rows == [
+        StatRow(backend="app", server="web1", status="DRAIN", scur=3, check_status="L4OK"),
+        StatRow(backend="app", server="web2", status="no check", scur=0, check_status=""),
+    ]
+    header, *lines = STAT.strip().splitlines()
+    names = header[2:].rstrip(",").split(",")
+    moved = ["# " + ",".join(reversed(names))]
+    moved += [",".join(reversed(line.split(",")[: len(names)])) for line in lines]
+    assert parse_stat("\n".join(moved) + "\n") == rows
+
+
+@pytest.mark.parametrize(
+    ("admin_state", "maint", "drain"),
+    [(0x00, False, False), (0x01, True, False), (0x02, True, False), (0x20, True, False),
+     (0x04, False, False), (0x40, False, False), (0x05, True, False), (0x08, False, True),
+     (0x10, False, True), (0x0C, False, True), (0x09, True, True)],
+)  # fmt: skip
+def test_admin_state_is_a_bit_mask(admin_state: int, maint: bool, drain: bool) -> None:
+    state = ServerState("b", "s", "10.0.0.4", 80, OpState.RUNNING, admin_state, 0)
+    assert (state.maint, state.drain) == (maint, drain)
+
+
+@pytest.mark.parametrize(
+    ("admin_state", "op_state", "check_state", "step"),
+    [(0x01, OpState.STOPPED, 14, "recheck"), (0x01, OpState.STOPPED, 0, "ready"),
+     (0x09, OpState.STOPPED, 14, "recheck"), (0x08, OpState.STOPPED, 6, "wait"),
+     (0x08, OpState.RUNNING, 6, "ready"), (0x08, OpState.STARTING, 6, "ready"),
+     (0x08, OpState.STOPPED, 0, "ready"), (0x02, OpState.STOPPED, 6, "wait"),
+     (0x10, OpState.RUNNING, 6, "wait"), (0x00, OpState.STOPPED, 6, "done"),
+     (0x04, OpState.RUNNING, 0, "done")],
+)  # fmt: skip
+def test_put_back_step(admin_state: int, op_state: int, check_state: int, step: str) -> None:
+    state = ServerState("b", "s", "10.0.0.4", 80, op_state, admin_state, check_state)
+    assert put_back_step(state) == step
+
+
+def test_addresses_are_checked() -> None:
+    assert parse_address("unix:///run/haproxy/admin.sock") == "/run/haproxy/admin.sock"
+    assert parse_address("tcp://127.0.0.1:9999") == ("127.0.0.1", 9999)
+    assert parse_address("tcp://[::1]:9999") == ("::1", 9999)
+    for bad in ["/run/haproxy/admin.sock", "unix://run/admin.sock", "tcp://host", "http://h:1"]:
+        with pytest.raises(ConfigError, match=bad):
+            HAProxyClient(bad)
+    assert parse_node_address("10.0.0.4")[1] is None
+    assert parse_node_address("10.0.0.4:8080")[1] == 8080
+    assert parse_node_address("[::1]:8080")[1] == 8080
+    assert str(parse_node_address("::1")[0]) == "::1"
+    for bad in ["web1", "10.0.0.4:http", "10.0.0.4:0", "[::1]"]:
+        with pytest.raises(ConfigError, match="node address"):
+            parse_node_address(bad)
+
+
+def test_config_is_validated() -> None:
+    ok = HAProxyConfig(type="haproxy", instances=["tcp://10.0.0.1:9999"], address="10.0.0.4")
+    assert (ok.connect_timeout, ok.timeout, ok.min_in_service) == (2.0, 5.0, 1)
+    assert PLUGIN.config_model is HAProxyConfig
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"address": "10.0.0.4", "backend": "app", "server": "web1"}, "not both"),
+        ({"backend": "app"}, "set `backend` and `server`"),
+        ({"address": "web1.example"}, "invalid node address"),
+        ({"backend": "app", "server": "web1;shutdown sessions"}, "invalid HAProxy server name"),
+        ({"backend": "app\nshow info", "server": "web1"}, "invalid HAProxy backend name"),
+        ({"instances": [], "address": "10.0.0.4"}, "at least 1 item"),
+        ({"instances": ["/run/haproxy/admin.sock"], "address": "10.0.0.4"}, "admin.sock"),
+        ({"instances": ["tcp://h:1", "tcp://h:1"], "address": "10.0.0.4"}, "listed twice"),
+        ({"address": "10.0.0.4", "port": 80}, "Extra inputs are not permitted"),
+    ]
+    for options, message in cases:
+        options.setdefault("instances", ["unix:///run/haproxy/admin.sock"])
+        with pytest.raises(ValidationError, match=message):
+            HAProxyConfig(type="haproxy", **options)
+
+
+def test_names_are_validated_before_anything_is_sent() -> None:
+    # Connecting would raise TransientAdapterError: ConfigError proves nothing was sent.
+    client = HAProxyClient("unix:///nonexistent/admin.sock")
+    for backend, server in [("app", "web1;shutdown sessions"), ("app", "web1\nshow info"),
+                            ("app;x", "web1"), ("app", "web 1"), ("app", "")]:  # fmt: skip
+        with pytest.raises(ConfigError, match="invalid HAProxy"):
+            client.set_state(backend, server, "drain")
+        with pytest.raises(ConfigError, match="invalid HAProxy"):
+            client.shutdown_sessions(backend, server)
+    with pytest.raises(ConfigError):
+        client.servers_state("app;shutdown sessions server app/web1")
+    with pytest.raises(TransientAdapterError):
+        client.set_state("app", "web1", "drain")
+
+
+# -- against real HAProxy ----------------------------------------------------------------
+
+
+@needs_haproxy
+def test_drain_maint_ready_round_trip(start: Any, backend: Any) -> None:
+    haproxy = start(two_servers(backend().port, backend().port))
+    lb = make_lb(haproxy.admin, backend="app", server="web1")
+    assert lb.name == f"haproxy@{haproxy.admin}" and isinstance(lb, LoadBalancer)
+    assert lb.state().status is LBStatus.IN_SERVICE
+
+    lb.drain()
+    lb.drain()  # idempotent
+    view = lb.state()
+    assert view.status is LBStatus.DRAINING
+    assert view.detail == "app/web1 DRAIN scur=0 check=L4OK"
+    assert row(haproxy, "app", "web1").forced_drain
+    assert row(haproxy, "app", "web2").in_service  # only the node moved
+
+    lb.take_out(kill=False)
+    lb.drain()  # re-asserting the drain never moves maint back to drain
+    assert lb.state().status is LBStatus.OUT
+    assert row(haproxy, "app", "web1").forced_maint
+
+    assert lb.put_back() is False  # maint -> drain, and HAProxy's check must pass first
+    assert lb.state().status is LBStatus.DRAINING
+    wait_until(lb.put_back, timeout=3, what="put_back() once the check passed")
+    assert lb.put_back() is True
+    view = lb.state()
+    assert view.status is LBStatus.IN_SERVICE and view.detail.startswith("app/web1 UP ")
+    assert row(haproxy, "app", "web1").in_service
+
+
+@needs_haproxy
+def test_leaving_maint_marks_a_checked_server_up_without_a_check(start: Any) -> None:
+    """The HAProxy 2.6 trap that put_back() works around: drain from maint is UP at once."""
+    haproxy = start(f"backend app\n  server web1 127.0.0.1:{free_port()} check inter 200ms\n")
+    client = HAProxyClient(haproxy.admin)
+    wait_until(lambda: not row(haproxy, "app", "web1").up, what="web1 DOWN (nothing listens)")
+    client.set_state("app", "web1", "maint")
+    client.set_state("app", "web1", "drain")
+    assert row(haproxy, "app", "web1").op_state == OpState.RUNNING  # no check has run
+    wait_until(lambda: not row(haproxy, "app", "web1").up, what="the next check fails")
+
+
+@needs_haproxy
+def test_put_back_waits_for_haproxys_own_check(start: Any, backend: Any) -> None:
+    port = free_port()  # nothing listens yet: the node's application is not up
+    haproxy = start(two_servers(port, backend().port))
+    lb = make_lb(haproxy.admin, backend="app", server="web1")
+    wait_until(lambda: not row(haproxy, "app", "web1").up, what="web1 DOWN")
+    lb.take_out(kill=False)
+
+    assert lb.put_back() is False
+    assert lb.put_back() is False  # without `health down` HAProxy would call it UP here
+    web1 = row(haproxy, "app", "web1")
+    assert web1.forced_drain and not web1.maint and not web1.up
+    deadline = time.monotonic() + 0.8  # four check intervals: still refused
+    while time.monotonic() < deadline:
+        assert lb.put_back() is False
+        assert lb.state().status is LBStatus.DRAINING
+        time.sleep(0.1)
+
+    backend(port)  # the application comes up
+    wait_until(lb.put_back, timeout=3, what="put_back() after the check passed")
+    assert row(haproxy, "app", "web1").in_service
+    assert lb.state().detail.startswith("app/web1 UP ")
+
+
+@needs_haproxy
+def test_put_back_without_a_check_is_immediate(start: Any) -> None:
+    haproxy = start(
+        f"backend app\n  server web1 127.0.0.1:{free_port()}\n"
+        f"  server web3 127.0.0.1:{free_port()} disabled\n"
+    )
+    lb = make_lb(haproxy.admin, backend="app", server="web1")
+    lb.take_out(kill=False)
+    assert lb.state().status is LBStatus.OUT
+    assert lb.put_back() is True
+    assert lb.state().status is LBStatus.IN_SERVICE
+
+    # `disabled` in the configuration: 0x04 stays in the mask while the server serves.
+    web3 = make_lb(haproxy.admin, backend="app", server="web3")
+    assert web3.state().status is LBStatus.OUT
+    assert web3.put_back() is True
+    assert row(haproxy, "app", "web3").admin_state == 0x04
+    assert web3.state().status is LBStatus.IN_SERVICE
+    assert web3.state().detail == "app/web3 no check scur=0 check=-"
+
+
+@needs_haproxy
+def test_sessions_are_counted_and_killed(start: Any, backend: Any) -> None:
+    app, front = backend(), free_port()
+    haproxy = start(
+        f"frontend fe\n  bind 127.0.0.1:{front}\n  default_backend app\n"
+        f"backend app\n  server web1 127.0.0.1:{app.port} check inter 200ms\n"
+    )
+    lb = make_lb(haproxy.admin, backend="app", server="web1")
+    with socket.create_connection(("127.0.0.1", front), timeout=3) as client:
+        client.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert app.slow_started.acquire(timeout=3)
+        wait_until(lambda: lb.state().sessions == 1, what="scur=1")
+        lb.drain()
+        view = lb.state()
+        assert view.status is LBStatus.DRAINING and view.sessions == 1
+        assert "scur=1" in view.detail
+
+        lb.take_out(kill=True)
+        wait_until(lambda: lb.state().sessions == 0, what="scur=0 after shutdown sessions")
+        try:
+            answer = client.recv(4096)
+        except ConnectionResetError:
+            answer = b""
+        assert b"200 OK" not in answer  # killed, not completed
+        assert lb.state().status is LBStatus.OUT
+
+
+@needs_haproxy
+def test_missing_server_and_backend_are_permanent(start: Any) -> None:
+    haproxy = start(two_servers(free_port(), free_port()))
+    client, where = HAProxyClient(haproxy.admin), haproxy.admin
+    no_backend = f"^backend nope not found on {re.escape(where)}$"
+    with pytest.raises(PermanentAdapterError) as error:
+        client.set_state("app", "nope", "drain")
+    assert str(error.value) == f"server nope not found in backend app on {where}"
+    assert error.value.instance == where
+    with pytest.raises(PermanentAdapterError, match=no_backend):
+        client.set_state("nope", "web1", "maint")
+    with pytest.raises(PermanentAdapterError, match=no_backend):
+        client.servers_state("nope")
+    with pytest.raises(PermanentAdapterError, match=no_backend):
+        client.stat("nope")
+    with pytest.raises(PermanentAdapterError, match="server nope not found in backend app"):
+        client.shutdown_sessions("app", "nope")
+    with pytest.raises(PermanentAdapterError, match="server nope not found in backend app"):
+        make_lb(where, backend="app", server="nope").state()
+    with pytest.raises(PermanentAdapterError, match=no_backend):
+        make_lb(where, backend="nope", server="web1").drain()
+    with pytest.raises(PermanentAdapterError, match=r"no server with address 10\.9\.9\.9 in"):
+        make_lb(where, address="10.9.9.9").state()
+
+
+@needs_haproxy
+def test_permission_denied_explains_level_admin(start: Any) -> None:
+    haproxy = start(
+        two_servers(free_port(), free_port()),
+        global_lines=["stats socket {dir}/operator.sock level operator"],
+    )
+    operator = f"unix://{haproxy.dir}/operator.sock"
+    lb = make_lb(operator, backend="app", server="web1")
+    assert lb.state().status is LBStatus.IN_SERVICE  # reading is allowed
+    with pytest.raises(PermanentAdapterError, match="needs `level admin`") as error:
+        lb.drain()
+    assert error.value.instance == operator and operator in str(error.value)
+    with pytest.raises(PermanentAdapterError, match="needs `level admin`"):
+        HAProxyClient(operator).shutdown_sessions("app", "web1")
+    assert row(haproxy, "app", "web1").admin_state == 0  # nothing changed
+
+
+@needs_haproxy
+def test_tcp_stats_socket(start: Any) -> None:
+    port = free_port()
+    haproxy = start(
+        two_servers(free_port(), free_port()),
+        global_lines=[f"stats socket ipv4@127.0.0.1:{port} level admin"],
+    )
+    make_lb(f"tcp://127.0.0.1:{port}", backend="app", server="web2").drain()
+    assert row(haproxy, "app", "web2").forced_drain
+
+
+def test_unreachable_instances_are_transient() -> None:
+    missing = "unix:///nonexistent/admin.sock"
+    with pytest.raises(TransientAdapterError, match=f"^{re.escape(missing)} unreachable") as error:
+        make_lb(missing, backend="app", server="web1").state()
+    assert error.value.instance == missing
+    refused = f"tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(TransientAdapterError, match=f"^{re.escape(refused)} unreachable"):
+        HAProxyClient(refused).servers_state()
+
+
+def test_a_hanging_instance_times_out() -> None:
+    with silent_listener() as address:
+        client = HAProxyClient(address, connect_timeout=0.3, timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(TransientAdapterError, match="did not answer") as error:
+            client.set_state("app", "web1", "drain")
+        assert time.monotonic() - started < 1.0
+        assert error.value.instance == address and address in str(error.value)
+
+
+EXPECTS = "'set server <srv> state' expects 'ready', 'drain' and 'maint'."
+
+
+@pytest.mark.parametrize(
+    ("reply", "call", "error", "message"),
+    [
+        (f"{EXPECTS}\n", lambda c: c.set_state("app", "web1", "drain"), PermanentAdapterError,
+         f"refused `set server app/web1 state drain`: {re.escape(EXPECTS)}$"),
+        ("Unknown command, but maybe...\n\n", lambda c: c.servers_state(), PermanentAdapterError,
+         "refused `show servers state`: Unknown command"),
+        ("1\n# be_id be_name srv_name\n3 app\n\n", lambda c: c.servers_state(),
+         PermanentAdapterError, "unexpected format: 2 fields for 3 columns"),
+        ("", lambda c: c.shutdown_sessions("app", "web1"), TransientAdapterError,
+         "closed the connection without answering"),
+    ],
+)  # fmt: skip
+def test_any_other_reply_is_a_refusal_and_silence_is_transient(
+    reply: str, call: Callable[[HAProxyClient], object], error: type[Exception], message: str
+) -> None:
+    with canned_cli(reply.encode()) as address, pytest.raises(error, match=message) as raised:
+        call(HAProxyClient(address))
+    assert str(raised.value).startswith(address)
+    assert getattr(raised.value, "instance", None) == address
+
+
+@needs_haproxy
+def test_two_instances_one_down(start: Any, backend: Any) -> None:
+    body = two_servers(backend().port, backend().port)
+    first, second = start(body), start(body)
+    lbs = create(
+        HAProxyConfig(
+            type="haproxy", name="edge", instances=[first.admin, second.admin],
+            backend="app", server="web1",
+        ),
+        CONTEXT,
+    )  # fmt: skip
+    assert [lb.name for lb in lbs] == [f"edge@{first.admin}", f"edge@{second.admin}"]
+    second.stop()
+
+    lbs[0].drain()
+    assert lbs[0].state().status is LBStatus.DRAINING
+    for call in (lbs[1].drain, lbs[1].state):
+        with pytest.raises(TransientAdapterError) as error:
+            call()
+        assert error.value.instance == second.admin
+        assert str(error.value).startswith(f"{second.admin} unreachable")
+
+
+@needs_haproxy
+def test_a_reload_forgets_the_drain_and_drain_reasserts_it(start: Any, backend: Any) -> None:
+    haproxy = start(two_servers(backend().port, backend().port), master_worker=True)
+    lb = make_lb(haproxy.admin, backend="app", server="web1")
+    lb.drain()
+    assert lb.state().status is LBStatus.DRAINING
+    worker = haproxy.worker_pid()
+
+    haproxy.reload()  # SIGUSR2 to the master: a new worker from the configuration file
+    assert haproxy.worker_pid() != worker
+    assert lb.state().status is LBStatus.IN_SERVICE  # the drain is gone
+
+    lb.drain()
+    assert lb.state().status is LBStatus.DRAINING
+
+
+@needs_haproxy
+def test_discovery_by_address_finds_every_backend(start: Any) -> None:
+    node, other = f"127.0.0.2:{free_port()}", f"127.0.0.1:{free_port()}"
+    haproxy = start(
+        f"backend app\n  server web1 {node}\n  server web2 {other}\n"
+        f"backend api\n  server vm1 {node}\n  server vm2 {other}\n"
+        f"backend ops\n  server vm1-admin 127.0.0.2:{free_port()}\n  server o {other}\n"
+    )
+    client = HAProxyClient(haproxy.admin)
+    assert client.find_by_address(node) == [("app", "web1"), ("api", "vm1")]
+    assert client.find_by_address("127.0.0.2") == [
+        ("app", "web1"), ("api", "vm1"), ("ops", "vm1-admin"),
+    ]  # fmt: skip
+    assert client.find_by_address("127.0.0.3") == []
+
+    lb = make_lb(haproxy.admin, address=node)
+    lb.drain()
+    view = lb.state()
+    assert view.status is LBStatus.DRAINING
+    assert view.detail == "app/web1 DRAIN scur=0 check=-, api/vm1 DRAIN scur=0 check=-"
+    assert row(haproxy, "ops", "vm1-admin").in_service  # other port: not this address
+    assert row(haproxy, "app", "web2").in_service and row(haproxy, "api", "vm2").in_service
+
+    HAProxyClient(haproxy.admin).set_state("app", "web1", "ready")
+    assert lb.state().status is LBStatus.IN_SERVICE  # partly drained is not drained
+    lb.take_out(kill=True)
+    assert lb.state().status is LBStatus.OUT
+    assert lb.put_back() is True
+    assert lb.state().status is LBStatus.IN_SERVICE
+
+
+@needs_haproxy
+def test_check_manual_drain_keeps_min_in_service(start: Any, backend: Any) -> None:
+    haproxy = start(two_servers(backend().port, backend().port))
+    lb = make_lb(haproxy.admin, backend="app", server="web1")
+    assert lb.check_manual_drain() is None
+
+    strict = make_lb(haproxy.admin, backend="app", server="web1", min_in_service=2)
+    assert strict.check_manual_drain() == (
+        f"refusing to drain vm1 on haproxy@{haproxy.admin}: backend app would keep"
+        " 1 other server(s) in service, min_in_service is 2"
+    )
+    HAProxyClient(haproxy.admin).set_state("app", "web2", "drain")
+    refusal = lb.check_manual_drain()
+    assert refusal is not None and "backend app would keep 0 other server(s)" in refusal
