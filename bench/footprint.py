@@ -55,9 +55,10 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=25, help="events to time (>= 20)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="drainer-bench-") as tmp_dir, FakeIMDS(
-        rate_limit=None
-    ) as fake:
+    with (
+        tempfile.TemporaryDirectory(prefix="drainer-bench-") as tmp_dir,
+        FakeIMDS(rate_limit=None) as fake,
+    ):
         tmp = Path(tmp_dir)
         (tmp / "boot_id").write_text("boot-1\n")
         web = WebServer(free_port(), name="web-1").start()
@@ -83,8 +84,10 @@ def main() -> int:
                 peak = max(peak, rss_mib(proc.pid))
                 time.sleep(1.0)
             cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
-            print(f"idle, 1 s poll, over {args.idle:.0f} s: "
-                  f"RSS {rss_mib(proc.pid):.1f} MiB (peak {peak:.1f} MiB), CPU {cpu:.2f} %")
+            print(
+                f"idle, 1 s poll, over {args.idle:.0f} s: "
+                f"RSS {rss_mib(proc.pid):.1f} MiB (peak {peak:.1f} MiB), CPU {cpu:.2f} %"
+            )
 
             def drains() -> list[float]:
                 try:
@@ -109,9 +112,11 @@ def main() -> int:
                 wait_for(in_service)
             latencies.sort()
             p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
-            print(f"event appears -> adapter drain call, {len(latencies)} events: "
-                  f"median {statistics.median(latencies) * 1000:.0f} ms, "
-                  f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
+            print(
+                f"event appears -> adapter drain call, {len(latencies)} events: "
+                f"median {statistics.median(latencies) * 1000:.0f} ms, "
+                f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
+            )
         finally:
             proc.terminate()
             proc.wait(timeout=10)

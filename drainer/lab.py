@@ -233,6 +233,7 @@ def haproxy_config(
     )
     return f"""global
   stats socket {tmp}/admin.sock mode 600 level admin
+  stats socket {tmp}/stats.sock mode 666 level user
   stats timeout 30s
 defaults
   mode http

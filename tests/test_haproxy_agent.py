@@ -196,3 +196,39 @@ def test_answer_survives_a_new_process(tmp_path: Path) -> None:
             assert c.recv(64) == b"maint\n"
     finally:
         second.close()
+
+
+@needs_haproxy
+def test_stats_socket_gives_exact_sessions(
+    polled: tuple[AgentLoadBalancer, HAProxy, WebServer], tmp_path: Path
+) -> None:
+    _, proxy, web = polled
+    agent_port = free_port()
+    config = AgentConfig(
+        listen=f"127.0.0.1:{agent_port}",
+        service_port=web.port,
+        stats=(proxy.admin,),
+        backend="app",
+        server="web-1",
+    )
+    (lb,) = create(config, AdapterContext(node="web-1", state_dir=tmp_path / "other"))
+    assert lb.state().sessions == 0
+    with socket.create_connection(("127.0.0.1", proxy.port)) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200" in client.recv(4096)
+    # the idle pooled server connection is not a session for HAProxy
+    assert lb.state().sessions == 0
+    assert "0 sessions" in lb.state().detail
+
+
+def test_stats_need_backend_and_server() -> None:
+    with pytest.raises(ValueError, match="stats needs backend and server"):
+        AgentConfig(listen="127.0.0.1:1", service_port=80, stats=("tcp://127.0.0.1:1",))
+    with pytest.raises(ValueError, match="invalid HAProxy server name"):
+        AgentConfig(
+            listen="127.0.0.1:1",
+            service_port=80,
+            stats=("tcp://127.0.0.1:1",),
+            backend="app",
+            server="web1;shutdown",
+        )

@@ -13,9 +13,12 @@ passed. The daemon also records, per polling HAProxy address, the last answer it
 polls has been told (an address that has not polled for ``STALE`` seconds no longer
 counts: that HAProxy is gone).
 
-Without an admin socket drainer cannot read ``scur``; the node's open sessions are the
-established TCP connections to ``service_port`` (from ``peers`` when given) read from
-``/proc/net/tcp`` and ``/proc/net/tcp6``.
+Without an admin socket drainer cannot read ``scur``. When ``stats`` names read-only
+stats sockets (``level user`` is enough), the node's sessions are their ``scur`` for
+``backend``/``server``: exact. Otherwise they are the established TCP connections to
+``service_port`` (from ``peers`` when given) read from ``/proc/net/tcp`` and
+``/proc/net/tcp6``: that also counts the idle connections HAProxy keeps pooled to a
+server in DRAIN (it closes them on MAINT), so such a drain often runs to its deadline.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from drainer.adapters.base import (
     AdapterConfig,
@@ -41,6 +44,7 @@ from drainer.adapters.base import (
     LoadBalancer,
 )
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
+from drainer.haproxy import HAProxyClient, check_name
 
 log = logging.getLogger("drainer")
 
@@ -56,6 +60,21 @@ class AgentConfig(AdapterConfig):
     service_port: int = Field(ge=1, le=65535)  # the port HAProxy sends requests to
     peers: tuple[str, ...] = ()  # HAProxy addresses whose connections count; empty: any
     proc_net: Path = Path("/proc/net")  # for tests
+    stats: tuple[str, ...] = ()  # read-only stats sockets: sessions from their scur
+    backend: str | None = None  # with stats: where this node's server is
+    server: str | None = None
+
+    @model_validator(mode="after")
+    def _stats_need_names(self) -> AgentConfig:
+        if self.stats and not (self.backend and self.server):
+            raise ValueError("stats needs backend and server: which row holds this node")
+        for kind, name in (("backend", self.backend), ("server", self.server)):
+            if name is not None:
+                try:
+                    check_name(kind, name)
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from exc
+        return self
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
@@ -157,7 +176,7 @@ class AgentLoadBalancer:
         answer = self.answer()
         seen = self._told()
         behind = sorted(peer for peer, told in seen.items() if told != answer)
-        sessions = established(self._config.proc_net, self._config.service_port, self._peers)
+        sessions = self._sessions()
         if answer != "ready" and (behind or not seen):
             sessions = max(sessions, 1)  # not every HAProxy has been told yet
         waiting = (
@@ -169,8 +188,18 @@ class AgentLoadBalancer:
             ANSWERS[answer],
             sessions,
             f"agent answers {answer} on {self._config.listen}, "
-            f"{sessions} connections to :{self._config.service_port}{waiting}",
+            f"{sessions} sessions{waiting}",
         )
+
+    def _sessions(self) -> int:
+        config = self._config
+        if not config.stats:
+            return established(config.proc_net, config.service_port, self._peers)
+        total = 0
+        for address in config.stats:
+            rows = HAProxyClient(address, connect_timeout=1.0, timeout=2.0).stat(config.backend)
+            total += sum(r.scur for r in rows if r.server == config.server)
+        return total
 
     def drain(self) -> None:
         if self.answer() == "ready":
