@@ -151,6 +151,7 @@ class Engine:
                 continue
             try:
                 if isinstance(action, Drain):
+                    self._warn_breach(lb)
                     lb.drain()
                 elif isinstance(action, TakeOut):
                     lb.take_out(kill=action.kill)
@@ -162,6 +163,18 @@ class Engine:
                 verb = {Drain: "draining", TakeOut: "out", PutBack: "putting back"}
                 log.debug("%s: %s", name, verb[type(action)], extra={"lb": name})
         return done
+
+    def _warn_breach(self, lb: LoadBalancer) -> None:
+        """A maintenance drains even below an adapter's minimum (the VM goes down anyway),
+        but says so; ``drainer drain`` refuses instead (see the CLI)."""
+        check = getattr(lb, "check_manual_drain", None)
+        reason = check() if callable(check) else None
+        if reason:
+            log.warning(
+                "%s; draining anyway: the maintenance takes the node down regardless",
+                reason,
+                extra={"lb": lb.name},
+            )
 
     def _error(self, kind: str, key: str, message: str) -> None:
         self.metrics.errors.labels(kind).inc()
