@@ -303,6 +303,26 @@ def demo(
         raise typer.Exit(run_demo(use_haproxy=haproxy))
 
 
+@app.command()
+def serve(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="DRAINER_SERVE_CONFIG",
+            help="drainer serve's configuration file.",
+        ),
+    ] = Path("/etc/drainer/serve.yaml"),
+) -> None:
+    """Let the web VMs' sidecars drain their own server in this host's load balancers."""
+    from drainer.remote import serve as run_serve
+
+    with _errors():
+        code = run_serve(config)
+    raise typer.Exit(code)
+
+
 @app.command("fake-imds")
 def fake_imds(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

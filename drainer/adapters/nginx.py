@@ -1,0 +1,616 @@
+"""The ``nginx`` load balancer (open source): one ``server`` line in a file drainer owns.
+
+nginx has no runtime API, so draining is an edit of its configuration. drainer owns one
+included file (or the region of it between ``# drainer:begin <region>`` and
+``# drainer:end <region>``) and, in it, touches only the line ``server <address> ...;``
+of its node inside ``upstream <name> { ... }``: it adds or removes the ``down``
+parameter and keeps every other byte. ``down`` (not deleting the line) keeps the
+``hash``/``ip_hash`` mapping of the other servers stable.
+
+Every edit is a transaction, serialized by an exclusive ``flock`` on
+``.<file>.drainer.lock`` next to the file (so the daemon, the CLI and ``drainer serve``
+acting for several nodes never interleave):
+
+    write a temporary file, fsync, rename  ->  nginx -t  ->  reload (SIGHUP the master)
+    ->  confirm: a worker that was not there before runs, and every worker of before is
+        gone or "shutting down" (a reload can be accepted and still fail, e.g. a bind)
+
+On any failure (and on KeyboardInterrupt/SystemExit) the previous bytes are renamed back
+and the error says why (``nginx -t``'s output, or the error log lines of the reload).
+
+What nginx runs now is kept in a small record under the state directory, shared by every
+instance that edits the same file: for each ``(upstream, address)`` the server line as
+the last confirmed reload applied it, the workers (pid and start time, so a reused pid
+is never mistaken for one) that reload started, and for each drained server the workers
+that may still hold its connections (those alive just before its drain reload).
+``state()`` reads the record, the file and /proc, so any process sees the same thing:
+
+- nginx's serving workers are still the recorded generation: nginx runs the recorded
+  line; otherwise someone reloaded or restarted it since, and it runs the file's line;
+- that line without ``down``: IN_SERVICE;
+- with ``down`` and old workers still alive: DRAINING, ``sessions`` = how many;
+- with ``down`` and the old workers gone: OUT (drained).
+
+So a file reverted and reloaded by someone else reads IN_SERVICE and the core drains
+again, and an edit whose reload never happened reads as what nginx really runs.
+
+Crash behaviour: killed before the rename, nothing changed. Killed after it, the file says
+``down`` while the generation is unchanged, so ``state()`` reports the recorded line ("not
+yet applied" in the detail) and the core's next ``drain`` runs the transaction again:
+an extra reload is the only cost.
+A stale temporary file is overwritten by the next edit (both dot-files: an
+``include dir/*.conf`` never reads them). ``take_out(kill=True)`` sends SIGTERM to the old
+workers that are still "shutting down": that closes *every* connection they still hold,
+to all upstreams; prefer ``worker_shutdown_timeout`` in nginx.
+
+Needs Linux (/proc) and nginx running with a master process and its pid file: without
+them every call raises TransientAdapterError ("nginx is not running").
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import field_validator
+
+from drainer.adapters.base import (
+    AdapterConfig,
+    AdapterContext,
+    AdapterPlugin,
+    LBStatus,
+    LBView,
+    LoadBalancer,
+)
+from drainer.config import Duration
+from drainer.errors import PermanentAdapterError, TransientAdapterError
+
+__all__ = ["PLUGIN", "NginxConfig", "NginxLoadBalancer", "ServerLine", "find_servers", "set_down"]
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+_ADDRESS = re.compile(r"^[^\s;#{}'\"]+$")
+_UPSTREAM = re.compile(r"^\s*upstream\s+(\S+)\s*\{\s*(#.*)?$")
+_CLOSE = re.compile(r"^\s*\}\s*(#.*)?$")
+_SERVER = re.compile(r"^(\s*)server\s+([^\s;#]+)((?:\s+[^\s;#]+)*)\s*;(\s*#.*)?$")
+_ERROR_LEVELS = ("[emerg]", "[alert]", "[crit]", "[error]")
+
+
+class NginxConfig(AdapterConfig):
+    type: Literal["nginx"] = "nginx"
+    file: Path  # the included file drainer owns (or holds the region below)
+    region: str | None = None  # only edit between '# drainer:begin <region>' and '# drainer:end'
+    upstream: str  # the upstream block's name
+    server: str  # this node's address exactly as the server line writes it (host:port)
+    nginx: Path = Path("/usr/sbin/nginx")  # for nginx -t
+    conf: Path | None = None  # -c: nginx's main configuration file
+    prefix: Path | None = None  # -p
+    error_log: Path | None = None  # -e for nginx -t; its new lines explain a failed reload
+    pid_file: Path = Path("/run/nginx.pid")  # the master's pid
+    reload_command: list[str] | None = None  # default: SIGHUP to the master (nginx -s reload)
+    test_timeout: Duration = 30.0
+    reload_timeout: Duration = 10.0  # wait this long for the new workers
+    lock_timeout: Duration = 30.0
+
+    @field_validator("upstream", "region")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError(f"{value!r} is not a plain nginx name")
+        return value
+
+    @field_validator("server")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not _ADDRESS.match(value):
+            raise ValueError(f"{value!r} is not an address as a server line writes it")
+        return value
+
+
+# -- the file: pure functions ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerLine:
+    upstream: str
+    address: str
+    index: int  # line number in the text, from 0
+    text: str  # the line without its newline
+    down: bool
+
+
+def _scope(text: str, region: str | None) -> tuple[int, int]:
+    """The line range [start, end) drainer may read and edit."""
+    lines = text.splitlines()
+    if region is None:
+        return 0, len(lines)
+    begin = [i for i, line in enumerate(lines) if line.strip() == f"# drainer:begin {region}"]
+    end = [i for i, line in enumerate(lines) if line.strip() == f"# drainer:end {region}"]
+    if len(begin) != 1 or len(end) != 1 or end[0] < begin[0]:
+        raise ValueError(
+            f"expected one '# drainer:begin {region}' line and one '# drainer:end {region}' "
+            f"line after it (found {len(begin)} and {len(end)})"
+        )
+    return begin[0] + 1, end[0]
+
+
+def find_servers(text: str, region: str | None = None) -> list[ServerLine]:
+    """Every one-line ``server ...;`` inside an ``upstream NAME {`` block of the scope.
+
+    Raises ValueError for a shape drainer does not edit (an unclosed block, or a
+    ``server`` directive that is not on one line of its own).
+    """
+    start, end = _scope(text, region)
+    lines = text.splitlines()
+    found: list[ServerLine] = []
+    upstream: str | None = None
+    for i in range(start, end):
+        line = lines[i]
+        if upstream is None:
+            opened = _UPSTREAM.match(line)
+            if opened:
+                upstream = opened.group(1)
+            continue
+        if _CLOSE.match(line):
+            upstream = None
+            continue
+        stripped = line.strip()
+        if not (stripped.startswith("server ") or stripped.startswith("server\t")):
+            continue
+        match = _SERVER.match(line)
+        if not match:
+            raise ValueError(f"line {i + 1}: write each server directive on one line: {stripped}")
+        params = match.group(3).split()
+        found.append(ServerLine(upstream, match.group(2), i, line, "down" in params))
+    if upstream is not None:
+        raise ValueError(f"upstream {upstream} is not closed by a '}}' line of its own")
+    return found
+
+
+def _is_down(line: str) -> bool:
+    match = _SERVER.match(line)
+    return match is not None and "down" in match.group(3).split()
+
+
+def _one(text: str, *, upstream: str, address: str, region: str | None) -> ServerLine:
+    matches = [
+        s for s in find_servers(text, region) if (s.upstream, s.address) == (upstream, address)
+    ]
+    if len(matches) != 1:
+        what = "no line" if not matches else f"{len(matches)} lines"
+        raise ValueError(f"{what} 'server {address} ...;' in upstream {upstream}")
+    return matches[0]
+
+
+def set_down(
+    text: str, *, upstream: str, address: str, down: bool, region: str | None = None
+) -> str:
+    """The text with ``down`` added to or removed from one server line; nothing else changes."""
+    line = _one(text, upstream=upstream, address=address, region=region)
+    if line.down == down:
+        return text
+    match = _SERVER.match(line.text)
+    assert match is not None
+    indent, addr, params, comment = match.groups()
+    kept = [p for p in params.split() if p != "down"] + (["down"] if down else [])
+    new = f"{indent}server {addr}{''.join(' ' + p for p in kept)};{comment or ''}"
+    lines = text.splitlines(keepends=True)
+    ending = lines[line.index][len(line.text) :]
+    lines[line.index] = new + ending
+    return "".join(lines)
+
+
+# -- processes (Linux /proc) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Worker:
+    pid: int
+    start: int  # start time in clock ticks since boot: with pid, one process for ever
+    shutting_down: bool
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(ppid, start time) of a live process, None if it is gone (or a zombie)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _workers(master: int) -> list[_Worker]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _stat(int(entry))
+        if stat is None or stat[0] != master:
+            continue
+        title = _title(int(entry))
+        if title.startswith("nginx: worker process"):
+            out.append(_Worker(int(entry), stat[1], title.endswith("is shutting down")))
+    return out
+
+
+def _alive(worker: tuple[int, int]) -> bool:
+    stat = _stat(worker[0])
+    return stat is not None and stat[1] == worker[1]
+
+
+# -- the load balancer ------------------------------------------------------------------
+
+
+@dataclass
+class _Record:
+    """What nginx runs, as far as drainer confirmed it (see the module docstring)."""
+
+    applied: dict[str, str]  # "upstream address" -> server line
+    old_workers: dict[str, list[tuple[int, int]]]  # "upstream address" -> (pid, start)
+    workers: list[tuple[int, int]]  # the workers serving once that reload was confirmed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"applied": self.applied, "old_workers": self.old_workers, "workers": self.workers}
+
+
+class NginxLoadBalancer:
+    def __init__(
+        self,
+        config: NginxConfig,
+        *,
+        name: str,
+        state_dir: Path,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._config = config
+        self._key = f"{config.upstream} {config.server}"
+        digest = hashlib.sha256(str(config.file.absolute()).encode()).hexdigest()[:12]
+        self._record_path = state_dir / f"nginx-{config.file.name}-{digest}.json"
+        self._lock_path = config.file.parent / f".{config.file.name}.drainer.lock"
+        self._tmp_path = config.file.parent / f".{config.file.name}.drainer.tmp"
+        self._sleep = sleep
+        self._clock = clock
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _transient(self, message: str) -> TransientAdapterError:
+        return TransientAdapterError(f"{self.name}: {message}", instance=self.name)
+
+    def _permanent(self, message: str) -> PermanentAdapterError:
+        return PermanentAdapterError(f"{self.name}: {message}", instance=self.name)
+
+    # -- files --------------------------------------------------------------------------
+
+    def _read(self) -> str:
+        try:
+            return self._config.file.read_text()
+        except FileNotFoundError as exc:
+            raise self._permanent(f"{self._config.file} does not exist") from exc
+        except OSError as exc:
+            raise self._transient(f"cannot read {self._config.file}: {exc.strerror}") from exc
+
+    def _line(self, text: str) -> ServerLine:
+        try:
+            return _one(
+                text,
+                upstream=self._config.upstream,
+                address=self._config.server,
+                region=self._config.region,
+            )
+        except ValueError as exc:
+            raise self._permanent(f"{self._config.file}: {exc}") from exc
+
+    def _servers(self, text: str) -> dict[str, str]:
+        try:
+            lines = find_servers(text, self._config.region)
+        except ValueError as exc:
+            raise self._permanent(f"{self._config.file}: {exc}") from exc
+        return {f"{s.upstream} {s.address}": s.text.strip() for s in lines}
+
+    def _write(self, path: Path, tmp: Path, text: str) -> None:
+        try:
+            with open(tmp, "w") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            with suppress(OSError):  # keep the owner and mode nginx's packaging gave it
+                st = path.stat()
+                os.chmod(tmp, st.st_mode & 0o7777)
+                os.chown(tmp, st.st_uid, st.st_gid)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise self._transient(f"cannot write {path}: {exc.strerror}") from exc
+
+    def _load_record(self) -> _Record | None:
+        try:
+            data = json.loads(self._record_path.read_text())
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._transient(f"cannot read {self._record_path}: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise self._permanent(f"{self._record_path} is not JSON; delete it") from exc
+        try:
+            old = {k: [(int(p), int(s)) for p, s in v] for k, v in data["old_workers"].items()}
+            workers = [(int(p), int(s)) for p, s in data["workers"]]
+            return _Record(dict(data["applied"]), old, workers)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise self._permanent(f"{self._record_path} is damaged ({exc!r}); delete it") from exc
+
+    def _save_record(self, record: _Record) -> None:
+        try:
+            self._record_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._transient(f"cannot create {self._record_path.parent}: {exc}") from exc
+        tmp = self._record_path.with_suffix(".tmp")
+        self._write(self._record_path, tmp, json.dumps(record.to_json(), indent=1))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._permanent(f"cannot open {self._lock_path}: {exc.strerror}") from exc
+        try:
+            deadline = self._clock() + self._config.lock_timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if self._clock() >= deadline:
+                        raise self._transient(
+                            f"another edit of {self._config.file} has held its lock for "
+                            f"{self._config.lock_timeout:.0f}s"
+                        ) from None
+                    self._sleep(0.02)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    # -- nginx --------------------------------------------------------------------------
+
+    def _master(self) -> int:
+        try:
+            pid = int(self._config.pid_file.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise self._transient(
+                f"nginx is not running (no pid in {self._config.pid_file})"
+            ) from exc
+        if _stat(pid) is None:
+            raise self._transient(f"nginx is not running (pid {pid} from {self._config.pid_file})")
+        return pid
+
+    def _nginx_args(self) -> list[str]:
+        args = [str(self._config.nginx)]
+        if self._config.prefix is not None:
+            args += ["-p", str(self._config.prefix)]
+        if self._config.conf is not None:
+            args += ["-c", str(self._config.conf)]
+        if self._config.error_log is not None:
+            args += ["-e", str(self._config.error_log)]
+        return args
+
+    def _run(self, args: list[str], what: str) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                args, capture_output=True, text=True, timeout=self._config.test_timeout, check=False
+            )
+        except FileNotFoundError as exc:
+            raise self._permanent(f"{what}: {args[0]} not found") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise self._transient(
+                f"{what} did not finish in {self._config.test_timeout:.0f}s"
+            ) from exc
+        except OSError as exc:
+            raise self._transient(f"{what}: {exc.strerror}") from exc
+
+    def _test(self) -> None:
+        done = self._run([*self._nginx_args(), "-t", "-q"], "nginx -t")
+        if done.returncode != 0:
+            output = " ".join((done.stderr or done.stdout).split())
+            raise self._permanent(f"nginx -t rejected the configuration: {output}")
+
+    def _log_size(self) -> int:
+        if self._config.error_log is None:
+            return 0
+        try:
+            return self._config.error_log.stat().st_size
+        except OSError:
+            return 0
+
+    def _log_errors(self, since: int) -> str:
+        if self._config.error_log is None:
+            return "set error_log to see nginx's reason here"
+        try:
+            with open(self._config.error_log, "rb") as log:
+                log.seek(since)
+                new = log.read(64 * 1024).decode(errors="replace")
+        except OSError:
+            return f"{self._config.error_log} unreadable"
+        errors = [line for line in new.splitlines() if any(lvl in line for lvl in _ERROR_LEVELS)]
+        return "; ".join(errors[-3:]) or f"nothing new in {self._config.error_log}"
+
+    def _signal_reload(self, master: int) -> None:
+        if self._config.reload_command is not None:
+            done = self._run(self._config.reload_command, "reload")
+            if done.returncode != 0:
+                output = " ".join((done.stderr or done.stdout).split())
+                raise self._transient(f"{' '.join(self._config.reload_command)} failed: {output}")
+            return
+        try:
+            os.kill(master, signal.SIGHUP)
+        except OSError as exc:
+            raise self._transient(
+                f"cannot signal the nginx master {master}: {exc.strerror}"
+            ) from exc
+
+    def _reload(self, master: int) -> list[tuple[int, int]]:
+        """Reload and wait until new workers serve (returned); raise if they never do."""
+        before = _workers(master)
+        since = self._log_size()
+        self._signal_reload(master)
+        old = {(w.pid, w.start) for w in before}
+        serving_before = {(w.pid, w.start) for w in before if not w.shutting_down}
+        deadline = self._clock() + self._config.reload_timeout
+        while True:
+            now = _workers(master)
+            new = [w for w in now if (w.pid, w.start) not in old]
+            still = [w for w in now if (w.pid, w.start) in serving_before and not w.shutting_down]
+            if new and not still:
+                settled = self._clock() + 1.0  # let the master fork the whole generation
+                while len(new) < len(serving_before) and self._clock() < settled:
+                    self._sleep(0.02)
+                    new = [w for w in _workers(master) if (w.pid, w.start) not in old]
+                return [(w.pid, w.start) for w in new if not w.shutting_down]
+            if self._clock() >= deadline:
+                raise self._transient(
+                    f"nginx accepted the reload but did not apply it within "
+                    f"{self._config.reload_timeout:.0f}s (no new workers): "
+                    f"{self._log_errors(since)}"
+                )
+            self._sleep(0.05)
+
+    # -- the transaction ----------------------------------------------------------------
+
+    def _running(self, record: _Record | None, master: int, line: str) -> str:
+        """The node's server line as nginx runs it now, the file having ``line``.
+
+        Until someone else reloads or restarts nginx, its workers are the generation of
+        drainer's last confirmed reload and nginx runs the recorded line; once they are
+        another generation, nginx has read the file since.
+        """
+        if record is None:
+            return line
+        serving = {(w.pid, w.start) for w in _workers(master) if not w.shutting_down}
+        if serving != set(record.workers):
+            return line
+        return record.applied.get(self._key, line)
+
+    def _apply(self, down: bool) -> None:
+        with self._locked():
+            text = self._read()
+            line = self._line(text)
+            master = self._master()
+            record = self._load_record()
+            running = self._running(record, master, line.text.strip())
+            if record is None:  # never edited by drainer: nginx runs what the file says
+                serving = [(w.pid, w.start) for w in _workers(master) if not w.shutting_down]
+                record = _Record(self._servers(text), {}, serving)
+                self._save_record(record)
+            new_text = set_down(
+                text,
+                upstream=self._config.upstream,
+                address=self._config.server,
+                down=down,
+                region=self._config.region,
+            )
+            if new_text == text and running == line.text.strip():
+                return  # already so, and applied: nothing to do
+            before = _Record(dict(record.applied), dict(record.old_workers), record.workers)
+            if down:  # every worker alive now may still hold connections to the node
+                kept = [w for w in record.old_workers.get(self._key, []) if _alive(w)]
+                kept += [(w.pid, w.start) for w in _workers(master) if (w.pid, w.start) not in kept]
+                record.old_workers[self._key] = kept
+            else:
+                record.old_workers.pop(self._key, None)
+            self._save_record(record)  # the intent, before nginx is touched
+            reloaded = False
+            try:
+                if new_text != text:
+                    self._write(self._config.file, self._tmp_path, new_text)
+                self._test()
+                reloaded = True
+                generation = self._reload(master)
+            except BaseException as exc:
+                self._rollback(text, before, reloaded=reloaded, master=master)
+                if isinstance(exc, TransientAdapterError | PermanentAdapterError):
+                    kind = type(exc)
+                    raise kind(
+                        f"{exc}; {self._config.file} rolled back", instance=self.name
+                    ) from exc
+                raise
+            record.applied = self._servers(new_text)
+            record.workers = generation
+            self._save_record(record)
+
+    def _rollback(self, text: str, record: _Record, *, reloaded: bool, master: int) -> None:
+        with suppress(TransientAdapterError):
+            self._write(self._config.file, self._tmp_path, text)
+            self._save_record(record)
+        if reloaded:  # the reload may still land later: make nginx converge on the file
+            with suppress(TransientAdapterError, PermanentAdapterError):
+                self._signal_reload(master)
+
+    # -- LoadBalancer -------------------------------------------------------------------
+
+    def state(self) -> LBView:
+        line = self._line(self._read()).text.strip()
+        master = self._master()
+        record = self._load_record()
+        applied = self._running(record, master, line)
+        where = f"upstream {self._config.upstream} in {self._config.file}"
+        pending = "" if applied == line else f"; the file has '{line}', not yet applied"
+        if not _is_down(applied):
+            return LBView(LBStatus.IN_SERVICE, 0, f"{applied} ({where}){pending}")
+        old = [] if record is None else record.old_workers.get(self._key, [])
+        left = sum(1 for w in old if _alive(w))
+        if left:
+            detail = f"{applied} ({where}); {left} old workers still finishing{pending}"
+            return LBView(LBStatus.DRAINING, left, detail)
+        return LBView(LBStatus.OUT, 0, f"{applied} ({where}); old workers gone{pending}")
+
+    def drain(self) -> None:
+        self._apply(down=True)
+
+    def take_out(self, *, kill: bool) -> None:
+        self._apply(down=True)
+        if not kill:
+            return
+        record = self._load_record()
+        master = self._master()
+        old = set(record.old_workers.get(self._key, [])) if record else set()
+        for worker in _workers(master):
+            if (worker.pid, worker.start) in old and worker.shutting_down:
+                with suppress(OSError):
+                    os.kill(worker.pid, signal.SIGTERM)
+
+    def put_back(self) -> bool:
+        self._apply(down=False)
+        return True
+
+    def serve(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def create(config: NginxConfig, context: AdapterContext) -> list[LoadBalancer]:
+    name = config.name or f"nginx-{config.upstream}"
+    return [NginxLoadBalancer(config, name=name, state_dir=context.state_dir)]
+
+
+PLUGIN = AdapterPlugin(config_model=NginxConfig, create=create)

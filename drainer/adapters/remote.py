@@ -1,0 +1,191 @@
+"""The ``remote`` load balancer: a load balancer that ``drainer serve`` runs for this node.
+
+The sidecar on a backend VM cannot edit the load-balancer host's files; it asks
+``drainer serve`` there (drainer/remote.py) over HTTP(S), naming the load balancer by its
+name on that server. The request carries this node's name and token, never a server: the
+far end acts on this node's own server only.
+
+Every call is idempotent, so every call is retried (``retries`` times, the delay doubling
+from ``retry_delay``, a ``Retry-After`` honoured up to 10 s) when the server cannot be
+reached, times out, or answers 429/500/502/503/504. Then it raises TransientAdapterError;
+a refusal (401, 403, 422, other 4xx) raises PermanentAdapterError at once. The token is
+read from its file or environment variable on every call (so it can be rotated) and is
+never put in a message. Nothing is kept in memory between calls.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+from pydantic import Field, model_validator
+
+from drainer.adapters.base import (
+    AdapterConfig,
+    AdapterContext,
+    AdapterPlugin,
+    LBStatus,
+    LBView,
+    LoadBalancer,
+)
+from drainer.config import Duration
+from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
+
+__all__ = ["NODE_HEADER", "PLUGIN", "RemoteConfig", "RemoteLoadBalancer"]
+
+NODE_HEADER = "X-Drainer-Node"
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+class RemoteConfig(AdapterConfig):
+    type: Literal["remote"] = "remote"
+    url: str  # https://lb-1.internal:9470, where drainer serve listens
+    load_balancer: str  # the load balancer's name in drainer serve's configuration
+    node: str | None = None  # this node's name there; default: the VM's name
+    token_file: Path | None = None
+    token_env: str | None = None
+    ca_file: Path | None = None  # trust this CA (drainer serve's certificate) for https
+    timeout: Duration = 30.0  # the far end may run nginx -t and wait for a reload
+    retries: int = Field(default=3, ge=0)
+    retry_delay: Duration = 0.5
+
+    @model_validator(mode="after")
+    def _one_token(self) -> RemoteConfig:
+        if (self.token_file is None) == (self.token_env is None):
+            raise ValueError("set exactly one of token_file or token_env")
+        return self
+
+
+class RemoteLoadBalancer:
+    def __init__(
+        self,
+        config: RemoteConfig,
+        *,
+        name: str,
+        node: str,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self._config = config
+        self._node = node
+        self._sleep = sleep
+        self._path = f"/v1/load-balancers/{quote(config.load_balancer, safe='')}"
+        verify: ssl.SSLContext | bool = True
+        if config.ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(config.ca_file))
+        self._client = httpx.Client(
+            base_url=config.url,
+            timeout=config.timeout,
+            verify=verify,
+            transport=transport,
+            trust_env=False,
+        )
+
+    def _token(self) -> str:
+        config = self._config
+        try:
+            if config.token_file is not None:
+                token = config.token_file.read_text().strip()
+            else:
+                token = os.environ.get(str(config.token_env), "").strip()
+        except OSError as exc:
+            raise PermanentAdapterError(
+                f"{self.name}: cannot read token_file {config.token_file}: {exc.strerror}",
+                instance=self.name,
+            ) from exc
+        if not token:
+            where = config.token_file or f"${config.token_env}"
+            raise PermanentAdapterError(f"{self.name}: no token in {where}", instance=self.name)
+        return token
+
+    def _request(self, method: str, op: str = "", body: dict[str, Any] | None = None) -> Any:
+        path = f"{self._path}/{op}" if op else self._path
+        headers = {NODE_HEADER: self._node, "Authorization": f"Bearer {self._token()}"}
+        where = f"drainer serve at {self._config.url}"
+        delay = self._config.retry_delay
+        for attempt in range(self._config.retries + 1):
+            last = attempt == self._config.retries
+            try:
+                response = self._client.request(method, path, json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                if last:
+                    raise TransientAdapterError(
+                        f"{self.name}: {where} unreachable after {attempt + 1} attempts: {exc}",
+                        instance=self.name,
+                    ) from exc
+                self._sleep(delay)
+                delay *= 2
+                continue
+            if response.status_code in _RETRY_STATUS and not last:
+                self._sleep(min(10.0, max(delay, _retry_after(response))))
+                delay *= 2
+                continue
+            return self._result(response, where)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _result(self, response: httpx.Response, where: str) -> Any:
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code == 200 and isinstance(data, dict):
+            return data
+        message = data.get("error") if isinstance(data, dict) else None
+        text = f"{self.name}: {where}: {message or f'HTTP {response.status_code}'}"
+        if response.status_code in _RETRY_STATUS or response.status_code == 200:
+            raise TransientAdapterError(text, instance=self.name)
+        raise PermanentAdapterError(text, instance=self.name)
+
+    # -- LoadBalancer -------------------------------------------------------------------
+
+    def state(self) -> LBView:
+        data = self._request("GET")
+        try:
+            return LBView(LBStatus(data["status"]), int(data["sessions"]), str(data["detail"]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise TransientAdapterError(
+                f"{self.name}: drainer serve answered an unknown state: {data!r}",
+                instance=self.name,
+            ) from exc
+
+    def drain(self) -> None:
+        self._request("POST", "drain", {})
+
+    def take_out(self, *, kill: bool) -> None:
+        self._request("POST", "take-out", {"kill": kill})
+
+    def put_back(self) -> bool:
+        return bool(self._request("POST", "put-back", {}).get("serving"))
+
+    def serve(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return float(response.headers.get("Retry-After", "0"))
+    except ValueError:
+        return 0.0
+
+
+def create(config: RemoteConfig, context: AdapterContext) -> list[LoadBalancer]:
+    where = config.token_file or f"${config.token_env}"
+    if config.token_file is not None and not os.access(config.token_file, os.R_OK):
+        raise ConfigError(f"remote {config.load_balancer}: cannot read token_file {where}")
+    if config.token_env is not None and not os.environ.get(config.token_env):
+        raise ConfigError(f"remote {config.load_balancer}: {where} is not set")
+    name = config.name or f"remote-{config.load_balancer}"
+    return [RemoteLoadBalancer(config, name=name, node=config.node or context.node)]
+
+
+PLUGIN = AdapterPlugin(config_model=RemoteConfig, create=create)

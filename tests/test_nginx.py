@@ -1,0 +1,438 @@
+"""The ``nginx`` adapter: the file edits as pure functions, then against a real nginx 1.22.
+
+Every nginx here is our own (tests/nginxprocs.py): its own prefix, config, pid file and
+error log under tmp_path, stopped by PID at the end of the test.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nginxprocs import Backend, Nginx, Traffic, have_nginx
+from pydantic import ValidationError
+
+from drainer.adapters.base import AdapterContext, LBStatus
+from drainer.adapters.nginx import NginxConfig, NginxLoadBalancer, create, find_servers, set_down
+from drainer.errors import PermanentAdapterError, TransientAdapterError
+
+# -- the file, pure --------------------------------------------------------------------
+
+CONF = """\
+# operator's comment: server 10.0.0.9:80; (not in an upstream)
+upstream app {
+    hash $remote_addr consistent;
+    server 10.0.0.4:8080 weight=5 max_fails=3;   # web-1
+\tserver 10.0.0.5:8080;
+    server 10.0.0.6:8080 backup down;
+}
+
+upstream other {
+    server 10.0.0.4:8080;
+}
+"""
+
+
+def test_drain_adds_down_and_keeps_every_other_byte() -> None:
+    out = set_down(CONF, upstream="app", address="10.0.0.4:8080", down=True)
+    assert out == CONF.replace(
+        "server 10.0.0.4:8080 weight=5 max_fails=3;   # web-1",
+        "server 10.0.0.4:8080 weight=5 max_fails=3 down;   # web-1",
+    )
+    assert set_down(out, upstream="app", address="10.0.0.4:8080", down=False) == CONF
+
+
+def test_edit_is_idempotent_and_scoped_to_the_upstream() -> None:
+    assert set_down(CONF, upstream="app", address="10.0.0.6:8080", down=True) == CONF
+    out = set_down(CONF, upstream="other", address="10.0.0.4:8080", down=True)
+    assert "upstream other {\n    server 10.0.0.4:8080 down;\n}" in out
+    assert "server 10.0.0.4:8080 weight=5 max_fails=3;" in out
+    assert (
+        set_down(CONF, upstream="app", address="10.0.0.5:8080", down=True).count(
+            "\tserver 10.0.0.5:8080 down;\n"
+        )
+        == 1
+    )
+
+
+def test_region_limits_what_drainer_reads_and_edits() -> None:
+    text = (
+        "upstream app {\n    server 10.0.0.4:8080;\n}\n"
+        "# drainer:begin web\nupstream web {\n    server 10.0.0.4:8080;\n}\n# drainer:end web\n"
+    )
+    assert [(s.upstream, s.address) for s in find_servers(text, "web")] == [
+        ("web", "10.0.0.4:8080")
+    ]
+    with pytest.raises(ValueError, match=r"no line 'server 10\.0\.0\.4:8080"):
+        set_down(text, upstream="app", address="10.0.0.4:8080", down=True, region="web")
+    with pytest.raises(ValueError, match="drainer:begin nope"):
+        find_servers(text, "nope")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("upstream app {\n    server 10.0.0.5:80;\n}\n", r"no line 'server 10\.0\.0\.4:8080"),
+        ("upstream app {\n server 10.0.0.4:8080;\n server 10.0.0.4:8080;\n}\n", "2 lines"),
+        ("upstream app {\n    server 10.0.0.4:8080\n        weight=2;\n}\n", "on one line"),
+        ("upstream app {\n    server 10.0.0.4:8080;\n", "not closed"),
+    ],
+)
+def test_shapes_drainer_will_not_edit(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        set_down(text, upstream="app", address="10.0.0.4:8080", down=True)
+
+
+def test_config_refuses_what_could_inject_into_the_file() -> None:
+    base = {"type": "nginx", "file": "/x", "upstream": "app"}
+    with pytest.raises(ValidationError, match="not an address"):
+        NginxConfig.model_validate({**base, "server": "10.0.0.4:80; down"})
+    with pytest.raises(ValidationError, match="plain nginx name"):
+        NginxConfig.model_validate({**base, "server": "10.0.0.4:80", "upstream": "a {"})
+
+
+# -- against a real nginx ----------------------------------------------------------------
+
+
+@pytest.fixture
+def backends() -> Iterator[list[Backend]]:
+    started = [Backend(name) for name in ("a", "b", "c")]
+    yield started
+    for backend in started:
+        backend.stop()
+
+
+@pytest.fixture
+def nginx(tmp_path: Path, backends: list[Backend]) -> Iterator[Nginx]:
+    if not have_nginx():
+        pytest.skip("nginx is not installed")
+    instance = Nginx(tmp_path / "nginx", servers=[b.address for b in backends])
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+LBFactory = Callable[..., NginxLoadBalancer]
+
+
+@pytest.fixture
+def make_lb(tmp_path: Path, nginx: Nginx) -> LBFactory:
+    def make(server: str, **overrides: Any) -> NginxLoadBalancer:
+        config = NginxConfig.model_validate(nginx.adapter(server, **overrides))
+        [lb] = create(config, AdapterContext(node="web-1", state_dir=tmp_path / "state"))
+        assert isinstance(lb, NginxLoadBalancer)
+        return lb
+
+    return make
+
+
+def _reloads(nginx: Nginx) -> int:
+    return nginx.error_log.read_text().count("(SIGHUP) received")
+
+
+def _slow_request(url: str, seconds: float) -> tuple[threading.Thread, list[int | str]]:
+    result: list[int | str] = []
+
+    def run() -> None:
+        try:
+            result.append(httpx.get(f"{url}/slow?s={seconds}", timeout=seconds + 10).status_code)
+        except httpx.HTTPError as exc:
+            result.append(type(exc).__name__)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_drain_and_put_back_under_traffic(
+    nginx: Nginx, backends: list[Backend], make_lb: LBFactory
+) -> None:
+    a = backends[0]
+    lb = make_lb(a.address)
+    traffic = Traffic(nginx.url, clients=3)
+    try:
+        _wait(lambda: traffic.answers["a"] > 10)
+        assert lb.state().status is LBStatus.IN_SERVICE
+        slow, slow_result = _slow_request(nginx.url, 1.5)  # holds one worker of before
+        _wait(lambda: sum(b._server.hits["/slow"] for b in backends) == 1)
+        workers_before = nginx.workers()
+
+        lb.drain()
+
+        view = lb.state()
+        assert view.status is LBStatus.DRAINING and view.sessions >= 1, view
+        assert "server " + a.address + " down;" in view.detail
+        assert _current(nginx, workers_before), "no new workers after the drain's reload"
+        hits = a.hits
+        seen = traffic.total()
+        _wait(lambda: traffic.total() > seen + 60)
+        assert a.hits == hits, "the drained server still got new requests"
+        slow.join(timeout=10)
+        assert slow_result == [200], "an in-flight request was cut by the drain"
+        _wait(lambda: lb.state().status is LBStatus.OUT)
+        assert lb.state().sessions == 0
+
+        assert lb.put_back() is True
+        assert lb.state().status is LBStatus.IN_SERVICE
+        hits = a.hits
+        _wait(lambda: a.hits > hits + 5)
+    finally:
+        traffic.stop()
+    assert traffic.failures == [], "clients with a connection per request saw failures"
+    assert traffic.total() > 100
+
+
+def _current(nginx: Nginx, before: list[int]) -> list[int]:
+    """The workers that started after ``before`` was taken."""
+    return [pid for pid in nginx.workers() if pid not in before]
+
+
+def test_repeated_calls_do_not_reload_again(nginx: Nginx, make_lb: LBFactory) -> None:
+    lb = make_lb(nginx_server(nginx, 0))
+    lb.put_back()  # already in service: nothing to do
+    assert _reloads(nginx) == 0
+    lb.drain()
+    lb.drain()
+    lb.take_out(kill=False)
+    assert _reloads(nginx) == 1
+    lb.put_back()
+    lb.put_back()
+    assert _reloads(nginx) == 2
+
+
+def nginx_server(nginx: Nginx, index: int) -> str:
+    return find_servers(nginx.include.read_text())[index].address
+
+
+def test_broken_configuration_is_rejected_by_nginx_t_and_rolled_back(
+    nginx: Nginx, make_lb: LBFactory
+) -> None:
+    lb = make_lb(nginx_server(nginx, 0))
+    before = nginx.include.read_bytes()
+    workers = nginx.workers()
+    nginx.write_main(extra_http="    bogus_directive on;")  # someone else broke nginx.conf
+
+    with pytest.raises(PermanentAdapterError) as caught:
+        lb.drain()
+
+    message = str(caught.value)
+    assert "nginx -t rejected the configuration" in message
+    assert 'unknown directive "bogus_directive"' in message
+    assert "rolled back" in message
+    assert nginx.include.read_bytes() == before
+    assert nginx.workers() == workers, "nginx was reloaded although -t failed"
+    assert lb.state().status is LBStatus.IN_SERVICE
+
+
+def test_reload_that_does_not_take_effect_is_detected_and_rolled_back(
+    nginx: Nginx, make_lb: LBFactory
+) -> None:
+    lb = make_lb(nginx_server(nginx, 0), reload_timeout="1s")
+    before = nginx.include.read_bytes()
+    workers = nginx.workers()
+    with socket.socket() as taken:  # nginx -t does not bind; the reload does, and fails
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        nginx.write_main(extra_http=f"    server {{ listen 127.0.0.1:{port}; }}")
+
+        with pytest.raises(TransientAdapterError) as caught:
+            lb.drain()
+        assert set(workers) <= set(nginx.workers()), "the old workers should still serve"
+
+    message = str(caught.value)
+    assert "did not apply it" in message
+    assert "bind() to 127.0.0.1:" in message and "Address already in use" in message
+    assert "rolled back" in message
+    assert nginx.include.read_bytes() == before
+    assert lb.state().status is LBStatus.IN_SERVICE
+
+
+def test_two_drains_at_once_are_serialized(
+    nginx: Nginx, backends: list[Backend], make_lb: LBFactory
+) -> None:
+    lbs = [make_lb(backends[0].address), make_lb(backends[1].address)]
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def drain(lb: NginxLoadBalancer) -> None:
+        start.wait()
+        try:
+            lb.drain()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=drain, args=(lb,)) for lb in lbs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+
+    assert errors == []
+    text = nginx.include.read_text()
+    assert f"server {backends[0].address} down;" in text
+    assert f"server {backends[1].address} down;" in text
+    assert f"server {backends[2].address};" in text
+    assert _reloads(nginx) == 2, "each drain must run its own whole transaction"
+    for lb in lbs:
+        assert lb.state().status is not LBStatus.IN_SERVICE
+    assert httpx.get(nginx.url).text == "c"
+
+
+def test_an_edit_waits_for_the_lock_and_gives_up_at_its_timeout(
+    nginx: Nginx, make_lb: LBFactory
+) -> None:
+    lb = make_lb(nginx_server(nginx, 0), lock_timeout="300ms")
+    lock_path = nginx.include.parent / f".{nginx.include.name}.drainer.lock"
+    with open(lock_path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        began = time.monotonic()
+        with pytest.raises(TransientAdapterError, match="held its lock"):
+            lb.drain()
+        assert time.monotonic() - began >= 0.3
+    assert "down" not in nginx.include.read_text()
+    lb.drain()
+    assert lb.state().status is not LBStatus.IN_SERVICE
+
+
+def test_another_process_sees_the_same_state(
+    tmp_path: Path, nginx: Nginx, make_lb: LBFactory
+) -> None:
+    server = nginx_server(nginx, 0)
+    make_lb(server).drain()
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from drainer.adapters.base import AdapterContext\n"
+        "from drainer.adapters.nginx import NginxConfig, create\n"
+        "config = NginxConfig.model_validate(json.loads(sys.argv[1]))\n"
+        "[lb] = create(config, AdapterContext('web-1', Path(sys.argv[2])))\n"
+        "view = lb.state()\n"
+        "print(json.dumps([view.status.value, view.detail]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(nginx.adapter(server)), str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    status, detail = json.loads(done.stdout)
+    assert status in ("draining", "out")
+    assert f"server {server} down;" in detail
+
+
+def test_a_transaction_cut_short_after_the_rename_is_finished_by_the_next_drain(
+    nginx: Nginx, make_lb: LBFactory
+) -> None:
+    server = nginx_server(nginx, 0)
+    lb = make_lb(server)
+    lb.put_back()  # in service already: only the record is written, as nginx runs now
+    reloads = _reloads(nginx)
+    # as if drainer died right after renaming the edited file into place
+    text = nginx.include.read_text()
+    nginx.include.write_text(text.replace(f"server {server};", f"server {server} down;"))
+
+    view = lb.state()
+    assert view.status is LBStatus.IN_SERVICE, "nginx still runs the line without down"
+    assert "not yet applied" in view.detail
+    lb.drain()
+    assert _reloads(nginx) == reloads + 1
+    assert lb.state().status is not LBStatus.IN_SERVICE
+    assert "not yet applied" not in lb.state().detail
+
+
+def test_a_drain_undone_by_someone_elses_edit_and_reload_reads_in_service(
+    nginx: Nginx, make_lb: LBFactory
+) -> None:
+    server = nginx_server(nginx, 0)
+    lb = make_lb(server)
+    original = nginx.include.read_text()
+    lb.drain()
+    nginx.include.write_text(original)  # configuration management puts its file back
+    assert lb.state().status is not LBStatus.IN_SERVICE, "not reloaded yet: still down"
+    workers = nginx.workers()
+    os.kill(nginx.master, signal.SIGHUP)  # ... and reloads nginx
+    _wait(lambda: not set(workers) & set(nginx.workers()))
+
+    assert lb.state().status is LBStatus.IN_SERVICE
+    lb.drain()  # what the core does when a drained node reads in service
+    assert f"server {server} down;" in nginx.include.read_text()
+    assert lb.state().status is not LBStatus.IN_SERVICE
+
+
+def test_take_out_with_kill_ends_the_old_workers(nginx: Nginx, make_lb: LBFactory) -> None:
+    lb = make_lb(nginx_server(nginx, 0))
+    slow, slow_result = _slow_request(nginx.url, 30)
+    _wait(lambda: len(nginx.workers()) == 2)
+    time.sleep(0.2)  # the slow request has reached a backend
+    lb.drain()
+    view = lb.state()
+    assert view.status is LBStatus.DRAINING and view.sessions == 1, view
+
+    lb.take_out(kill=True)
+
+    _wait(lambda: lb.state().status is LBStatus.OUT)
+    slow.join(timeout=5)
+    assert slow_result and slow_result != [200], "the cut request cannot have succeeded"
+
+
+def test_nginx_not_running_is_a_transient_error(
+    tmp_path: Path, nginx: Nginx, make_lb: LBFactory
+) -> None:
+    lb = make_lb(nginx_server(nginx, 0), pid_file=str(tmp_path / "nope.pid"))
+    with pytest.raises(TransientAdapterError, match="nginx is not running"):
+        lb.drain()
+    assert "down" not in nginx.include.read_text()
+
+
+def test_keepalive_clients_on_reloads(nginx: Nginx, make_lb: LBFactory) -> None:
+    """nginx 1.22 closes idle client keep-alive connections on every reload.
+
+    Measured here and reported, not asserted to be zero: it is not (see the notes in
+    deploy/nginx/). What is asserted: clients with a connection per request never fail.
+    """
+    lbs = [make_lb(nginx_server(nginx, i)) for i in (0, 1)]
+    keepalive = Traffic(nginx.url, clients=3, keepalive=True)
+    fresh = Traffic(nginx.url, clients=1, keepalive=False)
+    try:
+        for _ in range(4):
+            for lb in lbs:
+                lb.drain()
+                lb.put_back()
+    finally:
+        keepalive.stop()
+        fresh.stop()
+    print(
+        f"\nkeep-alive clients: {len(keepalive.failures)} failures in {keepalive.total()} "
+        f"requests over 16 reloads; per-request connections: {len(fresh.failures)} failures"
+    )
+    assert fresh.failures == []
+    assert keepalive.total() > 100
+    assert all("HTTP" not in f for f in keepalive.failures), "only dropped connections"
+
+
+def test_state_names_the_file_problem(tmp_path: Path, nginx: Nginx, make_lb: LBFactory) -> None:
+    lb = make_lb("127.0.0.1:1")
+    with pytest.raises(PermanentAdapterError, match=r"no line 'server 127\.0\.0\.1:1"):
+        lb.state()
+    assert os.path.exists(nginx.include)

@@ -1,0 +1,453 @@
+"""``drainer serve`` and the ``remote`` adapter, over real HTTP (and TLS, and a real nginx).
+
+Most tests serve the ``mock`` adapter (one JSON file per node) so they can look at
+exactly what each node's call changed; one serves a real nginx.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from nginxprocs import Backend, Nginx, free_port, have_nginx
+
+from drainer.adapters import mock, nginx
+from drainer.adapters.base import AdapterContext, AdapterPlugin, LBStatus
+from drainer.adapters.remote import RemoteConfig, RemoteLoadBalancer
+from drainer.adapters.remote import create as create_remote
+from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
+from drainer.remote import NODE_HEADER, RemoteServer, parse_serve_config, serve
+
+PLUGINS: dict[str, AdapterPlugin] = {"mock": mock.PLUGIN, "nginx": nginx.PLUGIN}
+TOKENS = {"web-1": "t1-" + "a" * 40, "web-2": "t2-" + "b" * 40}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def serve_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    for node, token in TOKENS.items():
+        (tmp_path / f"{node}.token").write_text(token + "\n")
+    config: dict[str, Any] = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "state_dir": str(tmp_path / "serve-state"),
+        "load_balancers": {"app": {"type": "mock", "sessions": 0}},
+        "nodes": {
+            node: {
+                "token_file": str(tmp_path / f"{node}.token"),
+                "servers": {"app": {"path": str(tmp_path / f"mock-{node}.json")}},
+            }
+            for node in TOKENS
+        },
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def server(tmp_path: Path, clock: Clock) -> Iterator[RemoteServer]:
+    setup = parse_serve_config(serve_config(tmp_path), plugins=PLUGINS)
+    with RemoteServer(setup, clock=clock) as running:
+        yield running
+
+
+RemoteFactory = Callable[..., RemoteLoadBalancer]
+
+
+@pytest.fixture
+def remote(tmp_path: Path, server: RemoteServer, clock: Clock) -> RemoteFactory:
+    def make(who: str = "web-1", **overrides: Any) -> RemoteLoadBalancer:
+        """The remote adapter of node ``who`` (its token); ``node=`` claims another name."""
+        entry = {
+            "type": "remote",
+            "url": server.url,
+            "load_balancer": "app",
+            "token_file": str(tmp_path / f"{who}.token"),
+            "retry_delay": "100ms",
+            **overrides,
+        }
+        config = RemoteConfig.model_validate(entry)
+        return RemoteLoadBalancer(
+            config, name="remote-app", node=config.node or who, sleep=clock.sleep
+        )
+
+    return make
+
+
+def mock_status(tmp_path: Path, node: str) -> str | None:
+    path = tmp_path / f"mock-{node}.json"
+    return json.loads(path.read_text())["status"] if path.exists() else None
+
+
+# -- the channel works -------------------------------------------------------------------
+
+
+def test_a_node_drains_and_puts_back_its_own_server_only(
+    tmp_path: Path, remote: RemoteFactory
+) -> None:
+    lb = remote("web-1")
+    assert lb.state().status is LBStatus.IN_SERVICE
+    lb.drain()
+    assert mock_status(tmp_path, "web-1") == "draining"
+    assert mock_status(tmp_path, "web-2") is None, "another node's server was touched"
+    view = lb.state()
+    assert view.status is LBStatus.DRAINING and "mock draining" in view.detail
+    lb.take_out(kill=True)
+    assert lb.state().status is LBStatus.OUT
+    calls = json.loads((tmp_path / "mock-web-1.json").read_text())["calls"]
+    assert [c["op"] for c in calls] == ["drain", "take_out_kill"]
+    assert lb.put_back() is True
+    assert mock_status(tmp_path, "web-1") == "in_service"
+    lb.close()
+
+
+def test_the_adapter_plugin_reads_node_and_token(tmp_path: Path, server: RemoteServer) -> None:
+    entry = {
+        "type": "remote",
+        "url": server.url,
+        "load_balancer": "app",
+        "token_env": "DRAINER_TEST_TOKEN",
+    }
+    with pytest.raises(ConfigError, match=r"\$DRAINER_TEST_TOKEN is not set"):
+        create_remote(RemoteConfig.model_validate(entry), AdapterContext("web-2", tmp_path))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DRAINER_TEST_TOKEN", TOKENS["web-2"])
+        [lb] = create_remote(RemoteConfig.model_validate(entry), AdapterContext("web-2", tmp_path))
+        lb.drain()
+    assert mock_status(tmp_path, "web-2") == "draining"
+    assert mock_status(tmp_path, "web-1") is None
+
+
+# -- refusals ----------------------------------------------------------------------------
+
+
+def test_a_wrong_token_is_refused_and_never_logged(
+    tmp_path: Path, remote: RemoteFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    (tmp_path / "wrong.token").write_text("not-the-token-" + "c" * 30)
+    lb = remote("web-1", token_file=str(tmp_path / "wrong.token"))
+    with pytest.raises(PermanentAdapterError, match="unknown node or wrong token") as caught:
+        lb.drain()
+    assert mock_status(tmp_path, "web-1") is None
+    remote("web-1").drain()  # the right one works
+    for secret in [*TOKENS.values(), "not-the-token-"]:
+        assert secret not in caplog.text
+        assert secret not in str(caught.value)
+    assert "refused a request from 127.0.0.1" in caplog.text
+
+
+def test_a_node_cannot_act_for_another(tmp_path: Path, remote: RemoteFactory) -> None:
+    # web-2's own token, claiming to be web-1
+    impostor = remote("web-2", node="web-1")
+    with pytest.raises(PermanentAdapterError, match="unknown node or wrong token"):
+        impostor.drain()
+    # a load balancer that web-1 is not configured on
+    with pytest.raises(PermanentAdapterError, match="may not act on load balancer 'other'"):
+        remote("web-1", load_balancer="other").drain()
+    # an unknown node
+    with pytest.raises(PermanentAdapterError, match="unknown node or wrong token"):
+        remote("web-1", node="web-9").drain()
+    assert mock_status(tmp_path, "web-1") is None
+    assert mock_status(tmp_path, "web-2") is None
+
+
+def _raw(server: RemoteServer, method: str, path: str, node: str = "web-1", **kw: Any) -> Any:
+    headers = {NODE_HEADER: node, "Authorization": f"Bearer {TOKENS[node]}"}
+    headers.update(kw.pop("headers", {}))
+    return httpx.request(method, f"{server.url}{path}", headers=headers, **kw)
+
+
+def test_a_request_cannot_name_a_server(tmp_path: Path, server: RemoteServer) -> None:
+    reply = _raw(server, "POST", "/v1/load-balancers/app/drain", json={"server": "web-2"})
+    assert reply.status_code == 400
+    assert reply.json() == {
+        "error": "drain takes a JSON object with these keys: none",
+        "kind": "refused",
+    }
+    assert mock_status(tmp_path, "web-1") is None and mock_status(tmp_path, "web-2") is None
+    assert _raw(server, "GET", "/v1/load-balancers").json() == {
+        "node": "web-1",
+        "load_balancers": ["app"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("GET", "/v1/load-balancers/app/drain", {}, 405),
+        ("POST", "/v1/load-balancers/app", {}, 405),
+        ("POST", "/v1/load-balancers/app/reboot", {}, 404),
+        ("GET", "/admin", {}, 404),
+        ("POST", "/v1/load-balancers/app/take-out", {"json": {"kill": "yes"}}, 400),
+        ("POST", "/v1/load-balancers/app/drain", {"content": b"x" * 5000}, 413),
+        ("POST", "/v1/load-balancers/app/drain", {"content": iter([b"{}"])}, 411),
+    ],
+)
+def test_malformed_requests(
+    tmp_path: Path, server: RemoteServer, method: str, path: str, kwargs: Any, status: int
+) -> None:
+    assert _raw(server, method, path, **kwargs).status_code == status
+    assert mock_status(tmp_path, "web-1") is None
+
+
+def test_rate_limit_per_client_and_retry_after(
+    tmp_path: Path, clock: Clock, remote: RemoteFactory, server: RemoteServer
+) -> None:
+    for _ in range(20):  # the burst
+        assert _raw(server, "GET", "/v1/load-balancers").status_code == 200
+    reply = _raw(server, "GET", "/v1/load-balancers")
+    assert reply.status_code == 429 and reply.headers["Retry-After"] == "1"
+    bad = _raw(server, "GET", "/v1/load-balancers", headers={"Authorization": "Bearer x" * 20})
+    assert bad.status_code == 429, "guessing tokens is rate limited too"
+    # the adapter waits (on the injected clock) and retries
+    started = clock.now
+    remote("web-1").drain()
+    assert mock_status(tmp_path, "web-1") == "draining"
+    assert clock.now > started
+
+
+def test_too_many_connections_are_refused(tmp_path: Path) -> None:
+    config = serve_config(tmp_path, limits={"max_connections": 2, "timeout": "5s"})
+    setup = parse_serve_config(config, plugins=PLUGINS)
+    with RemoteServer(setup) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        try:
+            time.sleep(0.3)  # both accepted and holding a slot
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+                assert third.recv(100).startswith(b"HTTP/1.1 503")
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.3)
+        assert _raw(running, "GET", "/v1/load-balancers").status_code == 200
+
+
+# -- retries -------------------------------------------------------------------------------
+
+
+def test_the_adapter_retries_until_the_server_is_up(tmp_path: Path) -> None:
+    config = serve_config(tmp_path)
+    setup = parse_serve_config(config, plugins=PLUGINS)
+    server = RemoteServer(setup)
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the server comes up during the second wait
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            server.start()
+
+    entry = {
+        "type": "remote",
+        "url": f"http://{config['listen']}",
+        "load_balancer": "app",
+        "token_file": str(tmp_path / "web-1.token"),
+        "retry_delay": "100ms",
+    }
+    lb = RemoteLoadBalancer(RemoteConfig.model_validate(entry), name="r", node="web-1", sleep=sleep)
+    try:
+        lb.drain()
+    finally:
+        server.stop()
+    assert sleeps == [0.1, 0.2]
+    assert mock_status(tmp_path, "web-1") == "draining"
+    with pytest.raises(TransientAdapterError, match="unreachable after 4 attempts"):
+        lb.drain()
+
+
+def test_adapter_errors_keep_their_kind_across_the_wire(
+    tmp_path: Path, remote: RemoteFactory
+) -> None:
+    (tmp_path / "mock-web-1.json").write_text(json.dumps({"fail": {"drain": "LB is busy"}}))
+    with pytest.raises(TransientAdapterError, match="LB is busy"):
+        remote("web-1", retries=1).drain()
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"listen": "0.0.0.0:9470"}, "not a loopback address: configure tls"),
+        ({"load_balancers": {"app": {"type": "haproxy-x"}}}, "unknown type 'haproxy-x'"),
+        ({"nodes": {"web-1": {"token_env": "X", "servers": {"db": {}}}}}, "no load balancer 'db'"),
+        ({"nodes": {"web-1": {"servers": {"app": {}}}}}, "exactly one of token_file or token_env"),
+        (
+            {"nodes": {n: {"token_env": n, "servers": {"app": {}}} for n in TOKENS}},
+            "nodes.web-2.servers.app: the same server as nodes.web-1.servers.app",
+        ),
+        (
+            {
+                "load_balancers": {"app": {"type": "nginx", "file": "/f", "upstream": "app"}},
+                "nodes": {"web-1": {"token_env": "X", "servers": {"app": {"server": "a b"}}}},
+            },
+            "nodes.web-1.servers.app.server: ",
+        ),
+    ],
+)
+def test_configuration_problems_name_their_key(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        parse_serve_config(serve_config(tmp_path, **change), plugins=PLUGINS)
+
+
+def test_missing_or_short_tokens_stop_the_server_from_starting(tmp_path: Path) -> None:
+    config = serve_config(tmp_path)
+    (tmp_path / "web-2.token").write_text("short\n")
+    with pytest.raises(ConfigError, match=r"nodes\.web-2: the token in .* is missing or shorter"):
+        RemoteServer(parse_serve_config(config, plugins=PLUGINS))
+    config["nodes"]["web-2"] = {"token_env": "NOPE_TOKEN", "servers": {"app": {"path": "/x"}}}
+    with pytest.raises(ConfigError, match=r"\$NOPE_TOKEN is missing"):
+        RemoteServer(parse_serve_config(config, plugins=PLUGINS), environ={})
+
+
+# -- the entry point, TLS and a real nginx -----------------------------------------------
+
+
+def test_serve_runs_from_a_file_until_stopped(tmp_path: Path) -> None:
+    config = serve_config(tmp_path)
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    stopping = threading.Event()
+    codes: list[int] = []
+    thread = threading.Thread(
+        target=lambda: codes.append(serve(path, stopping=stopping, plugins=PLUGINS))
+    )
+    thread.start()
+    try:
+        url = f"http://{config['listen']}"
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                reply = httpx.get(
+                    f"{url}/v1/load-balancers",
+                    headers={NODE_HEADER: "web-2", "Authorization": f"Bearer {TOKENS['web-2']}"},
+                )
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert reply.json()["node"] == "web-2"
+    finally:
+        stopping.set()
+        thread.join(timeout=10)
+    assert codes == [0]
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert, key
+
+
+def test_tls_when_a_certificate_is_configured(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    config = serve_config(tmp_path, listen="127.0.0.1:0", tls={"cert": str(cert), "key": str(key)})
+    with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+        assert running.url.startswith("https://127.0.0.1:")
+        entry = {
+            "type": "remote",
+            "url": running.url,
+            "load_balancer": "app",
+            "token_file": str(tmp_path / "web-1.token"),
+            "retries": 0,
+        }
+        trusting = RemoteConfig.model_validate({**entry, "ca_file": str(cert)})
+        RemoteLoadBalancer(trusting, name="r", node="web-1").drain()
+        assert mock_status(tmp_path, "web-1") == "draining"
+        stranger = RemoteLoadBalancer(RemoteConfig.model_validate(entry), name="r", node="web-1")
+        with pytest.raises(TransientAdapterError, match="CERTIFICATE_VERIFY_FAILED"):
+            stranger.state()
+        with pytest.raises(httpx.TransportError):  # plain HTTP gets no answer
+            httpx.get(running.url.replace("https", "http") + "/v1/load-balancers")
+
+
+def test_sidecars_drain_a_real_nginx_through_serve(tmp_path: Path) -> None:
+    if not have_nginx():
+        pytest.skip("nginx is not installed")
+    backends = [Backend("a"), Backend("b")]
+    instance = Nginx(tmp_path / "nginx", servers=[b.address for b in backends])
+    try:
+        instance.start()
+        entry = instance.adapter("unused")
+        del entry["server"]
+        config = serve_config(
+            tmp_path,
+            load_balancers={"app": entry},
+            nodes={
+                node: {
+                    "token_file": str(tmp_path / f"{node}.token"),
+                    "servers": {"app": {"server": backend.address}},
+                }
+                for node, backend in zip(TOKENS, backends, strict=True)
+            },
+        )
+        with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+            make = RemoteConfig.model_validate
+            web1 = RemoteLoadBalancer(
+                make(
+                    {
+                        "type": "remote",
+                        "url": running.url,
+                        "load_balancer": "app",
+                        "token_file": str(tmp_path / "web-1.token"),
+                    }
+                ),
+                name="r",
+                node="web-1",
+            )
+            web1.drain()
+            text = instance.include.read_text()
+            assert f"server {backends[0].address} down;" in text
+            assert f"server {backends[1].address};" in text
+            view = web1.state()
+            assert view.status is not LBStatus.IN_SERVICE
+            assert f"server {backends[0].address} down;" in view.detail
+            assert {httpx.get(instance.url).text for _ in range(6)} == {"b"}
+            assert web1.put_back() is True
+            assert "down" not in instance.include.read_text()
+    finally:
+        instance.stop()
+        for backend in backends:
+            backend.stop()
