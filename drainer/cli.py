@@ -217,9 +217,12 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
         typer.echo(json.dumps(data, indent=2))
     else:
         typer.echo(f"node:   {', '.join(data['node'])}")
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data["since"]))
         held = " (manual)" if data["manual"] else ""
-        typer.echo(f"phase:  {data['phase']}{held} since {since}: {data['note']}")
+        if data["since"]:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data["since"]))
+            typer.echo(f"phase:  {data['phase']}{held} since {since}: {data['note']}")
+        else:
+            typer.echo(f"phase:  {data['phase']} (nothing has happened yet)")
         if data["event"]:
             e = data["event"]
             typer.echo(f"event:  {e['event_type']} {e['event_id']} {e['status']}")
