@@ -146,7 +146,8 @@ def drain(
                 reason = refuse() if callable(refuse) else None
                 if reason:
                     raise DrainerError(f"{lb.name}: {reason} (use --force to drain anyway)")
-        record, _ = node.engine.turn(None, ManualDrain())
+        node.engine.turn(None, ManualDrain())
+        record, _ = node.engine.turn(None)  # act at once on what the request decided
         typer.echo(f"drain requested: {record.phase.value}")
         if wait:
             limit = node.config.drain.timeout if timeout is None else timeout

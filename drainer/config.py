@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import httpx
 import yaml
 from pydantic import (
     BaseModel,
@@ -20,6 +21,7 @@ from pydantic import (
     PlainSerializer,
     SerializeAsAny,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -85,6 +87,17 @@ class HttpCheck(_Strict):
     url: str
     expect_status: list[int] = [200]
     timeout: Duration = 2.0
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a URL: {url!r} ({exc})") from exc
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"not an http(s) URL with a host: {url!r}")
+        return url
 
 
 class TcpCheck(_Strict):
@@ -189,9 +202,7 @@ def parse_config(raw: Any, *, origin: str = "<config>") -> Config:
                 problems.append(f"load_balancers[{i}]: must be a mapping")
             elif kind not in plugins:
                 known = ", ".join(sorted(plugins))
-                problems.append(
-                    f"load_balancers[{i}].type: unknown type {kind!r} (known: {known})"
-                )
+                problems.append(f"load_balancers[{i}].type: unknown type {kind!r} (known: {known})")
             else:
                 try:
                     lbs.append(plugins[kind].config_model.model_validate(item))

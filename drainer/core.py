@@ -23,6 +23,7 @@ Phases:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -233,29 +234,48 @@ def drain_due(event: MaintenanceEvent, policy: Policy) -> float | None:
 def wants_lb_views(
     record: Record, events: tuple[MaintenanceEvent, ...] | None, policy: Policy
 ) -> bool:
-    """Whether the shell should read the load balancers this tick (idle: no)."""
-    if record.phase is not Phase.IN_SERVICE:
+    """Whether the shell should read the load balancers this tick (idle: no). A drain may
+    start from a remembered event on a tick whose source failed: read them then too."""
+    if record.phase is not Phase.IN_SERVICE or record.event is not None:
         return True
     return bool(events and relevant(events, policy, record.dismissed))
 
 
-def _pick(
-    current: MaintenanceEvent | None, candidates: list[MaintenanceEvent], policy: Policy
+def is_due(event: MaintenanceEvent, now: float, policy: Policy) -> bool:
+    due = drain_due(event, policy)
+    return due is None or now >= due
+
+
+def _pick(candidates: list[MaintenanceEvent], policy: Policy) -> MaintenanceEvent | None:
+    """The most urgent event: a removal, then a started one, then the earliest drain."""
+
+    def urgency(e: MaintenanceEvent) -> tuple[bool, bool, float, float, str]:
+        due = drain_due(e, policy)
+        return (
+            reaction(e, policy) is not Reaction.REMOVE,
+            e.status is not EventStatus.STARTED,
+            -math.inf if due is None else due,
+            e.not_before or 0.0,
+            e.event_id,
+        )
+
+    return min(candidates, key=urgency, default=None)
+
+
+def _listed(
+    event: MaintenanceEvent | None, candidates: list[MaintenanceEvent]
 ) -> MaintenanceEvent | None:
-    """Follow the current event while it lasts, unless a removal outranks it."""
-    if not candidates:
+    """``event`` as listed now, or None when it is gone."""
+    if event is None:
         return None
-    removals = [e for e in candidates if reaction(e, policy) is Reaction.REMOVE]
-    if removals:
-        return removals[0]
-    if current is not None:
-        for e in candidates:
-            if e.event_id == current.event_id:
-                return e
-    return min(
-        candidates,
-        key=lambda e: (e.status is not EventStatus.STARTED, e.not_before or 0.0),
-    )
+    return next((e for e in candidates if e.event_id == event.event_id), None)
+
+
+def _follow(record: Record, event: MaintenanceEvent | None) -> Record:
+    """Follow ``event``; another event needs an approval of its own."""
+    same = event is not None and record.event is not None
+    same = same and record.event.event_id == event.event_id  # type: ignore[union-attr]
+    return replace(record, event=event, approved_at=record.approved_at if same else None)
 
 
 def _enter(record: Record, phase: Phase, now: float, note: str, **changes: object) -> Record:
@@ -278,18 +298,7 @@ def step(record: Record, given: Input, now: float, policy: Policy) -> Result:
         owned = record.owned - {given.lb}
         if owned or record.phase is not Phase.RECOVERING:
             return replace(record, owned=owned), []
-        return _enter(
-            record,
-            Phase.IN_SERVICE,
-            now,
-            "back in service",
-            owned=owned,
-            event=None,
-            undrain=False,
-            rebooted=False,
-            approved_at=None,
-            alert="",
-        ), []
+        return _back_in_service(replace(record, owned=owned), now), []
     if isinstance(given, ApproveFailed):
         return replace(record, approved_at=None, alert=f"approval failed: {given.detail}"), [
             Alert(f"approving event {given.event_id} failed: {given.detail}")
@@ -300,21 +309,34 @@ def step(record: Record, given: Input, now: float, policy: Policy) -> Result:
 
 
 def _manual_drain(record: Record, now: float, policy: Policy) -> Result:
-    if record.phase is Phase.IN_SERVICE or record.undrain:
-        return _start_drain(
-            replace(record, manual=True, undrain=False), {}, now, policy, "manual drain"
-        )
+    if record.phase is Phase.IN_SERVICE:
+        return _start_drain(replace(record, manual=True), {}, now, policy, "manual drain")
     if record.phase is Phase.RECOVERING:
-        return _enter(record, Phase.HELD, now, "manual drain", manual=True), []
+        # Partly put back, maybe: own every load balancer again and let the next tick
+        # drain wherever the node is in service (a drain where it is out would move it
+        # towards service).
+        return _enter(
+            record,
+            Phase.DRAINING,
+            now,
+            "manual drain",
+            manual=True,
+            undrain=False,
+            owned=frozenset(policy.lbs),
+            drain_deadline=now + policy.drain_timeout,
+            health_ok=0,
+        ), []
     return replace(record, manual=True, note="manual drain"), []
 
 
 def _manual_undrain(record: Record, now: float, policy: Policy) -> Result:
     """An operator puts the node back everywhere, whoever took it out, and dismisses the
-    events it was out for (the CLI has health-checked the node unless forced)."""
+    event it was out for (the CLI has health-checked the node unless forced). An event
+    whose drain is not due yet is not dismissed: the node was not out for it."""
     dismissed = record.dismissed
-    if record.event is not None and record.phase is not Phase.IN_SERVICE:
-        dismissed = (*dismissed, record.event.event_id)[-20:]
+    event = record.event
+    if event is not None and record.phase is not Phase.IN_SERVICE and is_due(event, now, policy):
+        dismissed = (*dismissed, event.event_id)[-20:]
     new = _enter(
         record,
         Phase.RECOVERING,
@@ -327,6 +349,21 @@ def _manual_undrain(record: Record, now: float, policy: Policy) -> Result:
         alert="",
     )
     return new, [PutBack(policy.lbs)]
+
+
+def _back_in_service(record: Record, now: float) -> Record:
+    return _enter(
+        record,
+        Phase.IN_SERVICE,
+        now,
+        "back in service",
+        owned=frozenset(),
+        event=None,
+        undrain=False,
+        rebooted=False,
+        approved_at=None,
+        alert="",
+    )
 
 
 def _start_drain(
@@ -365,34 +402,33 @@ def _start_drain(
 
 
 def _tick(record: Record, tick: Tick, now: float, policy: Policy) -> Result:
-    actions: list[Action] = []
     if record.boot_id != tick.boot_id:
         record = _after_boot(record, tick.boot_id, now)
-
-    event = record.event
-    gone = False
+    # None: the source could not be read this tick; keep what we knew.
+    candidates = None
     if tick.events is not None:
-        event = _pick(record.event, relevant(tick.events, policy, record.dismissed), policy)
-        gone = event is None
+        candidates = relevant(tick.events, policy, record.dismissed)
 
     phase = record.phase
     if phase is Phase.IN_SERVICE:
-        return _in_service(record, event, tick, now, policy)
+        return _in_service(record, candidates, tick, now, policy)
     if phase is Phase.DRAINING:
-        return _draining(replace(record, event=event), gone, tick, now, policy)
+        return _draining(record, candidates, tick, now, policy)
     if phase in (Phase.DRAINED, Phase.IN_MAINTENANCE):
-        return _out(record, event, gone, tick, now, policy)
+        return _out(record, candidates, tick, now, policy)
     if phase is Phase.RECOVERING:
-        return _recovering(record, event, tick, now, policy)
+        return _recovering(record, candidates, tick, now, policy)
     # held, removed: stay out, keep approving what comes, keep checking health in held.
-    if (
-        event is not None
-        and reaction(event, policy) is Reaction.REMOVE
-        and phase is not Phase.REMOVED
-    ):
-        record = _enter(record, Phase.REMOVED, now, "removal event: never back")
-    record = replace(record, event=event)
-    actions += _reassert_out(record, tick)
+    if candidates is not None:
+        event = _pick(candidates, policy)
+        record = _follow(record, event)
+        if (
+            event is not None
+            and reaction(event, policy) is Reaction.REMOVE
+            and phase is not Phase.REMOVED
+        ):
+            record = _enter(record, Phase.REMOVED, now, "removal event: never back")
+    actions = _reassert_out(record, tick)
     record, more = _maybe_approve(record, now, policy)
     actions += more
     if phase is Phase.HELD:
@@ -404,7 +440,10 @@ def _tick(record: Record, tick: Tick, now: float, policy: Policy) -> Result:
 def _after_boot(record: Record, boot_id: str, now: float) -> Record:
     if not record.boot_id:
         return replace(record, boot_id=boot_id)
-    if record.phase in (Phase.DRAINING, Phase.DRAINED, Phase.IN_MAINTENANCE):
+    if record.phase in (Phase.DRAINING, Phase.DRAINED, Phase.IN_MAINTENANCE) or (
+        record.phase is Phase.RECOVERING and not record.undrain
+    ):
+        # Health seen before the boot says nothing about the node now.
         return _enter(
             record,
             Phase.RECOVERING,
@@ -419,30 +458,44 @@ def _after_boot(record: Record, boot_id: str, now: float) -> Record:
 
 
 def _in_service(
-    record: Record, event: MaintenanceEvent | None, tick: Tick, now: float, policy: Policy
+    record: Record,
+    candidates: list[MaintenanceEvent] | None,
+    tick: Tick,
+    now: float,
+    policy: Policy,
 ) -> Result:
+    event = record.event if candidates is None else _pick(candidates, policy)
     if event is None:
         if record.event is not None:
             return replace(record, event=None, note="event gone before its drain was due"), []
         return record, []
-    due = drain_due(event, policy)
-    if due is not None and now < due:
+    if not is_due(event, now, policy):
         if record.event is None or record.event.event_id != event.event_id:
-            return replace(record, event=event, note="event scheduled; drain not due yet"), []
+            return _follow(record, event), []
         return replace(record, event=event), []
-    return _start_drain(replace(record, event=event), tick.lbs, now, policy, "drain started")
+    return _start_drain(_follow(record, event), tick.lbs, now, policy, "drain started")
 
 
-def _draining(record: Record, gone: bool, tick: Tick, now: float, policy: Policy) -> Result:
-    if gone and not record.manual:
-        return _enter(
-            record,
-            Phase.RECOVERING,
-            now,
-            "event gone while draining",
-            next_health=now,
-            health_ok=0,
-        ), []
+def _draining(
+    record: Record,
+    candidates: list[MaintenanceEvent] | None,
+    tick: Tick,
+    now: float,
+    policy: Policy,
+) -> Result:
+    if candidates is not None:
+        followed = _listed(record.event, candidates)
+        due_now = _pick([e for e in candidates if is_due(e, now, policy)], policy)
+        if followed is None and due_now is None and not record.manual:
+            return _enter(
+                record,
+                Phase.RECOVERING,
+                now,
+                "event gone while draining",
+                next_health=now,
+                health_ok=0,
+            ), []
+        record = _follow(record, due_now or followed)
     actions: list[Action] = []
     again = tuple(
         sorted(
@@ -487,62 +540,81 @@ def _draining(record: Record, gone: bool, tick: Tick, now: float, policy: Policy
 
 def _out(
     record: Record,
-    event: MaintenanceEvent | None,
-    gone: bool,
+    candidates: list[MaintenanceEvent] | None,
     tick: Tick,
     now: float,
     policy: Policy,
 ) -> Result:
-    if gone:
-        return _enter(
-            record,
-            Phase.RECOVERING,
-            now,
-            "event gone",
-            next_health=now,
-            health_ok=0,
-        ), []
+    if candidates is not None:
+        followed = _listed(record.event, candidates)
+        if followed is None:
+            # The maintenance is over (or cancelled): recover even when other events
+            # are listed; recovery drains again for one that is due.
+            return _enter(
+                record,
+                Phase.RECOVERING,
+                now,
+                "event gone",
+                next_health=now,
+                health_ok=0,
+            ), []
+        due_now = [e for e in candidates if is_due(e, now, policy)]
+        record = _follow(record, _pick(due_now, policy) or followed)
+    event = record.event
     if event is not None and reaction(event, policy) is Reaction.REMOVE:
         record = _enter(record, Phase.REMOVED, now, "removal event: never back")
     elif (
         record.phase is Phase.DRAINED and event is not None and event.status is EventStatus.STARTED
     ):
         record = _enter(record, Phase.IN_MAINTENANCE, now, "event started")
-    record = replace(record, event=event)
     actions = _reassert_out(record, tick)
     record, more = _maybe_approve(record, now, policy)
     return record, actions + more
 
 
 def _recovering(
-    record: Record, event: MaintenanceEvent | None, tick: Tick, now: float, policy: Policy
+    record: Record,
+    candidates: list[MaintenanceEvent] | None,
+    tick: Tick,
+    now: float,
+    policy: Policy,
 ) -> Result:
     if record.undrain:
-        return record, [PutBack(tuple(sorted(record.owned)))] if record.owned else []
-    if event is not None and (record.event is None or event.event_id != record.event.event_id):
-        # Scheduled again straight after a maintenance: stay out and handle it.
-        return _start_drain(
-            replace(record, event=event),
-            tick.lbs,
-            now,
-            policy,
-            "new event during recovery",
-        )
-    record = replace(record, event=event)
-    if now >= record.since + policy.health_deadline:
-        message = (
-            f"not healthy {int(policy.health_deadline)}s after the maintenance: "
-            f"held out of the pool ({record.health_detail or 'no check passed'})"
-        )
-        return _enter(record, Phase.HELD, now, "health deadline passed", alert=message), [
-            Alert(message)
-        ]
+        if not record.owned:
+            return _back_in_service(record, now), []
+        return record, [PutBack(tuple(sorted(record.owned)))]
+    if candidates is not None:
+        followed_id = record.event.event_id if record.event else None
+        fresh = [e for e in candidates if e.event_id != followed_id and is_due(e, now, policy)]
+        if fresh:
+            # Scheduled again straight after a maintenance: stay out and handle it.
+            event = _pick(fresh, policy)
+            return _start_drain(
+                _follow(record, event), tick.lbs, now, policy, "new event during recovery"
+            )
+        # the maintained event while it is still listed (a Started one after a reboot)
+        record = replace(record, event=_listed(record.event, candidates))
+    waiting = candidates is None or record.event is not None
     healthy = record.health_ok >= policy.health_successes
-    if healthy and event is None and tick.events is not None:
+    actions: list[Action] = []
+    if healthy and not waiting:
         if record.manual:
             return _enter(record, Phase.HELD, now, "healthy, held by an operator"), []
-        return record, [PutBack(tuple(sorted(record.owned)))] if record.owned else []
-    actions = [] if healthy else _reassert_out(record, tick)
+        if not record.owned:  # every load balancer was an operator's: nothing to put back
+            return _back_in_service(record, now), []
+        actions.append(PutBack(tuple(sorted(record.owned))))
+    elif not healthy:
+        if now >= record.since + policy.health_deadline:
+            message = (
+                f"not healthy {int(policy.health_deadline)}s after the maintenance: "
+                f"held out of the pool ({record.health_detail or 'no check passed'})"
+            )
+            return _enter(record, Phase.HELD, now, "health deadline passed", alert=message), [
+                Alert(message)
+            ]
+        actions += _reassert_out(record, tick)
+    # Health is checked while the put-back goes on too: a node that turns unhealthy
+    # stops being put back.
     record, more = _maybe_check_health(record, now, policy)
     return record, actions + more
 

@@ -110,6 +110,9 @@ def poll(source: EventSource, metrics: Metrics) -> tuple[MaintenanceEvent, ...] 
     except SourceError as exc:
         metrics.errors.labels("source").inc()
         log.warning("%s", exc)
+    except Exception:  # a source plugin's bug must not stop the sidecar: "unknown" is safe
+        metrics.errors.labels("internal").inc()
+        log.exception("the event source failed unexpectedly")
     return None
 
 

@@ -16,7 +16,7 @@ def check_health(config: HealthConfig) -> tuple[bool, str]:
         try:
             with httpx.Client(trust_env=False, timeout=http.timeout) as client:
                 reply = client.get(http.url)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return False, f"GET {http.url}: {type(exc).__name__}: {exc}"
         ok = reply.status_code in http.expect_status
         return ok, f"GET {http.url}: {reply.status_code}"

@@ -135,3 +135,9 @@ def test_example_configs_are_valid() -> None:
     assert examples, "configs/ has no example"
     for path in examples:
         load_config(path)
+
+
+@pytest.mark.parametrize("url", ["http://localhost:80a/h", "ftp://host/x", "/healthz"])
+def test_health_url_must_be_an_http_url(url: str) -> None:
+    message = errors_of({**MINIMAL, "health": {"http": {"url": url}}})
+    assert "health.http.url:" in message

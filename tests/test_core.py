@@ -361,7 +361,7 @@ def test_health_results_count_consecutive_successes() -> None:
 def test_healthy_and_no_event_puts_back() -> None:
     record = recovering(event=None, health_ok=3)
     _, actions = run(record, tick(lbs=both(OUT)))
-    assert actions == [PutBack(LBS)]
+    assert actions == [PutBack(LBS), CheckHealth()]  # health is still watched meanwhile
 
 
 def test_healthy_but_event_still_listed_stays_out() -> None:
@@ -382,7 +382,7 @@ def test_put_back_completes_per_lb() -> None:
     half, _ = run(record, PutBackDone("lb-a"))
     assert half.phase is Phase.RECOVERING and half.owned == frozenset({"lb-b"})
     _, actions = run(half, tick(lbs={"lb-a": IN, "lb-b": OUT}), now=NOW + 1)
-    assert actions == [PutBack(("lb-b",))]
+    assert actions[0] == PutBack(("lb-b",))
     done, _ = run(half, PutBackDone("lb-b"))
     assert done.phase is Phase.IN_SERVICE and done.owned == frozenset() and done.event is None
 
@@ -498,3 +498,101 @@ def test_health_results_outside_recovery_are_ignored_or_counted(phase: Phase) ->
     new, actions = run(at(phase), HealthResult(True))
     assert actions == []
     assert new.health_ok == (1 if phase in (Phase.RECOVERING, Phase.HELD) else 0)
+
+
+# -- found in review: each once let a maintenance hit a node in service, or stranded it --
+
+
+def test_a_due_event_is_not_hidden_by_a_pending_one() -> None:
+    far = event(eid="A", resources=("web-1", "web-2"), not_before=NOW + 3 * 3600)
+    pending, _ = run(Record(boot_id=BOOT), tick(far))
+    assert pending.phase is Phase.IN_SERVICE and pending.event == far
+    sudden = event(eid="B", status=EventStatus.STARTED, not_before=None)
+    new, actions = run(pending, tick(far, sudden, lbs=both(IN)), now=NOW + 5)
+    assert new.phase is Phase.DRAINING and new.event == sudden and actions == [Drain(LBS)]
+    sole = event(eid="C", not_before=NOW + 900)
+    new, _ = run(pending, tick(far, sole, lbs=both(IN)), now=NOW + 5)
+    assert new.phase is Phase.DRAINING and new.event == sole
+
+
+def test_undrain_keeps_an_event_the_node_was_not_out_for() -> None:
+    pending = event(resources=("web-1", "web-2"), not_before=NOW + 3600)
+    record, _ = run(Record(boot_id=BOOT), tick(pending))
+    record, _ = run(record, ManualDrain(), now=NOW + 10)
+    record, _ = run(record, tick(pending, lbs=both(draining_view(0))), now=NOW + 20)
+    assert record.phase is Phase.HELD
+    record, _ = run(record, ManualUndrain(), now=NOW + 100)
+    assert record.dismissed == ()
+    for lb in LBS:
+        record, _ = run(record, PutBackDone(lb), now=NOW + 100)
+    due = drain_due(pending, POLICY)
+    assert due is not None
+    record, actions = run(record, tick(pending, lbs=both(IN)), now=due)
+    assert record.phase is Phase.DRAINING and actions == [Drain(LBS)]
+
+
+def test_manual_drain_during_a_partial_put_back_takes_the_node_out_again() -> None:
+    record = at(Phase.RECOVERING, event=None, health_ok=3, owned=frozenset({"lb-b"}))
+    record, actions = run(record, ManualDrain())
+    assert record.phase is Phase.DRAINING and record.manual and actions == []
+    assert record.owned == frozenset(LBS)
+    record, actions = run(record, tick(lbs={"lb-a": IN, "lb-b": OUT}), now=NOW + 1)
+    assert actions == [Drain(("lb-a",))]  # only where it was back; lb-b stays out
+    record, actions = run(record, tick(lbs={"lb-a": draining_view(0), "lb-b": OUT}), NOW + 2)
+    assert record.phase is Phase.HELD and actions == [TakeOut(LBS)]
+
+
+def test_drain_from_a_remembered_event_reads_the_load_balancers() -> None:
+    pending = Record(boot_id=BOOT, event=event(resources=("web-1", "web-2")))
+    assert wants_lb_views(pending, None, POLICY)
+
+
+def test_a_reboot_during_recovery_forgets_health_seen_before_it() -> None:
+    started = event(status=EventStatus.STARTED, not_before=None)
+    record = at(Phase.RECOVERING, event=started, health_ok=3, next_health=NOW + 2)
+    new, actions = run(record, tick(lbs=both(OUT), boot="boot-2"), now=NOW + 60)
+    assert new.health_ok == 0 and new.since == NOW + 60
+    assert actions == [CheckHealth()]
+
+
+def test_a_failing_put_back_of_a_healthy_node_is_retried_not_held() -> None:
+    record = at(Phase.RECOVERING, event=None, health_ok=3, owned=frozenset({"lb-b"}))
+    new, actions = run(record, tick(lbs={"lb-a": IN, "lb-b": None}), now=NOW + 2700)
+    assert new.phase is Phase.RECOVERING and PutBack(("lb-b",)) in actions
+
+
+def test_nothing_owned_goes_back_in_service_without_touching_anything() -> None:
+    e = event()
+    record, _ = run(Record(boot_id=BOOT), tick(e, lbs=both(OUT)))
+    assert record.owned == frozenset()
+    record, _ = run(record, tick(e, lbs=both(OUT)))
+    record, _ = run(record, tick(lbs=both(OUT)), now=NOW + 5)
+    assert record.phase is Phase.RECOVERING
+    for _ in range(3):
+        record, _ = run(record, HealthResult(True, "200"))
+    record, actions = run(record, tick(lbs=both(OUT)), now=NOW + 10)
+    assert record.phase is Phase.IN_SERVICE and actions == []
+
+
+def test_the_next_event_is_approved_without_waiting() -> None:
+    freeze = event(EventType.FREEZE, eid="F", status=EventStatus.STARTED, not_before=None)
+    reboot = event(eid="R", not_before=NOW + 900)
+    record = at(Phase.DRAINED, event=event(eid="R0"), approved_at=NOW - 5)
+    new, actions = run(record, tick(freeze, reboot, lbs=both(OUT)), now=NOW)
+    # R0 is gone: recover first, then R (due: approvable) is drained for again
+    assert new.phase is Phase.RECOVERING
+    new, actions = run(new, tick(reboot, lbs=both(OUT)), now=NOW + 1)
+    assert new.phase is Phase.DRAINING and new.approved_at is None
+    new, actions = run(new, tick(reboot, lbs=both(OUT)), now=NOW + 2)
+    assert ApproveEvent("R") in actions
+
+
+def test_a_far_event_does_not_keep_the_node_out_after_its_maintenance() -> None:
+    freeze = event(EventType.FREEZE, eid="F", status=EventStatus.STARTED, not_before=None)
+    later = event(eid="R", resources=("web-1", "web-2"), not_before=NOW + 6 * 3600)
+    record = at(Phase.IN_MAINTENANCE, event=freeze)
+    record, _ = run(record, tick(later, lbs=both(OUT)))
+    assert record.phase is Phase.RECOVERING
+    record = replace(record, health_ok=3)
+    record, actions = run(record, tick(later, lbs=both(OUT)), now=NOW + 1)
+    assert PutBack(LBS) in actions

@@ -181,3 +181,20 @@ def test_wrong_weekday_is_accepted() -> None:
     }  # 19 Sep 2016 was a Monday
     wrong = {**doc, "Events": [{**doc["Events"][0], "NotBefore": "Fri, 19 Sep 2016 18:29:47 GMT"}]}  # type: ignore[index, dict-item]
     assert parse_events(doc)[0].not_before == parse_events(wrong)[0].not_before == 1474309787.0
+
+
+def test_an_absurd_year_is_a_payload_error_not_a_crash() -> None:
+    doc = {
+        "DocumentIncarnation": 1,
+        "Events": [
+            {
+                "EventId": "x",
+                "EventType": "Reboot",
+                "EventStatus": "Scheduled",
+                "Resources": ["a"],
+                "NotBefore": "Mon, 11 Apr 2026 22:26:58 99999999999999999999",
+            }
+        ],
+    }
+    with pytest.raises(PayloadError, match="NotBefore"):
+        parse_events(doc)

@@ -187,8 +187,7 @@ class AgentLoadBalancer:
         return LBView(
             ANSWERS[answer],
             sessions,
-            f"agent answers {answer} on {self._config.listen}, "
-            f"{sessions} sessions{waiting}",
+            f"agent answers {answer} on {self._config.listen}, {sessions} sessions{waiting}",
         )
 
     def _sessions(self) -> int:

@@ -54,7 +54,7 @@ def _not_before(text: str, index: int) -> float | None:
     try:
         # parsedate ignores the weekday: Microsoft's own sample has a wrong one.
         return parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise PayloadError(f"Events[{index}].NotBefore: not an RFC 1123 time: {text!r}") from exc
 
 
