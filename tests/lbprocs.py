@@ -16,7 +16,9 @@ every state set through the runtime API is forgotten. Waiting for the master mat
 reload, since the master re-executes itself) is dropped without a word. The master CLI
 keeps a connection open until the client half-closes it; ``cli()`` always does.
 ``stop()`` sends SIGTERM to the master, which stops its workers; any worker PID we saw
-that is still an haproxy process afterwards is killed by that PID.
+that is still an haproxy process afterwards is killed by that PID. ``halt()`` does the
+same but keeps the directory, and ``start_again()`` then starts a new HAProxy on the
+same configuration and socket path: an instance that was down and comes back.
 
 ``HttpBackend`` is a ThreadingHTTPServer in this process; ``/slow`` holds the request
 until ``release()``, so a test controls exactly how many sessions are open.
@@ -132,6 +134,12 @@ class HAProxy:
         wait_until(self._answers, what="the re-executed master")
 
     def stop(self) -> None:
+        self.halt()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def halt(self) -> None:
+        """Stop the processes as ``stop()`` does, by PID, but keep the directory (and so
+        the configuration) for ``start_again()``: an instance that went down."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -143,7 +151,12 @@ class HAProxy:
             if _is_haproxy(pid):
                 os.kill(pid, signal.SIGKILL)
         self._log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def start_again(self) -> HAProxy:
+        """After ``halt()``: a new HAProxy from the same configuration file, its admin
+        socket at the same path (every runtime state of the old one is gone)."""
+        assert self.proc.poll() is not None, "halt() it first"
+        return HAProxy(self.dir, self.config.read_text(), master_worker=self.master_worker)
 
     def log(self) -> str:
         return (self.dir / "haproxy.log").read_text(errors="replace")
