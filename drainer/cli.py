@@ -21,7 +21,7 @@ from drainer.core import OUT_PHASES, ManualDrain, ManualUndrain, Phase, Record, 
 from drainer.daemon import Node, assemble
 from drainer.daemon import run as run_daemon
 from drainer.errors import ConfigError, DrainerError
-from drainer.model import LBView
+from drainer.model import LBStatus, LBView
 
 app = typer.Typer(
     add_completion=False,
@@ -205,8 +205,15 @@ def _status_data(node: Node) -> dict[str, Any]:
 
 
 def _needs_attention(record: Record, views: dict[str, LBView | None]) -> bool:
+    """Held as unhealthy, a load balancer unreachable, or one where the node is meant
+    to be out and is not."""
     unhealthy_hold = record.phase is Phase.HELD and not record.manual
-    return unhealthy_hold or any(v is None for v in views.values())
+    unreachable = any(v is None for v in views.values())
+    meant_out = record.phase in (Phase.DRAINED, Phase.IN_MAINTENANCE, Phase.HELD, Phase.REMOVED)
+    not_out = meant_out and any(
+        (v := views.get(name)) is not None and v.status is not LBStatus.OUT for name in record.owned
+    )
+    return unhealthy_hold or unreachable or not_out
 
 
 @app.command()

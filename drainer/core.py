@@ -517,9 +517,16 @@ def _draining(
         kill = policy.kill_at_deadline
         left = sum(v.sessions for v in views if v is not None)
         unreachable = sorted(n for n in record.owned if tick.lbs.get(n) is None)
+        serving = sorted(
+            n
+            for n in record.owned
+            if (v := tick.lbs.get(n)) is not None and v.status is LBStatus.IN_SERVICE
+        )
         message = f"drain deadline passed with {left} sessions left"
         if unreachable:
             message += f"; unreachable: {', '.join(unreachable)}"
+        if serving:
+            message += f"; still in service (the drain was refused): {', '.join(serving)}"
         record = replace(record, alert=message)
         actions.append(Alert(message))
     if record.owned:

@@ -143,6 +143,7 @@ class Engine:
 
     def _on_lbs(self, action: Drain | TakeOut | PutBack) -> list[Input]:
         done: list[Input] = []
+        verb = {Drain: "drain", TakeOut: "take out", PutBack: "put back"}[type(action)]
         for name in action.lbs:
             lb = self.lbs.get(name)
             if lb is None:  # removed from the configuration since it was drained
@@ -158,10 +159,10 @@ class Engine:
                 elif lb.put_back():
                     done.append(PutBackDone(name))
             except AdapterError as exc:
-                self._error("adapter", name, f"{name}: {type(action).__name__.lower()}: {exc}")
+                self._error("adapter", f"{name}:{verb}", f"{name}: {verb}: {exc}", lb=name)
             else:
-                verb = {Drain: "draining", TakeOut: "out", PutBack: "putting back"}
-                log.debug("%s: %s", name, verb[type(action)], extra={"lb": name})
+                if self._errors.pop(f"{name}:{verb}", None):
+                    log.info("%s: %s succeeded", name, verb, extra={"lb": name})
         return done
 
     def _warn_breach(self, lb: LoadBalancer) -> None:
@@ -176,11 +177,13 @@ class Engine:
                 extra={"lb": lb.name},
             )
 
-    def _error(self, kind: str, key: str, message: str) -> None:
+    def _error(self, kind: str, key: str, message: str, *, lb: str = "") -> None:
+        """Count every error, log it once: read errors are keyed by the load balancer's
+        name (``drainer status`` shows them), action errors by name and verb."""
         self.metrics.errors.labels(kind).inc()
-        if self._errors.get(key) != message:  # say it once, not every second
+        if self._errors.get(key) != message:
             self._errors[key] = message
-            log.error("%s", message, extra={"lb": key})
+            log.error("%s", message, extra={"lb": lb or key})
 
     def _observe(self, old: Record, new: Record) -> None:
         if new.event is not None and (

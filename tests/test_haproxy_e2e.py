@@ -401,12 +401,6 @@ def refusing_pair(world: World, lab: Lab) -> tuple[HAProxy, HAProxy, str, str]:
     return good, bad, good_name, bad_name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="an instance that answers but refuses the drain is not named in the deadline "
-    "alert, and `drainer status` exits 0 while the node is still in service there",
-)
 def test_an_instance_that_refuses_is_named_at_the_deadline(world: World, lab: Lab) -> None:
     good, bad, good_name, bad_name = refusing_pair(world, lab)
     world.configure(drain={"timeout": "1s"})
@@ -425,12 +419,6 @@ def test_an_instance_that_refuses_is_named_at_the_deadline(world: World, lab: La
     assert (code, data["needs_attention"]) == (1, True), data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Engine._errors is keyed by load balancer for reads and actions alike: each turn "
-    "a good read logs 'reachable again' and the refused drain is logged anew",
-)
 def test_a_refused_drain_is_logged_once(world: World, lab: Lab) -> None:
     _, _, _, bad_name = refusing_pair(world, lab)
     world.configure(drain={"timeout": "30s"})
