@@ -115,7 +115,7 @@ class MockLoadBalancer:
                 raise TransientAdapterError(f"{self.name}: {fail}", instance=self.name)
             status = LBStatus(data["status"])
             sessions = self._sessions(data)
-        return LBView(status, sessions, f"mock {status.value}, {sessions} sessions")
+        return LBView(status, sessions, f"mock load balancer in {self.path}")
 
     def drain(self) -> None:
         def change(data: dict[str, Any]) -> None:
