@@ -146,12 +146,14 @@ class LoadClient:
     """``workers`` keep-alive clients sending GETs until stopped or ``limit_seconds``.
 
     A request fails when it raises (connection refused, reset, timeout) or answers 5xx.
+    ``close=True`` sends ``Connection: close``: a new connection for every request.
     """
 
     url: str
     workers: int = 4
     limit_seconds: float = 120.0
     pause: float = 0.0
+    close: bool = False
     ok: int = 0
     failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -161,7 +163,8 @@ class LoadClient:
 
     def _work(self) -> None:
         deadline = time.monotonic() + self.limit_seconds
-        with httpx.Client(trust_env=False, timeout=5.0) as client:
+        headers = {"Connection": "close"} if self.close else None
+        with httpx.Client(trust_env=False, timeout=5.0, headers=headers) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
                     good = client.get(self.url).status_code < 500
@@ -293,6 +296,11 @@ class WebProcess:
                     raise RuntimeError(f"web server {self.name} did not start") from None
                 time.sleep(0.05)
 
+    def set_healthy(self, healthy: bool) -> None:
+        """``/healthz`` answers 200 (True) or 503 (False); other paths are unchanged."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGUSR2 if healthy else signal.SIGUSR1)
+
     def stop(self, sig: int = signal.SIGKILL) -> None:
         """SIGKILL by default: the kernel resets its connections, as a machine going down."""
         if self.process is not None and self.process.poll() is None:
@@ -307,6 +315,8 @@ def main(argv: list[str]) -> int:
     server = WebServer(int(argv[1]), name=argv[2], delay=float(argv[3])).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: setattr(server, "healthy", False))
+    signal.signal(signal.SIGUSR2, lambda *_: setattr(server, "healthy", True))
     stop.wait()
     server.stop()
     return 0
