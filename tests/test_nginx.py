@@ -436,3 +436,26 @@ def test_state_names_the_file_problem(tmp_path: Path, nginx: Nginx, make_lb: LBF
     with pytest.raises(PermanentAdapterError, match=r"no line 'server 127\.0\.0\.1:1"):
         lb.state()
     assert os.path.exists(nginx.include)
+
+
+def test_a_stale_pid_file_never_signals_another_process(tmp_path: Path) -> None:
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        pid_file = tmp_path / "nginx.pid"
+        pid_file.write_text(f"{victim.pid}\n")
+        upstreams = tmp_path / "upstreams.conf"
+        upstreams.write_text("upstream app {\n    server 127.0.0.1:8081;\n}\n")
+        config = NginxConfig(
+            file=upstreams,
+            upstream="app",
+            server="127.0.0.1:8081",
+            pid_file=pid_file,
+        )
+        (lb,) = create(config, AdapterContext(node="web-1", state_dir=tmp_path / "state"))
+        with pytest.raises(TransientAdapterError, match="is another process"):
+            lb.drain()
+        assert victim.poll() is None  # not signalled
+        assert "down" not in upstreams.read_text()  # nothing half-done
+    finally:
+        victim.kill()
+        victim.wait()

@@ -115,7 +115,7 @@ def test_a_node_drains_and_puts_back_its_own_server_only(
     assert mock_status(tmp_path, "web-1") == "draining"
     assert mock_status(tmp_path, "web-2") is None, "another node's server was touched"
     view = lb.state()
-    assert view.status is LBStatus.DRAINING and "mock draining" in view.detail
+    assert view.status is LBStatus.DRAINING and "mock-web-1.json" in view.detail
     lb.take_out(kill=True)
     assert lb.state().status is LBStatus.OUT
     calls = json.loads((tmp_path / "mock-web-1.json").read_text())["calls"]

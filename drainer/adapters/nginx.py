@@ -401,6 +401,18 @@ class NginxLoadBalancer:
             ) from exc
         if _stat(pid) is None:
             raise self._transient(f"nginx is not running (pid {pid} from {self._config.pid_file})")
+        # A stale pid file whose PID now belongs to another process must never be
+        # signalled: SIGHUP would kill it.
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError as exc:
+            raise self._transient(f"nginx is not running (pid {pid} has gone)") from exc
+        if not title.startswith(b"nginx: master process"):
+            other = title.split(b"\0")[0].decode(errors="replace")[:60]
+            raise self._transient(
+                f"nginx is not running: pid {pid} from {self._config.pid_file} is another "
+                f"process ({other!r})"
+            )
         return pid
 
     def _nginx_args(self) -> list[str]:
