@@ -351,6 +351,11 @@ def _manual_undrain(record: Record, now: float, policy: Policy) -> Result:
     return new, [PutBack(policy.lbs)]
 
 
+def _start_recovery(record: Record, now: float, note: str) -> Record:
+    """Out of the pool, health-checked from now on, back once healthy and no event is left."""
+    return _enter(record, Phase.RECOVERING, now, note, next_health=now, health_ok=0)
+
+
 def _back_in_service(record: Record, now: float) -> Record:
     return _enter(
         record,
@@ -444,16 +449,7 @@ def _after_boot(record: Record, boot_id: str, now: float) -> Record:
         record.phase is Phase.RECOVERING and not record.undrain
     ):
         # Health seen before the boot says nothing about the node now.
-        return _enter(
-            record,
-            Phase.RECOVERING,
-            now,
-            "rebooted",
-            boot_id=boot_id,
-            rebooted=True,
-            health_ok=0,
-            next_health=now,
-        )
+        return _start_recovery(replace(record, boot_id=boot_id, rebooted=True), now, "rebooted")
     return replace(record, boot_id=boot_id, rebooted=record.phase is not Phase.IN_SERVICE)
 
 
@@ -487,14 +483,7 @@ def _draining(
         followed = _listed(record.event, candidates)
         due_now = _pick([e for e in candidates if is_due(e, now, policy)], policy)
         if followed is None and due_now is None and not record.manual:
-            return _enter(
-                record,
-                Phase.RECOVERING,
-                now,
-                "event gone while draining",
-                next_health=now,
-                health_ok=0,
-            ), []
+            return _start_recovery(record, now, "event gone while draining"), []
         record = _follow(record, due_now or followed)
     actions: list[Action] = []
     again = tuple(
@@ -557,14 +546,7 @@ def _out(
         if followed is None:
             # The maintenance is over (or cancelled): recover even when other events
             # are listed; recovery drains again for one that is due.
-            return _enter(
-                record,
-                Phase.RECOVERING,
-                now,
-                "event gone",
-                next_health=now,
-                health_ok=0,
-            ), []
+            return _start_recovery(record, now, "event gone"), []
         due_now = [e for e in candidates if is_due(e, now, policy)]
         record = _follow(record, _pick(due_now, policy) or followed)
     event = record.event
