@@ -77,10 +77,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
+
+from drainer._http import Handler, Server, ServerThread
 
 __all__ = [
     "COMPUTE_API_VERSIONS",
@@ -305,10 +306,8 @@ class FakeIMDS:
         self._rate_limit = rate_limit
         self._clock = clock
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._running: ServerThread[Server[FakeIMDS]] | None = None
         self._stopping = threading.Event()
-        self._url = ""
         self._events: dict[str, _Event] = {}
         self._incarnation = 0
         self._approvals: list[str] = []
@@ -323,42 +322,33 @@ class FakeIMDS:
     @property
     def url(self) -> str:
         """``http://HOST:PORT`` of the running server."""
-        if not self._url:
+        running = self._running
+        if running is None:
             raise RuntimeError("FakeIMDS is not started")
-        return self._url
+        return f"http://{self._host}:{running.port}"
 
     def start(self) -> FakeIMDS:
         """Serve in a daemon thread; returns self."""
-        if self._server is not None:
+        if self._running is not None:
             raise RuntimeError("FakeIMDS is already started")
         self._stopping = threading.Event()
-        server = _Server((self._host, self._port), self)
-        self._server = server
-        self._url = f"http://{self._host}:{server.server_port}"
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"fake-imds-{server.server_port}",
-            daemon=True,
+        server = Server((self._host, self._port), _Handler, self)
+        self._running = ServerThread(
+            server, name=f"fake-imds-{server.server_port}", poll_interval=0.05, daemon=True
         )
-        self._thread.start()
         return self
 
     def stop(self) -> None:
         """Stop serving and join the thread; requests still sleeping in "slow" wake up."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
+        running, self._running = self._running, None
+        if running is None:
             return
-        self._server = self._thread = None
-        self._url = ""
         self._stopping.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        running.stop(join_timeout=5)
 
     def serve_forever(self) -> None:
         """Serve until KeyboardInterrupt or stop() from another thread (for a CLI)."""
-        if self._server is None:
+        if self._running is None:
             self.start()
         stopping = self._stopping
         try:
@@ -672,26 +662,9 @@ class FakeIMDS:
         self.inject(payload["kind"], count=count, delay=delay)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64  # the default 5 drops bursts of parallel clients for a second
-
-    def __init__(self, address: tuple[str, int], fake: FakeIMDS) -> None:
-        self.fake = fake
-        super().__init__(address, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler, methods=("GET", "POST")):
+    server: Server[FakeIMDS]
     server_version = "FakeIMDS/1.0"
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # tests and demos want a quiet stderr
 
     def _serve(self, method: str) -> None:
         try:
@@ -702,7 +675,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_error(400, "bad Content-Length"))
             return
         body = self.rfile.read(length)
-        self._send(cast(_Server, self.server).fake._handle(method, self.path, self.headers, body))
+        self._send(self.server.app._handle(method, self.path, self.headers, body))
 
     def _send(self, reply: _Reply) -> None:
         if reply.drop:

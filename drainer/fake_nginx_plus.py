@@ -65,10 +65,11 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
+
+from drainer._http import Http11Handler, Server, ServerThread
 
 __all__ = ["API_VERSIONS", "FakeNginxPlus"]
 
@@ -200,9 +201,7 @@ class FakeNginxPlus:
         self._write = write
         self._auth = basic_auth
         self._host, self._port = host, port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._url = ""
+        self._running: ServerThread[Server[FakeNginxPlus]] | None = None
         self.requests: list[tuple[str, str, object]] = []  # method, path, JSON body or None
 
     # Lifecycle
@@ -210,34 +209,24 @@ class FakeNginxPlus:
     @property
     def url(self) -> str:
         """``http://HOST:PORT``; the API is under ``/api``."""
-        if not self._url:
+        running = self._running
+        if running is None:
             raise RuntimeError("FakeNginxPlus is not started")
-        return self._url
+        return f"http://{self._host}:{running.port}"
 
     def start(self) -> FakeNginxPlus:
-        if self._server is not None:
+        if self._running is not None:
             raise RuntimeError("FakeNginxPlus is already started")
-        server = _Server((self._host, self._port), self)
-        self._server = server
-        self._url = f"http://{self._host}:{server.server_port}"
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"fake-nginx-plus-{server.server_port}",
-            daemon=True,
+        server = Server((self._host, self._port), _Handler, self)
+        self._running = ServerThread(
+            server, name=f"fake-nginx-plus-{server.server_port}", poll_interval=0.05, daemon=True
         )
-        self._thread.start()
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        self._server = self._thread = None
-        self._url = ""
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        running, self._running = self._running, None
+        if running is not None:
+            running.stop(join_timeout=5)
 
     def __enter__(self) -> FakeNginxPlus:
         return self.start()
@@ -436,38 +425,9 @@ def _set(peer: _Peer, key: str, value: object) -> None:
         setattr(peer, key, value)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int], fake: FakeNginxPlus) -> None:
-        self.fake = fake
-        super().__init__(address, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Http11Handler, methods=("GET", "PATCH", "POST", "DELETE", "PUT")):
+    server: Server[FakeNginxPlus]
     server_version = "nginx"
-    protocol_version = "HTTP/1.1"
-    wbufsize = -1  # headers and body leave in one write (no delayed-ACK stall)
-    disable_nagle_algorithm = True
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_PATCH(self) -> None:
-        self._serve("PATCH")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def _serve(self, method: str) -> None:
         try:
@@ -475,8 +435,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = 0
         body = self.rfile.read(max(0, min(length, 1 << 20)))
-        fake = cast(_Server, self.server).fake
-        reply = fake._handle(method, self.path, self.headers.get("Authorization"), body)
+        reply = self.server.app._handle(method, self.path, self.headers.get("Authorization"), body)
         if reply.html:
             data, kind = reply.html, "text/html"
         elif reply.status == 204:

@@ -16,11 +16,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from drainer._http import Handler, ServerThread
 
 
 def free_port() -> int:
@@ -30,11 +32,11 @@ def free_port() -> int:
         return port
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler, methods=("GET",)):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def do_GET(self) -> None:
+    def _serve(self, method: str) -> None:
         if self.server.delay and self.path != "/healthz":
             time.sleep(self.server.delay)  # a request takes a while: some are always in flight
         body = f"hello from {self.server.name}\n".encode()
@@ -44,9 +46,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 class _Server(ThreadingHTTPServer):
@@ -89,39 +88,33 @@ class WebServer:
         self.port = port
         self.name = name
         self.delay = delay
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._running: ServerThread[_Server] | None = None
 
     @property
     def healthy(self) -> bool:
-        return self._server is not None and self._server.healthy
+        return self._running is not None and self._running.server.healthy
 
     @healthy.setter
     def healthy(self, value: bool) -> None:
-        assert self._server is not None
-        self._server.healthy = value
+        assert self._running is not None
+        self._running.server.healthy = value
 
     def start(self) -> WebServer:
-        self._server = _Server(("127.0.0.1", self.port))
-        self._server.name = self.name
-        self._server.delay = self.delay
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"web-{self.name}",
-            daemon=True,
+        server = _Server(("127.0.0.1", self.port))
+        server.name = self.name
+        server.delay = self.delay
+        self._running = ServerThread(
+            server, name=f"web-{self.name}", poll_interval=0.1, daemon=True
         )
-        self._thread.start()
         return self
 
     def stop(self) -> None:
         """Stop listening and cut every open connection, as a reboot would."""
-        if self._server is None:
+        running, self._running = self._running, None
+        if running is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
-        self._server.cut()
-        self._server = None
+        running.stop(join_timeout=5)
+        running.server.cut()
 
 
 class BlackHole:

@@ -57,15 +57,15 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from drainer._http import Http11Handler, Server, ServerThread
 from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
 from drainer.config import Duration, adapter_plugins
 from drainer.errors import AdapterError, ConfigError, PermanentAdapterError, TransientAdapterError
@@ -302,16 +302,16 @@ class RemoteServer:
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"tls: cannot load {config.tls.cert}: {exc}") from exc
             self._ssl = context_
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._running: ServerThread[_HTTPServer] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        if self._httpd is None:
+        running = self._running
+        if running is None:
             raise RuntimeError("the server is not started")
-        host, port = str(self._httpd.server_address[0]), int(self._httpd.server_address[1])
+        host, port = str(running.server.server_address[0]), running.port
         shown = f"[{host}]" if ":" in host else host
         return f"{'https' if self._ssl else 'http'}://{shown}:{port}"
 
@@ -322,22 +322,14 @@ class RemoteServer:
             httpd = _HTTPServer((host, port), self, family)
         except OSError as exc:
             raise ConfigError(f"listen: cannot listen on {self._config.listen}: {exc}") from exc
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="drainer-serve"
-        )
-        self._thread.start()
+        self._running = ServerThread(httpd, name="drainer-serve", poll_interval=0.2)
         log.info("serving %d nodes on %s", len(self._lbs), self.url)
         return self
 
     def stop(self) -> None:
-        httpd, thread = self._httpd, self._thread
-        self._httpd = self._thread = None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if thread is not None:
-            thread.join(timeout=10)
+        running, self._running = self._running, None
+        if running is not None:
+            running.stop(join_timeout=10)
         for lbs in self._lbs.values():
             for lb in lbs.values():
                 lb.close()
@@ -447,20 +439,18 @@ class RemoteServer:
         return _Reply(200, payload)
 
 
-class _HTTPServer(ThreadingHTTPServer):
+class _HTTPServer(Server[RemoteServer]):
     # stop() waits for the calls in progress: each may be a transaction at the load
     # balancer, better finished than cut (a cut one is completed by the next call)
     daemon_threads = False
     block_on_close = True
-    request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], app: RemoteServer, family: int) -> None:
         self.address_family = family
-        self.app = app
         limits = app._config.limits
         self.slots = threading.BoundedSemaphore(limits.max_connections)
         self.timeout_seconds = limits.timeout
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, app)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):  # too many at once: refuse, unread
@@ -484,34 +474,14 @@ class _HTTPServer(ThreadingHTTPServer):
             self.slots.release()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Http11Handler, methods=("GET", "POST", "PUT", "PATCH", "DELETE")):
+    # nothing logged here: RemoteServer logs what matters, and never a header
+    server: _HTTPServer
     server_version = "drainer"
     sys_version = ""
-    protocol_version = "HTTP/1.1"
-    wbufsize = -1  # headers and body leave in one write (no delayed-ACK stall)
-    disable_nagle_algorithm = True
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_PATCH(self) -> None:
-        self._serve("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # RemoteServer logs what matters, and never a header
 
     def _serve(self, method: str) -> None:
-        server = cast(_HTTPServer, self.server)
-        limits = server.app._config.limits
+        limits = self.server.app._config.limits
         if self.headers.get("Transfer-Encoding"):
             self._send(_refused(411, "send a Content-Length, not a chunked body"))
             return
@@ -528,7 +498,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         headers = {k: v for k, v in self.headers.items()}
         try:
-            reply = server.app.handle(method, self.path, headers, body, self.client_address[0])
+            reply = self.server.app.handle(method, self.path, headers, body, self.client_address[0])
         except Exception:
             log.exception("drainer serve: %s %s failed", method, urlsplit(self.path).path)
             reply = _refused(500, "internal error (see the server's log)", "transient")

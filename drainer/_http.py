@@ -1,0 +1,83 @@
+"""The small HTTP servers drainer runs in a thread: the fakes, ``drainer serve``, the lab.
+
+``Server`` hands its handlers the object they serve (``server.app``); a ``Handler``
+subclass names the methods it answers and gets each of them in ``_serve(method)``;
+``ServerThread`` runs ``serve_forever`` from its construction until ``stop()``.
+"""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Generic, TypeVar
+
+AppT = TypeVar("AppT")
+ServerT = TypeVar("ServerT", bound=socketserver.TCPServer)
+
+
+class Server(ThreadingHTTPServer, Generic[AppT]):
+    daemon_threads = True
+    request_queue_size = 64  # the default 5 drops bursts of parallel clients for a second
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], app: AppT
+    ) -> None:
+        self.app = app
+        super().__init__(address, handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Answers the methods a subclass names, ``class H(Handler, methods=("GET",))``, by
+    calling ``_serve(method)``; any other method gets http.server's own 501."""
+
+    def __init_subclass__(cls, *, methods: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for method in methods:
+            setattr(cls, f"do_{method}", _serving(method))
+
+    def _serve(self, method: str) -> None:
+        raise NotImplementedError
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a quiet stderr for tests and demos; the servers log what matters themselves
+
+
+def _serving(method: str) -> Callable[[Handler], None]:
+    def do(self: Handler) -> None:
+        self._serve(method)
+
+    return do
+
+
+class Http11Handler(Handler):
+    protocol_version = "HTTP/1.1"
+    wbufsize = -1  # headers and body leave in one write (no delayed-ACK stall)
+    disable_nagle_algorithm = True
+
+
+class ServerThread(Generic[ServerT]):
+    """``server.serve_forever`` in a thread of its own, from construction until ``stop()``."""
+
+    def __init__(
+        self, server: ServerT, *, name: str, poll_interval: float, daemon: bool | None = None
+    ) -> None:
+        self.server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": poll_interval},
+            name=name,
+            daemon=daemon,
+        )
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def stop(self, *, join_timeout: float) -> None:
+        """Stop serving, close the socket, then wait for the thread."""
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=join_timeout)
