@@ -17,6 +17,17 @@ Invariants:
   reply without its header, or a socket file we may not open -> ``PermanentAdapterError``.
   Both name the instance and set ``instance=``.
 
+The master CLI (``-S``, master-worker mode) is driven the same way, one command per
+connection: it answers but keeps the connection open until the client half-closes it
+(measured on 2.6.12: without the half-close a read waits for its timeout; with it, EOF
+follows the reply at once). ``processes()`` reads its ``show proc``; ``stat(...,
+worker=pid)`` asks one worker through it with the ``@!<pid>`` prefix, old workers left
+by a reload included. A worker that has exited since is refused with "Can't find the
+target PID": it has no sessions left, so that reads as no rows. For a few milliseconds
+while a worker exits, the master answers nothing or "Can't connect to the target CLI!"
+instead, even while ``show proc`` still lists it: that is a ``TransientAdapterError``
+(ask again), never a guess.
+
 Admin state bits, from HAProxy's ``include/haproxy/server-t.h``: maintenance is
 ``SRV_ADMF_MAINT = 0x23`` (0x01 forced, 0x02 inherited, 0x20 DNS resolution), drain is
 ``0x18`` (0x08 forced, 0x10 inherited). 0x04 (``disabled`` in the configuration) stays
@@ -49,7 +60,7 @@ CHECK_ENABLED = 0x04  # CHK_ST_ENABLED in srv_check_state: the health check runs
 
 _NAME = re.compile(r"[A-Za-z0-9._:-]+")
 _ADMIN_STATES = ("ready", "drain", "maint")
-_Row = TypeVar("_Row")
+_Parsed = TypeVar("_Parsed")
 
 
 class OpState(IntEnum):
@@ -113,6 +124,18 @@ class StatRow:
     status: str  # UP, DOWN, DRAIN, MAINT, "no check", "UP 1/3", "DRAIN (agent)"...
     scur: int  # current sessions
     check_status: str  # L4OK, L7OK, L4CON...; empty when not checked or in maint
+
+
+@dataclass(frozen=True)
+class Processes:
+    """The workers the master CLI lists in ``show proc``."""
+
+    workers: tuple[int, ...]  # serving now (one since 2.5)
+    old_workers: tuple[int, ...]  # left by reloads, finishing their connections
+
+    @property
+    def all(self) -> tuple[int, ...]:
+        return self.workers + self.old_workers
 
 
 def check_name(kind: str, name: str) -> str:
@@ -200,6 +223,31 @@ def parse_stat(text: str) -> list[StatRow]:
     ]
 
 
+def parse_info_pid(text: str) -> int:
+    """The worker's PID from a ``show info`` reply (``Pid: 1234``)."""
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name == "Pid":
+            return int(value)
+    raise ValueError("no 'Pid:' line")
+
+
+def parse_proc(text: str) -> Processes:
+    """Parse the master CLI's ``show proc``: a ``#<PID> <type> ...`` header, then sections
+    ``# workers``, ``# old workers`` and ``# programs`` of lines starting with a PID."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("#<PID>"):
+        raise ValueError("no '#<PID> ...' header line")
+    sections: dict[str, list[int]] = {"workers": [], "old workers": []}
+    section = ""
+    for line in lines[1:]:
+        if line.startswith("#"):
+            section = line[1:].strip()
+        elif line.strip() and section in sections:
+            sections[section].append(int(line.split()[0]))
+    return Processes(workers=tuple(sections["workers"]), old_workers=tuple(sections["old workers"]))
+
+
 def servers_at(states: list[ServerState], address: str) -> list[ServerState]:
     """The rows of ``states`` whose address is ``address`` (IP, or IP:port)."""
     ip, port = parse_node_address(address)
@@ -267,14 +315,49 @@ class HAProxyClient:
             raise self._refusal(reply, command=command, backend=backend, server=None)
         return self._parsed(parse_servers_state, reply, command)
 
-    def stat(self, backend: str | None = None) -> list[StatRow]:
-        """Server rows of ``show stat`` for ``backend`` (or all backends)."""
+    def stat(self, backend: str | None = None, *, worker: int | None = None) -> list[StatRow]:
+        """Server rows of ``show stat`` for ``backend`` (or all backends).
+
+        With ``worker``, this client is a master CLI and asks that worker (``@!<pid>``);
+        a worker that has exited has no rows.
+        """
         proxy = "-1" if backend is None else check_name("backend", backend)
         command = f"show stat {proxy} 4 -1"  # type 4: servers only
+        if worker is not None:
+            command = f"@!{int(worker)} {command}"
         reply = self._send(command)
+        if worker is not None and reply.startswith("Can't find the target PID"):
+            return []
+        if worker is not None and reply.startswith("Can't connect to the target CLI"):
+            raise TransientAdapterError(
+                f"{self.address} could not reach worker {worker} for `{command}`"
+                " (it may be exiting)",
+                instance=self.address,
+            )
         if not _has_header(reply):
             raise self._refusal(reply, command=command, backend=backend, server=None)
         return self._parsed(parse_stat, reply, command)
+
+    def worker_pid(self) -> int:
+        """The PID of the worker answering on this socket (``show info``); a reload
+        hands the socket to a new worker, so the PID changes."""
+        command = "show info"
+        reply = self._send(command)
+        if not any(line.startswith("Pid:") for line in reply.splitlines()):
+            raise self._refusal(reply, command=command, backend=None, server=None)
+        return self._parsed(parse_info_pid, reply, command)
+
+    def processes(self) -> Processes:
+        """The current and old workers, from ``show proc`` on a master CLI."""
+        command = "show proc"
+        reply = self._send(command)
+        if not reply.startswith("#<PID>"):
+            first = (reply.strip().splitlines() or ["an empty reply"])[0]
+            raise PermanentAdapterError(
+                f"{self.address} is not a master CLI: `{command}` got {first!r}",
+                instance=self.address,
+            )
+        return self._parsed(parse_proc, reply, command)
 
     def find_by_address(self, address: str) -> list[tuple[str, str]]:
         """Every (backend, server) whose address is ``address`` (IP, or IP:port)."""
@@ -288,7 +371,7 @@ class HAProxyClient:
         if reply.strip():
             raise self._refusal(reply, command=command, backend=backend, server=server)
 
-    def _parsed(self, parse: Callable[[str], list[_Row]], reply: str, command: str) -> list[_Row]:
+    def _parsed(self, parse: Callable[[str], _Parsed], reply: str, command: str) -> _Parsed:
         try:
             return parse(reply)
         except (KeyError, ValueError) as exc:

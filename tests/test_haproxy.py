@@ -6,10 +6,12 @@ against HAProxy processes of our own (tests/lbprocs.py), stopped by PID at teard
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +40,18 @@ from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterE
 from drainer.haproxy import (
     HAProxyClient,
     OpState,
+    Processes,
     ServerState,
     StatRow,
     parse_address,
+    parse_info_pid,
     parse_node_address,
+    parse_proc,
     parse_servers_state,
     parse_stat,
 )
 
 needs_haproxy = pytest.mark.skipif(not have_haproxy(), reason="needs /usr/sbin/haproxy")
-CONTEXT = AdapterContext(node="vm1", state_dir=Path("/nonexistent"))
 
 
 @pytest.fixture
@@ -64,6 +68,12 @@ def start() -> Iterator[Callable[..., HAProxy]]:
 
 
 @pytest.fixture
+def context(tmp_path: Path) -> AdapterContext:
+    """Where the adapter remembers the worker a drain began in."""
+    return AdapterContext(node="vm1", state_dir=tmp_path / "state")
+
+
+@pytest.fixture
 def backend() -> Iterator[Callable[..., HttpBackend]]:
     started: list[HttpBackend] = []
 
@@ -76,8 +86,8 @@ def backend() -> Iterator[Callable[..., HttpBackend]]:
         server.stop()
 
 
-def make_lb(*instances: str, **options: Any) -> HAProxyLoadBalancer:
-    lbs = create(HAProxyConfig(type="haproxy", instances=list(instances), **options), CONTEXT)
+def make_lb(context: AdapterContext, *instances: str, **options: Any) -> HAProxyLoadBalancer:
+    lbs = create(HAProxyConfig(type="haproxy", instances=list(instances), **options), context)
     assert len(lbs) == 1 and isinstance(lbs[0], HAProxyLoadBalancer)
     return lbs[0]
 
@@ -150,6 +160,27 @@ def test_stat_is_parsed_by_its_header_and_keeps_servers_only() -> None:
     assert parse_stat("\n".join(moved) + "\n") == rows
 
 
+SHOW_PROC = (
+    "#<PID>          <type>          <reloads>       <uptime>        <version>      \n"
+    "12935           master          1 [failed: 0]   0d00h00m02s     2.6.12-1+deb12u4\n"
+    "# workers\n"
+    "12964           worker          0               0d00h00m00s     2.6.12-1+deb12u4\n"
+    "# old workers\n"
+    "12937           worker          1               0d00h00m02s     2.6.12-1+deb12u4\n"
+    "# programs\n\n"
+)
+
+
+def test_show_proc_and_show_info_are_parsed() -> None:
+    assert parse_proc(SHOW_PROC) == Processes(workers=(12964,), old_workers=(12937,))
+    assert parse_proc(SHOW_PROC).all == (12964, 12937)
+    no_reload = SHOW_PROC.replace("# old workers\n", "").replace("12937  ", "# programs\n")
+    assert parse_proc(no_reload).old_workers == ()
+    with pytest.raises(ValueError, match="header"):
+        parse_proc("Unknown command, but maybe one of the following ones...\n\n")
+    assert parse_info_pid("Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nPid: 12964\n") == 12964
+
+
 @pytest.mark.parametrize(
     ("admin_state", "maint", "drain"),
     [(0x00, False, False), (0x01, True, False), (0x02, True, False), (0x20, True, False),
@@ -195,6 +226,12 @@ def test_config_is_validated() -> None:
     ok = HAProxyConfig(type="haproxy", instances=["tcp://10.0.0.1:9999"], address="10.0.0.4")
     assert (ok.connect_timeout, ok.timeout, ok.min_in_service) == (2.0, 5.0, 1)
     assert PLUGIN.config_model is HAProxyConfig
+    assert ok.masters is None
+    pair = HAProxyConfig(
+        type="haproxy", instances=["tcp://a:1", "tcp://b:1"], masters=["tcp://a:2", "tcp://b:2"],
+        address="10.0.0.4",
+    )  # fmt: skip
+    assert pair.masters == ["tcp://a:2", "tcp://b:2"]
     cases: list[tuple[dict[str, Any], str]] = [
         ({"address": "10.0.0.4", "backend": "app", "server": "web1"}, "not both"),
         ({"backend": "app"}, "set `backend` and `server`"),
@@ -205,6 +242,17 @@ def test_config_is_validated() -> None:
         ({"instances": ["/run/haproxy/admin.sock"], "address": "10.0.0.4"}, "admin.sock"),
         ({"instances": ["tcp://h:1", "tcp://h:1"], "address": "10.0.0.4"}, "listed twice"),
         ({"address": "10.0.0.4", "port": 80}, "Extra inputs are not permitted"),
+        ({"address": "10.0.0.4", "masters": []}, "1 instance\\(s\\), 0 master\\(s\\)"),
+        ({"address": "10.0.0.4", "masters": ["tcp://h:1", "tcp://h:2"]}, "one master CLI per"),
+        ({"address": "10.0.0.4", "masters": ["/run/haproxy/master.sock"]}, "master.sock"),
+        (
+            {
+                "instances": ["tcp://a:1", "tcp://b:1"],
+                "masters": ["tcp://h:2", "tcp://h:2"],
+                "address": "10.0.0.4",
+            },
+            "masters are listed twice",
+        ),
     ]
     for options, message in cases:
         options.setdefault("instances", ["unix:///run/haproxy/admin.sock"])
@@ -231,9 +279,9 @@ def test_names_are_validated_before_anything_is_sent() -> None:
 
 
 @needs_haproxy
-def test_drain_maint_ready_round_trip(start: Any, backend: Any) -> None:
+def test_drain_maint_ready_round_trip(context: AdapterContext, start: Any, backend: Any) -> None:
     haproxy = start(two_servers(backend().port, backend().port))
-    lb = make_lb(haproxy.admin, backend="app", server="web1")
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
     assert lb.name == f"haproxy@{haproxy.admin}" and isinstance(lb, LoadBalancer)
     assert lb.state().status is LBStatus.IN_SERVICE
 
@@ -272,10 +320,12 @@ def test_leaving_maint_marks_a_checked_server_up_without_a_check(start: Any) -> 
 
 
 @needs_haproxy
-def test_put_back_waits_for_haproxys_own_check(start: Any, backend: Any) -> None:
+def test_put_back_waits_for_haproxys_own_check(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
     port = free_port()  # nothing listens yet: the node's application is not up
     haproxy = start(two_servers(port, backend().port))
-    lb = make_lb(haproxy.admin, backend="app", server="web1")
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
     wait_until(lambda: not row(haproxy, "app", "web1").up, what="web1 DOWN")
     lb.take_out(kill=False)
 
@@ -296,19 +346,19 @@ def test_put_back_waits_for_haproxys_own_check(start: Any, backend: Any) -> None
 
 
 @needs_haproxy
-def test_put_back_without_a_check_is_immediate(start: Any) -> None:
+def test_put_back_without_a_check_is_immediate(context: AdapterContext, start: Any) -> None:
     haproxy = start(
         f"backend app\n  server web1 127.0.0.1:{free_port()}\n"
         f"  server web3 127.0.0.1:{free_port()} disabled\n"
     )
-    lb = make_lb(haproxy.admin, backend="app", server="web1")
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
     lb.take_out(kill=False)
     assert lb.state().status is LBStatus.OUT
     assert lb.put_back() is True
     assert lb.state().status is LBStatus.IN_SERVICE
 
     # `disabled` in the configuration: 0x04 stays in the mask while the server serves.
-    web3 = make_lb(haproxy.admin, backend="app", server="web3")
+    web3 = make_lb(context, haproxy.admin, backend="app", server="web3")
     assert web3.state().status is LBStatus.OUT
     assert web3.put_back() is True
     assert row(haproxy, "app", "web3").admin_state == 0x04
@@ -317,13 +367,13 @@ def test_put_back_without_a_check_is_immediate(start: Any) -> None:
 
 
 @needs_haproxy
-def test_sessions_are_counted_and_killed(start: Any, backend: Any) -> None:
+def test_sessions_are_counted_and_killed(context: AdapterContext, start: Any, backend: Any) -> None:
     app, front = backend(), free_port()
     haproxy = start(
         f"frontend fe\n  bind 127.0.0.1:{front}\n  default_backend app\n"
         f"backend app\n  server web1 127.0.0.1:{app.port} check inter 200ms\n"
     )
-    lb = make_lb(haproxy.admin, backend="app", server="web1")
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
     with socket.create_connection(("127.0.0.1", front), timeout=3) as client:
         client.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
         assert app.slow_started.acquire(timeout=3)
@@ -344,7 +394,7 @@ def test_sessions_are_counted_and_killed(start: Any, backend: Any) -> None:
 
 
 @needs_haproxy
-def test_missing_server_and_backend_are_permanent(start: Any) -> None:
+def test_missing_server_and_backend_are_permanent(context: AdapterContext, start: Any) -> None:
     haproxy = start(two_servers(free_port(), free_port()))
     client, where = HAProxyClient(haproxy.admin), haproxy.admin
     no_backend = f"^backend nope not found on {re.escape(where)}$"
@@ -361,21 +411,21 @@ def test_missing_server_and_backend_are_permanent(start: Any) -> None:
     with pytest.raises(PermanentAdapterError, match="server nope not found in backend app"):
         client.shutdown_sessions("app", "nope")
     with pytest.raises(PermanentAdapterError, match="server nope not found in backend app"):
-        make_lb(where, backend="app", server="nope").state()
+        make_lb(context, where, backend="app", server="nope").state()
     with pytest.raises(PermanentAdapterError, match=no_backend):
-        make_lb(where, backend="nope", server="web1").drain()
+        make_lb(context, where, backend="nope", server="web1").drain()
     with pytest.raises(PermanentAdapterError, match=r"no server with address 10\.9\.9\.9 in"):
-        make_lb(where, address="10.9.9.9").state()
+        make_lb(context, where, address="10.9.9.9").state()
 
 
 @needs_haproxy
-def test_permission_denied_explains_level_admin(start: Any) -> None:
+def test_permission_denied_explains_level_admin(context: AdapterContext, start: Any) -> None:
     haproxy = start(
         two_servers(free_port(), free_port()),
         global_lines=["stats socket {dir}/operator.sock level operator"],
     )
     operator = f"unix://{haproxy.dir}/operator.sock"
-    lb = make_lb(operator, backend="app", server="web1")
+    lb = make_lb(context, operator, backend="app", server="web1")
     assert lb.state().status is LBStatus.IN_SERVICE  # reading is allowed
     with pytest.raises(PermanentAdapterError, match="needs `level admin`") as error:
         lb.drain()
@@ -386,20 +436,20 @@ def test_permission_denied_explains_level_admin(start: Any) -> None:
 
 
 @needs_haproxy
-def test_tcp_stats_socket(start: Any) -> None:
+def test_tcp_stats_socket(context: AdapterContext, start: Any) -> None:
     port = free_port()
     haproxy = start(
         two_servers(free_port(), free_port()),
         global_lines=[f"stats socket ipv4@127.0.0.1:{port} level admin"],
     )
-    make_lb(f"tcp://127.0.0.1:{port}", backend="app", server="web2").drain()
+    make_lb(context, f"tcp://127.0.0.1:{port}", backend="app", server="web2").drain()
     assert row(haproxy, "app", "web2").forced_drain
 
 
-def test_unreachable_instances_are_transient() -> None:
+def test_unreachable_instances_are_transient(context: AdapterContext) -> None:
     missing = "unix:///nonexistent/admin.sock"
     with pytest.raises(TransientAdapterError, match=f"^{re.escape(missing)} unreachable") as error:
-        make_lb(missing, backend="app", server="web1").state()
+        make_lb(context, missing, backend="app", server="web1").state()
     assert error.value.instance == missing
     refused = f"tcp://127.0.0.1:{free_port()}"
     with pytest.raises(TransientAdapterError, match=f"^{re.escape(refused)} unreachable"):
@@ -430,6 +480,14 @@ EXPECTS = "'set server <srv> state' expects 'ready', 'drain' and 'maint'."
          PermanentAdapterError, "unexpected format: 2 fields for 3 columns"),
         ("", lambda c: c.shutdown_sessions("app", "web1"), TransientAdapterError,
          "closed the connection without answering"),
+        ("Unknown command, but maybe...\n\n", lambda c: c.worker_pid(), PermanentAdapterError,
+         "refused `show info`: Unknown command"),
+        ("Unknown command, but maybe...\n\n", lambda c: c.processes(), PermanentAdapterError,
+         "is not a master CLI: `show proc` got 'Unknown command, but maybe...'$"),
+        ("Permission denied\n", lambda c: c.stat("app", worker=12), PermanentAdapterError,
+         "refused `@!12 show stat app 4 -1`: permission denied"),
+        ("Can't connect to the target CLI!\n", lambda c: c.stat("app", worker=12),
+         TransientAdapterError, "could not reach worker 12 .* \\(it may be exiting\\)$"),
     ],
 )  # fmt: skip
 def test_any_other_reply_is_a_refusal_and_silence_is_transient(
@@ -442,7 +500,7 @@ def test_any_other_reply_is_a_refusal_and_silence_is_transient(
 
 
 @needs_haproxy
-def test_two_instances_one_down(start: Any, backend: Any) -> None:
+def test_two_instances_one_down(context: AdapterContext, start: Any, backend: Any) -> None:
     body = two_servers(backend().port, backend().port)
     first, second = start(body), start(body)
     lbs = create(
@@ -450,7 +508,7 @@ def test_two_instances_one_down(start: Any, backend: Any) -> None:
             type="haproxy", name="edge", instances=[first.admin, second.admin],
             backend="app", server="web1",
         ),
-        CONTEXT,
+        context,
     )  # fmt: skip
     assert [lb.name for lb in lbs] == [f"edge@{first.admin}", f"edge@{second.admin}"]
     second.stop()
@@ -465,9 +523,11 @@ def test_two_instances_one_down(start: Any, backend: Any) -> None:
 
 
 @needs_haproxy
-def test_a_reload_forgets_the_drain_and_drain_reasserts_it(start: Any, backend: Any) -> None:
+def test_a_reload_forgets_the_drain_and_drain_reasserts_it(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
     haproxy = start(two_servers(backend().port, backend().port), master_worker=True)
-    lb = make_lb(haproxy.admin, backend="app", server="web1")
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
     lb.drain()
     assert lb.state().status is LBStatus.DRAINING
     worker = haproxy.worker_pid()
@@ -480,8 +540,140 @@ def test_a_reload_forgets_the_drain_and_drain_reasserts_it(start: Any, backend: 
     assert lb.state().status is LBStatus.DRAINING
 
 
+def test_a_worker_gone_from_the_master_has_no_rows() -> None:
+    gone = b"Can't find the target PID matching the prefix '@!12937'\n"  # 2.6.12, verbatim
+    with canned_cli(gone) as address:
+        assert HAProxyClient(address).stat("app", worker=12937) == []
+
+
 @needs_haproxy
-def test_discovery_by_address_finds_every_backend(start: Any) -> None:
+def test_a_reload_since_the_drain_keeps_1_session_until_put_back(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    """Without a master CLI the old worker is out of sight: a worker PID other than the
+    one the drain began in reads as at least 1 session, until the node is put back."""
+    haproxy = start(two_servers(backend().port, backend().port), master_worker=True)
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
+    lb.drain()
+    worker = haproxy.worker_pid()
+    (remembered,) = context.state_dir.iterdir()
+    assert json.loads(remembered.read_text()) == {"lb": lb.name, "worker_pid": worker}
+    view = lb.state()
+    assert (view.status, view.sessions) == (LBStatus.DRAINING, 0)  # no reload: exact
+    assert view.detail == "app/web1 DRAIN scur=0 check=L4OK"
+
+    haproxy.reload()
+    reloaded = (
+        f"; reloaded since the drain (worker {worker}, now {haproxy.worker_pid()}):"
+        " an old worker may still serve it"
+    )
+    view = lb.state()
+    assert (view.status, view.sessions) == (LBStatus.IN_SERVICE, 1)  # drain forgotten too
+    assert view.detail.endswith(reloaded)
+    lb.drain()  # re-asserted in the new worker: the drain still began in the old one
+    view = lb.state()
+    assert (view.status, view.sessions) == (LBStatus.DRAINING, 1)
+    assert view.detail == "app/web1 DRAIN scur=0 check=L4OK" + reloaded
+    lb.take_out(kill=True)
+    other = make_lb(context, haproxy.admin, backend="app", server="web1")  # the CLI, a restart
+    view = other.state()
+    assert (view.status, view.sessions) == (LBStatus.OUT, 1)
+    assert view.detail.endswith(reloaded)
+
+    wait_until(lb.put_back, timeout=3, what="put_back() once HAProxy's check passed")
+    view = other.state()
+    assert (view.status, view.sessions) == (LBStatus.IN_SERVICE, 0)
+    assert "reloaded" not in view.detail
+    assert list(context.state_dir.iterdir()) == []  # forgotten
+    other.drain()  # the next drain begins in the new worker
+    assert other.state().sessions == 0
+
+    remembered.write_text("{")
+    with pytest.raises(PermanentAdapterError, match=f"{re.escape(str(remembered))} is not JSON"):
+        lb.state()
+
+
+def held(front: int, app: HttpBackend) -> socket.socket:
+    """A request to ``/slow`` through HAProxy's frontend, open until ``app.release()``."""
+    client = socket.create_connection(("127.0.0.1", front), timeout=5)
+    client.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert app.slow_started.acquire(timeout=5), "the held request did not arrive"
+    return client
+
+
+@needs_haproxy
+def test_a_master_cli_counts_the_sessions_left_in_old_workers(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    app, front = backend(), free_port()
+    haproxy = start(
+        f"frontend fe\n  bind 127.0.0.1:{front}\n  default_backend app\n"
+        f"backend app\n  server web1 127.0.0.1:{app.port} check inter 200ms\n",
+        master_worker=True,
+    )
+    master = f"unix://{haproxy.dir}/master.sock"
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1", masters=[master])
+    with held(front, app) as client:
+        wait_until(lambda: lb.state().sessions == 1, what="scur=1")
+        lb.drain()
+        old = haproxy.worker_pid()
+        haproxy.reload()
+        lb.drain()
+        assert HAProxyClient(haproxy.admin).stat("app")[0].scur == 0  # the new worker's view
+        view = lb.state()
+        assert (view.status, view.sessions) == (LBStatus.DRAINING, 1)
+        assert view.detail == f"app/web1 DRAIN scur=0 check=L4OK; old worker {old} scur=1"
+
+        app.release()
+        assert b"200 OK" in client.recv(4096)
+    # While it exits (a few ms) the master answers nothing about it: a transient error.
+    wait_until(
+        lambda: HAProxyClient(master).processes().old_workers == (), what="the old worker exits"
+    )
+    view = lb.state()
+    assert (view.status, view.sessions) == (LBStatus.DRAINING, 0)
+    assert view.detail == "app/web1 DRAIN scur=0 check=L4OK"
+
+    def unknown() -> bool:  # "Can't find the target PID", once the master reaped it
+        with suppress(TransientAdapterError):
+            return HAProxyClient(master).stat("app", worker=old) == []
+        return False
+
+    wait_until(unknown, what="the old PID unknown to the master")
+
+
+@needs_haproxy
+def test_a_master_of_another_instance_is_refused(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    body = two_servers(backend().port, backend().port)
+    first, second = start(body, master_worker=True), start(body, master_worker=True)
+    swapped = [f"unix://{second.dir}/master.sock", f"unix://{first.dir}/master.sock"]
+    lbs = create(
+        HAProxyConfig(
+            type="haproxy", instances=[first.admin, second.admin], masters=swapped,
+            backend="app", server="web1",
+        ),
+        context,
+    )  # fmt: skip
+    for lb, haproxy, master in zip(lbs, [first, second], swapped, strict=True):
+        with pytest.raises(PermanentAdapterError, match="is not the master of") as error:
+            lb.state()
+        assert str(error.value) == (
+            f"{master} is not the master of {haproxy.admin}: it does not list worker"
+            f" {haproxy.worker_pid()}, which answers there (`masters` must follow the order"
+            " of `instances`)"
+        )
+        assert error.value.instance == haproxy.admin
+    admin_as_master = make_lb(
+        context, first.admin, backend="app", server="web1", masters=[first.admin]
+    )
+    with pytest.raises(PermanentAdapterError, match="is not a master CLI"):
+        admin_as_master.state()
+
+
+@needs_haproxy
+def test_discovery_by_address_finds_every_backend(context: AdapterContext, start: Any) -> None:
     node, other = f"127.0.0.2:{free_port()}", f"127.0.0.1:{free_port()}"
     haproxy = start(
         f"backend app\n  server web1 {node}\n  server web2 {other}\n"
@@ -495,7 +687,7 @@ def test_discovery_by_address_finds_every_backend(start: Any) -> None:
     ]  # fmt: skip
     assert client.find_by_address("127.0.0.3") == []
 
-    lb = make_lb(haproxy.admin, address=node)
+    lb = make_lb(context, haproxy.admin, address=node)
     lb.drain()
     view = lb.state()
     assert view.status is LBStatus.DRAINING
@@ -512,12 +704,14 @@ def test_discovery_by_address_finds_every_backend(start: Any) -> None:
 
 
 @needs_haproxy
-def test_check_manual_drain_keeps_min_in_service(start: Any, backend: Any) -> None:
+def test_check_manual_drain_keeps_min_in_service(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
     haproxy = start(two_servers(backend().port, backend().port))
-    lb = make_lb(haproxy.admin, backend="app", server="web1")
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
     assert lb.check_manual_drain() is None
 
-    strict = make_lb(haproxy.admin, backend="app", server="web1", min_in_service=2)
+    strict = make_lb(context, haproxy.admin, backend="app", server="web1", min_in_service=2)
     assert strict.check_manual_drain() == (
         f"refusing to drain vm1 on haproxy@{haproxy.admin}: backend app would keep"
         " 1 other server(s) in service, min_in_service is 2"

@@ -2,11 +2,13 @@
 as processes, against HAProxy processes of our own and the fake metadata service.
 
 What the HAProxy issue asks of drainer as a whole, not of the adapter alone: a reload
-(or a restart) that forgets the drain is corrected by the next turns; an instance that
-is down is named at the drain deadline and drained once it is back; a manual drain
-keeps ``min_in_service`` unless forced, while a maintenance event drains regardless;
-``status`` shows each instance's view; the node goes back only once drainer's own
-health check *and* HAProxy's check pass; agent mode works with a real HAProxy polling.
+(or a restart) that forgets the drain is corrected by the next turns, and requests an
+old worker is still finishing keep the drain going (counted through the master CLI, or
+assumed until the drain deadline without it); an instance that is down is named at the
+drain deadline and drained once it is back; a manual drain keeps ``min_in_service``
+unless forced, while a maintenance event drains regardless; ``status`` shows each
+instance's view; the node goes back only once drainer's own health check *and*
+HAProxy's check pass; agent mode works with a real HAProxy polling.
 
 Every HAProxy's state is read straight from its admin socket (``show servers state``
 and ``show stat``, parsed here, independent of the code under test). To look at an
@@ -14,8 +16,8 @@ HAProxy right after a reload, before drainer has corrected it, the daemon is pau
 with SIGSTOP for the reload and resumed with SIGCONT; the time it then takes to put
 the drain back is measured. Every process is stopped by its PID at teardown.
 
-Gaps found on the way are strict xfail tests (``raises=AssertionError``; a broken
-premise raises RuntimeError instead, so it cannot pass for the known failure).
+A test whose setup did not produce the situation it is about raises RuntimeError
+("premise: ..."), so a broken setup is never mistaken for the behaviour under test.
 """
 
 from __future__ import annotations
@@ -92,6 +94,11 @@ def server(haproxy: HAProxy, name: str = "web1", backend: str = "app") -> Server
         scur=int(stat["scur"] or 0),
         check=stat["check_status"],
     )
+
+
+def master_cli(haproxy: HAProxy) -> str:
+    """The master CLI address of an HAProxy started with ``master_worker=True``."""
+    return f"unix://{haproxy.dir}/master.sock"
 
 
 def old_workers(haproxy: HAProxy) -> list[int]:
@@ -268,7 +275,7 @@ def start_event(world: World) -> str:
 def test_a_reload_while_draining_and_while_out_is_reconciled(world: World, lab: Lab) -> None:
     web1, web2, front = lab.backend(), lab.backend(), free_port()
     haproxy = lab.haproxy(pinned(front, web1.port, web2.port), master_worker=True)
-    use_haproxy(world, haproxy)
+    use_haproxy(world, haproxy, masters=[master_cli(haproxy)])  # the old worker counted
     world.configure(drain={"timeout": "30s"})
     lab.hold(front, web1)  # an in-flight request: the drain lasts until it is done
     world.start()
@@ -302,17 +309,15 @@ def test_a_reload_while_draining_and_while_out_is_reconciled(world: World, lab: 
     assert server(haproxy).forced_maint and server(haproxy).status == "MAINT"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="after a reload drainer counts sessions in the new worker only: the old worker "
-    "still finishing requests to the node is not seen, and the node is taken out",
-)
-def test_sessions_left_in_the_old_worker_keep_the_drain_going(world: World, lab: Lab) -> None:
+def reload_with_a_request_left(
+    world: World, lab: Lab, *, timeout: str, master: bool
+) -> tuple[HAProxy, HttpBackend, str, int]:
+    """Drain web1 while it holds a request, reload: the request is left in the old worker.
+    Returns the HAProxy, web1, the load balancer's name and the old worker's PID."""
     web1, web2, front = lab.backend(), lab.backend(), free_port()
     haproxy = lab.haproxy(pinned(front, web1.port, web2.port), master_worker=True)
-    use_haproxy(world, haproxy)
-    world.configure(drain={"timeout": "30s"})
+    (name,) = use_haproxy(world, haproxy, masters=[master_cli(haproxy)] if master else None)
+    world.configure(drain={"timeout": timeout})
     lab.hold(front, web1)
     world.start()
     start_event(world)
@@ -322,14 +327,51 @@ def test_sessions_left_in_the_old_worker_keep_the_drain_going(world: World, lab:
     with paused(world.daemon):
         haproxy.reload()
     world.wait_polls(5)
-    # The request is still open in the old worker: the node must not be out yet.
-    # (RuntimeError, not AssertionError: a broken premise must not pass as the xfail.)
-    if not old_workers(haproxy):
-        raise RuntimeError("premise: the old worker should still be finishing the request")
-    assert world.phase() == "draining", (
-        f"the node is {world.phase()} and web1 {server(haproxy).status} while the old worker "
-        f"{old_workers(haproxy)} still has a request to it"
-    )
+    # (RuntimeError, not AssertionError: a broken premise is not the failure tested.)
+    old = old_workers(haproxy)
+    if len(old) != 1 or server(haproxy).scur != 0:
+        raise RuntimeError("premise: the old worker alone should be finishing the request")
+    return haproxy, web1, name, old[0]
+
+
+def test_sessions_left_in_the_old_worker_keep_the_drain_going(world: World, lab: Lab) -> None:
+    """With the master CLI configured, the old worker's sessions are counted: the drain
+    ends as soon as it is done, not at the deadline."""
+    haproxy, web1, name, old = reload_with_a_request_left(world, lab, timeout="30s", master=True)
+    assert world.phase() == "draining", f"the node is {world.phase()} while {old} serves it"
+    code, data = world.status()
+    assert (code, data["load_balancers"][name]["sessions"]) == (0, 1), data
+    assert data["load_balancers"][name]["detail"].endswith(f"; old worker {old} scur=1")
+
+    web1.release()
+    took = seconds_until(world, lambda: world.phase() == "in_maintenance", "the node out")
+    assert took < REASSERT, f"out {took:.2f}s after the old worker's request ended"
+    assert world.record()["alert"] == ""  # done, not cut at a deadline
+    wait_out(world, haproxy)
+
+
+def test_without_the_master_a_reload_keeps_the_drain_until_its_deadline(
+    world: World, lab: Lab
+) -> None:
+    """Without it, the old worker is out of sight: its sessions are assumed (at least 1)
+    until the drain deadline."""
+    haproxy, web1, name, old = reload_with_a_request_left(world, lab, timeout="6s", master=False)
+    assert world.phase() == "draining", f"the node is {world.phase()} while {old} serves it"
+    web1.release()
+    wait_until(lambda: not old_workers(haproxy), what="the old worker done and gone")
+    world.wait_polls(3)
+    assert world.phase() == "draining"  # drainer cannot know: it waits for the deadline
+    code, data = world.status()
+    view = data["load_balancers"][name]
+    assert (code, view["status"], view["sessions"]) == (0, "draining", 1), data
+    assert view["detail"].endswith(": an old worker may still serve it"), view
+    assert f"reloaded since the drain (worker {old}, now " in view["detail"], view
+
+    world.wait_phase("in_maintenance")
+    record = world.record()
+    assert record["alert"] == "drain deadline passed with 1 sessions left", record
+    assert record["since"] >= record["drain_deadline"]  # out at the deadline, not before
+    wait_out(world, haproxy)
 
 
 # -- 2. two instances, one down ----------------------------------------------------------------

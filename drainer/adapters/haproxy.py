@@ -1,9 +1,23 @@
 """The ``type: haproxy`` adapter: one LoadBalancer per HAProxy instance, via the runtime API.
 
 Invariants:
-- Nothing is remembered between calls: every call re-reads ``show servers state``, so
-  discovery by address follows HAProxy's configuration and a reload (which forgets
-  every state set through the API) is seen by the next call.
+- Every call re-reads ``show servers state``, so discovery by address follows HAProxy's
+  configuration and a reload (which forgets every state set through the API) is seen
+  by the next call.
+- ``sessions`` never reads 0 while a worker may still hold a session to the node. A
+  reload (master-worker, SIGUSR2) hands the stats socket to a new worker, while the old
+  one goes on finishing its requests out of the socket's sight. So ``drain()`` and
+  ``take_out()`` first remember the PID of the worker they see (``show info``) in
+  ``<state_dir>/haproxy-<digest of the name>.json`` (written atomically; the CLI and
+  the daemon are two processes, and a restart must keep it), and a finished
+  ``put_back()`` forgets it. While it is remembered, a different PID means "reloaded
+  since the drain": without a master CLI the adapter cannot see into the old worker,
+  so it reports at least 1 session and the core waits for its drain deadline. With
+  ``masters`` (the master CLI of each instance, in the order of ``instances``) it
+  counts exactly instead, every time: the server's ``scur`` summed over every worker
+  the master lists (``show proc``, then ``@!<pid> show stat``), after checking that
+  the worker answering the stats socket is one of them (so a master of another
+  instance is an error, not a silent 0).
 - ``drain()`` and ``take_out()`` never move a server backwards (a server in maint is
   not set to drain), so the core may re-assert them at any time.
 - ``put_back()`` never lets a request reach the node before HAProxy's own health check
@@ -18,8 +32,12 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Callable, Collection, Iterable
 from functools import partial
+from pathlib import Path
 from typing import Literal, Self, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -32,7 +50,7 @@ from drainer.adapters.base import (
     LBView,
     LoadBalancer,
 )
-from drainer.errors import ConfigError, PermanentAdapterError
+from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
 from drainer.haproxy import (
     HAProxyClient,
     ServerState,
@@ -55,6 +73,9 @@ class HAProxyConfig(AdapterConfig):
 
     type: Literal["haproxy"]
     instances: list[str] = Field(min_length=1)  # unix:///path or tcp://host:port; a pair = 2
+    # The master CLI (`-S`) of each instance, in the order of `instances`: sessions left
+    # in old workers after a reload are then counted, not assumed until the deadline.
+    masters: list[str] | None = None
     backend: str | None = None
     server: str | None = None
     address: str | None = None
@@ -62,14 +83,16 @@ class HAProxyConfig(AdapterConfig):
     timeout: float = Field(default=5.0, gt=0)  # for the whole reply
     min_in_service: int = Field(default=1, ge=0)  # other servers left UP by a manual drain
 
-    @field_validator("instances")
+    @field_validator("instances", "masters")
     @classmethod
-    def _check_instances(cls, instances: list[str]) -> list[str]:
-        for instance in instances:
-            _as_value_error(parse_address, instance)
-        if len(set(instances)) != len(instances):
-            raise ValueError(f"instances are listed twice: {instances}")
-        return instances
+    def _check_addresses(
+        cls, addresses: list[str] | None, info: ValidationInfo
+    ) -> list[str] | None:
+        for address in addresses or ():
+            _as_value_error(parse_address, address)
+        if addresses is not None and len(set(addresses)) != len(addresses):
+            raise ValueError(f"{info.field_name} are listed twice: {addresses}")
+        return addresses
 
     @field_validator("backend", "server")
     @classmethod
@@ -84,6 +107,15 @@ class HAProxyConfig(AdapterConfig):
         if address is not None:
             _as_value_error(parse_node_address, address)
         return address
+
+    @model_validator(mode="after")
+    def _one_master_per_instance(self) -> Self:
+        if self.masters is not None and len(self.masters) != len(self.instances):
+            raise ValueError(
+                f"`masters` needs one master CLI per instance, in the order of `instances`:"
+                f" {len(self.instances)} instance(s), {len(self.masters)} master(s)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_way_to_name_the_node(self) -> Self:
@@ -130,12 +162,22 @@ class HAProxyLoadBalancer:
     """The node's servers on one HAProxy instance."""
 
     def __init__(
-        self, *, name: str, client: HAProxyClient, config: HAProxyConfig, node: str
+        self,
+        *,
+        name: str,
+        client: HAProxyClient,
+        config: HAProxyConfig,
+        node: str,
+        state_dir: Path,
+        master: HAProxyClient | None = None,
     ) -> None:
         self.name = name
         self._client = client
         self._config = config
         self._node = node
+        self._master = master
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        self._worker_path = state_dir / f"haproxy-{digest}.json"
 
     def state(self) -> LBView:
         mine = self._servers()
@@ -152,15 +194,32 @@ class HAProxyLoadBalancer:
             f"{s.backend}/{s.server} {r.status} scur={r.scur} check={r.check_status or '-'}"
             for s, r in pairs
         )
-        return LBView(status=status, sessions=sum(r.scur for _, r in pairs), detail=detail)
+        sessions = sum(r.scur for _, r in pairs)
+        if self._master is not None:
+            sessions, old = self._sessions_in_every_worker(self._master, mine)
+            detail += "".join(f"; old worker {pid} scur={n}" for pid, n in old.items() if n)
+        elif (drained_in := self._remembered_worker()) is not None:
+            # Read last: if the drain's worker still answers, no reload came between
+            # the drain and the reads above (a socket never goes back to an old worker).
+            now = self._client.worker_pid()
+            if now != drained_in:
+                sessions = max(sessions, 1)
+                detail += (
+                    f"; reloaded since the drain (worker {drained_in}, now {now}):"
+                    " an old worker may still serve it"
+                )
+        return LBView(status=status, sessions=sessions, detail=detail)
 
     def drain(self) -> None:
-        for s in self._servers():
+        mine = self._servers()
+        self._remember_worker()  # before acting: see the module docstring
+        for s in mine:
             if not (s.forced_maint or s.forced_drain):
                 self._client.set_state(s.backend, s.server, "drain")
 
     def take_out(self, *, kill: bool) -> None:
         mine = self._servers()
+        self._remember_worker()
         for s in mine:
             if not s.forced_maint:
                 self._client.set_state(s.backend, s.server, "maint")
@@ -177,6 +236,8 @@ class HAProxyLoadBalancer:
             elif step == "ready":
                 self._client.set_state(s.backend, s.server, "ready")
             done = done and step in ("ready", "done")
+        if done:
+            self._forget_worker()
         return done
 
     def serve(self) -> None:
@@ -205,6 +266,86 @@ class HAProxyLoadBalancer:
             return None
         return f"refusing to drain {self._node} on {self.name}: " + "; ".join(refusals)
 
+    def _sessions_in_every_worker(
+        self, master: HAProxyClient, mine: list[ServerState]
+    ) -> tuple[int, dict[int, int]]:
+        """The node's sessions summed over every worker ``master`` lists; and per old worker."""
+        answering = self._client.worker_pid()
+        processes = master.processes()
+        if answering not in processes.all:
+            raise PermanentAdapterError(
+                f"{master.address} is not the master of {self._client.address}: it does not"
+                f" list worker {answering}, which answers there (`masters` must follow the"
+                " order of `instances`)",
+                instance=self._client.address,
+            )
+        wanted = {(s.backend, s.server) for s in mine}
+        counts = {
+            pid: sum(
+                r.scur
+                for r in master.stat(self._config.backend, worker=pid)
+                if (r.backend, r.server) in wanted
+            )
+            for pid in processes.all
+        }
+        old = {pid: counts[pid] for pid in processes.old_workers}
+        return sum(counts.values()), old
+
+    def _remembered_worker(self) -> int | None:
+        path = self._worker_path
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise TransientAdapterError(
+                f"{self.name}: cannot read {path}: {exc.strerror}", instance=self.name
+            ) from exc
+        except ValueError as exc:
+            raise PermanentAdapterError(
+                f"{self.name}: {path} is not JSON; delete it", instance=self.name
+            ) from exc
+        pid = data.get("worker_pid") if isinstance(data, dict) else None
+        if not isinstance(pid, int):
+            raise PermanentAdapterError(
+                f"{self.name}: {path} has no worker_pid; delete it", instance=self.name
+            )
+        return pid
+
+    def _remember_worker(self) -> None:
+        """Keep the first PID seen since the last put-back: a re-asserted drain (after a
+        reload) must not replace the worker the drain began in."""
+        if self._remembered_worker() is not None:
+            return
+        data = {"lb": self.name, "worker_pid": self._client.worker_pid()}
+        path = self._worker_path
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as out:
+                json.dump(data, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as exc:
+            raise TransientAdapterError(
+                f"{self.name}: cannot write {path}: {exc.strerror}", instance=self.name
+            ) from exc
+
+    def _forget_worker(self) -> None:
+        try:
+            self._worker_path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise TransientAdapterError(
+                f"{self.name}: cannot remove {self._worker_path}: {exc.strerror}",
+                instance=self.name,
+            ) from exc
+
     def _servers(self) -> list[ServerState]:
         return self._select(self._client.servers_state(self._config.backend))
 
@@ -229,16 +370,17 @@ class HAProxyLoadBalancer:
 
 def create(config: HAProxyConfig, context: AdapterContext) -> list[LoadBalancer]:
     """One LoadBalancer per instance, named ``<name or haproxy>@<address>``."""
+    timeouts = {"connect_timeout": config.connect_timeout, "timeout": config.timeout}
     return [
         HAProxyLoadBalancer(
             name=f"{config.name or 'haproxy'}@{instance}",
-            client=HAProxyClient(
-                instance, connect_timeout=config.connect_timeout, timeout=config.timeout
-            ),
+            client=HAProxyClient(instance, **timeouts),
             config=config,
             node=context.node,
+            state_dir=context.state_dir,
+            master=HAProxyClient(config.masters[i], **timeouts) if config.masters else None,
         )
-        for instance in config.instances
+        for i, instance in enumerate(config.instances)
     ]
 
 
