@@ -593,6 +593,26 @@ def test_a_reload_since_the_drain_keeps_1_session_until_put_back(
         lb.state()
 
 
+@needs_haproxy
+def test_nodes_sharing_an_instance_keep_their_own_reload_record(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    """Under `drainer serve` two nodes reach one instance under one name: one node's
+    put-back must not erase the other's record of the worker it drained under."""
+    haproxy = start(two_servers(backend().port, backend().port), master_worker=True)
+    a = make_lb(context, haproxy.admin, backend="app", server="web1")
+    b = make_lb(context, haproxy.admin, backend="app", server="web2")
+    assert a.name == b.name
+    a.drain()
+    b.drain()
+    assert len(list(context.state_dir.iterdir())) == 2
+    wait_until(a.put_back, timeout=3, what="a put back")
+    haproxy.reload()
+    b.drain()
+    view = b.state()
+    assert view.sessions == 1 and "reloaded since the drain" in view.detail
+
+
 def held(front: int, app: HttpBackend) -> socket.socket:
     """A request to ``/slow`` through HAProxy's frontend, open until ``app.release()``."""
     client = socket.create_connection(("127.0.0.1", front), timeout=5)

@@ -8,7 +8,7 @@ Invariants:
   reload (master-worker, SIGUSR2) hands the stats socket to a new worker, while the old
   one goes on finishing its requests out of the socket's sight. So ``drain()`` and
   ``take_out()`` first remember the PID of the worker they see (``show info``) in
-  ``<state_dir>/haproxy-<digest of the name>.json`` (written atomically; the CLI and
+  ``<state_dir>/haproxy-<digest of node, name and server>.json`` (written atomically; the CLI and
   the daemon are two processes, and a restart must keep it), and a finished
   ``put_back()`` forgets it. While it is remembered, a different PID means "reloaded
   since the drain": without a master CLI the adapter cannot see into the old worker,
@@ -176,7 +176,12 @@ class HAProxyLoadBalancer:
         self._config = config
         self._node = node
         self._master = master
-        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        # One file per node and server: under `drainer serve` several nodes share an
+        # instance (and its name) and must never erase each other's record.
+        identity = "\0".join(
+            [node, name, config.backend or "", config.server or "", config.address or ""]
+        )
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
         self._worker_path = state_dir / f"haproxy-{digest}.json"
 
     def state(self) -> LBView:
