@@ -144,7 +144,10 @@ class AgentLoadBalancer:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data))
+            with open(tmp, "w") as f:  # fsync: after a power cut the answer must still be there
+                f.write(json.dumps(data))
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as exc:
             raise TransientAdapterError(
