@@ -314,28 +314,41 @@ def test_an_edit_waits_for_the_lock_and_gives_up_at_its_timeout(
     assert lb.state().status is not LBStatus.IN_SERVICE
 
 
+_CHILD = """\
+import json, sys
+from pathlib import Path
+from drainer.adapters.base import AdapterContext
+from drainer.adapters.nginx import NginxConfig, create
+config = NginxConfig.model_validate(json.loads(sys.argv[1]))
+[lb] = create(config, AdapterContext('web-1', Path(sys.argv[2])))
+if sys.argv[3] == 'state':
+    view = lb.state()
+    print(json.dumps([view.status.value, view.detail]))
+else:
+    getattr(lb, sys.argv[3])()
+"""
+
+
+def _in_another_process(
+    entry: dict[str, Any], state_dir: Path, *, call: str
+) -> subprocess.CompletedProcess[str]:
+    """``call`` ('state', 'drain' or 'put_back') on an adapter built in another process."""
+    return subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(entry), str(state_dir), call],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def test_another_process_sees_the_same_state(
     tmp_path: Path, nginx: Nginx, make_lb: LBFactory
 ) -> None:
     server = nginx_server(nginx, 0)
     make_lb(server).drain()
-    script = (
-        "import json, sys\n"
-        "from pathlib import Path\n"
-        "from drainer.adapters.base import AdapterContext\n"
-        "from drainer.adapters.nginx import NginxConfig, create\n"
-        "config = NginxConfig.model_validate(json.loads(sys.argv[1]))\n"
-        "[lb] = create(config, AdapterContext('web-1', Path(sys.argv[2])))\n"
-        "view = lb.state()\n"
-        "print(json.dumps([view.status.value, view.detail]))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(nginx.adapter(server)), str(tmp_path / "state")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    done = _in_another_process(nginx.adapter(server), tmp_path / "state", call="state")
+    assert done.returncode == 0, done.stderr
     status, detail = json.loads(done.stdout)
     assert status in ("draining", "out")
     assert f"server {server} down;" in detail
@@ -359,6 +372,114 @@ def test_a_transaction_cut_short_after_the_rename_is_finished_by_the_next_drain(
     assert _reloads(nginx) == reloads + 1
     assert lb.state().status is not LBStatus.IN_SERVICE
     assert "not yet applied" not in lb.state().detail
+
+
+def _crash_after_the_rename(tmp_path: Path, nginx: Nginx, *, server: str, call: str) -> None:
+    """``call`` in another process that is killed -9 after the rename, before the reload.
+
+    Its ``nginx -t`` is a script that SIGKILLs its parent: no rollback, no record saved.
+    """
+    killer = tmp_path / "nginx-killing-its-caller"
+    killer.write_text('#!/bin/sh\nkill -KILL "$PPID"\nexit 1\n')
+    killer.chmod(0o755)
+    before = nginx.include.read_text()
+    entry = nginx.adapter(server, nginx=str(killer))
+    done = _in_another_process(entry, tmp_path / "state", call=call)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert nginx.include.read_text() != before, "killed before the rename"
+
+
+def _respawn_a_worker(nginx: Nginx) -> None:
+    """SIGKILL one worker: the master forks another with the same configuration."""
+    _wait(lambda: len(nginx.workers()) == 2)  # no worker of before still shutting down
+    workers = nginx.workers()
+    os.kill(workers[0], signal.SIGKILL)
+    _wait(lambda: len(nginx.workers()) == 2 and workers[0] not in nginx.workers())
+
+
+def _share(nginx: Nginx, backend: Backend, requests: int = 30) -> int:
+    """How many of ``requests`` sent one after the other reach ``backend``."""
+    hits = backend.hits
+    for _ in range(requests):
+        assert httpx.get(nginx.url, timeout=5).status_code == 200
+    return backend.hits - hits
+
+
+def test_a_drain_cut_short_still_reads_in_service_after_a_worker_respawns(
+    tmp_path: Path, nginx: Nginx, backends: list[Backend], make_lb: LBFactory
+) -> None:
+    a = backends[0]
+    lb = make_lb(a.address)
+    lb.put_back()  # in service already: only the record is written
+    _crash_after_the_rename(tmp_path, nginx, server=a.address, call="drain")
+    assert f"server {a.address} down;" in nginx.include.read_text()
+    reloads = _reloads(nginx)
+
+    _respawn_a_worker(nginx)  # new workers, and still no reload
+
+    view = lb.state()
+    assert view.status is LBStatus.IN_SERVICE, view
+    assert "not yet applied" in view.detail
+    assert _share(nginx, a) > 0, "nginx still sends requests to the node"
+    lb.drain()  # what the core does for a node that reads in service
+    lb.take_out(kill=False)
+    assert _reloads(nginx) == reloads + 1, "the drain must run its transaction again"
+    assert lb.state().status is not LBStatus.IN_SERVICE
+    assert "not yet applied" not in lb.state().detail
+    assert _share(nginx, a) == 0
+
+
+def test_a_put_back_cut_short_still_reads_out_after_a_worker_respawns(
+    tmp_path: Path, nginx: Nginx, backends: list[Backend], make_lb: LBFactory
+) -> None:
+    a = backends[0]
+    lb = make_lb(a.address)
+    lb.drain()
+    _crash_after_the_rename(tmp_path, nginx, server=a.address, call="put_back")
+    assert f"server {a.address};" in nginx.include.read_text()
+    reloads = _reloads(nginx)
+
+    _respawn_a_worker(nginx)
+
+    view = lb.state()
+    assert view.status is LBStatus.OUT, view
+    assert "not yet applied" in view.detail
+    assert _share(nginx, a) == 0, "nginx still has the node down"
+    assert lb.put_back() is True  # what the core does for a node that reads out
+    assert _reloads(nginx) == reloads + 1, "the put-back must run its transaction again"
+    assert lb.state().status is LBStatus.IN_SERVICE
+    assert "not yet applied" not in lb.state().detail
+    assert _share(nginx, a) > 0
+
+
+def test_a_symlinked_file_is_edited_through_the_link_and_stays_a_link(
+    nginx: Nginx, backends: list[Backend], make_lb: LBFactory
+) -> None:
+    a = backends[0]
+    available = nginx.root / "sites-available"  # the operator's layout: enabled -> available
+    available.mkdir()
+    real = available / "app.conf"
+    os.replace(nginx.include, real)
+    nginx.include.symlink_to(real)
+    original = real.read_bytes()
+
+    with pytest.raises(TransientAdapterError, match="rolled back"):
+        make_lb(a.address, reload_command=["false"]).drain()
+    assert nginx.include.is_symlink() and nginx.include.resolve() == real
+    assert real.read_bytes() == original
+
+    lb = make_lb(a.address)
+    lb.drain()
+    assert nginx.include.is_symlink() and nginx.include.resolve() == real
+    assert real.read_bytes() == original.replace(
+        f"server {a.address};".encode(), f"server {a.address} down;".encode()
+    )
+    assert (available / ".app.conf.drainer.lock").exists(), "the lock is beside the real file"
+    assert sorted(p.name for p in available.iterdir()) == [".app.conf.drainer.lock", "app.conf"]
+    assert lb.state().status is not LBStatus.IN_SERVICE
+    assert _share(nginx, a) == 0, "nginx reads the edit through the link"
+    lb.put_back()
+    assert real.read_bytes() == original and nginx.include.is_symlink()
 
 
 def test_a_drain_undone_by_someone_elses_edit_and_reload_reads_in_service(

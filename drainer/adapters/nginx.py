@@ -7,6 +7,10 @@ of its node inside ``upstream <name> { ... }``: it adds or removes the ``down``
 parameter and keeps every other byte. ``down`` (not deleting the line) keeps the
 ``hash``/``ip_hash`` mapping of the other servers stable.
 
+A ``file`` that is a symlink (``sites-enabled/x -> ../sites-available/x``) is resolved
+on every call: drainer reads and replaces the file the link points to, keeps its lock
+and temporary file next to that one, and leaves the link a link.
+
 Every edit is a transaction, serialized by an exclusive ``flock`` on
 ``.<file>.drainer.lock`` next to the file (so the daemon, the CLI and ``drainer serve``
 acting for several nodes never interleave):
@@ -21,12 +25,14 @@ and the error says why (``nginx -t``'s output, or the error log lines of the rel
 What nginx runs now is kept in a small record under the state directory, shared by every
 instance that edits the same file: for each ``(upstream, address)`` the server line as
 the last confirmed reload applied it, the workers (pid and start time, so a reused pid
-is never mistaken for one) that reload started, and for each drained server the workers
-that may still hold its connections (those alive just before its drain reload).
+is never mistaken for one) that reload started, for each drained server the workers
+that may still hold its connections (those alive just before its drain reload), and
+``pending`` while an edit has begun and its reload is not confirmed.
 ``state()`` reads the record, the file and /proc, so any process sees the same thing:
 
-- nginx's serving workers are still the recorded generation: nginx runs the recorded
-  line; otherwise someone reloaded or restarted it since, and it runs the file's line;
+- an edit is pending, or nginx's serving workers are still the recorded generation:
+  nginx runs the recorded line; otherwise someone reloaded or restarted it since, and
+  it runs the file's line;
 - that line without ``down``: IN_SERVICE;
 - with ``down`` and old workers still alive: DRAINING, ``sessions`` = how many;
 - with ``down`` and the old workers gone: OUT (drained).
@@ -34,10 +40,17 @@ that may still hold its connections (those alive just before its drain reload).
 So a file reverted and reloaded by someone else reads IN_SERVICE and the core drains
 again, and an edit whose reload never happened reads as what nginx really runs.
 
-Crash behaviour: killed before the rename, nothing changed. Killed after it, the file says
-``down`` while the generation is unchanged, so ``state()`` reports the recorded line ("not
-yet applied" in the detail) and the core's next ``drain`` runs the transaction again:
-an extra reload is the only cost.
+Crash behaviour: the record is saved with ``pending`` set before the rename, and
+``pending`` is cleared only with the confirmed reload (a rollback restores the record of
+before). Killed before the rename, the file is unchanged. Killed after it, the file has
+the new line nginx may not have read, and ``state()`` reports the recorded line ("not
+yet applied" in the detail) for as long as ``pending`` is set, even once the workers
+change: a worker that dies is respawned by the master with the configuration it had, and
+from /proc that looks like a reload. So an interrupted drain reads IN_SERVICE and an
+interrupted put-back DRAINING or OUT, as nginx still runs them, and while ``pending`` is
+set every ``drain``/``take_out``/``put_back`` runs the whole transaction again, whatever
+the file says: an extra reload is the only cost. The price: until drainer's next edit,
+a reload by someone else goes unnoticed (``state()`` keeps the recorded line).
 A stale temporary file is overwritten by the next edit (both dot-files: an
 ``include dir/*.conf`` never reads them). ``take_out(kill=True)`` sends SIGTERM to the old
 workers that are still "shutting down": that closes *every* connection they still hold,
@@ -268,9 +281,27 @@ class _Record:
     applied: dict[str, str]  # "upstream address" -> server line
     old_workers: dict[str, list[tuple[int, int]]]  # "upstream address" -> (pid, start)
     workers: list[tuple[int, int]]  # the workers serving once that reload was confirmed
+    # An edit began (set before its rename) and its reload is not confirmed yet: the file
+    # may say what nginx has not read, and no change of workers proves that it has.
+    pending: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"applied": self.applied, "old_workers": self.old_workers, "workers": self.workers}
+        return {
+            "applied": self.applied,
+            "old_workers": self.old_workers,
+            "workers": self.workers,
+            "pending": self.pending,
+        }
+
+
+@dataclass(frozen=True)
+class _Files:
+    """The configured file with its symlinks resolved, and what drainer keeps beside it."""
+
+    real: Path  # what drainer reads and replaces: a symlink to it stays a symlink
+    tmp: Path
+    lock: Path
+    record: Path
 
 
 class NginxLoadBalancer:
@@ -286,10 +317,7 @@ class NginxLoadBalancer:
         self.name = name
         self._config = config
         self._key = f"{config.upstream} {config.server}"
-        digest = hashlib.sha256(str(config.file.absolute()).encode()).hexdigest()[:12]
-        self._record_path = state_dir / f"nginx-{config.file.name}-{digest}.json"
-        self._lock_path = config.file.parent / f".{config.file.name}.drainer.lock"
-        self._tmp_path = config.file.parent / f".{config.file.name}.drainer.tmp"
+        self._state_dir = state_dir
         self._sleep = sleep
         self._clock = clock
 
@@ -303,13 +331,26 @@ class NginxLoadBalancer:
 
     # -- files --------------------------------------------------------------------------
 
-    def _read(self) -> str:
+    def _files(self) -> _Files:
+        # Resolved on every call, not once for the instance: an operator may point a
+        # sites-enabled link at another file while the daemon runs. The record is keyed
+        # by the real file, so a link and its target configured apart share it (and the lock).
+        real = Path(os.path.realpath(self._config.file))
+        digest = hashlib.sha256(str(real).encode()).hexdigest()[:12]
+        return _Files(
+            real=real,
+            tmp=real.parent / f".{real.name}.drainer.tmp",
+            lock=real.parent / f".{real.name}.drainer.lock",
+            record=self._state_dir / f"nginx-{real.name}-{digest}.json",
+        )
+
+    def _read(self, files: _Files) -> str:
         try:
-            return self._config.file.read_text()
+            return files.real.read_text()
         except FileNotFoundError as exc:
             raise self._permanent(f"{self._config.file} does not exist") from exc
         except OSError as exc:
-            raise self._transient(f"cannot read {self._config.file}: {exc.strerror}") from exc
+            raise self._transient(f"cannot read {files.real}: {exc.strerror}") from exc
 
     def _line(self, text: str) -> ServerLine:
         try:
@@ -343,36 +384,40 @@ class NginxLoadBalancer:
         except OSError as exc:
             raise self._transient(f"cannot write {path}: {exc.strerror}") from exc
 
-    def _load_record(self) -> _Record | None:
+    def _load_record(self, files: _Files) -> _Record | None:
+        path = files.record
         try:
-            data = json.loads(self._record_path.read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise self._transient(f"cannot read {self._record_path}: {exc.strerror}") from exc
+            raise self._transient(f"cannot read {path}: {exc.strerror}") from exc
         except ValueError as exc:
-            raise self._permanent(f"{self._record_path} is not JSON; delete it") from exc
+            raise self._permanent(f"{path} is not JSON; delete it") from exc
         try:
             old = {k: [(int(p), int(s)) for p, s in v] for k, v in data["old_workers"].items()}
             workers = [(int(p), int(s)) for p, s in data["workers"]]
-            return _Record(dict(data["applied"]), old, workers)
+            pending = data.get("pending", False)  # absent from records of before it existed
+            if not isinstance(pending, bool):
+                raise TypeError(f"pending is {pending!r}")
+            return _Record(dict(data["applied"]), old, workers, pending)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise self._permanent(f"{self._record_path} is damaged ({exc!r}); delete it") from exc
+            raise self._permanent(f"{path} is damaged ({exc!r}); delete it") from exc
 
-    def _save_record(self, record: _Record) -> None:
+    def _save_record(self, files: _Files, record: _Record) -> None:
+        path = files.record
         try:
-            self._record_path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise self._transient(f"cannot create {self._record_path.parent}: {exc}") from exc
-        tmp = self._record_path.with_suffix(".tmp")
-        self._write(self._record_path, tmp, json.dumps(record.to_json(), indent=1))
+            raise self._transient(f"cannot create {path.parent}: {exc}") from exc
+        self._write(path, path.with_suffix(".tmp"), json.dumps(record.to_json(), indent=1))
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, files: _Files) -> Iterator[None]:
         try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise self._permanent(f"cannot open {self._lock_path}: {exc.strerror}") from exc
+            raise self._permanent(f"cannot open {files.lock}: {exc.strerror}") from exc
         try:
             deadline = self._clock() + self._config.lock_timeout
             while True:
@@ -512,26 +557,34 @@ class NginxLoadBalancer:
 
         Until someone else reloads or restarts nginx, its workers are the generation of
         drainer's last confirmed reload and nginx runs the recorded line; once they are
-        another generation, nginx has read the file since.
+        another generation, nginx has read the file since. Not while an edit is pending:
+        the master respawning a dead worker also changes the workers, with the old
+        configuration, so the recorded line is the only one known to run until the next
+        ``_apply`` reloads.
         """
         if record is None:
             return line
+        if record.pending:
+            return record.applied.get(self._key, line)
         serving = {(w.pid, w.start) for w in _workers(master) if not w.shutting_down}
         if serving != set(record.workers):
             return line
         return record.applied.get(self._key, line)
 
     def _apply(self, down: bool) -> None:
-        with self._locked():
-            text = self._read()
+        files = self._files()
+        with self._locked(files):
+            if self._files() != files:
+                raise self._transient(f"{self._config.file} now links to another file; try again")
+            text = self._read(files)
             line = self._line(text)
             master = self._master()
-            record = self._load_record()
+            record = self._load_record(files)
             running = self._running(record, master, line.text.strip())
             if record is None:  # never edited by drainer: nginx runs what the file says
                 serving = [(w.pid, w.start) for w in _workers(master) if not w.shutting_down]
                 record = _Record(self._servers(text), {}, serving)
-                self._save_record(record)
+                self._save_record(files, record)
             new_text = set_down(
                 text,
                 upstream=self._config.upstream,
@@ -539,25 +592,28 @@ class NginxLoadBalancer:
                 down=down,
                 region=self._config.region,
             )
-            if new_text == text and running == line.text.strip():
+            if new_text == text and running == line.text.strip() and not record.pending:
                 return  # already so, and applied: nothing to do
-            before = _Record(dict(record.applied), dict(record.old_workers), record.workers)
+            before = _Record(
+                dict(record.applied), dict(record.old_workers), record.workers, record.pending
+            )
             if down:  # every worker alive now may still hold connections to the node
                 kept = [w for w in record.old_workers.get(self._key, []) if _alive(w)]
                 kept += [(w.pid, w.start) for w in _workers(master) if (w.pid, w.start) not in kept]
                 record.old_workers[self._key] = kept
             else:
                 record.old_workers.pop(self._key, None)
-            self._save_record(record)  # the intent, before nginx is touched
+            record.pending = True
+            self._save_record(files, record)  # the intent, before nginx is touched
             reloaded = False
             try:
                 if new_text != text:
-                    self._write(self._config.file, self._tmp_path, new_text)
+                    self._write(files.real, files.tmp, new_text)
                 self._test()
                 reloaded = True
                 generation = self._reload(master)
             except BaseException as exc:
-                self._rollback(text, before, reloaded=reloaded, master=master)
+                self._rollback(files, text=text, record=before, reloaded=reloaded, master=master)
                 if isinstance(exc, TransientAdapterError | PermanentAdapterError):
                     kind = type(exc)
                     raise kind(
@@ -566,12 +622,17 @@ class NginxLoadBalancer:
                 raise
             record.applied = self._servers(new_text)
             record.workers = generation
-            self._save_record(record)
+            record.pending = False
+            self._save_record(files, record)
 
-    def _rollback(self, text: str, record: _Record, *, reloaded: bool, master: int) -> None:
+    def _rollback(
+        self, files: _Files, *, text: str, record: _Record, reloaded: bool, master: int
+    ) -> None:
+        # The record of before (pending or not, as it was) only once the file is back:
+        # if the write fails, the intent stays pending and the next edit runs again.
         with suppress(TransientAdapterError):
-            self._write(self._config.file, self._tmp_path, text)
-            self._save_record(record)
+            self._write(files.real, files.tmp, text)
+            self._save_record(files, record)
         if reloaded:  # the reload may still land later: make nginx converge on the file
             with suppress(TransientAdapterError, PermanentAdapterError):
                 self._signal_reload(master)
@@ -579,9 +640,10 @@ class NginxLoadBalancer:
     # -- LoadBalancer -------------------------------------------------------------------
 
     def state(self) -> LBView:
-        line = self._line(self._read()).text.strip()
+        files = self._files()
+        line = self._line(self._read(files)).text.strip()
         master = self._master()
-        record = self._load_record()
+        record = self._load_record(files)
         applied = self._running(record, master, line)
         where = f"upstream {self._config.upstream} in {self._config.file}"
         pending = "" if applied == line else f"; the file has '{line}', not yet applied"
@@ -601,7 +663,7 @@ class NginxLoadBalancer:
         self._apply(down=True)
         if not kill:
             return
-        record = self._load_record()
+        record = self._load_record(self._files())
         master = self._master()
         old = set(record.old_workers.get(self._key, [])) if record else set()
         for worker in _workers(master):
