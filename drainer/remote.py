@@ -1,9 +1,9 @@
 """``drainer serve``: a load-balancer host's adapters, offered over HTTP to the sidecars.
 
 A sidecar on a backend VM cannot edit the nginx host's files. ``drainer serve`` runs on
-the load-balancer host, builds the adapters its own configuration names (any adapter:
-nginx, HAProxy, ...) and lets each node act on its own server of them, and on nothing
-else. The sidecar's ``remote`` adapter (drainer/adapters/remote.py) is the client::
+the load-balancer host, builds the adapters its own configuration names (nginx, nginx
+Plus, HAProxy; see ``NODE_KEYS``) and lets each node act on its own server of them, and
+on nothing else. The sidecar's ``remote`` adapter (drainer/adapters/remote.py) is the client::
 
     GET  /v1/load-balancers                  {"node": n, "load_balancers": [name, ...]}
     GET  /v1/load-balancers/<name>           {"status", "sessions", "detail"}
@@ -13,32 +13,46 @@ else. The sidecar's ``remote`` adapter (drainer/adapters/remote.py) is the clien
 
     errors: {"error": message, "kind": "refused" | "transient" | "permanent"}
     400 bad body   401 unknown node or wrong token   403 not this node's   404 no such path
-    405 method  411 no Content-Length  413 body too large  429 rate (Retry-After)
+    405 method  411 no Content-Length  413 body too large
+    429 rate, or too many connections from this address (Retry-After)
     422 the adapter refused for good (PermanentAdapterError)
-    503 the load balancer failed this time (TransientAdapterError): retry
+    503 the load balancer failed this time (TransientAdapterError), or every connection
+        slot is taken: retry
 
 Invariants:
 
 - A request names a load balancer, never a server. The server is the one the
   configuration gives the node (``nodes.<node>.servers.<lb>``), merged into the load
-  balancer's entry when ``drainer serve`` starts; two nodes can never get the same entry.
-  Whatever a node sends, it acts on its own server only.
+  balancer's entry when ``drainer serve`` starts. A node entry may set only the keys that
+  name its server (``NODE_KEYS``, per adapter type; every other key comes from
+  ``load_balancers``, and a type without such keys cannot be served), and two nodes of
+  one load balancer never name the same server (compared by those keys, an HAProxy
+  ``address`` by IP and port; nodes that name it in different ways are refused, as
+  nobody can tell them apart). Whatever a node sends, it acts on its own server only.
 - Every request is authenticated: ``X-Drainer-Node: <node>`` and
-  ``Authorization: Bearer <token>``. Tokens are read once at start from a file or an
-  environment variable, compared in constant time (``hmac.compare_digest`` of SHA-256
-  digests, and an unknown node costs the same comparison), and never logged or echoed.
+  ``Authorization: Bearer <token>``, header names and the scheme in any case (an
+  HTTP/2 proxy lowercases them), each header at most once. Tokens are read once at start
+  from a file or an environment variable, compared in constant time
+  (``hmac.compare_digest`` of SHA-256 digests, and an unknown node costs the same
+  comparison), and never logged or echoed.
 - It listens on loopback unless told otherwise; a non-loopback address needs TLS
   (``tls.cert``/``tls.key``) or an explicit ``allow_plaintext: true``.
 - Limits: a body over ``limits.max_body`` bytes is refused unread; each client address
   gets ``limits.rate`` requests per second (burst ``limits.burst``), counted before
-  authentication so guessing is slow too; at most ``limits.max_connections`` at once,
-  each with a ``limits.timeout`` socket timeout (TLS handshakes included).
+  authentication so guessing is slow too. At most ``limits.max_connections`` connections
+  at once, and at most ``limits.max_connections_per_client`` from one client address, so
+  one address cannot take every slot; more are refused unread. A connection must deliver
+  its whole request (TLS handshake, headers, body) within ``limits.timeout`` from its
+  accept, or it is shut down unanswered: trickling bytes cannot hold a slot, and a
+  request is acted on only if it was read in time. The call to the adapter that follows
+  is not bounded by it (it may wait for ``nginx -t`` and a reload).
 - Calls on one node's load balancer are serialized; the adapters serialize the rest
   (the nginx adapter holds a file lock around each transaction).
 
 Crash behaviour: the server keeps no state of its own. On SIGTERM it stops accepting and
-waits for the calls in progress (each may be a transaction at the load balancer); a call
-cut short by a crash is retried by the sidecar, and every adapter call is idempotent.
+waits for the calls in progress (each may be a transaction at the load balancer), and for
+connections still sending a request until their deadline at most; a call cut short by a
+crash is retried by the sidecar, and every adapter call is idempotent.
 """
 
 from __future__ import annotations
@@ -69,13 +83,30 @@ from drainer._http import Http11Handler, Server, ServerThread
 from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
 from drainer.config import Duration, adapter_plugins
 from drainer.errors import AdapterError, ConfigError, PermanentAdapterError, TransientAdapterError
+from drainer.haproxy import parse_node_address
 
-__all__ = ["NODE_HEADER", "RemoteServer", "ServeConfig", "load_serve_config", "serve"]
+__all__ = [
+    "NODE_HEADER",
+    "NODE_KEYS",
+    "RemoteServer",
+    "ServeConfig",
+    "load_serve_config",
+    "serve",
+]
 
 log = logging.getLogger("drainer")
 
 NODE_HEADER = "X-Drainer-Node"
 MIN_TOKEN_LENGTH = 16
+
+# The adapter types drainer serve can serve, and the keys that name a node's server in
+# each: the only keys a node entry may set, and what tells two nodes' servers apart.
+NODE_KEYS: Mapping[str, tuple[str, ...]] = {
+    "nginx": ("server",),
+    "nginx-plus": ("server",),
+    "haproxy": ("backend", "server", "address"),
+    "mock": ("path",),  # the test adapter: one JSON file per node
+}
 
 
 class _Strict(BaseModel):
@@ -92,7 +123,8 @@ class LimitsConfig(_Strict):
     rate: float = Field(default=5.0, gt=0)  # requests per second per client address
     burst: int = Field(default=20, ge=1)
     max_connections: int = Field(default=32, ge=1)
-    timeout: Duration = 10.0  # socket timeout while reading a request or a TLS handshake
+    max_connections_per_client: int = Field(default=4, ge=1)  # from one client address
+    timeout: Duration = 10.0  # to read a whole request, TLS handshake included
 
 
 class NodeEntry(_Strict):
@@ -157,6 +189,43 @@ def _problems(exc: ValidationError, prefix: str) -> list[str]:
 
 
 @dataclass(frozen=True)
+class _ServerName:
+    """How a validated entry names its node's server: which keys, and their values."""
+
+    keys: tuple[str, ...]  # the keys set, e.g. ("backend", "server") or ("address",)
+    values: tuple[Any, ...]  # an HAProxy address as (IP, port or None)
+
+    def same_as(self, other: _ServerName) -> bool:
+        if self.keys == ("address",):  # HAProxy: an address without a port is every port
+            [(ip, port)], [(other_ip, other_port)] = self.values, other.values
+            return bool(ip == other_ip and (port is None or other_port in (None, port)))
+        return self.values == other.values
+
+
+def _server_name(adapter: AdapterConfig, keys: tuple[str, ...]) -> _ServerName:
+    found = {key: getattr(adapter, key) for key in keys}
+    set_ = tuple(key for key in keys if found[key] is not None) or keys  # mock: path None
+    values = tuple(found[key] for key in set_)
+    if set_ == ("address",):
+        values = (parse_node_address(str(found["address"])),)
+    return _ServerName(set_, values)
+
+
+def _clash(mine: _ServerName, named: list[tuple[str, _ServerName]], lb: str) -> str:
+    """Why ``mine`` may not join the servers other nodes of ``lb`` have; "" if it may."""
+    for other, theirs in named:
+        if theirs.keys != mine.keys:
+            return (
+                f"names its server by {' + '.join(mine.keys)} and nodes.{other}.servers.{lb} "
+                f"by {' + '.join(theirs.keys)}: name every node's server the same way, so "
+                f"that no two can be the same"
+            )
+        if mine.same_as(theirs):
+            return f"the same server as nodes.{other}.servers.{lb}"
+    return ""
+
+
+@dataclass(frozen=True)
 class ServeSetup:
     """A validated ``drainer serve`` configuration: each node's own adapter entries."""
 
@@ -188,7 +257,7 @@ def parse_serve_config(
         raise ConfigError("\n".join(f"{origin}: {p}" for p in _problems(exc, ""))) from exc
     problems: list[str] = []
     entries: dict[str, dict[str, AdapterConfig]] = {}
-    owner: dict[tuple[str, str], str] = {}
+    named: dict[str, list[tuple[str, _ServerName]]] = {}  # lb -> (node, its server) so far
     for node, entry in config.nodes.items():
         entries[node] = {}
         for lb, keys in entry.servers.items():
@@ -202,17 +271,33 @@ def parse_serve_config(
                 names = ", ".join(sorted(known))
                 problems.append(f"load_balancers.{lb}.type: unknown type {kind!r} ({names})")
                 continue
+            allowed = NODE_KEYS.get(str(kind))
+            if allowed is None:
+                problems.append(
+                    f"load_balancers.{lb}.type: drainer serve cannot serve type {kind!r}: it "
+                    f"knows which keys name a node's server only for {', '.join(NODE_KEYS)}"
+                )
+                continue
+            extra = [key for key in keys if key not in allowed]
+            problems += [
+                f"{where}.{key}: a node entry may set only {', '.join(allowed)} (what names "
+                f"its server); set {key} in load_balancers.{lb}"
+                for key in extra
+            ]
+            if extra:
+                continue
             merged = {**base, **keys, "name": base.get("name", lb)}
             try:
                 adapter = known[str(kind)].config_model.model_validate(merged)
             except ValidationError as exc:
                 problems += _problems(exc, where)
                 continue
-            same = (lb, adapter.model_dump_json())
-            if same in owner:
-                problems.append(f"{where}: the same server as nodes.{owner[same]}.servers.{lb}")
+            mine = _server_name(adapter, allowed)
+            clash = _clash(mine, named.setdefault(lb, []), lb)
+            if clash:
+                problems.append(f"{where}: {clash}")
                 continue
-            owner[same] = node
+            named[lb].append((node, mine))
             entries[node][lb] = adapter
     if problems:
         raise ConfigError("\n".join(f"{origin}: {p}" for p in dict.fromkeys(problems)))
@@ -365,18 +450,19 @@ class RemoteServer:
 
     def _authenticate(self, node: str, authorization: str) -> bool:
         scheme, _, token = authorization.partition(" ")
-        given = _digest(token.strip() if scheme == "Bearer" else "")
+        given = _digest(token.strip() if scheme.lower() == "bearer" else "")  # any case
         expected = self._tokens.get(node, self._nobody)
         return hmac.compare_digest(given, expected) and node in self._tokens and bool(token)
 
     def handle(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes, client: str
+        self, method: str, path: str, *, node: str, authorization: str, body: bytes, client: str
     ) -> _Reply:
+        """Answer one request that was read in full: ``node`` and ``authorization`` are
+        the values of the ``X-Drainer-Node`` and ``Authorization`` headers ("" if absent)."""
         wait = self._allow(client)
         if wait:
             return _refused(429, "too many requests", "transient", retry_after=wait)
-        node = headers.get(NODE_HEADER, "")
-        if not self._authenticate(node, headers.get("Authorization", "")):
+        if not self._authenticate(node, authorization):
             log.warning("refused a request from %s: unknown node or wrong token", client)
             return _refused(401, "unknown node or wrong token")
         parts = [unquote(p) for p in urlsplit(path).path.split("/") if p]
@@ -439,6 +525,58 @@ class RemoteServer:
         return _Reply(200, payload)
 
 
+class _Deadline:
+    """Shuts a connection down unless its request was read within ``seconds``.
+
+    A socket timeout bounds each read only: a client sending a byte now and then would
+    hold its slot for ever (slowloris). The timer shuts the socket down (both ways, so a
+    blocked read returns at once); the handler stops it with ``met()`` once the request
+    is read, and acts only if that was in time.
+    """
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock.dup()  # the same connection, still open after a TLS wrap detaches
+        self._lock = threading.Lock()
+        self._state = "running"  # then "met" or "expired"
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.name = "drainer-serve-deadline"
+        self._timer.daemon = True
+        try:
+            self._timer.start()
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._state != "running":
+                return
+            self._state = "expired"
+            with suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def met(self) -> bool:
+        """Stop the clock: True if the request was read in time, False if too late."""
+        with self._lock:
+            if self._state == "running":
+                self._state = "met"
+            return self._state == "met"
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            if self._state == "running":
+                self._state = "met"
+            self._sock.close()
+
+
+def _refuse_unread(request: socket.socket, status: bytes, extra: bytes = b"") -> None:
+    with suppress(OSError):
+        request.sendall(
+            b"HTTP/1.1 %s\r\n%sContent-Length: 0\r\nConnection: close\r\n\r\n" % (status, extra)
+        )
+
+
 class _HTTPServer(Server[RemoteServer]):
     # stop() waits for the calls in progress: each may be a transaction at the load
     # balancer, better finished than cut (a cut one is completed by the next call)
@@ -449,29 +587,59 @@ class _HTTPServer(Server[RemoteServer]):
         self.address_family = family
         limits = app._config.limits
         self.slots = threading.BoundedSemaphore(limits.max_connections)
+        self.per_client = limits.max_connections_per_client
         self.timeout_seconds = limits.timeout
+        self._clients: dict[str, int] = {}  # client address -> its connections open
+        self._clients_lock = threading.Lock()
         super().__init__(address, _Handler, app)
 
+    def _leave(self, client: str) -> None:
+        with self._clients_lock:
+            left = self._clients.pop(client) - 1
+            if left:
+                self._clients[client] = left
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):  # too many at once: refuse, unread
-            with suppress(OSError):
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n")
+        # runs in the accepting thread: refuse at once, unread, what is over a limit
+        client = str(client_address[0])
+        with self._clients_lock:
+            held = self._clients.get(client, 0)
+            if held < self.per_client:
+                self._clients[client] = held + 1
+        if held >= self.per_client:
+            _refuse_unread(request, b"429 Too Many Requests", b"Retry-After: 1\r\n")
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        if not self.slots.acquire(blocking=False):
+            self._leave(client)
+            _refuse_unread(request, b"503 Service Unavailable")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: it will not give them back
+            self.slots.release()
+            self._leave(client)
+            raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        deadline: _Deadline | None = None
         try:
+            deadline = _Deadline(request, self.timeout_seconds)  # from the accept
             request.settimeout(self.timeout_seconds)
             if self.app._ssl is not None:
-                try:
-                    request = self.app._ssl.wrap_socket(request, server_side=True)
-                except (OSError, ssl.SSLError):
-                    self.shutdown_request(request)
-                    return
-            super().process_request_thread(request, client_address)
+                request = self.app._ssl.wrap_socket(request, server_side=True)
+            _Handler(request, client_address, self, deadline=deadline)
+        except OSError:  # a failed handshake, a client gone, a deadline passed: no answer
+            pass
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
+            if deadline is not None:
+                deadline.close()
+            self.shutdown_request(request)
             self.slots.release()
+            self._leave(str(client_address[0]))
 
 
 class _Handler(Http11Handler, methods=("GET", "POST", "PUT", "PATCH", "DELETE")):
@@ -480,8 +648,18 @@ class _Handler(Http11Handler, methods=("GET", "POST", "PUT", "PATCH", "DELETE"))
     server_version = "drainer"
     sys_version = ""
 
+    def __init__(
+        self, request: Any, client_address: Any, server: _HTTPServer, *, deadline: _Deadline
+    ) -> None:
+        self.deadline = deadline
+        super().__init__(request, client_address, server)
+
     def _serve(self, method: str) -> None:
         limits = self.server.app._config.limits
+        for name in (NODE_HEADER, "Authorization"):  # self.headers ignores the case
+            if len(self.headers.get_all(name, [])) > 1:
+                self._send(_refused(400, f"send one {name} header"))
+                return
         if self.headers.get("Transfer-Encoding"):
             self._send(_refused(411, "send a Content-Length, not a chunked body"))
             return
@@ -496,9 +674,21 @@ class _Handler(Http11Handler, methods=("GET", "POST", "PUT", "PATCH", "DELETE"))
             self._send(_refused(413, f"the body is over {limits.max_body} bytes"))
             return
         body = self.rfile.read(length)
-        headers = {k: v for k, v in self.headers.items()}
+        if not self.deadline.met():  # too slow: the connection is shut down, nothing is done
+            self.close_connection = True
+            return
+        if len(body) < length:
+            self._send(_refused(400, "the body is shorter than its Content-Length"))
+            return
         try:
-            reply = self.server.app.handle(method, self.path, headers, body, self.client_address[0])
+            reply = self.server.app.handle(
+                method,
+                self.path,
+                node=self.headers.get(NODE_HEADER, ""),
+                authorization=self.headers.get("Authorization", ""),
+                body=body,
+                client=self.client_address[0],
+            )
         except Exception:
             log.exception("drainer serve: %s %s failed", method, urlsplit(self.path).path)
             reply = _refused(500, "internal error (see the server's log)", "transient")

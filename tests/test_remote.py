@@ -6,8 +6,10 @@ exactly what each node's call changed; one serves a real nginx.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -21,15 +23,22 @@ import httpx
 import pytest
 import yaml
 from nginxprocs import Backend, Nginx, free_port, have_nginx
+from pydantic import ValidationError
 
-from drainer.adapters import mock, nginx
+from drainer.adapters import haproxy, mock, nginx
+from drainer.adapters import remote as remote_adapter
 from drainer.adapters.base import AdapterContext, AdapterPlugin, LBStatus
 from drainer.adapters.remote import RemoteConfig, RemoteLoadBalancer
 from drainer.adapters.remote import create as create_remote
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
 from drainer.remote import NODE_HEADER, RemoteServer, parse_serve_config, serve
 
-PLUGINS: dict[str, AdapterPlugin] = {"mock": mock.PLUGIN, "nginx": nginx.PLUGIN}
+PLUGINS: dict[str, AdapterPlugin] = {
+    "mock": mock.PLUGIN,
+    "nginx": nginx.PLUGIN,
+    "haproxy": haproxy.PLUGIN,
+    "remote": remote_adapter.PLUGIN,
+}
 TOKENS = {"web-1": "t1-" + "a" * 40, "web-2": "t2-" + "b" * 40}
 
 
@@ -182,6 +191,33 @@ def _raw(server: RemoteServer, method: str, path: str, node: str = "web-1", **kw
     return httpx.request(method, f"{server.url}{path}", headers=headers, **kw)
 
 
+def _raw_socket(server: RemoteServer, headers: str) -> bytes:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(f"GET /v1/load-balancers HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+        return sock.recv(4096)
+
+
+def test_header_names_and_the_scheme_are_case_insensitive(server: RemoteServer) -> None:
+    # an HTTP/2 proxy in front lowercases header names; the scheme is case-insensitive too
+    token = TOKENS["web-1"]
+    for headers in (
+        f"x-drainer-node: web-1\r\nauthorization: Bearer {token}\r\n",
+        f"X-DRAINER-NODE: web-1\r\nAUTHORIZATION: BEARER {token}\r\n",
+        f"X-Drainer-Node: web-1\r\nAuthorization: bearer  {token}\r\n",
+    ):
+        reply = _raw_socket(server, headers)
+        assert reply.startswith(b"HTTP/1.1 200"), (headers, reply)
+        assert b'"node": "web-1"' in reply
+    wrong = _raw_socket(server, f"x-drainer-node: web-1\r\nauthorization: Basic {token}\r\n")
+    assert wrong.startswith(b"HTTP/1.1 401")
+    twice = _raw_socket(
+        server,
+        f"X-Drainer-Node: web-2\r\nx-drainer-node: web-1\r\nAuthorization: Bearer {token}\r\n",
+    )
+    assert twice.startswith(b"HTTP/1.1 400") and b"send one X-Drainer-Node header" in twice
+
+
 def test_a_request_cannot_name_a_server(tmp_path: Path, server: RemoteServer) -> None:
     reply = _raw(server, "POST", "/v1/load-balancers/app/drain", json={"server": "web-2"})
     assert reply.status_code == 400
@@ -246,6 +282,81 @@ def test_too_many_connections_are_refused(tmp_path: Path) -> None:
                 sock.close()
         time.sleep(0.3)
         assert _raw(running, "GET", "/v1/load-balancers").status_code == 200
+
+
+def _closed_by_server(sock: socket.socket, *, within: float) -> float | None:
+    """Trickle a header byte every 0.2 s; the seconds until the server closed, or None."""
+    started = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - started < within:
+        try:
+            sock.sendall(b"X")
+            if sock.recv(100) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except OSError:  # reset, broken pipe: closed too
+            return time.monotonic() - started
+    return None
+
+
+def test_a_request_must_arrive_whole_within_the_timeout(tmp_path: Path) -> None:
+    # slowloris: a byte now and then resets a per-read timeout, not the request's deadline
+    config = serve_config(tmp_path, limits={"timeout": "1s"})
+    with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /v1/load-balancers/app/drain HTTP/1.1\r\nX-Drainer-Node: web-1")
+            closed = _closed_by_server(sock, within=4)
+        assert closed is not None and closed < 2.5, f"still open after {closed} s"
+        # the deadline bounds reading the request, not the call it then makes: this drain
+        # waits 1.5 s for the mock's lock and still gets its answer
+        with open(tmp_path / "mock-web-1.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            replies: list[int] = []
+            call = threading.Thread(
+                target=lambda: replies.append(
+                    _raw(running, "POST", "/v1/load-balancers/app/drain", timeout=10).status_code
+                )
+            )
+            call.start()
+            time.sleep(1.5)
+        call.join(timeout=10)
+        assert replies == [200]
+        assert mock_status(tmp_path, "web-1") == "draining"
+
+
+def test_one_client_address_cannot_take_every_connection(tmp_path: Path) -> None:
+    limits = {"max_connections": 4, "max_connections_per_client": 2, "timeout": "5s"}
+    config = serve_config(tmp_path, limits=limits)
+    with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+
+        def connect() -> socket.socket:  # from another loopback address than the sidecar
+            return socket.create_connection(
+                ("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0)
+            )
+
+        idle = [connect() for _ in range(2)]
+        try:
+            for sock in idle:
+                sock.sendall(b"G")  # a request begun, never finished
+            time.sleep(0.3)
+            with connect() as third:
+                reply = third.recv(200)
+            assert reply.startswith(b"HTTP/1.1 429") and b"Retry-After: 1" in reply
+            # the sidecar, from its own address, still gets a slot
+            assert _raw(running, "GET", "/v1/load-balancers").status_code == 200
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.3)
+        with connect() as again:  # the slots are given back when the connections end
+            again.sendall(
+                f"GET /v1/load-balancers HTTP/1.1\r\nHost: x\r\n{NODE_HEADER}: web-1\r\n"
+                f"Authorization: Bearer {TOKENS['web-1']}\r\n\r\n".encode()
+            )
+            assert again.recv(200).startswith(b"HTTP/1.1 200")
 
 
 # -- retries -------------------------------------------------------------------------------
@@ -316,6 +427,123 @@ def test_configuration_problems_name_their_key(
 ) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         parse_serve_config(serve_config(tmp_path, **change), plugins=PLUGINS)
+
+
+HAPROXY = {"type": "haproxy", "instances": ["unix:///run/haproxy/admin.sock"]}
+
+
+def _two_nodes(tmp_path: Path, base: dict[str, Any], web1: Any, web2: Any) -> dict[str, Any]:
+    return serve_config(
+        tmp_path,
+        load_balancers={"app": base},
+        nodes={
+            node: {"token_env": node, "servers": {"app": keys}}
+            for node, keys in (("web-1", web1), ("web-2", web2))
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("base", "web1", "web2", "message"),
+    [
+        (
+            {**HAPROXY, "backend": "app"},
+            {"server": "s1"},
+            {"server": "s1", "timeout": 6},
+            "nodes.web-2.servers.app.timeout: a node entry may set only backend, server, "
+            "address (what names its server); set timeout in load_balancers.app",
+        ),
+        (
+            {**HAPROXY, "backend": "app", "timeout": 6},
+            {"server": "s1"},
+            {"server": "s1"},
+            "nodes.web-2.servers.app: the same server as nodes.web-1.servers.app",
+        ),
+        (
+            HAPROXY,
+            {"backend": "app", "server": "s1"},
+            {"backend": "app", "server": "s1", "instances": ["unix:///other.sock"]},
+            "nodes.web-2.servers.app.instances: a node entry may set only",
+        ),
+        (
+            {**HAPROXY, "backend": "app"},
+            {"server": "s1"},
+            {"type": "mock", "path": "/x"},
+            "nodes.web-2.servers.app.type: a node entry may set only",
+        ),
+        (
+            {"type": "mock", "sessions": 0},
+            {"path": "/a"},
+            {"path": "/b", "name": "other"},
+            "nodes.web-2.servers.app.name: a node entry may set only path",
+        ),
+        (
+            HAPROXY,
+            {"address": "10.0.0.4"},
+            {"address": "10.0.0.4:8080"},
+            "nodes.web-2.servers.app: the same server as nodes.web-1.servers.app",
+        ),
+        (
+            HAPROXY,
+            {"address": "[::1]:80"},
+            {"address": "[0::1]:80"},
+            "nodes.web-2.servers.app: the same server as nodes.web-1.servers.app",
+        ),
+        (
+            HAPROXY,
+            {"backend": "app", "server": "s1"},
+            {"address": "10.0.0.4"},
+            "nodes.web-2.servers.app: names its server by address and nodes.web-1.servers.app "
+            "by backend + server: name every node's server the same way",
+        ),
+        (
+            {"type": "remote", "url": "https://x", "load_balancer": "app", "token_env": "T"},
+            {},
+            {},
+            "load_balancers.app.type: drainer serve cannot serve type 'remote'",
+        ),
+    ],
+)
+def test_a_node_entry_names_its_server_and_nothing_else(
+    tmp_path: Path, base: dict[str, Any], web1: Any, web2: Any, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_serve_config(_two_nodes(tmp_path, base, web1, web2), plugins=PLUGINS)
+
+
+@pytest.mark.parametrize(
+    ("base", "web1", "web2"),
+    [
+        ({**HAPROXY, "backend": "app", "timeout": 6}, {"server": "s1"}, {"server": "s2"}),
+        (HAPROXY, {"backend": "a", "server": "s1"}, {"backend": "b", "server": "s1"}),
+        (HAPROXY, {"address": "10.0.0.4:8080"}, {"address": "10.0.0.4:8081"}),
+        (HAPROXY, {"address": "10.0.0.4"}, {"address": "10.0.0.5"}),
+    ],
+)
+def test_nodes_with_servers_of_their_own_are_accepted(
+    tmp_path: Path, base: dict[str, Any], web1: Any, web2: Any
+) -> None:
+    setup = parse_serve_config(_two_nodes(tmp_path, base, web1, web2), plugins=PLUGINS)
+    assert setup.entries["web-1"]["app"] != setup.entries["web-2"]["app"]
+
+
+def test_the_adapter_sends_its_token_in_clear_only_to_loopback(tmp_path: Path) -> None:
+    entry = {"type": "remote", "load_balancer": "app", "token_env": "T"}
+    with pytest.raises(ValidationError, match=r"url: 10\.0\.0\.9 is not a loopback .*allow_plaint"):
+        RemoteConfig.model_validate({**entry, "url": "http://10.0.0.9:9470"})
+    with pytest.raises(ValidationError, match=r"url: lb-1\.internal is not a loopback"):
+        RemoteConfig.model_validate({**entry, "url": "http://lb-1.internal:9470"})
+    with pytest.raises(ValidationError, match=r"url: expected https://host:port"):
+        RemoteConfig.model_validate({**entry, "url": "lb-1.internal:9470"})
+    for url in (
+        "https://lb-1.internal:9470",
+        "http://127.0.0.1:9470",
+        "http://127.0.0.2:9470",
+        "http://[::1]:9470",
+        "http://localhost:9470",
+    ):
+        RemoteConfig.model_validate({**entry, "url": url})
+    RemoteConfig.model_validate({**entry, "url": "http://10.0.0.9:9470", "allow_plaintext": True})
 
 
 def test_missing_or_short_tokens_stop_the_server_from_starting(tmp_path: Path) -> None:

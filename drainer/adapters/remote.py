@@ -11,17 +11,23 @@ reached, times out, or answers 429/500/502/503/504. Then it raises TransientAdap
 a refusal (401, 403, 422, other 4xx) raises PermanentAdapterError at once. The token is
 read from its file or environment variable on every call (so it can be rotated) and is
 never put in a message. Nothing is kept in memory between calls.
+
+The token travels in a header, so ``url`` must be ``https://`` unless its host is
+loopback (as ``drainer serve`` listens by default) or ``allow_plaintext: true`` says that
+another layer (a VPN, a tunnel) encrypts the traffic: the rule ``drainer serve`` applies to
+its own ``listen``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import Field, model_validator
@@ -54,12 +60,39 @@ class RemoteConfig(AdapterConfig):
     timeout: Duration = 30.0  # the far end may run nginx -t and wait for a reload
     retries: int = Field(default=3, ge=0)
     retry_delay: Duration = 0.5
+    allow_plaintext: bool = False  # http:// to a host that is not loopback
 
     @model_validator(mode="after")
     def _one_token(self) -> RemoteConfig:
         if (self.token_file is None) == (self.token_env is None):
             raise ValueError("set exactly one of token_file or token_env")
         return self
+
+    @model_validator(mode="after")
+    def _no_token_in_clear(self) -> RemoteConfig:
+        try:
+            url = urlsplit(self.url)
+            host = url.hostname
+        except ValueError as exc:
+            raise ValueError(f"url: {self.url!r} is not a URL: {exc}") from exc
+        if url.scheme not in ("http", "https") or not host:
+            raise ValueError(f"url: expected https://host:port, got {self.url!r}")
+        if url.scheme == "http" and not self.allow_plaintext and not _is_loopback(host):
+            raise ValueError(
+                f"url: {host} is not a loopback address and http:// would send the token in "
+                f"clear: use https:// (or allow_plaintext: true if another layer encrypts "
+                f"the traffic)"
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class RemoteLoadBalancer:
