@@ -130,6 +130,11 @@ class PutBackDone:
 
 
 @dataclass(frozen=True)
+class Approved:
+    event_id: str
+
+
+@dataclass(frozen=True)
 class ApproveFailed:
     event_id: str
     detail: str
@@ -145,7 +150,7 @@ class ManualUndrain:
     pass
 
 
-Input = Tick | HealthResult | PutBackDone | ApproveFailed | ManualDrain | ManualUndrain
+Input = Tick | HealthResult | PutBackDone | Approved | ApproveFailed | ManualDrain | ManualUndrain
 
 
 # Actions ------------------------------------------------------------------------------
@@ -299,6 +304,10 @@ def step(record: Record, given: Input, now: float, policy: Policy) -> Result:
         if owned or record.phase is not Phase.RECOVERING:
             return replace(record, owned=owned), []
         return _back_in_service(replace(record, owned=owned), now), []
+    if isinstance(given, Approved):
+        if record.event is None or record.event.event_id != given.event_id:
+            return record, []
+        return replace(record, approved_at=now), []
     if isinstance(given, ApproveFailed):
         return replace(record, approved_at=None, alert=f"approval failed: {given.detail}"), [
             Alert(f"approving event {given.event_id} failed: {given.detail}")
@@ -628,7 +637,9 @@ def _maybe_approve(record: Record, now: float, policy: Policy) -> Result:
         return record, []
     if record.approved_at is not None and now - record.approved_at < policy.approve_retry:
         return record, []
-    return replace(record, approved_at=now), [ApproveEvent(event.event_id)]
+    # approved_at is set only once the approval went through (Approved): a crash
+    # between saving and sending must not delay the next try by approve_retry.
+    return record, [ApproveEvent(event.event_id)]
 
 
 def _maybe_check_health(record: Record, now: float, policy: Policy) -> Result:

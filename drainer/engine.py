@@ -22,6 +22,7 @@ from drainer.config import Config, HealthConfig, adapter_plugins
 from drainer.core import (
     Action,
     Alert,
+    Approved,
     ApproveEvent,
     ApproveFailed,
     CheckHealth,
@@ -132,7 +133,7 @@ class Engine:
                 action.event_id,
                 extra={"event_id": action.event_id},
             )
-            return []
+            return [Approved(action.event_id)]
         if isinstance(action, CheckHealth):
             ok, detail = self.check(self.health)
             log.debug("health check: %s", detail)

@@ -9,6 +9,7 @@ import pytest
 from drainer.core import (
     Alert,
     Approve,
+    Approved,
     ApproveEvent,
     ApproveFailed,
     CheckHealth,
@@ -213,7 +214,17 @@ def test_drained_everywhere_takes_out_and_approves() -> None:
     new, actions = run(at(Phase.DRAINING), tick(event(), lbs=both(draining_view(0))))
     assert new.phase is Phase.DRAINED
     assert actions == [TakeOut(LBS), ApproveEvent("E1")]
-    assert new.approved_at == NOW
+    assert new.approved_at is None  # not before the approval went through
+    approved, actions = run(new, Approved("E1"), now=NOW + 1)
+    assert approved.approved_at == NOW + 1 and actions == []
+    assert run(new, Approved("other"))[0] == new
+
+
+def test_an_approval_lost_to_a_crash_is_sent_again_next_tick() -> None:
+    # saved as drained, killed before the POST: the record has no approval time
+    drained, _ = run(at(Phase.DRAINING), tick(event(), lbs=both(draining_view(0))))
+    _, actions = run(drained, tick(event(), lbs=both(OUT)), now=NOW + 1)
+    assert actions == [ApproveEvent("E1")]
 
 
 def test_unreadable_lb_blocks_drained() -> None:
