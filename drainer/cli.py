@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,8 +38,18 @@ ConfigOpt = Annotated[
     Path, typer.Option("--config", "-c", envvar="DRAINER_CONFIG", help="Configuration file.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-_debug = {"on": False}
 log = logging.getLogger("drainer")
+
+
+@dataclass
+class _Options:
+    """The global options, set once by the callback before any command runs."""
+
+    debug: bool = False
+    log_format: str | None = None  # from the command line; None: from the configuration
+
+
+_options_seen = _Options()
 
 
 @app.callback()
@@ -50,8 +61,8 @@ def _options(
 ) -> None:
     if log_format not in (None, "text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
-    _debug["on"] = debug
-    _debug["format"] = log_format or ""  # type: ignore[assignment]
+    _options_seen.debug = debug
+    _options_seen.log_format = log_format
     logs.setup(log_format or "text", debug=debug)
 
 
@@ -66,7 +77,7 @@ def _errors() -> Iterator[None]:
 
 
 def _fail(exc: Exception, code: int) -> None:
-    if _debug["on"]:
+    if _options_seen.debug:
         raise exc
     typer.echo(f"drainer: {exc}", err=True)
     raise typer.Exit(code)
@@ -74,8 +85,8 @@ def _fail(exc: Exception, code: int) -> None:
 
 def _load(path: Path) -> Config:
     config = load_config(path)
-    if not _debug.get("format"):
-        logs.setup(config.log_format, debug=bool(_debug["on"]))
+    if _options_seen.log_format is None:
+        logs.setup(config.log_format, debug=_options_seen.debug)
     return config
 
 
@@ -181,7 +192,7 @@ def _status_data(node: Node) -> dict[str, Any]:
     lbs: dict[str, Any] = {}
     for name, view in views.items():
         if view is None:
-            lbs[name] = {"error": node.engine._errors.get(name, "unreachable")}
+            lbs[name] = {"error": node.engine.read_error(name)}
         else:
             lbs[name] = {
                 "status": view.status.value,

@@ -96,6 +96,10 @@ class Engine:
                 self._error("adapter", name, f"{name}: cannot read state: {exc}")
         return out
 
+    def read_error(self, name: str) -> str:
+        """Why the last read of load balancer ``name`` failed."""
+        return self._errors.get(name, "unreachable")
+
     def turn(
         self, events: tuple[MaintenanceEvent, ...] | None, given: Input | None = None
     ) -> tuple[Record, dict[str, LBView | None]]:
