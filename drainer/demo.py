@@ -22,7 +22,9 @@ from typing import Any
 from drainer.config import adapter_plugins, parse_config
 from drainer.core import Phase
 from drainer.daemon import assemble, loop
+from drainer.errors import AdapterError
 from drainer.fake_imds import FakeIMDS
+from drainer.haproxy import HAProxyClient
 from drainer.lab import LoadClient, WebServer, free_port, haproxy_available, start_haproxy
 from drainer.store import Store
 
@@ -63,6 +65,21 @@ class Sidecar:
         self.node.close()
 
 
+def _watch_haproxy(admin: str, say: Timeline, stopping: threading.Event) -> None:
+    """Say how HAProxy itself sees the node, each time that changes."""
+    client = HAProxyClient(admin, timeout=1.0)
+    last = ""
+    while not stopping.wait(0.05):
+        try:
+            rows = [r for r in client.stat("app") if r.server == VM]
+        except AdapterError:
+            continue
+        now = f"{rows[0].status}, {rows[0].scur} sessions" if rows else "?"
+        if now.split(",")[0] != last.split(",")[0]:
+            say.say("haproxy", f"{VM} is {now}")
+            last = now
+
+
 def _wait(store: Store, phase: Phase, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while store.load().phase is not phase:
@@ -97,6 +114,7 @@ def run_demo(*, use_haproxy: bool = True) -> int:
         stack.callback(web.stop)
         say.say("demo", f"web server for {VM} on 127.0.0.1:{web.port}")
 
+        stopping = threading.Event()
         lb: dict[str, Any] = {"type": "mock", "sessions": 4, "drain_seconds": 3}
         client: LoadClient | None = None
         if use_haproxy and haproxy_available() and "haproxy" in adapter_plugins():
@@ -111,6 +129,15 @@ def run_demo(*, use_haproxy: bool = True) -> int:
             client.start()
             stack.callback(client.stop)
             say.say("demo", f"HAProxy on 127.0.0.1:{proxy.port}, 4 clients sending requests")
+            watcher = threading.Thread(
+                target=_watch_haproxy,
+                args=(proxy.admin, say, stopping),
+                name="demo-watch",
+                daemon=True,
+            )
+            watcher.start()
+            stack.callback(watcher.join, 2)
+            stack.callback(stopping.set)
         else:
             say.say("demo", "load balancer: the mock (install haproxy to see a real one)")
 
