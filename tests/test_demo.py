@@ -41,3 +41,9 @@ def test_demo_runs_a_whole_maintenance(flag: str) -> None:
     assert positions == sorted(positions), out
     if flag == "--haproxy":
         assert "HAProxy on 127.0.0.1" in out and ", 0 failed" in out
+        seen = [
+            line.split(" is ")[1].split(",")[0]
+            for line in out.splitlines()
+            if "haproxy  demo-web-1 is " in line
+        ]
+        assert seen[:3] == ["UP", "DRAIN", "MAINT"] and seen[-1] == "UP", seen
