@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
@@ -21,6 +20,7 @@ from typing import Any
 
 from drainer.core import Phase, Record
 from drainer.errors import StateError
+from drainer.files import write_atomically
 from drainer.model import MaintenanceEvent
 
 VERSION = 1
@@ -70,18 +70,9 @@ class Store:
             ) from exc
 
     def save(self, record: Record) -> None:
-        tmp = self.path.with_name(f".state.{os.getpid()}.tmp")
+        text = json.dumps(record_to_json(record), indent=1, sort_keys=True)
         try:
-            with open(tmp, "w") as f:
-                json.dump(record_to_json(record), f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.state_dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomically(self.path, text)
         except OSError as exc:
             raise StateError(f"cannot write {self.path}: {exc.strerror}") from exc
 

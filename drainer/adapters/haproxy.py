@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Collection, Iterable
 from functools import partial
 from pathlib import Path
@@ -51,6 +50,7 @@ from drainer.adapters.base import (
     LoadBalancer,
 )
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
+from drainer.files import write_atomically
 from drainer.haproxy import (
     HAProxyClient,
     ServerState,
@@ -324,19 +324,8 @@ class HAProxyLoadBalancer:
             return
         data = {"lb": self.name, "worker_pid": self._client.worker_pid()}
         path = self._worker_path
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w") as out:
-                json.dump(data, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-            directory = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            write_atomically(path, json.dumps(data))
         except OSError as exc:
             raise TransientAdapterError(
                 f"{self.name}: cannot write {path}: {exc.strerror}", instance=self.name

@@ -26,7 +26,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -44,6 +43,7 @@ from drainer.adapters.base import (
     LoadBalancer,
 )
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
+from drainer.files import write_atomically
 from drainer.haproxy import HAProxyClient, check_name
 
 log = logging.getLogger("drainer")
@@ -141,14 +141,8 @@ class AgentLoadBalancer:
         return data if isinstance(data, dict) else {}
 
     def _write(self, path: Path, data: dict[str, Any]) -> None:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w") as f:  # fsync: after a power cut the answer must still be there
-                f.write(json.dumps(data))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+        try:  # after a power cut the answer must still be there
+            write_atomically(path, json.dumps(data))
         except OSError as exc:
             raise TransientAdapterError(
                 f"{self.name}: cannot write {path}: {exc.strerror}", instance=self.name
