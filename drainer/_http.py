@@ -7,6 +7,7 @@ subclass names the methods it answers and gets each of them in ``_serve(method)`
 
 from __future__ import annotations
 
+import ipaddress
 import socketserver
 import threading
 from collections.abc import Callable, Iterable
@@ -81,3 +82,13 @@ class ServerThread(Generic[ServerT]):
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=join_timeout)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

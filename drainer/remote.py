@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -79,7 +78,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from drainer._http import Http11Handler, Server, ServerThread
+from drainer._http import Http11Handler, Server, ServerThread, is_loopback
 from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
 from drainer.config import Duration, adapter_plugins
 from drainer.errors import AdapterError, ConfigError, PermanentAdapterError, TransientAdapterError
@@ -152,7 +151,7 @@ class ServeConfig(_Strict):
     @model_validator(mode="after")
     def _safe_listen(self) -> ServeConfig:
         host, _ = _split_listen(self.listen)
-        if self.tls is None and not self.allow_plaintext and not _is_loopback(host):
+        if self.tls is None and not self.allow_plaintext and not is_loopback(host):
             raise ValueError(
                 f"listen: {host} is not a loopback address: configure tls (or "
                 f"allow_plaintext: true if another layer encrypts the traffic)"
@@ -165,15 +164,6 @@ def _split_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"listen must be host:port, got {listen!r}")
     return host.strip("[]"), int(port)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _problems(exc: ValidationError, prefix: str) -> list[str]:

@@ -20,7 +20,6 @@ its own ``listen``.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import ssl
 import time
@@ -32,6 +31,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from pydantic import Field, model_validator
 
+from drainer._http import is_loopback
 from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
@@ -77,22 +77,13 @@ class RemoteConfig(AdapterConfig):
             raise ValueError(f"url: {self.url!r} is not a URL: {exc}") from exc
         if url.scheme not in ("http", "https") or not host:
             raise ValueError(f"url: expected https://host:port, got {self.url!r}")
-        if url.scheme == "http" and not self.allow_plaintext and not _is_loopback(host):
+        if url.scheme == "http" and not self.allow_plaintext and not is_loopback(host):
             raise ValueError(
                 f"url: {host} is not a loopback address and http:// would send the token in "
                 f"clear: use https:// (or allow_plaintext: true if another layer encrypts "
                 f"the traffic)"
             )
         return self
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class RemoteLoadBalancer:
