@@ -82,6 +82,9 @@ class Engine:
     clock: Callable[[], float] = time.time
     check: Callable[[HealthConfig], tuple[bool, str]] = check_health
     _errors: dict[str, str] = field(default_factory=dict)
+    # The last refusal of a drain, take-out or put-back, per load balancer (cleared by a
+    # success): the CLI reports it instead of claiming an action that did not happen.
+    refused: dict[str, str] = field(default_factory=dict)
 
     def views(self) -> dict[str, LBView | None]:
         """Each load balancer's view of the node; None where it could not be read."""
@@ -164,8 +167,10 @@ class Engine:
                 elif lb.put_back():
                     done.append(PutBackDone(name))
             except AdapterError as exc:
+                self.refused[name] = f"{verb}: {exc}"
                 self._error("adapter", f"{name}:{verb}", f"{name}: {verb}: {exc}", lb=name)
             else:
+                self.refused.pop(name, None)
                 if self._errors.pop(f"{name}:{verb}", None):
                     log.info("%s: %s succeeded", name, verb, extra={"lb": name})
         return done
