@@ -172,12 +172,18 @@ def drain(
 
 
 def _truthful(node: Node, recorded: str) -> None:
-    """Fail when a load balancer refused the drain."""
+    """Fail when a load balancer refused the drain or its record could not be saved."""
     if node.engine.refused:
         refused = "; ".join(f"{n} refused: {why}" for n, why in sorted(node.engine.refused.items()))
         raise DrainerError(
             f"the load balancer refused: {refused}. The node still takes traffic there;"
             f" {recorded} (fix it, or `drainer undrain` to cancel)"
+        )
+    if node.engine.unsaved:
+        raise DrainerError(
+            f"drained, but the state could not be saved ({node.engine.unsaved}); drainer"
+            " will recognise this drain as its own once it can read it back: free the state"
+            " directory"
         )
 
 
@@ -194,6 +200,11 @@ def undrain(
             if not ok:
                 raise DrainerError(f"health check failed ({detail}); not putting the node back")
         node.engine.turn(None, ManualUndrain())
+        if node.engine.unsaved:
+            raise DrainerError(
+                f"the undrain cannot be recorded ({node.engine.unsaved}); the node was not"
+                " put back: free the state directory and run `drainer undrain` again"
+            )
         record = _wait_for(node, lambda r: r.phase is Phase.IN_SERVICE, timeout, "undrain")
         typer.echo(f"{record.phase.value}: {record.note}")
 
