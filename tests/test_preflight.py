@@ -10,16 +10,27 @@ and the fake nginx Plus API over real HTTP.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from nginxprocs import Backend, Nginx, have_nginx
 
+from drainer.adapters.base import AdapterContext, Check, LoadBalancer, preflight
+from drainer.adapters.haproxy_agent import AgentConfig
+from drainer.adapters.haproxy_agent import create as create_agent
+from drainer.adapters.nginx import NginxConfig, find_servers
+from drainer.adapters.nginx import create as create_nginx
+from drainer.adapters.remote import RemoteConfig
+from drainer.adapters.remote import create as create_remote
 from drainer.errors import TransientAdapterError
 from drainer.fake_nginx_plus import FakeNginxPlus
 from drainer.model import LBStatus, LBView
+from drainer.remote import RemoteServer, parse_serve_config
 from tests.harness import World
-from tests.lbprocs import HAProxy, cli, have_haproxy, start_haproxy
+from tests.lbprocs import HAProxy, cli, free_port, have_haproxy, start_haproxy
 
 needs_haproxy = pytest.mark.skipif(not have_haproxy(), reason="haproxy is not installed")
 
@@ -217,7 +228,103 @@ class _StateOnly:
 
 
 def test_an_adapter_without_preflight_is_checked_by_reading_its_state() -> None:
-    from drainer.adapters.base import Check, preflight  # new with the preflight
-
     assert preflight(_StateOnly(False)) == [Check("old: answers", True, "in_service: fine")]  # type: ignore[arg-type]
     assert preflight(_StateOnly(True)) == [Check("old: preflight", False, "unreachable")]  # type: ignore[arg-type]
+
+
+# -- each adapter's preflight, on its own --------------------------------------------------------
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[Nginx]:
+    if not have_nginx():
+        pytest.skip("nginx is not installed")
+    backend = Backend("a")
+    instance = Nginx(tmp_path / "nginx", servers=[backend.address])
+    instance.start()
+    yield instance
+    instance.stop()
+    backend.stop()
+
+
+def nginx_lb(tmp_path: Path, instance: Nginx, **overrides: Any) -> LoadBalancer:
+    server = overrides.pop("server", find_servers(instance.include.read_text())[0].address)
+    config = NginxConfig.model_validate(instance.adapter(server, **overrides))
+    [lb] = create_nginx(config, AdapterContext(node="web-1", state_dir=tmp_path / "state"))
+    return lb
+
+
+def failed(checks: list[Check]) -> list[str]:
+    return [f"{c.name}: {c.detail}" for c in checks if not c.ok]
+
+
+def test_nginx_preflight_checks_binary_file_syntax_and_master(tmp_path: Path, nginx: Nginx) -> None:
+    before = nginx.include.read_bytes()
+    checks = preflight(nginx_lb(tmp_path, nginx))
+    assert failed(checks) == [] and len(checks) == 4, checks
+    assert nginx.include.read_bytes() == before  # nothing edited
+    assert "(SIGHUP) received" not in nginx.error_log.read_text()  # nothing reloaded
+
+    wrong = failed(preflight(nginx_lb(tmp_path, nginx, server="10.9.9.9:80")))
+    assert len(wrong) == 1 and "owned file" in wrong[0] and "10.9.9.9:80" in wrong[0]
+    missing = failed(preflight(nginx_lb(tmp_path, nginx, nginx=str(tmp_path / "nope"))))
+    assert any("nginx binary" in f for f in missing) and any("nginx -t" in f for f in missing)
+    nginx.stop()
+    stopped = failed(preflight(nginx_lb(tmp_path, nginx)))
+    assert len(stopped) == 1 and "nginx running" in stopped[0] and "not running" in stopped[0]
+
+
+def test_remote_preflight_checks_the_token_and_the_far_end(tmp_path: Path) -> None:
+    tokens = {"web-1": "a-token-of-web-1-long-enough"}
+    (tmp_path / "web-1.token").write_text(tokens["web-1"] + "\n")
+    (tmp_path / "wrong.token").write_text("a-token-of-nobody-long-enough\n")
+    serve = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "state_dir": str(tmp_path / "serve-state"),
+        "load_balancers": {"app": {"type": "mock", "sessions": 0}},
+        "nodes": {
+            node: {
+                "token_file": str(tmp_path / f"{node}.token"),
+                "servers": {"app": {"path": str(tmp_path / f"mock-{node}.json")}},
+            }
+            for node in tokens
+        },
+    }
+    with RemoteServer(parse_serve_config(serve)) as server:
+
+        def lb(token: str, name: str = "app") -> LoadBalancer:
+            entry = {
+                "type": "remote",
+                "url": server.url,
+                "load_balancer": name,
+                "token_file": str(tmp_path / f"{token}.token"),
+                "retries": 0,
+            }
+            [made] = create_remote(
+                RemoteConfig.model_validate(entry),
+                AdapterContext(node="web-1", state_dir=tmp_path / "state"),
+            )
+            return made
+
+        good = preflight(lb("web-1"))
+        assert failed(good) == [], good
+        assert any(c.name.endswith("far end: app: file") for c in good), good
+        bad = failed(preflight(lb("wrong")))
+        assert len(bad) == 1 and "drainer serve" in bad[0] and "wrong token" in bad[0], bad
+        other = failed(preflight(lb("web-1", name="edge")))
+        assert len(other) == 1 and "does not offer 'edge'" in other[0], other
+
+
+def test_agent_preflight_checks_its_listen_address(tmp_path: Path) -> None:
+    port = free_port()
+    config = AgentConfig.model_validate(
+        {"type": "haproxy-agent", "listen": f"127.0.0.1:{port}", "service_port": 80}
+    )
+    context = AdapterContext(node="web-1", state_dir=tmp_path)
+    [agent] = create_agent(config, context)
+    assert failed(preflight(agent)) == []
+    with socket.socket() as other:  # another program holds the port
+        other.bind(("127.0.0.1", port))
+        other.listen(1)
+        held = failed(preflight(agent))
+    assert len(held) == 1 and "another program has the port" in held[0], held
