@@ -174,9 +174,9 @@ def drain(
 def _truthful(node: Node, recorded: str) -> None:
     """Fail when a load balancer refused the drain or its record could not be saved."""
     if node.engine.refused:
-        refused = "; ".join(f"{n} refused: {why}" for n, why in sorted(node.engine.refused.items()))
+        refused = "; ".join(f"{n}: {why}" for n, why in sorted(node.engine.refused.items()))
         raise DrainerError(
-            f"the load balancer refused: {refused}. The node still takes traffic there;"
+            f"the load balancer refused the drain: {refused}. The node still takes traffic there;"
             f" {recorded} (fix it, or `drainer undrain` to cancel)"
         )
     if node.engine.unsaved:

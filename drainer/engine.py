@@ -289,7 +289,7 @@ class Engine:
                 elif lb.put_back():
                     done.append(PutBackDone(name))
             except AdapterError as exc:
-                self.refused[name] = f"{verb}: {exc}"
+                self.refused[name] = str(exc)
                 self._error("adapter", f"{name}:{verb}", f"{name}: {verb}: {exc}", lb=name)
             else:
                 self.refused.pop(name, None)

@@ -378,7 +378,7 @@ class HAProxyClient:
                 f"{self.address} is not a `level admin` socket: HAProxy answered"
                 ' `set server` with "Permission denied", so drainer could read the server'
                 " but never drain it; add `level admin` to this `stats socket` line"
-                " (or `-S` master CLI) and reload HAProxy",
+                " and reload HAProxy",
                 instance=self.address,
             )
         raise self._refusal(reply, command=command, backend=backend, server=absent)
