@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -17,11 +18,14 @@ from typing import Annotated, Any
 import typer
 
 from drainer import logs
+from drainer.adapters.base import Check, preflight
 from drainer.config import Config, dump_config, load_config
 from drainer.core import OUT_PHASES, ManualDrain, ManualUndrain, Phase, Record, reaction, relevant
-from drainer.daemon import Node, assemble
+from drainer.daemon import Node, assemble, build_source
 from drainer.daemon import run as run_daemon
-from drainer.errors import ConfigError, DrainerError
+from drainer.engine import build_lbs, read_boot_id
+from drainer.errors import ConfigError, DrainerError, SourceError
+from drainer.health import check_health
 from drainer.model import LBStatus, LBView
 
 app = typer.Typer(
@@ -159,11 +163,28 @@ def drain(
                     raise DrainerError(f"{lb.name}: {reason} (use --force to drain anyway)")
         node.engine.turn(None, ManualDrain())
         record, _ = node.engine.turn(None)  # act at once on what the request decided
+        _truthful(node, "the drain is recorded and the daemon keeps trying")
         typer.echo(f"drain requested: {record.phase.value}")
         if wait:
             limit = node.config.drain.timeout if timeout is None else timeout
             record = _wait_for(node, lambda r: r.phase is not Phase.DRAINING, limit + 5, "drain")
             typer.echo(f"{record.phase.value}: {record.note}")
+
+
+def _truthful(node: Node, recorded: str) -> None:
+    """Fail when a load balancer refused the drain or its record could not be saved."""
+    if node.engine.refused:
+        refused = "; ".join(f"{n}: {why}" for n, why in sorted(node.engine.refused.items()))
+        raise DrainerError(
+            f"the load balancer refused the drain: {refused}. The node still takes traffic there;"
+            f" {recorded} (fix it, or `drainer undrain` to cancel)"
+        )
+    if node.engine.unsaved:
+        raise DrainerError(
+            f"drained, but the state could not be saved ({node.engine.unsaved}); drainer"
+            " will recognise this drain as its own once it can read it back: free the state"
+            " directory"
+        )
 
 
 @app.command()
@@ -179,6 +200,11 @@ def undrain(
             if not ok:
                 raise DrainerError(f"health check failed ({detail}); not putting the node back")
         node.engine.turn(None, ManualUndrain())
+        if node.engine.unsaved:
+            raise DrainerError(
+                f"the undrain cannot be recorded ({node.engine.unsaved}); the node was not"
+                " put back: free the state directory and run `drainer undrain` again"
+            )
         record = _wait_for(node, lambda r: r.phase is Phase.IN_SERVICE, timeout, "undrain")
         typer.echo(f"{record.phase.value}: {record.note}")
 
@@ -289,6 +315,98 @@ def events(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
             f"{row['event_type']:<9} {row['status']:<9} not before {when}  "
             f"{row['event_id']}  {','.join(row['resources'])}  -> {row['reaction']}"
         )
+
+
+# -- check ---------------------------------------------------------------------------------
+
+
+@app.command()
+def check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Check the setup live: metadata service, load balancers, health check, state
+    directory. One line per check; exit 1 if one fails, 2 on a bad configuration."""
+    with _errors():
+        checks = _preflight(_load(config))
+    for item in checks:
+        typer.echo(f"{'ok' if item.ok else 'FAIL':<4}  {item.name}: {item.detail}")
+    failed = sum(1 for item in checks if not item.ok)
+    if failed:
+        typer.echo(f"drainer: {failed} of {len(checks)} checks failed", err=True)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _preflight(config: Config) -> list[Check]:
+    """Every check ``drainer check`` prints; changes nothing anywhere."""
+    source = build_source(config, threading.Event())
+    checks: list[Check] = []
+    try:
+        names: frozenset[str] = frozenset()
+        try:
+            names = source.node_names()
+        except SourceError as exc:
+            checks.append(Check("metadata: this VM", False, str(exc)))
+        else:
+            wanted = config.node.name
+            if wanted and wanted not in names:
+                checks.append(
+                    Check(
+                        "metadata: this VM",
+                        False,
+                        f"the metadata service calls this VM {', '.join(sorted(names))}, not"
+                        f" {wanted} (node.name): events for this VM would not be recognised",
+                    )
+                )
+            else:
+                checks.append(Check("metadata: this VM", True, ", ".join(sorted(names))))
+        try:
+            source.events()
+            checks.append(Check("metadata: scheduled events", True, "readable"))
+        except SourceError as exc:
+            checks.append(Check("metadata: scheduled events", False, str(exc)))
+        node = config.node.name or min(names, default="")
+        if not node:
+            checks.append(
+                Check(
+                    "load balancers",
+                    False,
+                    "not checked: this VM's name is unknown (set node.name)",
+                )
+            )
+        else:
+            lbs = build_lbs(config, node)
+            try:
+                for lb in lbs.values():
+                    checks += preflight(lb)
+            finally:
+                for lb in lbs.values():
+                    lb.close()
+    finally:
+        source.close()
+    ok, detail = check_health(config.health)
+    checks.append(Check("health check", ok, detail))
+    checks.append(_check_state_dir(config.state_dir))
+    try:
+        checks.append(Check("boot id", True, read_boot_id(config.node.boot_id_path)))
+    except ConfigError as exc:
+        checks.append(Check("boot id", False, str(exc)))
+    return checks
+
+
+def _check_state_dir(state_dir: Path) -> Check:
+    """The state directory takes a new file (as a save does: write, fsync, remove)."""
+    probe = state_dir / f".check.{os.getpid()}.tmp"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with open(probe, "w") as out:
+            out.write("drainer check\n")
+            out.flush()
+            os.fsync(out.fileno())
+        probe.unlink()
+        free = os.statvfs(state_dir)
+    except OSError as exc:
+        probe.unlink(missing_ok=True)
+        return Check("state directory", False, f"cannot write in {state_dir}: {exc.strerror}")
+    mib = free.f_bavail * free.f_frsize / 2**20
+    return Check("state directory", True, f"{state_dir} writable, {mib:.0f} MiB free")
 
 
 # -- config --------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ balancers report. Hence the invariants:
 
 - ``owned`` names the load balancers drainer itself took the node out of and has not
   yet put it back into. Only those are ever put back automatically; a load balancer
-  where an operator had already taken the node out is never owned.
+  where an operator had already taken the node out is never owned. A drain the shell
+  ran but could not record (a full disk) comes back through ``adopt_unrecorded``:
+  owned, as drainer's own.
 - A node leaves the pool only through ``draining`` and comes back only through
   ``recovering`` after ``policy.health_successes`` consecutive health checks, once no
   event for this node is left (or by an operator's ``undrain``).
@@ -315,6 +317,50 @@ def step(record: Record, given: Input, now: float, policy: Policy) -> Result:
     if isinstance(given, ManualDrain):
         return _manual_drain(record, now, policy)
     return _manual_undrain(record, now, policy)
+
+
+def adopt_unrecorded(
+    record: Record,
+    *,
+    lbs: frozenset[str] | None,
+    at: float,
+    draining: bool,
+    manual: bool,
+    event: MaintenanceEvent | None,
+    now: float,
+    policy: Policy,
+) -> Record:
+    """The node is out of ``lbs`` (None: all) by a drain drainer made at ``at`` but could
+    not record (the state directory could not be written). Out, and drainer's own: own
+    those load balancers, so the node comes back after the maintenance and its health
+    checks like after any drain of ours, never left out as an operator's. An operator's
+    unrecorded ``drainer drain`` (``manual``) stays held. Unchanged when ``record``
+    already holds all of it."""
+    mine = frozenset(policy.lbs) if lbs is None else lbs & frozenset(policy.lbs)
+    covered = record.phase is not Phase.IN_SERVICE and mine <= record.owned
+    if (covered and (record.manual or not manual)) or not mine:
+        return record
+    message = (
+        f"the node was found out of {', '.join(sorted(mine))} by a drain that drainer"
+        " could not record (the state could not be written): handled as drainer's own"
+    )
+    record = replace(record, owned=record.owned | mine, manual=record.manual or manual)
+    record = replace(record, alert=message)
+    if record.phase is not Phase.IN_SERVICE:
+        return record
+    note = "unrecorded drain found"
+    record = _follow(record, event)
+    if draining:
+        return _enter(
+            record,
+            Phase.DRAINING,
+            now,
+            note,
+            drain_deadline=at + policy.drain_timeout,
+            health_ok=0,
+            undrain=False,
+        )
+    return _enter(record, Phase.HELD if record.manual else Phase.DRAINED, now, note)
 
 
 def _manual_drain(record: Record, now: float, policy: Policy) -> Result:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import FrameType
 
-from drainer.adapters.base import LoadBalancer
+from drainer.adapters.base import LoadBalancer, preflight
 from drainer.config import Config
 from drainer.engine import Engine, build_lbs, read_boot_id
 from drainer.errors import ConfigError, DrainerError, PayloadError, SourceError
@@ -152,6 +152,16 @@ def run(config: Config) -> int:
             metrics.serve(config.metrics.listen)
         for lb in node.lbs.values():
             lb.serve()
+        for lb in node.lbs.values():  # say now what would fail later; start anyway
+            for check in preflight(lb):
+                if not check.ok:
+                    log.error(
+                        "preflight failed: %s: %s (running anyway, so that the node can"
+                        " still be drained; see `drainer check`)",
+                        check.name,
+                        check.detail,
+                        extra={"lb": lb.name},
+                    )
         record = node.engine.store.load()
         metrics.set_phase(record.phase)
         log.info(

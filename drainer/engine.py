@@ -6,6 +6,12 @@ every step and *before* the step's actions run; an action's outcome (a health re
 a finished put-back, a failed approval) is fed back as the next input. A crash at any
 point therefore leaves on disk an intent that the next turn, in this process or the
 next one, carries out again: every action is idempotent.
+
+One exception, because out is the safe direction: when the record cannot be saved (a
+full disk), a step that drains or takes the node out still acts, after noting the drain
+in ``<state_dir>/unrecorded`` (drainer.unrecorded), which the next turn of any process
+reads back as drainer's own drain; the record stays in memory and every step tries to
+save it again. A put-back never runs while its record is unsaved.
 """
 
 from __future__ import annotations
@@ -36,15 +42,17 @@ from drainer.core import (
     Record,
     TakeOut,
     Tick,
+    adopt_unrecorded,
     step,
     wants_lb_views,
 )
-from drainer.errors import AdapterError, ConfigError, SourceError
+from drainer.errors import AdapterError, ConfigError, SourceError, StateError
 from drainer.health import check_health
 from drainer.metrics import Metrics
 from drainer.model import LBView, MaintenanceEvent
 from drainer.sources.base import EventSource
 from drainer.store import Store
+from drainer.unrecorded import Note, Unrecorded
 
 log = logging.getLogger("drainer")
 
@@ -82,6 +90,16 @@ class Engine:
     clock: Callable[[], float] = time.time
     check: Callable[[HealthConfig], tuple[bool, str]] = check_health
     _errors: dict[str, str] = field(default_factory=dict)
+    # The last refusal of a drain, take-out or put-back, per load balancer (cleared by a
+    # success): the CLI reports it instead of claiming an action that did not happen.
+    refused: dict[str, str] = field(default_factory=dict)
+    # Why the record could not be saved ("" while it can); _unsaved is the record the
+    # disk should hold, _unsaved_over the one it holds instead.
+    unsaved: str = ""
+    _unsaved: Record | None = None
+    _unsaved_over: Record | None = None
+    _note: Note | None = None
+    _noted: bool = False
 
     def views(self) -> dict[str, LBView | None]:
         """Each load balancer's view of the node; None where it could not be read."""
@@ -105,7 +123,8 @@ class Engine:
     ) -> tuple[Record, dict[str, LBView | None]]:
         """Run one input (a Tick when none is given) and everything it leads to."""
         with self.store.locked():
-            record = self.store.load()
+            saved = self.store.load()
+            record = self._resume(saved)
             views: dict[str, LBView | None] = {}
             if given is None:
                 if wants_lb_views(record, events, self.policy):
@@ -115,13 +134,119 @@ class Engine:
             while inputs:
                 now = self.clock()
                 new, actions = step(record, inputs.popleft(), now, self.policy)
+                if new != saved:
+                    if self._save(new, saved):
+                        saved = new
+                    else:
+                        actions = self._unrecorded(new, actions, now)
                 if new != record:
-                    self.store.save(new)
                     self._observe(record, new)
                 record = new
                 for action in actions:
                     inputs.extend(self._run(action))
             return record, views
+
+    # -- a state that cannot be saved ------------------------------------------------------
+    # Out is the safe direction: a drain or take-out whose record cannot be saved still
+    # runs, noted in a pre-allocated file (drainer.unrecorded) that a restart reads; a
+    # put-back never runs unrecorded. The record is kept in memory and saved again on
+    # every step until the disk takes it.
+
+    def _resume(self, saved: Record) -> Record:
+        record = saved
+        if self._unsaved is not None:
+            if saved == self._unsaved_over:
+                record = self._unsaved
+            else:  # another process saved since: the disk takes writes again
+                log.warning("the state on disk changed since it could not be saved; following it")
+                self._unsaved = None
+        note = self._notes()
+        found = note.read()
+        try:
+            note.prepare()
+        except OSError as exc:
+            log.debug("cannot allocate %s: %s", note.path, exc.strerror)
+        if found is not None:
+            self._noted = True
+            adopted = adopt_unrecorded(
+                record,
+                lbs=found.lbs,
+                at=found.at,
+                draining=found.draining,
+                manual=found.manual,
+                event=found.event,
+                now=self.clock(),
+                policy=self.policy,
+            )
+            if adopted != record:
+                log.error("%s", adopted.alert, extra={"phase": adopted.phase.value})
+                self._observe(record, adopted)
+            record = adopted
+        return record
+
+    def _notes(self) -> Note:
+        if self._note is None:
+            self._note = Note(self.store.state_dir)
+        return self._note
+
+    def _save(self, new: Record, saved: Record) -> bool:
+        try:
+            self.store.save(new)
+        except StateError as exc:
+            if self._unsaved is None:
+                self._unsaved_over = saved
+            self._unsaved = new
+            self.unsaved = str(exc)
+            self._error("state", "state", f"{exc}; the node is still drained when needed")
+            return False
+        if self._unsaved is not None:
+            log.info("the state is saved again", extra={"phase": new.phase.value})
+        self._unsaved = self._unsaved_over = None
+        self.unsaved = ""
+        for key in ("state", "state:alert", "state:put back", "state:note"):
+            self._errors.pop(key, None)
+        if self._noted:
+            try:
+                self._notes().clear()
+                self._noted = False
+            except OSError as exc:
+                log.warning("cannot blank %s: %s", self._notes().path, exc.strerror)
+        return True
+
+    def _unrecorded(self, new: Record, actions: list[Action], now: float) -> list[Action]:
+        kept: list[Action] = [a for a in actions if not isinstance(a, PutBack)]
+        if len(kept) < len(actions):
+            self._error(
+                "state",
+                "state:put back",
+                "not putting the node back while its state cannot be saved",
+            )
+        if any(isinstance(a, Drain | TakeOut) for a in actions):
+            note = Unrecorded(
+                lbs=new.owned,
+                at=now,
+                draining=new.phase is Phase.DRAINING,
+                manual=new.manual,
+                event=new.event,
+            )
+            try:
+                self._notes().write(note)
+                self._noted = True
+            except OSError as exc:
+                self._error(
+                    "state",
+                    "state:note",
+                    f"cannot note the unrecorded drain in {self._notes().path} either:"
+                    f" {exc.strerror}",
+                )
+            message = (
+                f"the state cannot be saved ({self.unsaved}): taking the node out of"
+                f" {', '.join(sorted(new.owned)) or 'nothing'} anyway; free the state directory"
+            )
+            if self._errors.get("state:alert") != message:
+                self._errors["state:alert"] = message
+                kept.append(Alert(message))
+        return kept
 
     def _run(self, action: Action) -> list[Input]:
         if isinstance(action, Drain | TakeOut | PutBack):
@@ -164,8 +289,10 @@ class Engine:
                 elif lb.put_back():
                     done.append(PutBackDone(name))
             except AdapterError as exc:
+                self.refused[name] = str(exc)
                 self._error("adapter", f"{name}:{verb}", f"{name}: {verb}: {exc}", lb=name)
             else:
+                self.refused.pop(name, None)
                 if self._errors.pop(f"{name}:{verb}", None):
                     log.info("%s: %s succeeded", name, verb, extra={"lb": name})
         return done

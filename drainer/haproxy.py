@@ -359,6 +359,30 @@ class HAProxyClient:
             )
         return self._parsed(parse_proc, reply, command)
 
+    def check_admin(self, backend: str, absent: str) -> None:
+        """Raise PermanentAdapterError unless this socket may change servers (``level admin``).
+
+        Sends ``set server <backend>/<absent> state ready`` for a server name the caller
+        knows is not in ``backend``, so nothing can change: HAProxy 2.6 checks the level
+        before it looks the server up, so a ``level user`` or ``operator`` socket answers
+        "Permission denied" and a ``level admin`` one "No such server." (both checked on
+        2.6.12).
+        """
+        command = f"set server {self._server(backend, absent)} state ready"
+        reply = self._send(command)
+        first = (reply.strip().splitlines() or [""])[0]
+        if first.startswith("No such server"):
+            return
+        if first.startswith("Permission denied"):
+            raise PermanentAdapterError(
+                f"{self.address} is not a `level admin` socket: HAProxy answered"
+                ' `set server` with "Permission denied", so drainer could read the server'
+                " but never drain it; add `level admin` to this `stats socket` line"
+                " and reload HAProxy",
+                instance=self.address,
+            )
+        raise self._refusal(reply, command=command, backend=backend, server=absent)
+
     def find_by_address(self, address: str) -> list[tuple[str, str]]:
         """Every (backend, server) whose address is ``address`` (IP, or IP:port)."""
         return [(s.backend, s.server) for s in servers_at(self.servers_state(), address)]

@@ -10,6 +10,7 @@ on nothing else. The sidecar's ``remote`` adapter (drainer/adapters/remote.py) i
     POST /v1/load-balancers/<name>/drain     {} -> {"ok": true}
     POST /v1/load-balancers/<name>/take-out  {"kill": false} -> {"ok": true}
     POST /v1/load-balancers/<name>/put-back  {} -> {"serving": true}
+    GET  /v1/load-balancers/<name>/preflight {"checks": [{"name", "ok", "detail"}, ...]}
 
     errors: {"error": message, "kind": "refused" | "transient" | "permanent"}
     400 bad body   401 unknown node or wrong token   403 not this node's   404 no such path
@@ -79,7 +80,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from drainer._http import Http11Handler, Server, ServerThread, is_loopback
-from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.base import (
+    AdapterConfig,
+    AdapterContext,
+    AdapterPlugin,
+    LoadBalancer,
+    preflight,
+)
 from drainer.config import Duration, adapter_plugins
 from drainer.errors import AdapterError, ConfigError, PermanentAdapterError, TransientAdapterError
 from drainer.haproxy import parse_node_address
@@ -468,10 +475,11 @@ class RemoteServer:
             log.warning("refused node %s: not allowed on load balancer %r", node, name)
             return _refused(403, f"node {node} may not act on load balancer {name!r}")
         op = parts[3] if len(parts) == 4 else "state"
-        if len(parts) == 4 and op not in ("drain", "take-out", "put-back"):
+        if len(parts) == 4 and op not in ("drain", "take-out", "put-back", "preflight"):
             return _refused(404, f"no such operation: {op}")
-        if method != ("GET" if op == "state" else "POST"):
-            return _refused(405, f"use {'GET' if op == 'state' else 'POST'}")
+        read = op in ("state", "preflight")
+        if method != ("GET" if read else "POST"):
+            return _refused(405, f"use {'GET' if read else 'POST'}")
         try:
             args = json.loads(body) if body.strip() else {}
         except ValueError:
@@ -489,9 +497,14 @@ class RemoteServer:
         lb = self._lbs[node][name]
         try:
             with self._locks[(node, name)]:
-                if op == "state":
+                if op == "preflight":
+                    checks = [
+                        {"name": c.name, "ok": c.ok, "detail": c.detail} for c in preflight(lb)
+                    ]
+                    payload: dict[str, Any] = {"checks": checks}
+                elif op == "state":
                     view = lb.state()
-                    payload: dict[str, Any] = {
+                    payload = {
                         "status": view.status.value,
                         "sessions": view.sessions,
                         "detail": view.detail,
@@ -510,7 +523,7 @@ class RemoteServer:
         except (PermanentAdapterError, AdapterError) as exc:
             log.error("node %s: %s %s: %s", node, op, name, exc)
             return _refused(422, str(exc), "permanent")
-        if op != "state":
+        if op not in ("state", "preflight"):
             log.info("node %s: %s %s: done", node, op, name)
         return _Reply(200, payload)
 

@@ -16,16 +16,30 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+from drainer.errors import AdapterError, DrainerError
 from drainer.model import LBStatus, LBView
 
 __all__ = [
     "AdapterConfig",
     "AdapterContext",
     "AdapterPlugin",
+    "Check",
     "LBStatus",
     "LBView",
     "LoadBalancer",
+    "attempt",
+    "preflight",
 ]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One result of a preflight: ``name`` says what was checked, ``detail`` what was seen
+    (or, when it failed, what to do about it)."""
+
+    name: str
+    ok: bool
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,15 @@ class LoadBalancer(Protocol):
         """
         ...
 
+    def preflight(self) -> list[Check]:
+        """Check, without changing anything, that every later call can work: the load
+        balancer answers, the node is there, drainer has the rights it needs. Returns one
+        ``Check`` per thing checked and raises nothing (a failure is a ``Check`` with
+        ``ok=False``). Call it through ``preflight(lb)``, which also serves adapters
+        written before this method existed.
+        """
+        ...
+
     def serve(self) -> None:
         """Start what the adapter serves while the daemon runs (agent mode); may do nothing."""
         ...
@@ -97,3 +120,26 @@ class AdapterPlugin:
 
     config_model: type[AdapterConfig]
     create: Callable[[Any, AdapterContext], list[LoadBalancer]]
+
+
+def preflight(lb: LoadBalancer) -> list[Check]:
+    """``lb.preflight()``, never raising; for an adapter without one, a read of its state."""
+    own = getattr(lb, "preflight", None)
+    try:
+        if callable(own):
+            checks = list(own())
+            return checks or [Check(f"{lb.name}: preflight", True, "nothing to check")]
+        view = lb.state()
+    except DrainerError as exc:
+        return [Check(f"{lb.name}: preflight", False, str(exc))]
+    except Exception as exc:  # a third-party adapter's bug is a failed check, not a crash
+        return [Check(f"{lb.name}: preflight", False, f"failed unexpectedly: {exc!r}")]
+    return [Check(f"{lb.name}: answers", True, f"{view.status.value}: {view.detail}")]
+
+
+def attempt(name: str, call: Callable[[], str]) -> Check:
+    """Run one check: ``call`` returns what it saw; an AdapterError is the failure."""
+    try:
+        return Check(name, True, call())
+    except AdapterError as exc:
+        return Check(name, False, str(exc))

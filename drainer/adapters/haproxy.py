@@ -45,9 +45,11 @@ from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
     AdapterPlugin,
+    Check,
     LBStatus,
     LBView,
     LoadBalancer,
+    attempt,
 )
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
 from drainer.files import write_atomically
@@ -244,6 +246,40 @@ class HAProxyLoadBalancer:
         if done:
             self._forget_worker()
         return done
+
+    def preflight(self) -> list[Check]:
+        """The instance answers, the node's server is there, the socket is ``level admin``
+        (and each master CLI, when configured, is this instance's). Changes nothing."""
+        answers = attempt(f"{self.name}: answers", lambda: f"worker {self._client.worker_pid()}")
+        if not answers.ok:
+            return [answers]
+        found: list[ServerState] = []
+
+        def server() -> str:
+            found.extend(self._servers())
+            return ", ".join(f"{s.backend}/{s.server}" for s in found)
+
+        checks = [answers, attempt(f"{self.name}: server", server)]
+        if found:
+            checks.append(attempt(f"{self.name}: level admin", lambda: self._check_admin(found)))
+        if self._master is not None:
+            master = self._master
+
+            def masters() -> str:
+                self._sessions_in_every_worker(master, found)
+                return f"{master.address} lists worker {self._client.worker_pid()}"
+
+            checks.append(attempt(f"{self.name}: master CLI", masters))
+        return checks
+
+    def _check_admin(self, mine: list[ServerState]) -> str:
+        backend = mine[0].backend
+        taken = {s.server for s in self._client.servers_state(backend)}
+        absent = next(
+            name for i in range(len(taken) + 1) if (name := f"drainer-preflight-{i}") not in taken
+        )
+        self._client.check_admin(backend, absent)
+        return f"{self._client.address} accepts `set server` (level admin)"
 
     def serve(self) -> None:
         pass

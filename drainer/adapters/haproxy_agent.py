@@ -38,13 +38,16 @@ from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
     AdapterPlugin,
+    Check,
     LBStatus,
     LBView,
     LoadBalancer,
+    attempt,
 )
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
 from drainer.files import write_atomically
 from drainer.haproxy import HAProxyClient, check_name
+from drainer.sidecar import inspect
 
 log = logging.getLogger("drainer")
 
@@ -208,6 +211,47 @@ class AgentLoadBalancer:
     def put_back(self) -> bool:
         self._set("ready")
         return True
+
+    def preflight(self) -> list[Check]:
+        """The answer file is readable, the listen address is free or answered by a
+        drainer (this process or the running daemon), each stats socket shows the row."""
+        checks = [attempt(f"{self.name}: answer file", lambda: f"answer {self.answer()}")]
+        checks.append(attempt(f"{self.name}: listen", self._check_listen))
+        config = self._config
+        for address in config.stats:
+
+            def stats(address: str = address) -> str:
+                client = HAProxyClient(address, connect_timeout=1.0, timeout=2.0)
+                rows = [r for r in client.stat(config.backend) if r.server == config.server]
+                if not rows:
+                    raise PermanentAdapterError(
+                        f"{address} shows no server {config.server} in backend {config.backend}",
+                        instance=self.name,
+                    )
+                return f"{config.backend}/{config.server} {rows[0].status} scur={rows[0].scur}"
+
+            checks.append(attempt(f"{self.name}: stats {address}", stats))
+        return checks
+
+    def _check_listen(self) -> str:
+        if self._server is not None:
+            return f"{self.listen}: served by this process"
+        host = self._address[0]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(self._address)
+                return f"{self.listen}: free"
+            except OSError as exc:
+                bind_error = exc.strerror
+        if inspect(self._answer_path.parent).running:
+            return f"{self.listen}: in use, and a `drainer run` holds this state directory"
+        raise PermanentAdapterError(
+            f"{self.name}: cannot listen on {self.listen} ({bind_error}) and no `drainer run`"
+            " holds this state directory: another program has the port",
+            instance=self.name,
+        )
 
     def serve(self) -> None:
         """Answer agent checks in a thread until close()."""

@@ -26,9 +26,11 @@ from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
     AdapterPlugin,
+    Check,
     LBStatus,
     LBView,
     LoadBalancer,
+    attempt,
 )
 from drainer.config import Duration
 from drainer.errors import PermanentAdapterError, TransientAdapterError
@@ -137,6 +139,16 @@ class MockLoadBalancer:
 
         self._call("put_back", change)
         return True
+
+    def preflight(self) -> list[Check]:
+        """The file can be read and written (and holds no injected failure of ``state``)."""
+
+        def usable() -> str:
+            with self._locked():  # rewrites the file as it is
+                pass
+            return f"{self.state().status.value}: {self.path} readable and writable"
+
+        return [attempt(f"{self.name}: file", usable)]
 
     def serve(self) -> None:
         pass

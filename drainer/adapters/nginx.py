@@ -82,9 +82,11 @@ from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
     AdapterPlugin,
+    Check,
     LBStatus,
     LBView,
     LoadBalancer,
+    attempt,
 )
 from drainer.config import Duration
 from drainer.errors import PermanentAdapterError, TransientAdapterError
@@ -674,6 +676,39 @@ class NginxLoadBalancer:
     def put_back(self) -> bool:
         self._apply(down=False)
         return True
+
+    def preflight(self) -> list[Check]:
+        """nginx is installed, the owned file holds the node's server line and can be
+        replaced, ``nginx -t`` passes and the pid file names a running nginx master.
+        Changes nothing."""
+
+        def binary() -> str:
+            path = self._config.nginx
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise self._permanent(f"{path} not found or not executable: set `nginx`")
+            return str(path)
+
+        def owned_file() -> str:
+            files = self._files()
+            line = self._line(self._read(files)).text.strip()
+            for path, what in ((files.real, "write"), (files.real.parent, "create files in")):
+                if not os.access(path, os.W_OK):
+                    raise self._permanent(f"drainer may not {what} {path}")
+            return f"'{line}' in upstream {self._config.upstream} of {files.real}"
+
+        def test() -> str:
+            self._test()
+            return "the configuration is valid"
+
+        def running() -> str:
+            return f"master pid {self._master()} from {self._config.pid_file}"
+
+        return [
+            attempt(f"{self.name}: nginx binary", binary),
+            attempt(f"{self.name}: owned file", owned_file),
+            attempt(f"{self.name}: nginx -t", test),
+            attempt(f"{self.name}: nginx running", running),
+        ]
 
     def serve(self) -> None:
         pass

@@ -36,9 +36,11 @@ from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
     AdapterPlugin,
+    Check,
     LBStatus,
     LBView,
     LoadBalancer,
+    attempt,
 )
 from drainer.config import Duration
 from drainer.errors import AdapterError, PermanentAdapterError, TransientAdapterError
@@ -216,6 +218,27 @@ class NginxPlusLoadBalancer:
     def put_back(self) -> bool:
         self._patch({"down": False, "drain": False})
         return True
+
+    def preflight(self) -> list[Check]:
+        """The API answers, the upstream holds the node's server, and the API is writable:
+        an empty PATCH of that server changes nothing, and a read-only API refuses it
+        (405 MethodDisabled) before it looks at the body."""
+        found: list[dict[str, Any]] = []
+
+        def server() -> str:
+            found.append(self._find())
+            where = f"upstream {self._config.upstream}"
+            return f"server {self._config.server} (id {found[0]['id']}) in {where}"
+
+        checks = [attempt(f"{self.name}: server", server)]
+        if found:
+
+            def writable() -> str:
+                self._call("PATCH", f"{self._upstream_path}/servers/{int(found[0]['id'])}", {})
+                return f"{self._config.api} accepts PATCH"
+
+            checks.append(attempt(f"{self.name}: API writable", writable))
+        return checks
 
     def serve(self) -> None:
         pass

@@ -36,12 +36,19 @@ from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
     AdapterPlugin,
+    Check,
     LBStatus,
     LBView,
     LoadBalancer,
+    attempt,
 )
 from drainer.config import Duration
-from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
+from drainer.errors import (
+    AdapterError,
+    ConfigError,
+    PermanentAdapterError,
+    TransientAdapterError,
+)
 
 __all__ = ["NODE_HEADER", "PLUGIN", "RemoteConfig", "RemoteLoadBalancer"]
 
@@ -129,19 +136,21 @@ class RemoteLoadBalancer:
             raise PermanentAdapterError(f"{self.name}: no token in {where}", instance=self.name)
         return token
 
-    def _request(self, method: str, op: str = "", body: dict[str, Any] | None = None) -> Any:
-        path = f"{self._path}/{op}" if op else self._path
+    def _request(
+        self, method: str, op: str = "", body: dict[str, Any] | None = None, *, at: str = ""
+    ) -> Any:
+        path = at or (f"{self._path}/{op}" if op else self._path)
         headers = {NODE_HEADER: self._node, "Authorization": f"Bearer {self._token()}"}
         where = f"drainer serve at {self._config.url}"
         delay = self._config.retry_delay
-        for attempt in range(self._config.retries + 1):
-            last = attempt == self._config.retries
+        for tries in range(self._config.retries + 1):
+            last = tries == self._config.retries
             try:
                 response = self._client.request(method, path, json=body, headers=headers)
             except httpx.HTTPError as exc:
                 if last:
                     raise TransientAdapterError(
-                        f"{self.name}: {where} unreachable after {attempt + 1} attempts: {exc}",
+                        f"{self.name}: {where} unreachable after {tries + 1} attempts: {exc}",
                         instance=self.name,
                     ) from exc
                 self._sleep(delay)
@@ -187,6 +196,38 @@ class RemoteLoadBalancer:
 
     def put_back(self) -> bool:
         return bool(self._request("POST", "put-back", {}).get("serving"))
+
+    def preflight(self) -> list[Check]:
+        """``drainer serve`` answers and accepts this node's token, offers this load
+        balancer to it, and its own preflight of that load balancer passes."""
+        name = self._config.load_balancer
+        try:
+            data = self._request("GET", at="/v1/load-balancers")
+        except AdapterError as exc:
+            return [Check(f"{self.name}: drainer serve", False, str(exc))]
+        offered = data.get("load_balancers") if isinstance(data, dict) else None
+        checks = [
+            Check(f"{self.name}: drainer serve", True, f"{self._config.url} accepts the token")
+        ]
+        if not isinstance(offered, list) or name not in offered:
+            detail = f"{self._config.url} does not offer {name!r} to node {self._node}"
+            return [
+                *checks,
+                Check(f"{self.name}: load balancer", False, f"{detail} (it offers: {offered})"),
+            ]
+        try:
+            remote = self._request("GET", "preflight")
+        except PermanentAdapterError as exc:
+            if "no such operation" not in str(exc):  # an older drainer serve: read the state
+                return [*checks, Check(f"{self.name}: far end", False, str(exc))]
+            return [*checks, attempt(f"{self.name}: far end", lambda: self.state().detail)]
+        except AdapterError as exc:
+            return [*checks, Check(f"{self.name}: far end", False, str(exc))]
+        for item in remote.get("checks", []) if isinstance(remote, dict) else []:
+            if isinstance(item, dict):
+                far = f"{self.name}: far end: {item.get('name', '?')}"
+                checks.append(Check(far, item.get("ok") is True, str(item.get("detail", ""))))
+        return checks
 
     def serve(self) -> None:
         pass
