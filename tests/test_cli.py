@@ -255,6 +255,14 @@ def test_manual_commands_work_without_the_metadata_service_once_names_are_known(
     assert data["node"] == ["configured"]
 
 
+def test_drainer_run_keeps_the_names_it_learns(world: World) -> None:
+    world.start()
+    world.wait_polls(2)
+    path = world.state_dir / "node-names.json"
+    assert json.loads(path.read_text())["names"] == [NODE]
+    assert mode(path) == 0o600
+
+
 # -- undrain during a maintenance ------------------------------------------------------------------
 
 
