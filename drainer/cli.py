@@ -521,11 +521,11 @@ _CONFIG = frozenset({"-c", "--config"})
 
 def _reorder(argv: list[str]) -> list[str]:
     """Global options anywhere, as typer wants them: ``--debug``, ``--log-format`` and
-    ``--lock-timeout`` before the command, ``-c/--config`` after it."""
+    ``--lock-timeout`` before the command, ``-c/--config`` at the end (after the command
+    and a subcommand such as ``config check``)."""
     front: list[str] = []
     rest: list[str] = []
     config: list[str] = []
-    command = False
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -533,17 +533,18 @@ def _reorder(argv: list[str]) -> list[str]:
         if arg == "--":
             rest += argv[i:]
             break
+        taken = argv[i : i + (1 if eq else 2)]
         if arg in _GLOBAL_FLAGS:
             front.append(arg)
         elif name in _GLOBAL_VALUED:
-            front += argv[i : i + (1 if eq else 2)]
-            i += 0 if eq else 1
-        elif not command and (name in _CONFIG or (arg.startswith("-c") and arg[2:3] != "-")):
-            takes_next = arg in _CONFIG
-            config += argv[i : i + (2 if takes_next else 1)]
-            i += 1 if takes_next else 0
+            front += taken
+            i += len(taken) - 1
+        elif name in _CONFIG:
+            config += taken
+            i += len(taken) - 1
+        elif arg.startswith("-c") and not arg.startswith("--"):  # -cFILE
+            config.append(arg)
         else:
-            command = command or not arg.startswith("-")
             rest.append(arg)
         i += 1
     return front + rest + config

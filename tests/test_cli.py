@@ -89,6 +89,8 @@ def test_shell_completion_is_enabled() -> None:
         ["-c", "{c}", "config", "check"],
         ["--config", "{c}", "config", "check"],
         ["--config={c}", "config", "check"],
+        ["config", "-c", "{c}", "check"],
+        ["-c{c}", "config", "check"],
         ["--debug", "config", "check", "-c", "{c}"],
         ["config", "check", "-c", "{c}", "--debug"],
         ["-c", "{c}", "--debug", "config", "check"],
