@@ -1,5 +1,10 @@
 """The ``drainer`` command. Exit codes: 0 success, 1 the operation failed, 2 bad usage or
-configuration. A DrainerError prints its message; a traceback only with ``--debug``."""
+configuration (``status`` adds its own, see its help). A DrainerError prints its message;
+no traceback for anything a user typed, and for anything else only with ``--debug``.
+
+The global options (``--debug``, ``--log-format``, ``--lock-timeout``, ``-c/--config``)
+may stand before or after the command: ``main`` puts them where typer expects them.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,10 +32,13 @@ from drainer.daemon import run as run_daemon
 from drainer.engine import build_lbs, read_boot_id
 from drainer.errors import ConfigError, DrainerError, SourceError
 from drainer.health import check_health
-from drainer.model import LBStatus, LBView
+from drainer.model import LBStatus, LBView, MaintenanceEvent
+from drainer.sidecar import inspect as inspect_sidecar
+from drainer.store import LOCK_TIMEOUT
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
+    pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="Take this node out of its load balancers before cloud maintenance, "
     "and put it back once it is healthy.",
@@ -51,9 +60,20 @@ class _Options:
 
     debug: bool = False
     log_format: str | None = None  # from the command line; None: from the configuration
+    lock_timeout: float = LOCK_TIMEOUT
 
 
 _options_seen = _Options()
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        try:
+            number = version("drainer")
+        except PackageNotFoundError:
+            number = "unknown"
+        typer.echo(f"drainer {number}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -62,11 +82,27 @@ def _options(
     log_format: Annotated[
         str | None, typer.Option("--log-format", help="text or json (default: from config).")
     ] = None,
+    lock_timeout: Annotated[
+        float,
+        typer.Option(
+            "--lock-timeout",
+            min=0,
+            help="Seconds to wait for the state lock another drainer holds.",
+        ),
+    ] = LOCK_TIMEOUT,
+    _: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
+    """Global options may come before or after the command."""
     if log_format not in (None, "text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
     _options_seen.debug = debug
     _options_seen.log_format = log_format
+    _options_seen.lock_timeout = lock_timeout
     logs.setup(log_format or "text", debug=debug)
 
 
@@ -94,9 +130,15 @@ def _load(path: Path) -> Config:
     return config
 
 
+def _say(message: str) -> None:
+    typer.echo(f"drainer: {message}", err=True)
+
+
 @contextmanager
 def _node(path: Path) -> Iterator[Node]:
     node = assemble(_load(path), threading.Event())
+    node.engine.store.lock_timeout = _options_seen.lock_timeout
+    node.engine.store.on_wait = _say
     try:
         yield node
     finally:
@@ -147,13 +189,22 @@ def drain(
     wait: Annotated[bool, typer.Option("--wait", help="Wait until drained.")] = False,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", min=0, help="Seconds to wait (default: drain.timeout)."),
+        typer.Option(
+            "--timeout",
+            min=0,
+            help="With --wait: seconds to wait at most (default: drain.timeout + 5).",
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Drain even below min_in_service.")
     ] = False,
 ) -> None:
     """Take this node out of every load balancer and keep it out until `undrain`."""
+    if timeout is not None and not wait:
+        raise typer.BadParameter(
+            "only means something with --wait (drain --wait --timeout SECONDS)",
+            param_hint="--timeout",
+        )
     with _errors(), _node(config) as node:
         if not force:
             for lb in node.lbs.values():
@@ -166,8 +217,9 @@ def drain(
         _truthful(node, "the drain is recorded and the daemon keeps trying")
         typer.echo(f"drain requested: {record.phase.value}")
         if wait:
-            limit = node.config.drain.timeout if timeout is None else timeout
-            record = _wait_for(node, lambda r: r.phase is not Phase.DRAINING, limit + 5, "drain")
+            # by default a little longer than the drain's own deadline, to see it end
+            limit = node.config.drain.timeout + 5 if timeout is None else timeout
+            record = _wait_for(node, lambda r: r.phase is not Phase.DRAINING, limit, "drain")
             typer.echo(f"{record.phase.value}: {record.note}")
 
 
@@ -187,15 +239,61 @@ def _truthful(node: Node, recorded: str) -> None:
         )
 
 
+def _pending(event: MaintenanceEvent) -> bool:
+    return str(event.status) not in ("Completed", "Canceled")
+
+
+def _maintenance(node: Node) -> tuple[list[MaintenanceEvent], str]:
+    """The events for this node that are pending or under way, from the record and from
+    the metadata service; the second item is why the service could not say ("" if it did)."""
+    record = node.engine.store.load()
+    found: dict[str, MaintenanceEvent] = {}
+    if record.event is not None and _pending(record.event):
+        found[record.event.event_id] = record.event
+    try:
+        listed = node.source.events()
+    except SourceError as exc:
+        return list(found.values()), str(exc)
+    for event in relevant(listed, node.engine.policy):
+        if _pending(event):
+            found.setdefault(event.event_id, event)
+    return list(found.values()), ""
+
+
+def _refuse_during_maintenance(node: Node) -> None:
+    events, unanswered = _maintenance(node)
+    if events:
+        named = "; ".join(f"{e.event_type} {e.event_id} ({e.status})" for e in events)
+        raise DrainerError(
+            f"not putting the node back: maintenance for this node is pending or under way: "
+            f"{named}. Wait until it is over, or use --force if you are sure"
+        )
+    if unanswered:
+        raise DrainerError(
+            f"not putting the node back: cannot ask the metadata service whether a "
+            f"maintenance is pending ({unanswered}). Use --force if you know none is"
+        )
+
+
 @app.command()
 def undrain(
     config: ConfigOpt = DEFAULT_CONFIG,
-    force: Annotated[bool, typer.Option("--force", help="Skip the health check.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Skip the health check, and put the node back even while a maintenance "
+            "is pending or under way (or the metadata service cannot say).",
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option("--timeout", min=0, help="Seconds to wait.")] = 60.0,
 ) -> None:
-    """Put this node back into every load balancer (health-checked first unless --force)."""
+    """Put this node back into every load balancer (health-checked first unless --force).
+
+    Refused while a maintenance event for this node is pending or started."""
     with _errors(), _node(config) as node:
         if not force:
+            _refuse_during_maintenance(node)
             ok, detail = node.engine.check(node.config.health)
             if not ok:
                 raise DrainerError(f"health check failed ({detail}); not putting the node back")
@@ -212,7 +310,34 @@ def undrain(
 # -- status / events -----------------------------------------------------------------------
 
 
+def _sidecar_data(node: Node, now: float) -> dict[str, Any]:
+    sidecar = inspect_sidecar(node.config.state_dir)
+    age = sidecar.age(now)
+    return {
+        "running": sidecar.running,
+        "pid": sidecar.pid if sidecar.running else None,
+        "last_turn": sidecar.last_turn,
+        "age": None if age is None else round(age, 1),
+        "stale": sidecar.stale(now),
+    }
+
+
+def _sidecar_line(sidecar: dict[str, Any]) -> str:
+    if not sidecar["running"]:
+        return "not running: nothing watches this node for maintenance (start `drainer run`)"
+    pid = f" (pid {sidecar['pid']})" if sidecar["pid"] else ""
+    if sidecar["age"] is None:
+        return f"running{pid}, no turn completed yet"
+    turn = f"last turn {sidecar['age']:.0f} s ago"
+    return (
+        f"STALE{pid}: {turn}; is drainer run stuck?"
+        if sidecar["stale"]
+        else f"running{pid}, {turn}"
+    )
+
+
 def _status_data(node: Node) -> dict[str, Any]:
+    sidecar = _sidecar_data(node, time.time())
     record = node.engine.store.load()
     views = node.engine.views()
     lbs: dict[str, Any] = {}
@@ -238,6 +363,7 @@ def _status_data(node: Node) -> dict[str, Any]:
         "alert": record.alert,
         "note": record.note,
         "needs_attention": _needs_attention(record, views),
+        "sidecar": sidecar,
     }
 
 
@@ -253,15 +379,25 @@ def _needs_attention(record: Record, views: dict[str, LBView | None]) -> bool:
     return unhealthy_hold or unreachable or not_out
 
 
+STATUS_NEEDS_A_PERSON = 1
+STATUS_NO_SIDECAR = 3
+
+
 @app.command()
 def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
-    """Show the node's phase, its event and each load balancer's view (exit 1: needs a person)."""
+    """Show the node's phase, its event, each load balancer's view and the sidecar.
+
+    Exit codes: 0 all well; 3 the sidecar (drainer run) is not running or has not
+    finished a turn lately, so nothing watches for maintenance (checked first);
+    1 needs a person: held as unhealthy, a load balancer unreachable, or meant to be out
+    and not out (also: the status could not be read); 2 bad usage or configuration."""
     with _errors(), _node(config) as node:
         data = _status_data(node)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:
         typer.echo(f"node:   {', '.join(data['node'])}")
+        typer.echo(f"sidecar: {_sidecar_line(data['sidecar'])}")
         held = " (manual)" if data["manual"] else ""
         if data["since"]:
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data["since"]))
@@ -282,7 +418,9 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
             )
         if data["alert"]:
             typer.echo(f"ALERT:  {data['alert']}")
-    raise typer.Exit(1 if data["needs_attention"] else 0)
+    if data["sidecar"]["stale"]:
+        raise typer.Exit(STATUS_NO_SIDECAR)
+    raise typer.Exit(STATUS_NEEDS_A_PERSON if data["needs_attention"] else 0)
 
 
 @app.command()
@@ -466,15 +604,25 @@ def serve(
 @app.command("fake-imds")
 def fake_imds(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8169,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8169,
     name: Annotated[str, typer.Option(help="The VM name the compute endpoint reports.")] = "web-1",
 ) -> None:
     """Serve a fake Azure metadata service (Scheduled Events + control API) for tests."""
     from drainer.fake_imds import FakeIMDS
 
-    fake = FakeIMDS(host=host, port=port)
-    fake.set_compute(name=name)
-    fake.start()
+    with _errors():
+        try:
+            fake = FakeIMDS(host=host, port=port)
+            fake.set_compute(name=name)
+        except ValueError as exc:
+            raise ConfigError(f"fake-imds: {exc}") from exc
+        try:
+            fake.start()
+        except OSError as exc:
+            raise DrainerError(
+                f"fake-imds: cannot listen on {host}:{port}: {exc.strerror or exc}"
+                " (choose another --port or --host)"
+            ) from exc
     typer.echo(f"fake metadata service on {fake.url} (control API under /fake/)", err=True)
     try:
         fake.serve_forever()
@@ -482,8 +630,55 @@ def fake_imds(
         fake.stop()
 
 
+# -- the command line ------------------------------------------------------------------------
+
+_GLOBAL_FLAGS = frozenset({"--debug"})
+_GLOBAL_VALUED = frozenset({"--log-format", "--lock-timeout"})
+_CONFIG = frozenset({"-c", "--config"})
+
+
+def _reorder(argv: list[str]) -> list[str]:
+    """Global options anywhere, as typer wants them: ``--debug``, ``--log-format`` and
+    ``--lock-timeout`` before the command, ``-c/--config`` at the end (after the command
+    and a subcommand such as ``config check``)."""
+    front: list[str] = []
+    rest: list[str] = []
+    config: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, _ = arg.partition("=")
+        if arg == "--":
+            rest += argv[i:]
+            break
+        taken = argv[i : i + (1 if eq else 2)]
+        if arg in _GLOBAL_FLAGS:
+            front.append(arg)
+        elif name in _GLOBAL_VALUED:
+            front += taken
+            i += len(taken) - 1
+        elif name in _CONFIG:
+            config += taken
+            i += len(taken) - 1
+        elif arg.startswith("-c") and not arg.startswith("--"):  # -cFILE
+            config.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest + config
+
+
 def main() -> None:
     try:
-        app()
+        app(args=_reorder(sys.argv[1:]), prog_name="drainer")
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # a bug of ours: say so in one line unless --debug
+        if _options_seen.debug:
+            raise
+        typer.echo(
+            f"drainer: unexpected error: {type(exc).__name__}: {exc} "
+            "(run again with --debug for the details, and please report it)",
+            err=True,
+        )
+        sys.exit(1)

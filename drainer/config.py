@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import httpx
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from drainer._net import split_host_port
 from drainer.adapters.base import AdapterConfig, AdapterPlugin
 from drainer.core import Approve, Policy, Reaction, Rule
 from drainer.errors import ConfigError
@@ -36,6 +38,22 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
     Field(ge=0),
 ]
+
+
+def _positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be more than 0 (write it as 2s, 500ms, 5m...)")
+    return seconds
+
+
+# A duration where 0 makes no sense (a timeout, an interval, a deadline).
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+
+
+def check_listen(listen: str) -> str:
+    """A ``host:port`` to listen on, refused early rather than when the daemon binds."""
+    split_host_port(listen)  # ValueError with a message for a person
+    return listen
 
 
 class _Strict(BaseModel):
@@ -50,9 +68,17 @@ class NodeConfig(_Strict):
 class SourceConfig(_Strict):
     type: str = "azure"
     endpoint: str = "http://169.254.169.254"
-    poll_interval: Duration = 1.0
-    timeout: Duration = 2.0
+    poll_interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 2.0
     approve: Approve = Approve.SOLE
+
+    @field_validator("type")
+    @classmethod
+    def _known_source(cls, kind: str) -> str:
+        known = sorted(ep.name for ep in entry_points(group="drainer.sources"))
+        if kind not in known:
+            raise ValueError(f"unknown source {kind!r} (known: {', '.join(known)})")
+        return kind
 
 
 class EventRule(_Strict):
@@ -78,7 +104,7 @@ def _default_rules() -> dict[EventType, EventRule]:
 
 
 class DrainConfig(_Strict):
-    timeout: Duration = 300.0
+    timeout: PositiveDuration = 300.0
     margin: Duration = 30.0  # a drain that will not be approved ends this long before NotBefore
     kill_at_deadline: bool = False  # close what is left at the deadline
 
@@ -86,7 +112,7 @@ class DrainConfig(_Strict):
 class HttpCheck(_Strict):
     url: str
     expect_status: list[int] = [200]
-    timeout: Duration = 2.0
+    timeout: PositiveDuration = 2.0
 
     @field_validator("url")
     @classmethod
@@ -103,15 +129,15 @@ class HttpCheck(_Strict):
 class TcpCheck(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
-    timeout: Duration = 2.0
+    timeout: PositiveDuration = 2.0
 
 
 class HealthConfig(_Strict):
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
-    interval: Duration = 2.0
+    interval: PositiveDuration = 2.0
     successes: int = Field(default=3, ge=1)
-    deadline: Duration = 2700.0  # a forced host maintenance can keep a VM down ~30 min
+    deadline: PositiveDuration = 2700.0  # a forced host maintenance can keep a VM down ~30 min
 
     @model_validator(mode="after")
     def _one_check(self) -> HealthConfig:
@@ -122,6 +148,11 @@ class HealthConfig(_Strict):
 
 class MetricsConfig(_Strict):
     listen: str | None = "127.0.0.1:9464"  # null turns the endpoint off
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, listen: str | None) -> str | None:
+        return None if listen is None else check_listen(listen)
 
 
 class Config(_Strict):
@@ -226,9 +257,14 @@ def parse_config(raw: Any, *, origin: str = "<config>") -> Config:
 
 def load_config(path: Path) -> Config:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start]:#04x}); "
+            "save the file as UTF-8"
+        ) from exc
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -19,11 +19,11 @@ from types import FrameType
 from drainer.adapters.base import LoadBalancer, preflight
 from drainer.config import Config
 from drainer.engine import Engine, build_lbs, read_boot_id
-from drainer.errors import ConfigError, DrainerError, PayloadError, SourceError
+from drainer.errors import ConfigError, DrainerError, PayloadError, SourceError, StateError
 from drainer.metrics import Metrics
 from drainer.model import MaintenanceEvent
 from drainer.sources.base import EventSource, SourcePlugin
-from drainer.store import Store
+from drainer.store import Store, remember_names, remembered_names
 
 log = logging.getLogger("drainer")
 
@@ -42,20 +42,38 @@ def build_source(config: Config, stopping: threading.Event) -> EventSource:
 def node_names(
     config: Config, source: EventSource, stopping: threading.Event, *, patient: bool
 ) -> frozenset[str]:
-    """The configured name, or the VM's names from the source (the daemon retries until
-    it answers; a CLI command fails at once)."""
+    """The configured name, or the VM's names from the source, kept in the state
+    directory once learned. The daemon retries until the source answers; a CLI command
+    falls back at once to the names kept, so it works while the source is down."""
     if config.node.name:
         return frozenset({config.node.name})
     delay = 1.0
     while not stopping.is_set():
         try:
-            return source.node_names()
+            names = source.node_names()
         except SourceError as exc:
             if not patient:
-                raise SourceError(f"cannot learn this VM's name (set node.name): {exc}") from exc
+                kept = remembered_names(config.state_dir)
+                if kept is None:
+                    raise SourceError(
+                        f"cannot learn this VM's name (set node.name): {exc}"
+                    ) from exc
+                log.warning(
+                    "cannot ask the metadata service for this VM's name (%s); "
+                    "using the name learned before: %s",
+                    exc,
+                    ", ".join(sorted(kept)),
+                )
+                return kept
             log.warning("cannot learn this VM's name yet (%s); retrying in %.0fs", exc, delay)
             stopping.wait(delay)
             delay = min(delay * 2, 30.0)
+            continue
+        try:
+            remember_names(config.state_dir, names)
+        except StateError as exc:  # only a convenience for later: go on without it
+            log.warning("cannot keep this VM's name for later: %s", exc)
+        return names
     raise DrainerError("stopped before this VM's name was known")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from drainer._net import split_host_port
 from drainer.core import Phase
 from drainer.errors import ConfigError
 
@@ -40,8 +41,8 @@ class Metrics:
             self.phase.labels(each.value).set(1 if each is phase else 0)
 
     def serve(self, listen: str) -> None:
-        host, _, port = listen.rpartition(":")
         try:
-            start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+            host, port = split_host_port(listen)
+            start_http_server(port, addr=host, registry=self.registry)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"metrics.listen: cannot listen on {listen}: {exc}") from exc

@@ -77,9 +77,17 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drainer._http import Http11Handler, Server, ServerThread, is_loopback
+from drainer._net import split_host_port
 from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
@@ -155,6 +163,12 @@ class ServeConfig(_Strict):
     nodes: dict[str, NodeEntry] = Field(min_length=1)
     limits: LimitsConfig = LimitsConfig()
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, listen: str) -> str:
+        _split_listen(listen)  # ValueError names what is wrong
+        return listen
+
     @model_validator(mode="after")
     def _safe_listen(self) -> ServeConfig:
         host, _ = _split_listen(self.listen)
@@ -167,10 +181,10 @@ class ServeConfig(_Strict):
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"listen must be host:port, got {listen!r}")
-    return host.strip("[]"), int(port)
+    head, _, port = listen.strip().rpartition(":")
+    if port == "0":  # any free port (tests, the lab): the host is checked all the same
+        return split_host_port(f"{head}:1", default_host="0.0.0.0")[0], 0
+    return split_host_port(listen, default_host="0.0.0.0")
 
 
 def _problems(exc: ValidationError, prefix: str) -> list[str]:
@@ -236,9 +250,11 @@ def load_serve_config(
 ) -> ServeSetup:
     """Read and validate; raise ConfigError naming the file and every key path at fault."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     return parse_serve_config(raw, origin=str(path), plugins=plugins)

@@ -141,3 +141,61 @@ def test_example_configs_are_valid() -> None:
 def test_health_url_must_be_an_http_url(url: str) -> None:
     message = errors_of({**MINIMAL, "health": {"http": {"url": url}}})
     assert "health.http.url:" in message
+
+
+# -- issue 7, finding 13: what config check must refuse, and what it must accept -------------
+
+
+def test_an_unknown_source_type_fails_config_check_naming_the_known_ones() -> None:
+    message = errors_of({**MINIMAL, "source": {"type": "bogus"}})
+    assert "drainer.yaml: source.type: unknown source 'bogus' (known: azure)" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"source": {"timeout": 0}}, "source.timeout"),
+        ({"source": {"poll_interval": "0s"}}, "source.poll_interval"),
+        ({"drain": {"timeout": "0ms"}}, "drain.timeout"),
+        ({"health": {"tcp": {"port": 80}, "deadline": 0}}, "health.deadline"),
+        ({"health": {"tcp": {"port": 80}, "interval": "0s"}}, "health.interval"),
+        ({"health": {"tcp": {"port": 80, "timeout": 0}}}, "health.tcp.timeout"),
+        ({"health": {"http": {"url": "http://127.0.0.1/", "timeout": 0}}}, "health.http.timeout"),
+    ],
+)
+def test_a_zero_timeout_interval_or_deadline_is_refused(
+    override: dict[str, object], key: str
+) -> None:
+    message = errors_of({**MINIMAL, **override})
+    assert f"drainer.yaml: {key}: must be more than 0" in message
+
+
+def test_durations_where_zero_means_something_still_accept_it() -> None:
+    config = parse_config({**MINIMAL, "drain": {"margin": 0}, "events": {"Freeze": "drain"}})
+    assert config.drain.margin == 0
+
+
+@pytest.mark.parametrize("listen", ["localhost", "9464", "::1:9464", "127.0.0.1:70000"])
+def test_a_metrics_listen_address_without_a_usable_port_is_refused(listen: str) -> None:
+    message = errors_of({**MINIMAL, "metrics": {"listen": listen}})
+    assert "drainer.yaml: metrics.listen: not host:port" in message
+
+
+@pytest.mark.parametrize("listen", ["[::1]:9464", "localhost:9464", "127.0.0.1:9464", None])
+def test_metrics_listen_accepts_what_every_other_listen_key_accepts(listen: str | None) -> None:
+    assert parse_config({**MINIMAL, "metrics": {"listen": listen}}).metrics.listen == listen
+
+
+def test_the_haproxy_agent_listen_key_goes_through_the_same_parser() -> None:
+    entry = {"type": "haproxy-agent", "service_port": 80}
+    message = errors_of({**MINIMAL, "load_balancers": [{**entry, "listen": "localhost"}]})
+    assert "load_balancers[0].listen: not host:port" in message
+    config = parse_config({**MINIMAL, "load_balancers": [{**entry, "listen": "[::1]:5555"}]})
+    assert config.load_balancers[0].listen == "[::1]:5555"  # type: ignore[attr-defined]
+
+
+def test_a_config_file_that_is_not_utf8_names_the_file_and_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "drainer.yaml"
+    path.write_bytes(b"health:\n  tcp: {port: 80}\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=f"{path}: not UTF-8 text \\(byte 31: 0xe9\\)"):
+        load_config(path)

@@ -11,6 +11,7 @@ import pytest
 
 from drainer.adapters.base import AdapterContext
 from drainer.adapters.haproxy_agent import AgentConfig, AgentLoadBalancer, create, established
+from drainer.config import parse_config
 from drainer.errors import ConfigError
 from drainer.lab import HAProxy, WebServer, free_port, haproxy_available, start_haproxy
 from drainer.model import LBStatus
@@ -51,10 +52,10 @@ def test_established_reads_the_real_proc_net() -> None:
                 assert established(Path("/proc/net"), port, frozenset({"10.9.9.9"})) == 0
 
 
-def test_bad_listen_address_is_a_config_error(tmp_path: Path) -> None:
-    config = AgentConfig(listen="nowhere", service_port=80)
-    with pytest.raises(ConfigError, match="not host:port"):
-        create(config, AdapterContext(node="web-1", state_dir=tmp_path))
+def test_bad_listen_address_is_a_config_error() -> None:
+    entry = {"type": "haproxy-agent", "listen": "nowhere", "service_port": 80}
+    with pytest.raises(ConfigError, match=r"load_balancers\[0\]\.listen: not host:port"):
+        parse_config({"health": {"tcp": {"port": 80}}, "load_balancers": [entry]})
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:

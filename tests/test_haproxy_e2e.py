@@ -540,9 +540,10 @@ def test_status_shows_each_instance(world: World, lab: Lab) -> None:
     first_detail = r"app/web1 DRAIN scur=1 check=(\* )?L4OK"
     second_detail = r"app/web1 DOWN scur=0 check=(\* )?L4CON"
     text = world.cli("status")
-    assert text.returncode == 0, text.stderr
+    assert text.returncode == 3, text.stderr  # no drainer run in this test: exit 3
     lines = text.stdout.splitlines()
     assert lines[0] == f"node:   {NODE}"
+    assert lines.pop(1).startswith("sidecar: not running")
     assert re.fullmatch(r"phase:  draining \(manual\) since [-\d]+ [:\d]+: manual drain", lines[1])
     assert len(lines) == 4, lines
     mine = r" \(drained by drainer\)"
@@ -554,7 +555,7 @@ def test_status_shows_each_instance(world: World, lab: Lab) -> None:
     )
 
     code, data = world.status()
-    assert code == 0
+    assert code == 3 and data["sidecar"]["running"] is False
     assert data["phase"] == "draining" and data["owned"] == sorted([one, two])
     lbs = data["load_balancers"]
     assert re.fullmatch(first_detail, lbs[one].pop("detail"))
@@ -569,7 +570,7 @@ def test_status_shows_each_instance(world: World, lab: Lab) -> None:
     finished = world.cli("drain", "--wait", "--timeout", "5")
     assert finished.returncode == 0, finished.stderr
     code, data = world.status()
-    assert (code, data["phase"]) == (0, "held")
+    assert (code, data["phase"]) == (3, "held")
     assert {name: (lb["status"], lb["detail"]) for name, lb in data["load_balancers"].items()} == {
         one: ("out", "app/web1 MAINT scur=0 check=-"),
         two: ("out", "app/web1 MAINT scur=0 check=-"),

@@ -32,8 +32,9 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from drainer._net import split_host_port
 from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
@@ -67,6 +68,12 @@ class AgentConfig(AdapterConfig):
     backend: str | None = None  # with stats: where this node's server is
     server: str | None = None
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, listen: str) -> str:
+        split_host_port(listen, default_host="0.0.0.0")  # ValueError names what is wrong
+        return listen
+
     @model_validator(mode="after")
     def _stats_need_names(self) -> AgentConfig:
         if self.stats and not (self.backend and self.server):
@@ -81,11 +88,10 @@ class AgentConfig(AdapterConfig):
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
     try:
-        return host.strip("[]") or "0.0.0.0", int(port)
+        return split_host_port(listen, default_host="0.0.0.0")
     except ValueError as exc:
-        raise ConfigError(f"haproxy-agent listen: not host:port: {listen!r}") from exc
+        raise ConfigError(f"haproxy-agent listen: {exc}") from exc
 
 
 def _hex_ip(text: str) -> str:

@@ -34,6 +34,7 @@ from drainer.adapters.base import (
 )
 from drainer.config import Duration
 from drainer.errors import PermanentAdapterError, TransientAdapterError
+from drainer.files import make_private_dir, open_private
 
 
 class MockConfig(AdapterConfig):
@@ -63,13 +64,14 @@ class MockLoadBalancer:
     def _locked(self) -> Iterator[dict[str, Any]]:
         """Read-modify-write the file under an exclusive lock."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path.with_suffix(".lock"), "a") as lock:
+            make_private_dir(self.path.parent)  # owner-only, as under state_dir
+            with open(open_private(self.path.with_suffix(".lock"), os.O_RDWR)) as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 data = self._read()
                 yield data
                 tmp = self.path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(data, indent=1))
+                with open(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as out:
+                    out.write(json.dumps(data, indent=1))
                 os.replace(tmp, self.path)
         except OSError as exc:
             raise TransientAdapterError(

@@ -90,6 +90,7 @@ from drainer.adapters.base import (
 )
 from drainer.config import Duration
 from drainer.errors import PermanentAdapterError, TransientAdapterError
+from drainer.files import write_atomically
 
 __all__ = ["PLUGIN", "NginxConfig", "NginxLoadBalancer", "ServerLine", "find_servers", "set_down"]
 
@@ -408,11 +409,10 @@ class NginxLoadBalancer:
 
     def _save_record(self, files: _Files, record: _Record) -> None:
         path = files.record
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # drainer's own state: owner-only, whatever the umask
+            write_atomically(path, json.dumps(record.to_json(), indent=1))
         except OSError as exc:
-            raise self._transient(f"cannot create {path.parent}: {exc}") from exc
-        self._write(path, path.with_suffix(".tmp"), json.dumps(record.to_json(), indent=1))
+            raise self._transient(f"cannot write {path}: {exc.strerror}") from exc
 
     @contextmanager
     def _locked(self, files: _Files) -> Iterator[None]:
