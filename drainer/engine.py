@@ -33,11 +33,13 @@ from drainer.core import (
     Policy,
     PutBack,
     PutBackDone,
+    Recheck,
     Record,
     TakeOut,
     Tick,
     step,
     wants_lb_views,
+    wants_recheck,
 )
 from drainer.errors import AdapterError, ConfigError, SourceError
 from drainer.health import check_health
@@ -81,7 +83,9 @@ class Engine:
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], float] = time.time
     check: Callable[[HealthConfig], tuple[bool, str]] = check_health
+    follow_disk: bool = False  # the daemon: log and count what other processes changed
     _errors: dict[str, str] = field(default_factory=dict)
+    _seen: Record | None = None  # the record as this engine last loaded or saved it
 
     def views(self) -> dict[str, LBView | None]:
         """Each load balancer's view of the node; None where it could not be read."""
@@ -94,6 +98,7 @@ class Engine:
             except AdapterError as exc:
                 out[name] = None
                 self._error("adapter", name, f"{name}: cannot read state: {exc}")
+            self.metrics.set_lb(name, out[name])
         return out
 
     def read_error(self, name: str) -> str:
@@ -105,7 +110,7 @@ class Engine:
     ) -> tuple[Record, dict[str, LBView | None]]:
         """Run one input (a Tick when none is given) and everything it leads to."""
         with self.store.locked():
-            record = self.store.load()
+            record = self._load()
             views: dict[str, LBView | None] = {}
             if given is None:
                 if wants_lb_views(record, events, self.policy):
@@ -122,6 +127,31 @@ class Engine:
                 for action in actions:
                     inputs.extend(self._run(action))
             return record, views
+
+    def should_recheck(self) -> bool:
+        """Whether the record last seen says the node should be out (see ``recheck``)."""
+        return self._seen is not None and wants_recheck(self._seen, self.policy)
+
+    def recheck(self) -> Record | None:
+        """Between two polls, while the node should be out: read the load balancers only
+        and re-assert the drain where a reload or a restart forgot it; the source is not
+        polled. Does nothing (None) unless the record last seen says the node is out."""
+        if not self.should_recheck():
+            return None
+        record, _ = self.turn(None, Recheck(self.views()))  # the core checks the fresh record
+        return record
+
+    def adopt(self, old: Engine) -> None:
+        """Carry on from ``old`` (a configuration reload): the record it saw, its errors."""
+        self._seen = old._seen
+        self._errors = {k: v for k, v in old._errors.items() if k.partition(":")[0] in self.lbs}
+
+    def _load(self) -> Record:
+        record = self.store.load()
+        if self.follow_disk and self._seen is not None and record != self._seen:
+            self._changed_elsewhere(self._seen, record)
+        self._seen = record
+        return record
 
     def _run(self, action: Action) -> list[Input]:
         if isinstance(action, Drain | TakeOut | PutBack):
@@ -190,14 +220,32 @@ class Engine:
             self._errors[key] = message
             log.error("%s", message, extra={"lb": lb or key})
 
+    def _changed_elsewhere(self, old: Record, new: Record) -> None:
+        """Another process (``drainer drain``, ``undrain``) changed the record since this
+        engine last saw it: say so in this process's log and metrics."""
+        self.metrics.set_phase(new.phase, new.since)
+        if new.phase is old.phase and new.manual == old.manual:
+            return
+        extra = {"phase": new.phase.value, "note": new.note}
+        held = " (manual)" if new.manual else ""
+        log.info(
+            "%s -> %s%s by another process: %s",
+            old.phase.value,
+            new.phase.value,
+            held,
+            new.note or "no note",
+            extra=extra,
+        )
+
     def _observe(self, old: Record, new: Record) -> None:
+        self._seen = new
         if new.event is not None and (
             old.event is None or old.event.event_id != new.event.event_id
         ):
             self.metrics.events.labels(new.event.event_type.value).inc()
         if new.phase is old.phase:
             return
-        self.metrics.set_phase(new.phase)
+        self.metrics.set_phase(new.phase, new.since)
         if old.phase is Phase.DRAINING:
             result = "deadline" if "deadline" in new.note else "drained"
             if new.phase is Phase.RECOVERING:
