@@ -51,6 +51,7 @@ log = logging.getLogger("drainer")
 
 MAX_BACKOFF = 16  # times the poll interval, while the service refuses or times out
 LB_METRICS_EVERY = 15.0  # seconds: read the load balancers for the metrics when idle
+WAKE = 0.5  # seconds: the longest the loop sleeps without looking at its flags
 
 
 def build_source(config: Config, stopping: threading.Event) -> EventSource:
@@ -287,7 +288,8 @@ class Runner:
                 poll_interval=self.node.config.source.poll_interval,
             )
         except OSError as exc:
-            self._state_trouble(f"cannot write the heartbeat: {exc.strerror or exc}")
+            state_dir = self.node.config.state_dir
+            self._state_trouble(f"cannot write the heartbeat in {state_dir}: {exc.strerror or exc}")
         else:
             self._state_trouble("")
         self.metrics.probes.turned()
@@ -297,9 +299,11 @@ class Runner:
         self._status = status
 
     def _state_trouble(self, message: str) -> None:
-        """Log a state directory problem once, and once that it is over; /healthz follows."""
+        """Log once that the state cannot be used, and once that it can again (not at every
+        turn in between); /healthz shows the latest reason meanwhile."""
         self.metrics.probes.state_error(message)
-        if message == self._trouble:
+        if bool(message) == bool(self._trouble):
+            self._trouble = message
             return
         if message:
             log.error("%s; /healthz fails until it can be written again", message)
@@ -309,17 +313,21 @@ class Runner:
 
     def _between(self, until: float) -> None:
         """Wait for the next poll; while the node should be out, re-check its load
-        balancers every ``drain.recheck_interval`` meanwhile."""
+        balancers every ``drain.recheck_interval`` meanwhile. Wakes at least every
+        ``WAKE`` seconds, so a stop flag set without ``wake`` is seen soon too."""
+        every = self.node.config.drain.recheck_interval
+        due = time.monotonic() + every
         while not self.stopping.is_set() and not self.reload.is_set():
-            left = until - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= until:
                 return
-            rechecking = self.node.engine.should_recheck()
-            step = min(left, self.node.config.drain.recheck_interval) if rechecking else left
-            self.wake.wait(step)
+            if now >= due:
+                due = now + every
+                if self.node.engine.should_recheck():
+                    self._recheck()
+                    continue
+            self.wake.wait(min(until, due, now + WAKE) - now)
             self.wake.clear()
-            if rechecking and time.monotonic() < until and not self.stopping.is_set():
-                self._recheck()
 
     def _recheck(self) -> None:
         engine = self.node.engine

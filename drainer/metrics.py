@@ -5,8 +5,8 @@ Low cardinality: labels are phases, event types, results, kinds and load-balance
 
 - ``/metrics``: the Prometheus text format;
 - ``/healthz``: 200 while the loop completed a turn recently (``Probes.limit`` seconds,
-  a few poll intervals) and the state directory can be written; else 503 and one line
-  saying why;
+  a few poll intervals) and the state directory could be used (read, locked, written)
+  at the last turn; else 503 and one line saying why;
 - ``/readyz``: 200 in service, 503 from the moment a drain starts until the node is
   back, so a cloud load balancer's own probe can follow drainer;
 - anything else: 404.
@@ -52,7 +52,7 @@ class Probes:
             self._last_turn = time.monotonic()
 
     def state_error(self, message: str) -> None:
-        """Why the state directory cannot be written now ("" once it can again)."""
+        """Why the state cannot be used now ("" once it can again)."""
         with self._lock:
             self._state_error = message
 
@@ -65,7 +65,7 @@ class Probes:
         with self._lock:
             age = time.monotonic() - self._last_turn
             if self._state_error:
-                return f"state not writable: {self._state_error}"
+                return f"state: {self._state_error}"
             if age > self.limit:
                 return f"no completed turn for {age:.0f}s (limit {self.limit:.0f}s)"
             return ""
