@@ -427,3 +427,15 @@ def test_a_forgotten_drain_is_reasserted_before_the_next_poll(
     finally:
         for each in reversed(stops):
             each.stop()
+
+
+def test_recheck_interval_is_a_positive_duration() -> None:
+    from drainer.config import parse_config
+    from drainer.errors import ConfigError
+
+    base = {"health": {"tcp": {"port": 8080}}, "load_balancers": [{"type": "mock"}]}
+    assert parse_config(base).drain.recheck_interval == 0.25
+    assert parse_config({**base, "drain": {"recheck_interval": "1s"}}).drain.recheck_interval == 1
+    for bad in ("0", "0ms", "-1s", "soon"):
+        with pytest.raises(ConfigError, match=r"drain\.recheck_interval"):
+            parse_config({**base, "drain": {"recheck_interval": bad}})
