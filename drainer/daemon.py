@@ -249,7 +249,10 @@ class Runner:
         while not self.stopping.is_set():
             if self.reload.is_set():
                 self.reload.clear()
-                self._reload()
+                try:
+                    self._reload()
+                except Exception:  # the node in use goes on
+                    log.exception("SIGHUP: the reload failed; going on as before")
             started = time.monotonic()
             polled = poll(self.node.source, self.metrics)
             pause = self.pacer.after(polled)
@@ -276,11 +279,14 @@ class Runner:
             log.exception("unexpected error in a turn; continuing")
             return
         now = time.time()
-        if not views and now - self._lb_metrics_at >= LB_METRICS_EVERY:
-            engine.views()  # idle: the load balancers are not read for the turn itself
+        if views:
             self._lb_metrics_at = now
-        elif views:
+        elif now - self._lb_metrics_at >= LB_METRICS_EVERY:
             self._lb_metrics_at = now
+            try:  # idle: the turn itself did not read the load balancers
+                engine.views()
+            except Exception:
+                log.exception("reading the load balancers for the metrics failed")
         try:
             sidecar.beat(
                 self.node.config.state_dir,
