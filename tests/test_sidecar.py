@@ -252,8 +252,16 @@ def test_sighup_reloads_the_configuration_and_keeps_the_old_one_on_error(world: 
         "the refused reload in the log",
     )
     assert "source.poll_interval" in log_text(world)
+    # nor can the state directory move under a running daemon (its lock is there)
+    world.config_path.write_text(good.replace(str(world.state_dir), str(world.dir / "elsewhere")))
+    daemon.signal(signal.SIGHUP)
+    world.wait(
+        lambda: "state_dir: cannot change while drainer runs" in log_text(world),
+        "the refused state_dir change in the log",
+    )
     world.wait_polls(3)
     assert daemon.alive()
+    assert not (world.dir / "elsewhere").exists()
 
     # the reloaded configuration is the one in use: both load balancers are drained
     world.fake.schedule("Reboot", [NODE], start_on_approval=False)
