@@ -152,7 +152,7 @@ def _node(path: Path) -> Iterator[Node]:
 def run(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Run the sidecar: watch for maintenance events and handle them."""
     with _errors():
-        code = run_daemon(_load(config))
+        code = run_daemon(_load(config), config_path=config)
     raise typer.Exit(code)
 
 

@@ -107,6 +107,16 @@ class DrainConfig(_Strict):
     timeout: PositiveDuration = 300.0
     margin: Duration = 30.0  # a drain that will not be approved ends this long before NotBefore
     kill_at_deadline: bool = False  # close what is left at the deadline
+    # While the node should be out, how often its load balancers are checked (and the
+    # drain re-asserted where a reload or restart forgot it) between metadata polls.
+    recheck_interval: Duration = 0.25
+
+    @field_validator("recheck_interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0 (as in 250ms)")
+        return value
 
 
 class HttpCheck(_Strict):

@@ -152,7 +152,25 @@ class ManualUndrain:
     pass
 
 
-Input = Tick | HealthResult | PutBackDone | Approved | ApproveFailed | ManualDrain | ManualUndrain
+@dataclass(frozen=True)
+class Recheck:
+    """A look at the load balancers only, between two polls of the source, while the node
+    should be out: re-asserts the drain (a reload or a restart forgot it) and, while
+    draining, may finish the drain. Events are neither read nor forgotten."""
+
+    lbs: Mapping[str, LBView | None]
+
+
+Input = (
+    Tick
+    | HealthResult
+    | PutBackDone
+    | Approved
+    | ApproveFailed
+    | ManualDrain
+    | ManualUndrain
+    | Recheck
+)
 
 
 # Actions ------------------------------------------------------------------------------
@@ -248,6 +266,15 @@ def wants_lb_views(
     return bool(events and relevant(events, policy, record.dismissed))
 
 
+def wants_recheck(record: Record, policy: Policy) -> bool:
+    """Whether the load balancers should be re-checked between polls: while the node is
+    meant to be out of them, not while an operator's undrain or a healthy recovery puts
+    it back."""
+    if record.phase is Phase.RECOVERING:
+        return not record.undrain and record.health_ok < policy.health_successes
+    return record.phase is not Phase.IN_SERVICE
+
+
 def is_due(event: MaintenanceEvent, now: float, policy: Policy) -> bool:
     due = drain_due(event, policy)
     return due is None or now >= due
@@ -316,6 +343,8 @@ def step(record: Record, given: Input, now: float, policy: Policy) -> Result:
         ]
     if isinstance(given, ManualDrain):
         return _manual_drain(record, now, policy)
+    if isinstance(given, Recheck):
+        return _recheck(record, given, now, policy)
     return _manual_undrain(record, now, policy)
 
 
@@ -361,6 +390,13 @@ def adopt_unrecorded(
             undrain=False,
         )
     return _enter(record, Phase.HELD if record.manual else Phase.DRAINED, now, note)
+def _recheck(record: Record, given: Recheck, now: float, policy: Policy) -> Result:
+    if not wants_recheck(record, policy):
+        return record, []
+    seen = Tick(record.boot_id, None, given.lbs)  # no events: what was known stays
+    if record.phase is Phase.DRAINING:
+        return _draining(record, None, seen, now, policy)
+    return record, _reassert_out(record, seen)
 
 
 def _manual_drain(record: Record, now: float, policy: Policy) -> Result:

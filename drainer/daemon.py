@@ -4,20 +4,42 @@ The loop runs in one named worker thread; the main thread only waits for the sto
 (set by SIGTERM/SIGINT) and then gives the worker a second to finish its turn. A turn
 cut short is harmless (the record on disk holds the intent, the actions are idempotent),
 and stopping never undoes a drain: the VM may be going down.
+
+What the loop does besides turning:
+
+- **Pace.** The next poll comes one ``poll_interval`` later; only while the service
+  refuses or times out (429, 5xx, timeouts) does the pause double, up to 16 times. An
+  off-schema answer (PayloadError) is retried at the normal pace: the next answer may be
+  fine, and a maintenance notice can be as short as 30 s.
+- **Re-check.** While the node should be out, the load balancers are read every
+  ``drain.recheck_interval`` between polls, and the drain re-asserted where a reload or
+  a restart forgot it; the source is not polled for that.
+- **Show itself.** One ``drainer run`` per state directory (``sidecar.acquire``); a
+  heartbeat after every completed turn (``sidecar.beat``); ``/healthz`` and ``/readyz``
+  next to ``/metrics``; systemd's notify protocol when ``NOTIFY_SOCKET`` is set. A state
+  directory that cannot be written at start ends ``drainer run`` (exit 1); later, it
+  fails ``/healthz`` while it lasts and is logged once.
+- **SIGHUP** reloads the configuration between turns: a configuration that does not
+  validate (or cannot be built) is logged and the one in use is kept.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from types import FrameType
 
+from drainer import sidecar
 from drainer.adapters.base import LoadBalancer, preflight
-from drainer.config import Config
+from drainer.config import Config, load_config
+from drainer.core import Record
 from drainer.engine import Engine, build_lbs, read_boot_id
 from drainer.errors import ConfigError, DrainerError, PayloadError, SourceError, StateError
 from drainer.metrics import Metrics
@@ -26,6 +48,10 @@ from drainer.sources.base import EventSource, SourcePlugin
 from drainer.store import Store, remember_names, remembered_names
 
 log = logging.getLogger("drainer")
+
+MAX_BACKOFF = 16  # times the poll interval, while the service refuses or times out
+LB_METRICS_EVERY = 15.0  # seconds: read the load balancers for the metrics when idle
+WAKE = 0.5  # seconds: the longest the loop sleeps without looking at its flags
 
 
 def build_source(config: Config, stopping: threading.Event) -> EventSource:
@@ -98,10 +124,11 @@ def assemble(
     *,
     patient: bool = False,
     metrics: Metrics | None = None,
+    names: frozenset[str] | None = None,
 ) -> Node:
     source = build_source(config, stopping)
     try:
-        names = node_names(config, source, stopping, patient=patient)
+        names = names or node_names(config, source, stopping, patient=patient)
         lbs = build_lbs(config, sorted(names)[0])
     except BaseException:
         source.close()
@@ -118,83 +145,363 @@ def assemble(
     return Node(config=config, engine=engine, source=source, lbs=lbs)
 
 
-def poll(source: EventSource, metrics: Metrics) -> tuple[MaintenanceEvent, ...] | None:
+# -- one poll, and the pace of the next ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Polled:
+    """One poll's outcome: the events (None: unreadable) and whether to slow down."""
+
+    events: tuple[MaintenanceEvent, ...] | None
+    back_off: bool = False  # the service refused or timed out (429, 5xx, timeouts)
+
+
+def poll(source: EventSource, metrics: Metrics) -> Polled:
     """The source's events, or None (never an empty tuple) when it could not be read."""
     try:
-        return source.events()
+        events = source.events()
     except PayloadError as exc:
         metrics.errors.labels("payload").inc()
         log.error("metadata payload rejected: %s", exc)
+        return Polled(None)
     except SourceError as exc:
         metrics.errors.labels("source").inc()
         log.warning("%s", exc)
+        return Polled(None, back_off=True)
     except Exception:  # a source plugin's bug must not stop the sidecar: "unknown" is safe
         metrics.errors.labels("internal").inc()
         log.exception("the event source failed unexpectedly")
-    return None
+        return Polled(None)
+    metrics.last_poll.set(time.time())
+    return Polled(events)
 
 
-def loop(node: Node, stopping: threading.Event) -> None:
-    engine, interval = node.engine, node.config.source.poll_interval
-    failures = 0
-    while not stopping.is_set():
-        started = time.monotonic()
-        events = poll(node.source, engine.metrics)
-        failures = failures + 1 if events is None else 0
+@dataclass
+class Pacer:
+    """The pause before the next poll: ``interval``, doubled for every poll in a row that
+    the service refused or timed out (429s mean we are too fast), up to ``MAX_BACKOFF``
+    times. Any other poll, an off-schema answer included, resets the pace."""
+
+    interval: float
+    streak: int = 0
+
+    def after(self, polled: Polled) -> float:
+        self.streak = self.streak + 1 if polled.back_off else 0
+        return self.interval * float(min(2 ** max(self.streak - 1, 0), MAX_BACKOFF))
+
+
+# -- systemd -----------------------------------------------------------------------------------
+
+
+class Notifier:
+    """systemd's notify protocol: datagrams to ``$NOTIFY_SOCKET`` (a path, or ``@name``
+    for an abstract socket). Does nothing without it; a failed send is logged once."""
+
+    def __init__(self, address: str | None) -> None:
+        self._address = ""
+        self._sock: socket.socket | None = None
+        self._failed = False
+        if not address:
+            return
+        if not address.startswith(("/", "@")):
+            log.warning("NOTIFY_SOCKET=%s: not a unix socket path; not notifying systemd", address)
+            return
+        self._address = "\0" + address[1:] if address.startswith("@") else address
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def send(self, *lines: str) -> None:
+        if self._sock is None:
+            return
         try:
-            engine.turn(events)
-        except DrainerError as exc:
+            self._sock.sendto("\n".join(lines).encode(), self._address)
+            self._failed = False
+        except OSError as exc:
+            if not self._failed:
+                log.warning("cannot notify systemd at NOTIFY_SOCKET: %s", exc.strerror)
+            self._failed = True
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _status(record: Record) -> str:
+    line = record.phase.value + (" (manual)" if record.manual else "")
+    if record.note:
+        line += f": {record.note}"
+    return f"STATUS={line.replace(chr(10), ' ')[:200]}"
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+
+class Runner:
+    """The worker's loop around one ``Node``, which SIGHUP may replace between turns."""
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        stopping: threading.Event,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.node = node
+        self.stopping = stopping
+        self.config_path = config_path
+        self.notifier = notifier or Notifier(None)
+        self.wake = threading.Event()  # cuts a pause short: a stop or a reload
+        self.reload = threading.Event()
+        self.pacer = Pacer(node.config.source.poll_interval)
+        self._trouble = ""  # the state problem last logged ("" none)
+        self._status = ""
+        self._lb_metrics_at = 0.0
+        node.engine.follow_disk = True
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.node.engine.metrics
+
+    def loop(self) -> None:
+        while not self.stopping.is_set():
+            if self.reload.is_set():
+                self.reload.clear()
+                try:
+                    self._reload()
+                except Exception:  # the node in use goes on
+                    log.exception("SIGHUP: the reload failed; going on as before")
+            started = time.monotonic()
+            polled = poll(self.node.source, self.metrics)
+            pause = self.pacer.after(polled)
+            source = self.node.config.source
+            # healthy while turns keep coming: the pause, a few intervals, a slow poll
+            self.metrics.probes.limit = pause + 3 * source.poll_interval + 4 * source.timeout
+            self._turn(polled.events)
+            self._between(started + pause)
+
+    def _turn(self, events: tuple[MaintenanceEvent, ...] | None) -> None:
+        engine = self.node.engine
+        try:
+            record, views = engine.turn(events)
+        except StateError as exc:
             engine.metrics.errors.labels("state").inc()
+            self._state_trouble(str(exc))
+            return
+        except DrainerError as exc:
+            engine.metrics.errors.labels("internal").inc()
             log.error("%s", exc)
+            return
         except Exception:  # a sidecar keeps going: the next turn starts from the record
             engine.metrics.errors.labels("internal").inc()
             log.exception("unexpected error in a turn; continuing")
-        # Back off while the source keeps failing (429s mean we are too fast).
-        pause = interval * min(2 ** max(failures - 1, 0), 16)
-        stopping.wait(max(0.0, pause - (time.monotonic() - started)))
+            return
+        now = time.time()
+        if views:
+            self._lb_metrics_at = now
+        elif now - self._lb_metrics_at >= LB_METRICS_EVERY:
+            self._lb_metrics_at = now
+            try:  # idle: the turn itself did not read the load balancers
+                engine.views()
+            except Exception:
+                log.exception("reading the load balancers for the metrics failed")
+        try:
+            sidecar.beat(
+                self.node.config.state_dir,
+                phase=record.phase.value,
+                poll_interval=self.node.config.source.poll_interval,
+            )
+        except OSError as exc:
+            state_dir = self.node.config.state_dir
+            self._state_trouble(f"cannot write the heartbeat in {state_dir}: {exc.strerror or exc}")
+        else:
+            self._state_trouble("")
+        self.metrics.probes.turned()
+        self.metrics.last_turn.set(now)
+        status = _status(record)
+        self.notifier.send("WATCHDOG=1", *([status] if status != self._status else []))
+        self._status = status
+
+    def _state_trouble(self, message: str) -> None:
+        """Log once that the state cannot be used, and once that it can again (not at every
+        turn in between); /healthz shows the latest reason meanwhile."""
+        self.metrics.probes.state_error(message)
+        if bool(message) == bool(self._trouble):
+            self._trouble = message
+            return
+        if message:
+            log.error("%s; /healthz fails until it can be written again", message)
+        else:
+            log.info("the state directory %s can be written again", self.node.config.state_dir)
+        self._trouble = message
+
+    def _between(self, until: float) -> None:
+        """Wait for the next poll; while the node should be out, re-check its load
+        balancers every ``drain.recheck_interval`` meanwhile. Wakes at least every
+        ``WAKE`` seconds, so a stop flag set without ``wake`` is seen soon too."""
+        every = self.node.config.drain.recheck_interval
+        due = time.monotonic() + every
+        while not self.stopping.is_set() and not self.reload.is_set():
+            now = time.monotonic()
+            if now >= until:
+                return
+            if now >= due:
+                due = now + every
+                if self.node.engine.should_recheck():
+                    self._recheck()
+                    continue
+            self.wake.wait(min(until, due, now + WAKE) - now)
+            self.wake.clear()
+
+    def _recheck(self) -> None:
+        engine = self.node.engine
+        try:
+            engine.recheck()
+        except StateError as exc:
+            engine.metrics.errors.labels("state").inc()
+            self._state_trouble(str(exc))
+        except DrainerError as exc:
+            log.error("%s", exc)
+        except Exception:
+            engine.metrics.errors.labels("internal").inc()
+            log.exception("unexpected error in a re-check; continuing")
+
+    def _reload(self) -> None:
+        old = self.node
+        if self.config_path is None:
+            log.warning("SIGHUP: no configuration file to reload")
+            return
+        log.info("SIGHUP: reloading %s", self.config_path)
+        old_names = old.engine.policy.node_names
+        try:
+            config = load_config(self.config_path)
+            if config.state_dir != old.config.state_dir:
+                raise ConfigError(
+                    "state_dir: cannot change while drainer runs (its lock is held there); "
+                    "restart drainer to move it"
+                )
+            same_node = config.node.name == old.config.node.name
+            new = assemble(
+                config, self.stopping, metrics=self.metrics, names=old_names if same_node else None
+            )
+        except DrainerError as exc:
+            log.error("SIGHUP: configuration not reloaded, keeping the one in use: %s", exc)
+            return
+        except Exception:
+            log.exception("SIGHUP: configuration not reloaded, keeping the one in use")
+            return
+        old.close()
+        try:
+            _serve(new)
+        except DrainerError as exc:
+            new.close()
+            log.error("SIGHUP: configuration not reloaded, keeping the one in use: %s", exc)
+            try:  # the old configuration served until a moment ago
+                new = assemble(old.config, self.stopping, metrics=self.metrics, names=old_names)
+                _serve(new)
+            except Exception:
+                log.exception("SIGHUP: cannot restore the configuration in use")
+                return
+        else:
+            if config.metrics.listen != old.config.metrics.listen:
+                log.warning("SIGHUP: metrics.listen takes effect at the next restart")
+            log.info(
+                "configuration reloaded: load balancers %s, poll every %gs",
+                ", ".join(new.lbs),
+                config.source.poll_interval,
+            )
+        new.engine.follow_disk = True
+        new.engine.adopt(old.engine)
+        self.metrics.keep_lbs(new.lbs)
+        self.pacer = Pacer(new.config.source.poll_interval, self.pacer.streak)
+        self.node = new
 
 
-def run(config: Config) -> int:
+def _serve(node: Node) -> None:
+    for lb in node.lbs.values():
+        lb.serve()
+    for lb in node.lbs.values():  # say now what would fail later; start anyway
+        for check in preflight(lb):
+            if not check.ok:
+                log.error(
+                    "preflight failed: %s: %s (running anyway, so that the node can"
+                    " still be drained; see `drainer check`)",
+                    check.name,
+                    check.detail,
+                    extra={"lb": lb.name},
+                )
+
+
+def loop(node: Node, stopping: threading.Event) -> None:
+    """Turn ``node`` until ``stopping`` is set (the demo's way to run the daemon)."""
+    Runner(node, stopping=stopping).loop()
+
+
+def _check_writable(state_dir: Path) -> None:
+    probe = state_dir / ".write-test"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"drainer")
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise StateError(
+            f"cannot write in the state directory {state_dir}: {exc.strerror or exc}; "
+            "drainer records what it does before it acts, so it does not start without it"
+        ) from exc
+
+
+def run(config: Config, *, config_path: Path | None = None) -> int:
     stopping = threading.Event()
+    runner: Runner | None = None
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def on_stop(signum: int, frame: FrameType | None) -> None:
         log.info("%s: stopping; the node stays as it is", signal.Signals(signum).name)
         stopping.set()
+        if runner is not None:
+            runner.wake.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        if runner is None:
+            return  # still starting: the configuration just read is the newest
+        runner.reload.set()
+        runner.wake.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    lock = sidecar.acquire(config.state_dir)
+    notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
     metrics = Metrics()
-    node = assemble(config, stopping, patient=True, metrics=metrics)
     try:
+        _check_writable(config.state_dir)
+        record = Store(config.state_dir).load()
+        metrics.set_phase(record.phase, record.since)
         if config.metrics.listen:
             metrics.serve(config.metrics.listen)
-        for lb in node.lbs.values():
-            lb.serve()
-        for lb in node.lbs.values():  # say now what would fail later; start anyway
-            for check in preflight(lb):
-                if not check.ok:
-                    log.error(
-                        "preflight failed: %s: %s (running anyway, so that the node can"
-                        " still be drained; see `drainer check`)",
-                        check.name,
-                        check.detail,
-                        extra={"lb": lb.name},
-                    )
-        record = node.engine.store.load()
-        metrics.set_phase(record.phase)
-        log.info(
-            "drainer running for %s: phase %s, load balancers %s",
-            "/".join(sorted(node.engine.policy.node_names)),
-            record.phase.value,
-            ", ".join(node.lbs),
-        )
-        worker = threading.Thread(
-            target=loop, args=(node, stopping), name="drainer-loop", daemon=True
-        )
-        worker.start()
-        while worker.is_alive() and not stopping.is_set():
-            stopping.wait(0.5)
-        worker.join(timeout=1.0)
+        node = assemble(config, stopping, patient=True, metrics=metrics)
+        try:
+            _serve(node)
+            runner = Runner(node, stopping=stopping, config_path=config_path, notifier=notifier)
+            log.info(
+                "drainer running for %s: phase %s, load balancers %s",
+                "/".join(sorted(node.engine.policy.node_names)),
+                record.phase.value,
+                ", ".join(node.lbs),
+            )
+            notifier.send("READY=1", _status(record), f"MAINPID={os.getpid()}")
+            worker = threading.Thread(target=runner.loop, name="drainer-loop", daemon=True)
+            worker.start()
+            while worker.is_alive() and not stopping.is_set():
+                stopping.wait(0.5)
+            notifier.send("STOPPING=1")
+            worker.join(timeout=1.0)
+        finally:
+            (runner.node if runner else node).close()
     finally:
-        node.close()
+        metrics.close()
+        notifier.close()
+        lock.close()
     return 0 if stopping.is_set() else 1

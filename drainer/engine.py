@@ -39,12 +39,14 @@ from drainer.core import (
     Policy,
     PutBack,
     PutBackDone,
+    Recheck,
     Record,
     TakeOut,
     Tick,
     adopt_unrecorded,
     step,
     wants_lb_views,
+    wants_recheck,
 )
 from drainer.errors import AdapterError, ConfigError, SourceError, StateError
 from drainer.health import check_health
@@ -89,6 +91,7 @@ class Engine:
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], float] = time.time
     check: Callable[[HealthConfig], tuple[bool, str]] = check_health
+    follow_disk: bool = False  # the daemon: log and count what other processes changed
     _errors: dict[str, str] = field(default_factory=dict)
     # The last refusal of a drain, take-out or put-back, per load balancer (cleared by a
     # success): the CLI reports it instead of claiming an action that did not happen.
@@ -100,6 +103,7 @@ class Engine:
     _unsaved_over: Record | None = None
     _note: Note | None = None
     _noted: bool = False
+    _seen: Record | None = None  # the record as this engine last loaded or saved it
 
     def views(self) -> dict[str, LBView | None]:
         """Each load balancer's view of the node; None where it could not be read."""
@@ -112,6 +116,7 @@ class Engine:
             except AdapterError as exc:
                 out[name] = None
                 self._error("adapter", name, f"{name}: cannot read state: {exc}")
+            self.metrics.set_lb(name, out[name])
         return out
 
     def read_error(self, name: str) -> str:
@@ -123,7 +128,7 @@ class Engine:
     ) -> tuple[Record, dict[str, LBView | None]]:
         """Run one input (a Tick when none is given) and everything it leads to."""
         with self.store.locked():
-            saved = self.store.load()
+            saved = self._load()
             record = self._resume(saved)
             views: dict[str, LBView | None] = {}
             if given is None:
@@ -247,6 +252,35 @@ class Engine:
                 self._errors["state:alert"] = message
                 kept.append(Alert(message))
         return kept
+    def should_recheck(self) -> bool:
+        """Whether the record last seen says the node should be out (see ``recheck``)."""
+        return self._seen is not None and wants_recheck(self._seen, self.policy)
+
+    def recheck(self) -> Record | None:
+        """Between two polls, while the node should be out: read the load balancers only
+        and re-assert the drain where a reload or a restart forgot it; the source is not
+        polled. Does nothing (None) unless the record last seen says the node is out."""
+        if not self.should_recheck():
+            return None
+        record, _ = self.turn(None, Recheck(self.views()))  # the core checks the fresh record
+        return record
+
+    def adopt(self, old: Engine) -> None:
+        """Carry on from ``old`` (a configuration reload): the record it saw, its errors."""
+        self._seen = old._seen
+        self.unsaved, self._unsaved = old.unsaved, old._unsaved
+        self._unsaved_over = old._unsaved_over
+        self._noted = old._noted
+        self._errors = {k: v for k, v in old._errors.items() if k.partition(":")[0] in self.lbs}
+
+    def _load(self) -> Record:
+        record = self.store.load()
+        if self._unsaved is not None and record == self._unsaved_over:
+            return record  # our own record that could not be saved is the one in memory
+        if self.follow_disk and self._seen is not None and record != self._seen:
+            self._changed_elsewhere(self._seen, record)
+        self._seen = record
+        return record
 
     def _run(self, action: Action) -> list[Input]:
         if isinstance(action, Drain | TakeOut | PutBack):
@@ -317,14 +351,32 @@ class Engine:
             self._errors[key] = message
             log.error("%s", message, extra={"lb": lb or key})
 
+    def _changed_elsewhere(self, old: Record, new: Record) -> None:
+        """Another process (``drainer drain``, ``undrain``) changed the record since this
+        engine last saw it: say so in this process's log and metrics."""
+        self.metrics.set_phase(new.phase, new.since)
+        if new.phase is old.phase and new.manual == old.manual:
+            return
+        extra = {"phase": new.phase.value, "note": new.note}
+        held = " (manual)" if new.manual else ""
+        log.info(
+            "%s -> %s%s by another process: %s",
+            old.phase.value,
+            new.phase.value,
+            held,
+            new.note or "no note",
+            extra=extra,
+        )
+
     def _observe(self, old: Record, new: Record) -> None:
+        self._seen = new
         if new.event is not None and (
             old.event is None or old.event.event_id != new.event.event_id
         ):
             self.metrics.events.labels(new.event.event_type.value).inc()
         if new.phase is old.phase:
             return
-        self.metrics.set_phase(new.phase)
+        self.metrics.set_phase(new.phase, new.since)
         if old.phase is Phase.DRAINING:
             result = "deadline" if "deadline" in new.note else "drained"
             if new.phase is Phase.RECOVERING:

@@ -1,21 +1,127 @@
-"""Prometheus metrics, low cardinality: labels are phases, event types, results, kinds."""
+"""Prometheus metrics and the daemon's probes, on one small HTTP listener.
+
+Low cardinality: labels are phases, event types, results, kinds and load-balancer names
+(configuration, so bounded); never event ids or times. ``metrics.listen`` serves:
+
+- ``/metrics``: the Prometheus text format;
+- ``/healthz``: 200 while the loop completed a turn recently (``Probes.limit`` seconds,
+  a few poll intervals) and the state directory could be used (read, locked, written)
+  at the last turn; else 503 and one line saying why;
+- ``/readyz``: 200 in service, 503 from the moment a drain starts until the node is
+  back, so a cloud load balancer's own probe can follow drainer;
+- anything else: 404.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import generate_latest
+
+from drainer._http import Handler, Server, ServerThread
 from drainer._net import split_host_port
 from drainer.core import Phase
 from drainer.errors import ConfigError
+from drainer.model import LBStatus, LBView
+
+
+def build_version() -> str:
+    try:
+        return version("drainer")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Probes:
+    """What ``/healthz`` and ``/readyz`` answer; written by the loop, read by the listener."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_turn = time.monotonic()  # the start counts: a first turn needs time
+        self.limit = 30.0  # seconds without a completed turn before /healthz fails
+        self._state_error = ""
+        self._phase = Phase.IN_SERVICE
+
+    def turned(self) -> None:
+        with self._lock:
+            self._last_turn = time.monotonic()
+
+    def state_error(self, message: str) -> None:
+        """Why the state cannot be used now ("" once it can again)."""
+        with self._lock:
+            self._state_error = message
+
+    def phase(self, phase: Phase) -> None:
+        with self._lock:
+            self._phase = phase
+
+    def health(self) -> str:
+        """Empty when healthy, else the reason in one line."""
+        with self._lock:
+            age = time.monotonic() - self._last_turn
+            if self._state_error:
+                return f"state: {self._state_error}"
+            if age > self.limit:
+                return f"no completed turn for {age:.0f}s (limit {self.limit:.0f}s)"
+            return ""
+
+    def ready(self) -> str:
+        with self._lock:
+            if self._phase is Phase.IN_SERVICE:
+                return ""
+            return f"not in service: {self._phase.value}"
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.probes = Probes()
+        self._listener: ServerThread[Server[Metrics]] | None = None
         self.phase = Gauge(
             "drainer_phase",
             "1 for the phase the node is in, 0 for the others",
             ["phase"],
+            registry=self.registry,
+        )
+        self.phase_since = Gauge(
+            "drainer_phase_since_timestamp_seconds",
+            "When the current phase began (0: nothing has happened yet)",
+            registry=self.registry,
+        )
+        self.last_poll = Gauge(
+            "drainer_last_poll_success_timestamp_seconds",
+            "When the event source last answered a poll",
+            registry=self.registry,
+        )
+        self.last_turn = Gauge(
+            "drainer_last_turn_timestamp_seconds",
+            "When the loop last completed a turn",
+            registry=self.registry,
+        )
+        Gauge(
+            "drainer_build_info", "drainer's version", ["version"], registry=self.registry
+        ).labels(build_version()).set(1)
+        self.lb_up = Gauge(
+            "drainer_lb_up",
+            "1 when the load balancer answered the last read, 0 when it did not",
+            ["lb"],
+            registry=self.registry,
+        )
+        self.lb_sessions = Gauge(
+            "drainer_lb_sessions",
+            "Sessions open to the node at the load balancer, as last read",
+            ["lb"],
+            registry=self.registry,
+        )
+        self.lb_status = Gauge(
+            "drainer_lb_status",
+            "1 for where the node stands at the load balancer as last read, 0 for the others",
+            ["lb", "status"],
             registry=self.registry,
         )
         self.events = Counter(
@@ -36,13 +142,82 @@ class Metrics:
         for phase in Phase:
             self.phase.labels(phase.value).set(0)
 
-    def set_phase(self, phase: Phase) -> None:
+    def set_phase(self, phase: Phase, since: float | None = None) -> None:
         for each in Phase:
             self.phase.labels(each.value).set(1 if each is phase else 0)
+        if since is not None:
+            self.phase_since.set(since)
+        self.probes.phase(phase)
 
-    def serve(self, listen: str) -> None:
+    def set_lb(self, name: str, view: LBView | None) -> None:
+        """What one read of load balancer ``name`` showed (None: it did not answer)."""
+        self.lb_up.labels(name).set(0 if view is None else 1)
+        if view is None:
+            return
+        self.lb_sessions.labels(name).set(view.sessions)
+        for status in LBStatus:
+            self.lb_status.labels(name, status.value).set(1 if status is view.status else 0)
+
+    def keep_lbs(self, names: Iterable[str]) -> None:
+        """Drop the series of load balancers no longer configured (after a reload)."""
+        keep = set(names)
+        for gauge in (self.lb_up, self.lb_sessions):
+            for (name,) in _label_sets(gauge):
+                if name not in keep:
+                    gauge.remove(name)
+        for name, status in _label_sets(self.lb_status):
+            if name not in keep:
+                self.lb_status.remove(name, status)
+
+    def serve(self, listen: str) -> int:
+        """Serve /metrics, /healthz and /readyz on ``listen`` in a thread; the port."""
         try:
-            host, port = split_host_port(listen)
-            start_http_server(port, addr=host, registry=self.registry)
+            host, port = split_host_port(listen, default_host="127.0.0.1")
+            server_class = _Server6 if ":" in host else Server
+            server = server_class((host, port), _Handler, self)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"metrics.listen: cannot listen on {listen}: {exc}") from exc
+        self._listener = ServerThread(
+            server, name="drainer-metrics", poll_interval=0.5, daemon=True
+        )
+        return self._listener.port
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop(join_timeout=1.0)
+            self._listener = None
+
+
+def _label_sets(gauge: Gauge) -> set[tuple[str, ...]]:
+    """The label values of every series ``gauge`` has (in the order of its labels)."""
+    return {
+        tuple(sample.labels.values()) for metric in gauge.collect() for sample in metric.samples
+    }
+
+
+class _Server6(Server["Metrics"]):
+    address_family = socket.AF_INET6
+
+
+class _Handler(Handler, methods=("GET", "HEAD")):
+    server: Server[Metrics]
+
+    def _serve(self, method: str) -> None:
+        metrics = self.server.app
+        path = self.path.partition("?")[0]
+        content_type = "text/plain; charset=utf-8"
+        if path == "/metrics":
+            status, body = 200, generate_latest(metrics.registry)
+            content_type = CONTENT_TYPE_LATEST
+        elif path in ("/healthz", "/readyz"):
+            probes = metrics.probes
+            reason = probes.health() if path == "/healthz" else probes.ready()
+            status, body = (503, f"{reason}\n".encode()) if reason else (200, b"ok\n")
+        else:
+            status, body = 404, b"not found: try /metrics, /healthz or /readyz\n"
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if method == "GET":
+            self.wfile.write(body)

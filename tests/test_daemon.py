@@ -384,3 +384,91 @@ def test_failed_take_out_is_retried_until_the_node_is_out(world: World) -> None:
     world.fake.cancel_event(eid)
     world.wait_phase("in_service")
     assert world.calls() == ["drain", "take_out", "put_back"]
+
+
+# -- an off-schema answer is retried at the poll interval; only 429/5xx/timeouts back off ---
+
+
+def test_pace_backs_off_only_when_the_service_refuses_or_times_out() -> None:
+    from drainer.config import SourceConfig
+    from drainer.daemon import Pacer, poll
+    from drainer.fake_imds import FakeIMDS
+    from drainer.metrics import Metrics
+    from drainer.sources.azure import AzureSource
+
+    with FakeIMDS(rate_limit=None) as fake:
+        source = AzureSource(SourceConfig(endpoint=fake.url, timeout=1.0), attempts=1)
+        pacer, metrics = Pacer(1.0), Metrics()
+
+        def pause_after(fault: str | None) -> float:
+            if fault:
+                fake.inject(fault)
+            return pacer.after(poll(source, metrics))
+
+        # the service refuses: 1, 2, 4, 8, 16, 16 times the interval
+        assert [pause_after("500") for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 16.0, 16.0]
+        assert pause_after(None) == 1.0  # a good answer resets the pace
+        assert [pause_after("429") for _ in range(3)] == [1.0, 2.0, 4.0]
+        # an answer off the schema is retried at the normal pace, and resets it
+        assert [pause_after(kind) for kind in ("schema", "malformed", "schema")] == [1.0] * 3
+        assert [pause_after("500") for _ in range(2)] == [1.0, 2.0]
+        source.close()
+
+
+def test_rejected_payloads_are_retried_at_the_poll_interval(world: World) -> None:
+    world.start()
+    world.wait_polls(2)
+    # 20 rejected answers take 20 polls of 200 ms; with a backoff they would take ~55 s
+    world.fake.inject("schema", count=12)
+    world.fake.inject("malformed", count=8)
+    before = world.requests()
+    world.wait(lambda: world.requests() >= before + 22, "22 polls through 20 rejected answers")
+    log = world.log_path.read_text()
+    assert log.count("metadata payload rejected") >= 20
+    assert world.daemon is not None and world.daemon.alive()
+
+
+# -- the daemon follows what the CLI did to the record ---------------------------------------
+
+
+def _metrics(port: int) -> str:
+    import httpx
+
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False, timeout=2).text
+
+
+def test_the_daemon_logs_and_counts_what_drain_and_undrain_did(world: World) -> None:
+    from drainer.lab import free_port
+
+    port = free_port()
+    world.configure(metrics={"listen": f"127.0.0.1:{port}"})
+    world.configure_lb(sessions=0)  # the CLI's own turns finish the drain: nothing left
+    world.start()
+    world.wait_polls(2)
+    assert 'drainer_phase{phase="in_service"} 1.0' in _metrics(port)
+
+    drained = world.cli("drain")
+    assert drained.returncode == 0, drained.stderr
+    assert world.phase() == "held"  # done by the CLI alone
+    world.wait(
+        lambda: 'drainer_phase{phase="held"} 1.0' in _metrics(port), "the daemon's metrics: held"
+    )
+    text = _metrics(port)
+    assert 'drainer_phase{phase="in_service"} 0.0' in text
+    log = world.log_path.read_text()
+    assert "in_service -> held (manual) by another process: " in log, log
+
+    undone = world.cli("undrain", "--force")
+    assert undone.returncode == 0, undone.stderr
+    world.wait(
+        lambda: 'drainer_phase{phase="in_service"} 1.0' in _metrics(port),
+        "the daemon's metrics: in_service",
+    )
+    assert 'drainer_phase{phase="held"} 0.0' in _metrics(port)
+    world.wait(
+        lambda: (
+            "held -> in_service by another process: back in service" in world.log_path.read_text()
+        ),
+        "the undrain in the daemon's log",
+    )
+    assert world.calls() == ["drain", "take_out", "put_back"]  # the daemon did not act twice
