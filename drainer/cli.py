@@ -18,7 +18,17 @@ import typer
 
 from drainer import logs
 from drainer.config import Config, dump_config, load_config
-from drainer.core import OUT_PHASES, ManualDrain, ManualUndrain, Phase, Record, reaction, relevant
+from drainer.core import (
+    OUT_PHASES,
+    ManualDrain,
+    ManualUndrain,
+    Phase,
+    Record,
+    names_this_vm,
+    reaction,
+    relevant,
+    salvage,
+)
 from drainer.daemon import Node, assemble
 from drainer.daemon import run as run_daemon
 from drainer.errors import ConfigError, DrainerError
@@ -263,13 +273,15 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
 def events(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
     """List the maintenance events the metadata service shows now."""
     with _errors(), _node(config) as node:
-        found = node.source.events()
+        listing = node.source.events()
         policy = node.engine.policy
+        # an entry the source could not read is listed only when it may be this VM's
+        found = listing.events + salvage(listing.damaged, policy)
         mine = {e.event_id for e in relevant(found, policy)}
         rows: list[dict[str, Any]] = [
             {
                 **e.to_json(),
-                "for_this_node": bool(policy.node_names & set(e.resources)),
+                "for_this_node": names_this_vm(e, policy),
                 "reaction": reaction(e, policy).value if e.event_id in mine else "ignore",
             }
             for e in found
@@ -286,9 +298,12 @@ def events(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
             else "now"
         )
         typer.echo(
-            f"{row['event_type']:<9} {row['status']:<9} not before {when}  "
-            f"{row['event_id']}  {','.join(row['resources'])}  -> {row['reaction']}"
+            f"{row['raw_type'] or row['event_type']:<9} {row['raw_status'] or row['status']:<9} "
+            f"not before {when}  {row['event_id']}  {','.join(row['resources'])}  "
+            f"-> {row['reaction']}"
         )
+        for problem in row["problems"]:
+            typer.echo(f"          ! {problem}")
 
 
 # -- config --------------------------------------------------------------------------------

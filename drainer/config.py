@@ -53,6 +53,11 @@ class SourceConfig(_Strict):
     poll_interval: Duration = 1.0
     timeout: Duration = 2.0
     approve: Approve = Approve.SOLE
+    # An event the node is out for is over once it stayed unlisted this long...
+    gone_after: Duration = 5.0
+    # ...or this long right after failed polls or a DocumentIncarnation that went back
+    # (a re-enabled metadata service can list nothing for minutes).
+    gone_after_doubt: Duration = 120.0
 
 
 class EventRule(_Strict):
@@ -74,6 +79,7 @@ def _default_rules() -> dict[EventType, EventRule]:
         EventType.FREEZE: EventRule(action=Reaction.DRAIN, min_duration=10.0),
         EventType.PREEMPT: EventRule(action=Reaction.REMOVE),
         EventType.TERMINATE: EventRule(action=Reaction.REMOVE),
+        EventType.UNKNOWN: EventRule(action=Reaction.DRAIN),  # a type drainer does not know
     }
 
 
@@ -148,6 +154,8 @@ class Config(_Strict):
             health_interval=self.health.interval,
             health_successes=self.health.successes,
             health_deadline=self.health.deadline,
+            gone_after=self.source.gone_after,
+            gone_after_doubt=self.source.gone_after_doubt,
         )
 
 

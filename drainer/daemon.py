@@ -21,7 +21,7 @@ from drainer.config import Config
 from drainer.engine import Engine, build_lbs, read_boot_id
 from drainer.errors import ConfigError, DrainerError, PayloadError, SourceError
 from drainer.metrics import Metrics
-from drainer.model import MaintenanceEvent
+from drainer.model import Listing
 from drainer.sources.base import EventSource, SourcePlugin
 from drainer.store import Store
 
@@ -100,8 +100,8 @@ def assemble(
     return Node(config=config, engine=engine, source=source, lbs=lbs)
 
 
-def poll(source: EventSource, metrics: Metrics) -> tuple[MaintenanceEvent, ...] | None:
-    """The source's events, or None (never an empty tuple) when it could not be read."""
+def poll(source: EventSource, metrics: Metrics) -> Listing | None:
+    """The source's listing, or None (never an empty one) when it could not be read."""
     try:
         return source.events()
     except PayloadError as exc:

@@ -45,6 +45,7 @@ def record_from_json(data: dict[str, Any]) -> Record:
     values["event"] = MaintenanceEvent.from_json(event) if event else None
     values["owned"] = frozenset(values.get("owned", ()))
     values["dismissed"] = tuple(values.get("dismissed", ()))
+    values["listed"] = tuple(values.get("listed", ()))
     return Record(**values)
 
 
