@@ -379,7 +379,7 @@ def _track(
         if event is not None and patient and not record.doubt:
             record = replace(record, doubt=True)  # the next empty answer is trusted less
         return _Seen(record, event, "", [])
-    known = set(record.listed)
+    known, before = set(record.listed), record.incarnation
     incarnation = tick.incarnation
     went_back = incarnation is not None and (
         (record.incarnation is not None and incarnation < record.incarnation)
@@ -396,7 +396,8 @@ def _track(
                 Alert(
                     f"event {listed.event_id} ({listed.type_name}) is listed again after "
                     f"{now - record.missing_since:.0f}s unlisted (DocumentIncarnation "
-                    f"{_inc(record.listed_in)} -> {_inc(incarnation)}): it was never over"
+                    f"{_inc(record.listed_in)} -> {_inc(before)} without it -> "
+                    f"{_inc(incarnation)} with it): it was never over"
                 )
             )
         record = replace(
@@ -430,25 +431,28 @@ def _track(
         )
         return _Seen(record, new, "", [Alert(message)])
     doubt = record.doubt or went_back
+    why_doubt = " and ".join(
+        reason
+        for reason, holds in (
+            ("after failed polls", record.doubt),
+            ("the DocumentIncarnation went back", went_back),
+        )
+        if holds
+    )
     since = now if record.missing_since is None else record.missing_since
     polls = record.missing_polls + 1
     window = policy.gone_after_doubt if doubt else policy.gone_after
     if now - since >= window:
         why = f"event {event.event_id} unlisted for {now - since:.0f}s over {polls} polls"
-        why += (
-            f" ({seen_in}, after failed polls or an incarnation reset)"
-            if doubt
-            else f" ({seen_in})"
-        )
+        why += f" ({seen_in}, {why_doubt})" if doubt else f" ({seen_in})"
         record = replace(record, missing_since=None, missing_polls=0, doubt=False)
         return _Seen(replace(record, event=None), None, why, [])
     actions = []
     if doubt and (record.missing_since is None or not record.doubt):
         actions.append(
             Alert(
-                f"event {event.event_id} ({event.type_name}) is not listed ({seen_in}) "
-                f"after failed polls or an incarnation reset: taken as over only if it "
-                f"stays unlisted for {window:g}s"
+                f"event {event.event_id} ({event.type_name}) is not listed ({seen_in}), "
+                f"{why_doubt}: taken as over only if it stays unlisted for {window:g}s"
             )
         )
     record = replace(record, missing_since=since, missing_polls=polls, doubt=doubt)
