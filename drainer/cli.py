@@ -26,7 +26,17 @@ import typer
 from drainer import logs
 from drainer.adapters.base import Check, preflight
 from drainer.config import Config, dump_config, load_config
-from drainer.core import OUT_PHASES, ManualDrain, ManualUndrain, Phase, Record, reaction, relevant
+from drainer.core import (
+    OUT_PHASES,
+    ManualDrain,
+    ManualUndrain,
+    Phase,
+    Record,
+    names_this_vm,
+    reaction,
+    relevant,
+    salvage,
+)
 from drainer.daemon import Node, assemble, build_source
 from drainer.daemon import run as run_daemon
 from drainer.engine import build_lbs, read_boot_id
@@ -239,24 +249,21 @@ def _truthful(node: Node, recorded: str) -> None:
         )
 
 
-def _pending(event: MaintenanceEvent) -> bool:
-    return str(event.status) not in ("Completed", "Canceled")
-
-
 def _maintenance(node: Node) -> tuple[list[MaintenanceEvent], str]:
     """The events for this node that are pending or under way, from the record and from
     the metadata service; the second item is why the service could not say ("" if it did)."""
     record = node.engine.store.load()
     found: dict[str, MaintenanceEvent] = {}
-    if record.event is not None and _pending(record.event):
+    if record.event is not None:
         found[record.event.event_id] = record.event
     try:
-        listed = node.source.events()
+        listing = node.source.events()
     except SourceError as exc:
         return list(found.values()), str(exc)
-    for event in relevant(listed, node.engine.policy):
-        if _pending(event):
-            found.setdefault(event.event_id, event)
+    policy = node.engine.policy
+    # a damaged entry whose text names this VM counts too (salvage: due now)
+    for event in relevant(listing.events + salvage(listing.damaged, policy), policy):
+        found.setdefault(event.event_id, event)
     return list(found.values()), ""
 
 
@@ -406,7 +413,8 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
             typer.echo(f"phase:  {data['phase']} (nothing has happened yet)")
         if data["event"]:
             e = data["event"]
-            typer.echo(f"event:  {e['event_type']} {e['event_id']} {e['status']}")
+            kind, state = e["raw_type"] or e["event_type"], e["raw_status"] or e["status"]
+            typer.echo(f"event:  {kind} {e['event_id']} {state}")
         for name, lb in data["load_balancers"].items():
             mine = " (drained by drainer)" if lb.get("owned") else ""
             text = lb.get("error") or f"{lb['status']}, {lb['sessions']} sessions: {lb['detail']}"
@@ -427,13 +435,15 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
 def events(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
     """List the maintenance events the metadata service shows now."""
     with _errors(), _node(config) as node:
-        found = node.source.events()
+        listing = node.source.events()
         policy = node.engine.policy
+        # an entry the source could not read is listed only when it may be this VM's
+        found = listing.events + salvage(listing.damaged, policy)
         mine = {e.event_id for e in relevant(found, policy)}
         rows: list[dict[str, Any]] = [
             {
                 **e.to_json(),
-                "for_this_node": bool(policy.node_names & set(e.resources)),
+                "for_this_node": names_this_vm(e, policy),
                 "reaction": reaction(e, policy).value if e.event_id in mine else "ignore",
             }
             for e in found
@@ -450,9 +460,12 @@ def events(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
             else "now"
         )
         typer.echo(
-            f"{row['event_type']:<9} {row['status']:<9} not before {when}  "
-            f"{row['event_id']}  {','.join(row['resources'])}  -> {row['reaction']}"
+            f"{row['raw_type'] or row['event_type']:<9} {row['raw_status'] or row['status']:<9} "
+            f"not before {when}  {row['event_id']}  {','.join(row['resources'])}  "
+            f"-> {row['reaction']}"
         )
+        for problem in row["problems"]:
+            typer.echo(f"          ! {problem}")
 
 
 # -- check ---------------------------------------------------------------------------------

@@ -71,6 +71,11 @@ class SourceConfig(_Strict):
     poll_interval: PositiveDuration = 1.0
     timeout: PositiveDuration = 2.0
     approve: Approve = Approve.SOLE
+    # An event the node is out for is over once it stayed unlisted this long...
+    gone_after: Duration = 5.0
+    # ...or this long right after failed polls or a DocumentIncarnation that went back
+    # (a re-enabled metadata service can list nothing for minutes).
+    gone_after_doubt: Duration = 120.0
 
     @field_validator("type")
     @classmethod
@@ -100,6 +105,7 @@ def _default_rules() -> dict[EventType, EventRule]:
         EventType.FREEZE: EventRule(action=Reaction.DRAIN, min_duration=10.0),
         EventType.PREEMPT: EventRule(action=Reaction.REMOVE),
         EventType.TERMINATE: EventRule(action=Reaction.REMOVE),
+        EventType.UNKNOWN: EventRule(action=Reaction.DRAIN),  # a type drainer does not know
     }
 
 
@@ -189,6 +195,8 @@ class Config(_Strict):
             health_interval=self.health.interval,
             health_successes=self.health.successes,
             health_deadline=self.health.deadline,
+            gone_after=self.source.gone_after,
+            gone_after_doubt=self.source.gone_after_doubt,
         )
 
 

@@ -15,6 +15,15 @@ balancers report. Hence the invariants:
   ``recovering`` after ``policy.health_successes`` consecutive health checks, once no
   event for this node is left (or by an operator's ``undrain``).
 - ``held`` and ``removed`` never end by themselves: a person runs ``drainer undrain``.
+- An event the node is out for is over only once its disappearance held: it stayed
+  unlisted on every poll for ``policy.gone_after``, or ``policy.gone_after_doubt`` when
+  polls failed or the ``DocumentIncarnation`` went backwards since it was last listed
+  (a re-enabled metadata service lists nothing for minutes). An event that is listed
+  again within the window was never over. When it vanishes while another event for
+  this VM of the same type appears, that is the same maintenance under a new id.
+- An event that names this VM is never dropped: one the source could not read well
+  (``Damaged``) is for this VM when its text names the VM, and is then due now and
+  never approved; an unknown status is pending, drained at once and never approved.
 
 Phases:
     in_service --event due / manual drain--> draining --drained or deadline--> drained
@@ -26,11 +35,12 @@ Phases:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from drainer.model import EventStatus, EventType, LBStatus, LBView, MaintenanceEvent
+from drainer.model import Damaged, EventStatus, EventType, LBStatus, LBView, MaintenanceEvent
 
 
 class Phase(StrEnum):
@@ -83,6 +93,8 @@ class Policy:
     health_successes: int = 3
     health_deadline: float = 2700.0
     approve_retry: float = 60.0
+    gone_after: float = 5.0  # an event the node is out for is over once unlisted this long
+    gone_after_doubt: float = 120.0  # ...this long after failed polls or an incarnation reset
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +117,13 @@ class Record:
     dismissed: tuple[str, ...] = ()  # event ids an operator's undrain told us to let be
     alert: str = ""  # the last thing a person should know about
     note: str = ""  # why the last transition happened
+    # What the last documents said, to tell a vanished event from a blind metadata service:
+    incarnation: int | None = None  # DocumentIncarnation of the last document read
+    listed: tuple[str, ...] = ()  # this node's event ids in the last document read
+    listed_in: int | None = None  # the DocumentIncarnation that last listed ``event``
+    missing_since: float | None = None  # when ``event`` was first found unlisted
+    missing_polls: int = 0  # documents in a row without ``event``
+    doubt: bool = False  # polls failed or the incarnation went back since ``event`` was listed
 
 
 # Inputs -------------------------------------------------------------------------------
@@ -113,11 +132,14 @@ class Record:
 @dataclass(frozen=True)
 class Tick:
     """One look at the world. ``events`` is None when the source could not be read;
-    ``lbs`` holds a view per load balancer read this tick (None: unreachable)."""
+    ``lbs`` holds a view per load balancer read this tick (None: unreachable);
+    ``incarnation`` and ``damaged`` come from the same listing as ``events``."""
 
     boot_id: str
     events: tuple[MaintenanceEvent, ...] | None
     lbs: Mapping[str, LBView | None] = field(default_factory=dict)
+    incarnation: int | None = None
+    damaged: tuple[Damaged, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,6 +245,42 @@ def reaction(event: MaintenanceEvent, policy: Policy) -> Reaction:
     return rule.reaction
 
 
+def _folded(names: Iterable[str]) -> set[str]:
+    return {name.casefold() for name in names}  # Azure's VM names ignore case
+
+
+def names_this_vm(event: MaintenanceEvent, policy: Policy) -> bool:
+    return bool(_folded(policy.node_names) & _folded(event.resources))
+
+
+def _mentions(text: str, name: str) -> bool:
+    """``name`` as a whole word in ``text``: ``web-1`` in ``"web-1,web-2"``, not in ``web-10``."""
+    return re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", text, re.IGNORECASE) is not None
+
+
+def salvage(damaged: tuple[Damaged, ...], policy: Policy) -> tuple[MaintenanceEvent, ...]:
+    """The damaged entries that may be for this VM, as events due now and never approved
+    (whom else they are for is unknown). The others are skipped (the source logs them)."""
+    out = []
+    for entry in damaged:
+        event = entry.event
+        names = {n for n in policy.node_names if _mentions(entry.text, n)}
+        if not names and not names_this_vm(event, policy):
+            continue
+        status = event.status if event.status is EventStatus.STARTED else EventStatus.UNKNOWN
+        out.append(
+            replace(
+                event,
+                resources=tuple(dict.fromkeys((*event.resources, *sorted(names)))),
+                status=status,
+                raw_status=event.raw_status or event.status.value,
+                not_before=None,
+                problems=(*event.problems, "it names this VM: due now, never approved"),
+            )
+        )
+    return tuple(out)
+
+
 def relevant(
     events: tuple[MaintenanceEvent, ...], policy: Policy, dismissed: tuple[str, ...] = ()
 ) -> list[MaintenanceEvent]:
@@ -230,7 +288,7 @@ def relevant(
     return [
         e
         for e in events
-        if policy.node_names.intersection(e.resources)
+        if names_this_vm(e, policy)
         and e.event_id not in dismissed
         and reaction(e, policy) is not Reaction.IGNORE
     ]
@@ -241,13 +299,13 @@ def approvable(event: MaintenanceEvent, policy: Policy) -> bool:
         return False
     if policy.approve is Approve.ALWAYS:
         return True
-    return policy.approve is Approve.SOLE and set(event.resources) <= policy.node_names
+    return policy.approve is Approve.SOLE and _folded(event.resources) <= _folded(policy.node_names)
 
 
 def drain_due(event: MaintenanceEvent, policy: Policy) -> float | None:
     """When the drain must start; None means at once."""
     if (
-        event.status is EventStatus.STARTED
+        event.status is not EventStatus.SCHEDULED  # started, or a status nobody knows
         or event.not_before is None
         or approvable(event, policy)
         or reaction(event, policy) is Reaction.REMOVE
@@ -257,13 +315,18 @@ def drain_due(event: MaintenanceEvent, policy: Policy) -> float | None:
 
 
 def wants_lb_views(
-    record: Record, events: tuple[MaintenanceEvent, ...] | None, policy: Policy
+    record: Record,
+    events: tuple[MaintenanceEvent, ...] | None,
+    policy: Policy,
+    damaged: tuple[Damaged, ...] = (),
 ) -> bool:
     """Whether the shell should read the load balancers this tick (idle: no). A drain may
     start from a remembered event on a tick whose source failed: read them then too."""
     if record.phase is not Phase.IN_SERVICE or record.event is not None:
         return True
-    return bool(events and relevant(events, policy, record.dismissed))
+    if events is None:
+        return False
+    return bool(relevant(events + salvage(damaged, policy), policy, record.dismissed))
 
 
 def wants_recheck(record: Record, policy: Policy) -> bool:
@@ -309,7 +372,120 @@ def _follow(record: Record, event: MaintenanceEvent | None) -> Record:
     """Follow ``event``; another event needs an approval of its own."""
     same = event is not None and record.event is not None
     same = same and record.event.event_id == event.event_id  # type: ignore[union-attr]
-    return replace(record, event=event, approved_at=record.approved_at if same else None)
+    if same:
+        return replace(record, event=event)
+    return replace(record, event=event, approved_at=None, missing_since=None, missing_polls=0)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """The followed event as one tick sees it."""
+
+    record: Record  # with what this listing taught (incarnation, ids, disappearance)
+    event: MaintenanceEvent | None  # as listed now, re-issued, or remembered while its
+    # disappearance does not hold yet; None when it is gone (or none is followed)
+    gone: str  # why it is gone, for the note
+    actions: list[Action]
+
+
+def _inc(incarnation: int | None) -> str:
+    return "?" if incarnation is None else str(incarnation)
+
+
+def _track(
+    record: Record,
+    candidates: list[MaintenanceEvent] | None,
+    tick: Tick,
+    now: float,
+    policy: Policy,
+    *,
+    patient: bool,
+) -> _Seen:
+    """Where ``record.event`` went in this listing. ``patient``: the node is out for it,
+    so its disappearance is believed only once it held (see the module docstring)."""
+    event = record.event
+    if candidates is None:
+        if event is not None and patient and not record.doubt:
+            record = replace(record, doubt=True)  # the next empty answer is trusted less
+        return _Seen(record, event, "", [])
+    known, before = set(record.listed), record.incarnation
+    incarnation = tick.incarnation
+    went_back = incarnation is not None and (
+        (record.incarnation is not None and incarnation < record.incarnation)
+        or (record.listed_in is not None and incarnation <= record.listed_in)
+    )
+    record = replace(
+        record, incarnation=incarnation, listed=tuple(sorted(e.event_id for e in candidates))
+    )
+    listed = _listed(event, candidates)
+    if event is None or listed is not None or not patient:
+        actions: list[Action] = []
+        if listed is not None and record.missing_since is not None:
+            actions.append(
+                Alert(
+                    f"event {listed.event_id} ({listed.type_name}) is listed again after "
+                    f"{now - record.missing_since:.0f}s unlisted (DocumentIncarnation "
+                    f"{_inc(record.listed_in)} -> {_inc(before)} without it -> "
+                    f"{_inc(incarnation)} with it): it was never over"
+                )
+            )
+        record = replace(
+            record,
+            missing_since=None,
+            missing_polls=0,
+            doubt=False,
+            listed_in=incarnation if listed is not None else None,
+        )
+        return _Seen(record, listed, "", actions)
+    seen_in = f"DocumentIncarnation {_inc(record.listed_in)} -> {_inc(incarnation)}"
+    # Microsoft's mock gives every status change a new id (Scheduled X, then Started Y):
+    # a new event of the same type that has moved on is the same maintenance. A new
+    # Scheduled one is another maintenance, with an approval of its own.
+    reissued = [
+        e
+        for e in candidates
+        if e.type_name == event.type_name
+        and e.event_id not in known
+        and e.status is not EventStatus.SCHEDULED
+    ]
+    if reissued:
+        new = _pick(reissued, policy)
+        assert new is not None
+        record = replace(
+            record, missing_since=None, missing_polls=0, doubt=False, listed_in=incarnation
+        )
+        message = (
+            f"event {event.event_id} ({event.type_name}) is listed as {new.event_id} "
+            f"({new.status_name}) now ({seen_in}): followed as the same maintenance"
+        )
+        return _Seen(record, new, "", [Alert(message)])
+    doubt = record.doubt or went_back
+    why_doubt = " and ".join(
+        reason
+        for reason, holds in (
+            ("after failed polls", record.doubt),
+            ("the DocumentIncarnation went back", went_back),
+        )
+        if holds
+    )
+    since = now if record.missing_since is None else record.missing_since
+    polls = record.missing_polls + 1
+    window = policy.gone_after_doubt if doubt else policy.gone_after
+    if now - since >= window:
+        why = f"event {event.event_id} unlisted for {now - since:.0f}s over {polls} polls"
+        why += f" ({seen_in}, {why_doubt})" if doubt else f" ({seen_in})"
+        record = replace(record, missing_since=None, missing_polls=0, doubt=False)
+        return _Seen(replace(record, event=None), None, why, [])
+    actions = []
+    if doubt and (record.missing_since is None or not record.doubt):
+        actions.append(
+            Alert(
+                f"event {event.event_id} ({event.type_name}) is not listed ({seen_in}), "
+                f"{why_doubt}: taken as over only if it stays unlisted for {window:g}s"
+            )
+        )
+    record = replace(record, missing_since=since, missing_polls=polls, doubt=doubt)
+    return _Seen(record, event, "", actions)
 
 
 def _enter(record: Record, phase: Phase, now: float, note: str, **changes: object) -> Record:
@@ -390,13 +566,17 @@ def adopt_unrecorded(
             undrain=False,
         )
     return _enter(record, Phase.HELD if record.manual else Phase.DRAINED, now, note)
+
+
 def _recheck(record: Record, given: Recheck, now: float, policy: Policy) -> Result:
     if not wants_recheck(record, policy):
         return record, []
-    seen = Tick(record.boot_id, None, given.lbs)  # no events: what was known stays
+    # No listing: what was known of the events stays, and nothing about them is learned
+    # (a re-check is not a failed poll: it must not make a disappearance doubtful).
+    tick = Tick(record.boot_id, None, given.lbs)
     if record.phase is Phase.DRAINING:
-        return _draining(record, None, seen, now, policy)
-    return record, _reassert_out(record, seen)
+        return _draining(record, None, _Seen(record, record.event, "", []), tick, now, policy)
+    return record, _reassert_out(record, tick)
 
 
 def _manual_drain(record: Record, now: float, policy: Policy) -> Result:
@@ -503,17 +683,36 @@ def _tick(record: Record, tick: Tick, now: float, policy: Policy) -> Result:
     # None: the source could not be read this tick; keep what we knew.
     candidates = None
     if tick.events is not None:
-        candidates = relevant(tick.events, policy, record.dismissed)
+        listed = tick.events + salvage(tick.damaged, policy)
+        candidates = relevant(listed, policy, record.dismissed)
 
     phase = record.phase
+    patient = phase in (Phase.DRAINING, Phase.DRAINED, Phase.IN_MAINTENANCE) or (
+        phase is Phase.RECOVERING and not record.undrain
+    )
+    seen = _track(record, candidates, tick, now, policy, patient=patient)
+    record = seen.record
     if phase is Phase.IN_SERVICE:
-        return _in_service(record, candidates, tick, now, policy)
-    if phase is Phase.DRAINING:
-        return _draining(record, candidates, tick, now, policy)
-    if phase in (Phase.DRAINED, Phase.IN_MAINTENANCE):
-        return _out(record, candidates, tick, now, policy)
-    if phase is Phase.RECOVERING:
-        return _recovering(record, candidates, tick, now, policy)
+        new, actions = _in_service(record, candidates, tick, now, policy)
+    elif phase is Phase.DRAINING:
+        new, actions = _draining(record, candidates, seen, tick, now, policy)
+    elif phase in (Phase.DRAINED, Phase.IN_MAINTENANCE):
+        new, actions = _out(record, candidates, seen, tick, now, policy)
+    elif phase is Phase.RECOVERING:
+        new, actions = _recovering(record, candidates, seen, tick, now, policy)
+    else:
+        new, actions = _held_or_removed(record, candidates, tick, now, policy)
+    return new, seen.actions + actions
+
+
+def _held_or_removed(
+    record: Record,
+    candidates: list[MaintenanceEvent] | None,
+    tick: Tick,
+    now: float,
+    policy: Policy,
+) -> Result:
+    phase = record.phase
     # held, removed: stay out, keep approving what comes, keep checking health in held.
     if candidates is not None:
         event = _pick(candidates, policy)
@@ -560,21 +759,26 @@ def _in_service(
         if record.event is None or record.event.event_id != event.event_id:
             return _follow(record, event), []
         return replace(record, event=event), []
-    return _start_drain(_follow(record, event), tick.lbs, now, policy, "drain started")
+    note = "drain started"
+    if event.problems:
+        note += f" ({'; '.join(event.problems)})"
+    return _start_drain(_follow(record, event), tick.lbs, now, policy, note)
 
 
 def _draining(
     record: Record,
     candidates: list[MaintenanceEvent] | None,
+    seen: _Seen,
     tick: Tick,
     now: float,
     policy: Policy,
 ) -> Result:
     if candidates is not None:
-        followed = _listed(record.event, candidates)
+        followed = seen.event
         due_now = _pick([e for e in candidates if is_due(e, now, policy)], policy)
         if followed is None and due_now is None and not record.manual:
-            return _start_recovery(record, now, "event gone while draining"), []
+            note = f"{seen.gone}; gone while draining" if seen.gone else "event gone while draining"
+            return _start_recovery(replace(record, event=None), now, note), []
         record = _follow(record, due_now or followed)
     actions: list[Action] = []
     again = tuple(
@@ -628,16 +832,18 @@ def _draining(
 def _out(
     record: Record,
     candidates: list[MaintenanceEvent] | None,
+    seen: _Seen,
     tick: Tick,
     now: float,
     policy: Policy,
 ) -> Result:
     if candidates is not None:
-        followed = _listed(record.event, candidates)
+        followed = seen.event
         if followed is None:
             # The maintenance is over (or cancelled): recover even when other events
             # are listed; recovery drains again for one that is due.
-            return _start_recovery(record, now, "event gone"), []
+            note = f"{seen.gone}: over" if seen.gone else "event gone"
+            return _start_recovery(replace(record, event=None), now, note), []
         due_now = [e for e in candidates if is_due(e, now, policy)]
         record = _follow(record, _pick(due_now, policy) or followed)
     event = record.event
@@ -655,6 +861,7 @@ def _out(
 def _recovering(
     record: Record,
     candidates: list[MaintenanceEvent] | None,
+    seen: _Seen,
     tick: Tick,
     now: float,
     policy: Policy,
@@ -664,7 +871,7 @@ def _recovering(
             return _back_in_service(record, now), []
         return record, [PutBack(tuple(sorted(record.owned)))]
     if candidates is not None:
-        followed_id = record.event.event_id if record.event else None
+        followed_id = seen.event.event_id if seen.event else None
         fresh = [e for e in candidates if e.event_id != followed_id and is_due(e, now, policy)]
         if fresh:
             # Scheduled again straight after a maintenance: stay out and handle it.
@@ -672,8 +879,9 @@ def _recovering(
             return _start_drain(
                 _follow(record, event), tick.lbs, now, policy, "new event during recovery"
             )
-        # the maintained event while it is still listed (a Started one after a reboot)
-        record = replace(record, event=_listed(record.event, candidates))
+        # the maintained event while it is still listed (a Started one after a reboot),
+        # or while its disappearance does not hold yet
+        record = _follow(record, seen.event)
     waiting = candidates is None or record.event is not None
     healthy = record.health_ok >= policy.health_successes
     actions: list[Action] = []

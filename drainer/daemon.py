@@ -43,7 +43,7 @@ from drainer.core import Record
 from drainer.engine import Engine, build_lbs, read_boot_id
 from drainer.errors import ConfigError, DrainerError, PayloadError, SourceError, StateError
 from drainer.metrics import Metrics
-from drainer.model import MaintenanceEvent
+from drainer.model import Listing
 from drainer.sources.base import EventSource, SourcePlugin
 from drainer.store import Store, remember_names, remembered_names
 
@@ -152,12 +152,12 @@ def assemble(
 class Polled:
     """One poll's outcome: the events (None: unreadable) and whether to slow down."""
 
-    events: tuple[MaintenanceEvent, ...] | None
+    events: Listing | None
     back_off: bool = False  # the service refused or timed out (429, 5xx, timeouts)
 
 
 def poll(source: EventSource, metrics: Metrics) -> Polled:
-    """The source's events, or None (never an empty tuple) when it could not be read."""
+    """The source's listing, or None (never an empty one) when it could not be read."""
     try:
         events = source.events()
     except PayloadError as exc:
@@ -280,7 +280,7 @@ class Runner:
             self._turn(polled.events)
             self._between(started + pause)
 
-    def _turn(self, events: tuple[MaintenanceEvent, ...] | None) -> None:
+    def _turn(self, events: Listing | None) -> None:
         engine = self.node.engine
         try:
             record, views = engine.turn(events)

@@ -51,7 +51,7 @@ from drainer.core import (
 from drainer.errors import AdapterError, ConfigError, SourceError, StateError
 from drainer.health import check_health
 from drainer.metrics import Metrics
-from drainer.model import LBView, MaintenanceEvent
+from drainer.model import LBView, Listing
 from drainer.sources.base import EventSource
 from drainer.store import Store
 from drainer.unrecorded import Note, Unrecorded
@@ -124,7 +124,7 @@ class Engine:
         return self._errors.get(name, "unreachable")
 
     def turn(
-        self, events: tuple[MaintenanceEvent, ...] | None, given: Input | None = None
+        self, listing: Listing | None, given: Input | None = None
     ) -> tuple[Record, dict[str, LBView | None]]:
         """Run one input (a Tick when none is given) and everything it leads to."""
         with self.store.locked():
@@ -132,9 +132,12 @@ class Engine:
             record = self._resume(saved)
             views: dict[str, LBView | None] = {}
             if given is None:
-                if wants_lb_views(record, events, self.policy):
+                events = listing.events if listing is not None else None
+                damaged = listing.damaged if listing is not None else ()
+                if wants_lb_views(record, events, self.policy, damaged):
                     views = self.views()
-                given = Tick(self.boot_id, events, views)
+                incarnation = listing.incarnation if listing is not None else None
+                given = Tick(self.boot_id, events, views, incarnation, damaged)
             inputs: deque[Input] = deque([given])
             while inputs:
                 now = self.clock()
@@ -386,9 +389,9 @@ class Engine:
         extra = {
             "phase": new.phase.value,
             "event_id": event.event_id if event else "",
-            "event_type": event.event_type.value if event else "",
+            "event_type": event.type_name if event else "",
             "note": new.note,
         }
-        about = f" [{event.event_type.value} {event.event_id}]" if event else ""
+        about = f" [{event.type_name} {event.event_id}]" if event else ""
         level = logging.WARNING if new.phase is Phase.HELD and not new.manual else logging.INFO
         log.log(level, "%s: %s%s", new.phase.value, new.note, about, extra=extra)

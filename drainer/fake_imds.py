@@ -33,8 +33,10 @@ Control API (JSON in, JSON out, no header needed, never rate limited)::
     POST /fake/events/<id>/end     the event disappears                -> state
     POST /fake/events/<id>/cancel  a Scheduled event disappears        -> state
     POST /fake/faults              {"kind", "count", "delay"}          -> state
+    POST /fake/quirks              {"iso_not_before": true, ...}       -> state
     POST /fake/compute             {"field": "value", ...}             -> state
-    GET  /fake/state               {"DocumentIncarnation", "Events", "approvals", "requests"}
+    GET  /fake/state               {"DocumentIncarnation", "Events", "approvals", "requests",
+                                    "quirks"}
     POST /fake/reset               back to the state after __init__    -> state
 
     400 {"error": what is wrong}   404 {"error": ...} unknown event id or path
@@ -56,9 +58,30 @@ Rules the fake keeps:
 - Faults (``inject``) hit the next well-formed GETs of the scheduled events, first
   in, first out: "500", "429", "slow" (wait ``delay`` seconds, then answer),
   "malformed" (invalid JSON), "schema" (valid JSON, ``Events`` an object without
-  EventId), "drop" (close the connection without an answer).
+  EventId), "drop" (close the connection without an answer), "reenabled" (the
+  service was re-enabled after an outage: ``{"DocumentIncarnation": 1, "Events": []}``
+  while the events still exist; the incarnation then counts on from 1 and the next
+  normal answer lists the events again under incarnation 2).
 - The rate limit and the lifecycle read the injected ``clock``: a test with a frozen
   clock advances it (or passes ``rate_limit=None``) to get past the limit.
+
+Quirks: what real implementations send beyond the documentation (Microsoft's own
+Scheduled Events mock server among them). Off by default; switch them on with
+``FakeIMDS(quirks={...})``, ``set_quirks(name=True, ...)`` or ``POST /fake/quirks``
+(``reset()`` returns to the constructor's set):
+
+- ``iso_not_before``: ``NotBefore`` as ISO 8601 (``2026-11-30T00:13:25Z``), not RFC 1123.
+- ``reissue_ids``: every change of status lists the event under a new ``EventId``
+  (Scheduled id X, then Started id Y). The control API and approvals accept the
+  id ``schedule`` returned as well as the one listed now.
+- ``unknown_values``: ``schedule`` accepts any non-empty type and status
+  (``"HotPatch"``, ``"InProgress"``, ``"Completed"``); such a status never advances by
+  itself (``start_event`` or ``end_event`` moves it).
+- ``extra_fields``: fields the documentation does not have, in every event and in
+  the document.
+- ``malformed_neighbour``: every document also lists a broken event of another VM
+  (``Resources`` a string naming ``neighbour-vm``, an unreadable ``NotBefore``). It
+  does not count as a change of ``Events``.
 
 Programming errors raise ``ValueError``; an unknown event id raises
 ``UnknownEventError``. All state sits behind one lock; nothing is logged.
@@ -72,7 +95,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
@@ -87,6 +110,8 @@ __all__ = [
     "COMPUTE_API_VERSIONS",
     "EVENT_TYPES",
     "FAULT_KINDS",
+    "NEIGHBOUR",
+    "QUIRKS",
     "SCHEDULED_EVENTS_API_VERSIONS",
     "FakeIMDS",
     "UnknownEventError",
@@ -103,7 +128,24 @@ SCHEDULED_EVENTS_API_VERSIONS = (
 )
 COMPUTE_API_VERSIONS = ("2021-02-01",)
 EVENT_TYPES = ("Freeze", "Reboot", "Redeploy", "Preempt", "Terminate")
-FAULT_KINDS = ("500", "429", "slow", "malformed", "schema", "drop")
+FAULT_KINDS = ("500", "429", "slow", "malformed", "schema", "drop", "reenabled")
+QUIRKS = (
+    "iso_not_before",
+    "reissue_ids",
+    "unknown_values",
+    "extra_fields",
+    "malformed_neighbour",
+)
+NEIGHBOUR = "neighbour-vm"
+_MALFORMED_NEIGHBOUR = {
+    "EventId": "5D4C3B2A-0000-4000-8000-00000000BEEF",
+    "EventType": "Reboot",
+    "ResourceType": "VirtualMachine",
+    "Resources": NEIGHBOUR,
+    "EventStatus": "Scheduled",
+    "NotBefore": "soon",
+    "DurationInSeconds": "n/a",
+}
 
 _SCHEDULED = "Scheduled"
 _STARTED = "Started"
@@ -164,17 +206,23 @@ class _Event:
     start_on_approval: bool
     end_after: float | None
     started_at: float | None = None
+    listed_id: str = ""  # the EventId served: another one after each change with reissue_ids
 
-    def start(self, at: float) -> None:
+    def start(self, at: float, listed_id: str | None = None) -> None:
         self.status = _STARTED
         self.started_at = at
+        self.listed_id = listed_id or self.listed_id
 
-    def to_json(self, api_version: str) -> dict[str, Any]:
+    def to_json(self, api_version: str, quirks: frozenset[str] = frozenset()) -> dict[str, Any]:
         not_before = ""
-        if self.status == _SCHEDULED:
-            not_before = format_datetime(datetime.fromtimestamp(self.not_before, UTC), usegmt=True)
-        document = {
-            "EventId": self.event_id,
+        if self.status != _STARTED:
+            moment = datetime.fromtimestamp(self.not_before, UTC)
+            if "iso_not_before" in quirks:
+                not_before = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+            else:
+                not_before = format_datetime(moment, usegmt=True)
+        document: dict[str, Any] = {
+            "EventId": self.listed_id or self.event_id,
             "EventType": self.event_type,
             "ResourceType": "VirtualMachine",
             "Resources": list(self.resources),
@@ -184,6 +232,9 @@ class _Event:
             "EventSource": self.source,
             "DurationInSeconds": self.duration,
         }
+        if "extra_fields" in quirks:
+            document["Priority"] = "Normal"
+            document["Impact"] = {"Kind": "Downtime", "Seconds": None}
         return {
             key: value
             for key, value in document.items()
@@ -236,6 +287,16 @@ def _nested(fields: dict[str, str]) -> dict[str, Any]:
             node = node.setdefault(parent, {})
         node[leaf] = value
     return document
+
+
+def _check_quirks(flags: dict[str, Any]) -> dict[str, bool]:
+    unknown = sorted(set(flags) - set(QUIRKS))
+    if unknown:
+        raise ValueError(f"unknown quirks: {', '.join(unknown)} (known: {', '.join(QUIRKS)})")
+    for name, on in flags.items():
+        if not isinstance(on, bool):
+            raise ValueError(f"quirk {name} must be true or false, got {on!r}")
+    return dict(flags)
 
 
 def _start_requests(body: bytes) -> list[str] | None:
@@ -295,11 +356,15 @@ class FakeIMDS:
         compute: dict[str, str] | None = None,
         rate_limit: int | None = 5,
         clock: Callable[[], float] = time.time,
+        quirks: Iterable[str] = (),
     ) -> None:
         initial_compute = dict(_DEFAULT_COMPUTE if compute is None else compute)
         _check_compute(initial_compute)
         if rate_limit is not None and rate_limit < 1:
             raise ValueError(f"rate_limit must be at least 1 or None, got {rate_limit}")
+        self._initial_quirks = _check_quirks(dict.fromkeys(quirks, True))
+        self._quirks: frozenset[str] = frozenset()
+        self._reenabled = False  # a "reenabled" answer hid the events; the next one lists them
         self._host = host
         self._port = port
         self._initial_compute = initial_compute
@@ -386,13 +451,18 @@ class FakeIMDS:
         status: str = _SCHEDULED,
     ) -> str:
         """Add an event and return its EventId; status="Started" is a no-notice event."""
-        if event_type not in EVENT_TYPES:
+        odd = "unknown_values" in self._quirks
+        if event_type not in EVENT_TYPES and not (
+            odd and isinstance(event_type, str) and event_type
+        ):
             raise ValueError(f"type must be one of {', '.join(EVENT_TYPES)}, got {event_type!r}")
         if not resources or not all(isinstance(r, str) and r for r in resources):
             raise ValueError(f"resources must be a non-empty list of VM names, got {resources!r}")
         if source not in ("Platform", "User"):
             raise ValueError(f"source must be Platform or User, got {source!r}")
-        if status not in (_SCHEDULED, _STARTED):
+        if status not in (_SCHEDULED, _STARTED) and not (
+            odd and isinstance(status, str) and status
+        ):
             raise ValueError(f"status must be Scheduled or Started, got {status!r}")
         if duration < -1:
             raise ValueError(f"duration must be -1 (unknown) or more, got {duration}")
@@ -414,9 +484,12 @@ class FakeIMDS:
                 duration=duration,
                 start_on_approval=start_on_approval,
                 end_after=end_after,
+                listed_id=event_id,
             )
             if status == _STARTED:
                 event.start(now)
+            elif status != _SCHEDULED:
+                event.status = status
             self._events[event_id] = event
             self._incarnation += 1
         return event_id
@@ -426,26 +499,39 @@ class FakeIMDS:
         with self._lock:
             now = self._advance_locked()
             event = self._event_locked(event_id)
-            if event.status == _SCHEDULED:
-                event.start(now)
+            if event.status != _STARTED:
+                event.start(now, self._new_id_locked())
                 self._incarnation += 1
 
     def end_event(self, event_id: str) -> None:
         """The event is over: it disappears, whatever its status."""
         with self._lock:
             self._advance_locked()
-            self._event_locked(event_id)
-            del self._events[event_id]
+            del self._events[self._event_locked(event_id).event_id]
             self._incarnation += 1
 
     def cancel_event(self, event_id: str) -> None:
         """Azure called the event off: a Scheduled event disappears; a Started one can't."""
         with self._lock:
             self._advance_locked()
-            if self._event_locked(event_id).status != _SCHEDULED:
+            event = self._event_locked(event_id)
+            if event.status == _STARTED:
                 raise ValueError(f"event {event_id} has started and can no longer be cancelled")
-            del self._events[event_id]
+            del self._events[event.event_id]
             self._incarnation += 1
+
+    def set_quirks(self, **flags: bool) -> None:
+        """Switch quirks on (True) or off (False); see the module docstring."""
+        changes = _check_quirks(flags)
+        with self._lock:
+            self._quirks = frozenset(
+                name for name in QUIRKS if changes.get(name, name in self._quirks)
+            )
+
+    @property
+    def quirks(self) -> frozenset[str]:
+        with self._lock:
+            return self._quirks
 
     def inject(self, kind: str, *, count: int = 1, delay: float = 5.0) -> None:
         """Make the next ``count`` scheduled-events GETs fail in this way (after earlier faults)."""
@@ -474,6 +560,7 @@ class FakeIMDS:
                 **self._document_locked(_LATEST),
                 "approvals": list(self._approvals),
                 "requests": self._requests,
+                "quirks": sorted(self._quirks),
             }
 
     def reset(self) -> None:
@@ -491,6 +578,12 @@ class FakeIMDS:
         self._compute = dict(self._initial_compute)
         self._requests = 0
         self._recent = deque()
+        self._quirks = frozenset(name for name, on in self._initial_quirks.items() if on)
+        self._reenabled = False
+
+    def _new_id_locked(self) -> str | None:
+        """A new listed EventId for a change of status, with reissue_ids."""
+        return str(uuid.uuid4()).upper() if "reissue_ids" in self._quirks else None
 
     def _advance_locked(self) -> float:
         """Apply what the clock says happened since the last look; return now."""
@@ -498,7 +591,7 @@ class FakeIMDS:
         changed = False
         for event in list(self._events.values()):
             if event.status == _SCHEDULED and now >= event.not_before:
-                event.start(event.not_before)
+                event.start(event.not_before, self._new_id_locked())
                 changed = True
             if (
                 event.started_at is not None
@@ -511,17 +604,28 @@ class FakeIMDS:
             self._incarnation += 1
         return now
 
+    def _find_locked(self, event_id: str) -> _Event | None:
+        """By the id ``schedule`` returned or by the one listed now."""
+        event = self._events.get(event_id)
+        if event is None:
+            event = next((e for e in self._events.values() if e.listed_id == event_id), None)
+        return event
+
     def _event_locked(self, event_id: str) -> _Event:
-        try:
-            return self._events[event_id]
-        except KeyError:
-            raise UnknownEventError(f"no event {event_id}") from None
+        event = self._find_locked(event_id)
+        if event is None:
+            raise UnknownEventError(f"no event {event_id}")
+        return event
 
     def _document_locked(self, api_version: str) -> dict[str, Any]:
-        return {
-            "DocumentIncarnation": self._incarnation,
-            "Events": [event.to_json(api_version) for event in self._events.values()],
-        }
+        quirks = self._quirks
+        events = [event.to_json(api_version, quirks) for event in self._events.values()]
+        if "malformed_neighbour" in quirks:
+            events.insert(0, dict(_MALFORMED_NEIGHBOUR))
+        document: dict[str, Any] = {"DocumentIncarnation": self._incarnation, "Events": events}
+        if "extra_fields" in quirks:
+            document["Region"] = "westeurope"
+        return document
 
     def _over_rate_limit_locked(self, now: float) -> bool:
         """Count this request; True if it is one too many in the last second."""
@@ -581,6 +685,11 @@ class FakeIMDS:
             self._stopping.wait(fault.delay)
         with self._lock:
             self._advance_locked()
+            if fault is not None and fault.kind == "reenabled":
+                self._incarnation, self._reenabled = 1, True
+                return _json_reply(200, {"DocumentIncarnation": 1, "Events": []})
+            if self._reenabled:  # the events are listed again: a change
+                self._incarnation, self._reenabled = self._incarnation + 1, False
             document = self._document_locked(api_version)
         match fault.kind if fault is not None else None:
             case "500":
@@ -604,12 +713,12 @@ class FakeIMDS:
             now = self._advance_locked()
             started = False
             for event_id in event_ids:
-                event = self._events.get(event_id)
+                event = self._find_locked(event_id)
                 if event is None:
                     continue
                 self._approvals.append(event_id)
                 if event.start_on_approval and event.status == _SCHEDULED:
-                    event.start(now)
+                    event.start(now, self._new_id_locked())
                     started = True
             if started:
                 self._incarnation += 1
@@ -632,6 +741,10 @@ class FakeIMDS:
                     self.cancel_event(event_id)
                 case "POST", ["faults"]:
                     self._control_inject(payload)
+                case "POST", ["quirks"]:
+                    if not isinstance(payload, dict):
+                        raise ValueError("body must be a JSON object of quirk names to booleans")
+                    self.set_quirks(**payload)
                 case "POST", ["compute"]:
                     if not isinstance(payload, dict):
                         raise ValueError("body must be a JSON object of strings")

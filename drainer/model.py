@@ -1,4 +1,10 @@
-"""Values shared by sources, the core and the shell: maintenance events and durations."""
+"""Values shared by sources, the core and the shell: maintenance events and durations.
+
+A source reads liberally: a type or status it does not know becomes ``UNKNOWN`` (the
+name as listed kept in ``raw_type``/``raw_status``), and what was odd about an event is
+said in ``problems``. Who an event is for is never guessed by a source: an entry whose
+``Resources`` cannot be read is handed on as ``Damaged`` and the core decides.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,26 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 
-class EventType(StrEnum):
+class _AnyCase(StrEnum):
+    @classmethod
+    def _missing_(cls, value: object) -> _AnyCase | None:
+        text = str(value).lower()
+        return next((member for member in cls if member.value.lower() == text), None)
+
+
+class EventType(_AnyCase):
     FREEZE = "Freeze"
     REBOOT = "Reboot"
     REDEPLOY = "Redeploy"
     PREEMPT = "Preempt"
     TERMINATE = "Terminate"
+    UNKNOWN = "Unknown"  # a type drainer does not know (yet): the rule events.Unknown applies
 
 
-class EventStatus(StrEnum):
+class EventStatus(_AnyCase):
     SCHEDULED = "Scheduled"
     STARTED = "Started"
+    UNKNOWN = "Unknown"  # pending as far as drainer can tell: drained at once, never approved
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,18 @@ class MaintenanceEvent:
     duration: int = -1  # seconds of expected impact; 0 none, -1 unknown
     source: str = "Platform"
     description: str = ""
+    raw_type: str = ""  # the EventType as listed, when it is UNKNOWN
+    raw_status: str = ""  # the EventStatus as listed, when it is UNKNOWN
+    problems: tuple[str, ...] = ()  # what was odd about the event as listed
+
+    @property
+    def type_name(self) -> str:
+        """The type as the source listed it (for logs and status, never for metrics)."""
+        return self.raw_type or self.event_type.value
+
+    @property
+    def status_name(self) -> str:
+        return self.raw_status or self.status.value
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -43,6 +70,9 @@ class MaintenanceEvent:
             "duration": self.duration,
             "source": self.source,
             "description": self.description,
+            "raw_type": self.raw_type,
+            "raw_status": self.raw_status,
+            "problems": list(self.problems),
         }
 
     @classmethod
@@ -50,16 +80,46 @@ class MaintenanceEvent:
         not_before = data.get("not_before")
         duration = data.get("duration", -1)
         resources = data.get("resources", [])
+        problems = data.get("problems", [])
+        kind, status = str(data["event_type"]), str(data["status"])
+        known_kind = kind in {t.value for t in EventType}
+        known_status = status in {s.value for s in EventStatus}
         return cls(
             event_id=str(data["event_id"]),
-            event_type=EventType(str(data["event_type"])),
-            status=EventStatus(str(data["status"])),
+            event_type=EventType(kind) if known_kind else EventType.UNKNOWN,
+            status=EventStatus(status) if known_status else EventStatus.UNKNOWN,
             resources=tuple(str(r) for r in resources) if isinstance(resources, list) else (),
             not_before=float(not_before) if isinstance(not_before, int | float) else None,
             duration=int(duration) if isinstance(duration, int) else -1,
             source=str(data.get("source", "")),
             description=str(data.get("description", "")),
+            raw_type=str(data.get("raw_type") or ("" if known_kind else kind)),
+            raw_status=str(data.get("raw_status") or ("" if known_status else status)),
+            problems=tuple(str(p) for p in problems) if isinstance(problems, list) else (),
         )
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A listed entry whose ``Resources`` could not be read, so whom it is for is unknown.
+
+    ``event`` holds what could be read (its ``resources``: the names salvaged, maybe
+    none); ``text`` is the entry as listed (JSON), in which the core looks for this
+    VM's names: a source does not know them.
+    """
+
+    event: MaintenanceEvent
+    text: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One answer of an event source: the events it could read, the document's
+    incarnation (None: not reported) and the entries it could not read well enough."""
+
+    events: tuple[MaintenanceEvent, ...] = ()
+    incarnation: int | None = None
+    damaged: tuple[Damaged, ...] = ()
 
 
 class LBStatus(StrEnum):

@@ -107,6 +107,7 @@ def record_from_json(data: Any) -> Record:
         raise ValueError(f"event is not an event ({exc!r})") from exc
     values["owned"] = frozenset(values.get("owned", ()))
     values["dismissed"] = tuple(values.get("dismissed", ()))
+    values["listed"] = tuple(values.get("listed", ()))
     return Record(**values)
 
 

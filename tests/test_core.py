@@ -31,7 +31,14 @@ from drainer.core import (
     step,
     wants_lb_views,
 )
-from drainer.model import EventStatus, EventType, LBStatus, LBView, MaintenanceEvent
+from drainer.model import (
+    Damaged,
+    EventStatus,
+    EventType,
+    LBStatus,
+    LBView,
+    MaintenanceEvent,
+)
 
 NOW = 1_000_000.0
 BOOT = "boot-1"
@@ -52,6 +59,8 @@ POLICY = Policy(
     health_interval=2,
     health_successes=3,
     health_deadline=2700,
+    gone_after=0,  # an event is gone once unlisted: the windows have tests of their own
+    gone_after_doubt=0,
 )
 
 IN = LBView(LBStatus.IN_SERVICE, 0)
@@ -79,8 +88,11 @@ def tick(
     lbs: dict[str, LBView | None] | None = None,
     boot: str = BOOT,
     unknown: bool = False,
+    incarnation: int | None = None,
+    damaged: tuple[Damaged, ...] = (),
 ) -> Tick:
-    return Tick(boot, None if unknown else tuple(events), lbs if lbs is not None else {})
+    views = lbs if lbs is not None else {}
+    return Tick(boot, None if unknown else tuple(events), views, incarnation, damaged)
 
 
 def both(view: LBView | None) -> dict[str, LBView | None]:
@@ -95,6 +107,7 @@ def at(phase: Phase, **changes: object) -> Record:
         since=NOW,
         event=event(),
         drain_deadline=NOW + 300,
+        listed=("E1",),
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 
@@ -607,3 +620,269 @@ def test_a_far_event_does_not_keep_the_node_out_after_its_maintenance() -> None:
     record = replace(record, health_ok=3)
     record, actions = run(record, tick(later, lbs=both(OUT)), now=NOW + 1)
     assert PutBack(LBS) in actions
+
+
+# -- events, fail-safe -------------------------------------------------------------------
+
+
+def unknown_status(**changes: object) -> MaintenanceEvent:
+    odd = replace(event(), status=EventStatus.UNKNOWN, raw_status="InProgress")
+    return replace(odd, **changes)  # type: ignore[arg-type]
+
+
+def test_unknown_status_drains_at_once_and_is_never_approved() -> None:
+    odd = unknown_status()  # sole, NotBefore far away: a Scheduled one would be approved
+    new, actions = run(Record(boot_id=BOOT), tick(odd, lbs=both(IN)))
+    assert new.phase is Phase.DRAINING and actions == [Drain(LBS)]
+    drained, actions = run(new, tick(odd, lbs=both(draining_view(0))), now=NOW + 1)
+    assert drained.phase is Phase.DRAINED and actions == [TakeOut(LBS)]
+    always = replace(POLICY, approve=Approve.ALWAYS)
+    _, actions = run(drained, tick(odd, lbs=both(OUT)), now=NOW + 2, policy=always)
+    assert actions == []
+
+
+def test_unknown_type_follows_its_rule_drain_by_default() -> None:
+    odd = replace(event(), event_type=EventType.UNKNOWN, raw_type="HotPatch")
+    no_rule = replace(POLICY, rules={k: v for k, v in POLICY.rules.items()})
+    assert EventType.UNKNOWN not in no_rule.rules
+    assert run(Record(boot_id=BOOT), tick(odd), policy=no_rule)[0].phase is Phase.DRAINING
+    ignore = replace(POLICY, rules={**POLICY.rules, EventType.UNKNOWN: Rule(Reaction.IGNORE)})
+    assert relevant((odd,), ignore) == []
+    remove = replace(POLICY, rules={**POLICY.rules, EventType.UNKNOWN: Rule(Reaction.REMOVE)})
+    drained, _ = run(
+        at(Phase.DRAINING, event=odd), tick(odd, lbs=both(draining_view(0))), policy=remove
+    )
+    assert drained.phase is Phase.REMOVED
+
+
+def test_problems_of_the_event_are_in_the_note_of_the_drain() -> None:
+    odd = replace(event(not_before=None), problems=("NotBefore 'soon' unreadable: due now",))
+    new, _ = run(Record(boot_id=BOOT), tick(odd, lbs=both(IN)))
+    assert new.phase is Phase.DRAINING and "NotBefore 'soon'" in new.note
+
+
+def damaged(text: str, *, eid: str = "D1", names: tuple[str, ...] = ()) -> Damaged:
+    broken = MaintenanceEvent(eid, EventType.REBOOT, EventStatus.SCHEDULED, names, NOW + 900)
+    return Damaged(replace(broken, problems=("Resources unreadable",)), text)
+
+
+def test_a_damaged_entry_naming_this_vm_drains_at_once_and_is_never_approved() -> None:
+    entry = damaged('{"EventId": "D1", "Resources": "web-1,web-2", "EventType": "Reboot"}')
+    new, actions = run(Record(boot_id=BOOT), tick(damaged=(entry,), lbs=both(IN)))
+    assert new.phase is Phase.DRAINING and actions == [Drain(LBS)]
+    assert new.event is not None and new.event.event_id == "D1"
+    assert new.event.resources == ("web-1",)  # would be "sole": never approved all the same
+    drained, actions = run(new, tick(damaged=(entry,), lbs=both(draining_view(0))), now=NOW + 1)
+    assert drained.phase is Phase.DRAINED and actions == [TakeOut(LBS)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"EventId": "D1", "Resources": "web-10"}',  # another VM whose name starts like ours
+        '{"EventId": "D1", "Resources": {"name": "web-2"}, "NotBefore": "soon"}',
+        '"not an object"',
+    ],
+)
+def test_a_damaged_neighbour_is_skipped_and_hides_nothing(text: str) -> None:
+    mine = event(eid="MINE")
+    record = Record(boot_id=BOOT)
+    idle, actions = run(record, tick(damaged=(damaged(text),)))
+    assert idle == record and actions == []
+    new, actions = run(record, tick(mine, damaged=(damaged(text),), lbs=both(IN)))
+    assert new.phase is Phase.DRAINING and new.event == mine
+    _, actions = run(new, tick(mine, damaged=(damaged(text),), lbs=both(draining_view(0))))
+    assert actions == [TakeOut(LBS), ApproveEvent("MINE")]  # this VM's sole event: approved
+
+
+def test_damaged_names_salvaged_from_resources_count() -> None:
+    entry = damaged('{"Resources": ["web-1", null]}', names=("web-1",))
+    assert run(Record(boot_id=BOOT), tick(damaged=(entry,)))[0].phase is Phase.DRAINING
+
+
+def test_vm_names_are_compared_without_case() -> None:
+    shouting = event(resources=("WEB-1",))
+    _, actions = run(at(Phase.DRAINING, event=shouting), tick(shouting, lbs=both(draining_view(0))))
+    assert actions == [TakeOut(LBS), ApproveEvent("E1")]
+
+
+# several events at once ----------------------------------------------------------------
+
+
+def test_freeze_and_reboot_listed_together_each_approved_node_out_throughout() -> None:
+    freeze = event(EventType.FREEZE, eid="F", duration=30, not_before=NOW + 600)
+    reboot = event(EventType.REBOOT, eid="R", not_before=NOW + 900)
+    record, actions = run(Record(boot_id=BOOT), tick(freeze, reboot, lbs=both(IN)))
+    assert record.phase is Phase.DRAINING and actions == [Drain(LBS)]
+    record, actions = run(record, tick(freeze, reboot, lbs=both(draining_view(0))), now=NOW + 1)
+    assert record.phase is Phase.DRAINED and actions == [TakeOut(LBS), ApproveEvent("F")]
+    record, _ = run(record, Approved("F"), now=NOW + 1)
+    started = replace(freeze, status=EventStatus.STARTED, not_before=None)
+    record, actions = run(record, tick(started, reboot, lbs=both(OUT)), now=NOW + 2)
+    assert record.phase is Phase.IN_MAINTENANCE and record.event == started
+    assert actions == []  # the Reboot waits for its turn: one maintenance at a time
+    # the Freeze is over: the node does not go back, the Reboot is drained for and approved
+    record, actions = run(record, tick(reboot, lbs=both(OUT)), now=NOW + 3)
+    record, actions = run(replace(record, health_ok=3), tick(reboot, lbs=both(OUT)), now=NOW + 4)
+    assert record.phase is Phase.DRAINING and record.event == reboot
+    assert not any(isinstance(a, PutBack) for a in actions)
+    record, actions = run(record, tick(reboot, lbs=both(OUT)), now=NOW + 5)
+    assert record.phase is Phase.DRAINED and ApproveEvent("R") in actions
+
+
+def test_a_neighbours_event_is_never_approved_ours_is() -> None:
+    neighbours = event(eid="N", resources=("web-2",), not_before=NOW + 60)
+    ours = event(eid="MINE", not_before=NOW + 900)
+    record, _ = run(Record(boot_id=BOOT), tick(neighbours, ours, lbs=both(IN)))
+    assert record.event == ours
+    approvals = []
+    for i in range(1, 4):
+        record, actions = run(
+            record, tick(neighbours, ours, lbs=both(draining_view(0))), now=NOW + i * 100
+        )
+        approvals += [a.event_id for a in actions if isinstance(a, ApproveEvent)]
+    assert set(approvals) == {"MINE"}
+
+
+# disappearance is believed only when it holds --------------------------------------------
+
+WINDOWS = replace(POLICY, gone_after=5, gone_after_doubt=120)
+STARTED = event(status=EventStatus.STARTED, not_before=None)
+
+
+def maintained(**changes: object) -> Record:
+    return at(Phase.IN_MAINTENANCE, event=STARTED, incarnation=7, listed_in=7, **changes)
+
+
+def test_an_event_gone_is_believed_after_gone_after() -> None:
+    record, actions = run(maintained(), tick(lbs=both(OUT), incarnation=8), policy=WINDOWS)
+    assert record.phase is Phase.IN_MAINTENANCE and actions == []
+    assert record.missing_since == NOW and record.event == STARTED
+    record, _ = run(record, tick(lbs=both(OUT), incarnation=8), now=NOW + 4.9, policy=WINDOWS)
+    assert record.phase is Phase.IN_MAINTENANCE
+    record, _ = run(record, tick(lbs=both(OUT), incarnation=8), now=NOW + 5, policy=WINDOWS)
+    assert record.phase is Phase.RECOVERING and record.event is None
+    assert "unlisted for 5s over 3 polls" in record.note and "7 -> 8" in record.note
+
+
+def test_an_event_listed_again_within_the_window_never_was_gone() -> None:
+    record, _ = run(maintained(), tick(lbs=both(OUT), incarnation=8), policy=WINDOWS)
+    record, actions = run(
+        record, tick(STARTED, lbs=both(OUT), incarnation=9), now=NOW + 3, policy=WINDOWS
+    )
+    assert record.phase is Phase.IN_MAINTENANCE and record.missing_since is None
+    (alert,) = actions
+    assert isinstance(alert, Alert) and "listed again after 3s" in alert.message
+    # the window starts over: a later disappearance waits its full gone_after again
+    record, _ = run(record, tick(lbs=both(OUT), incarnation=10), now=NOW + 6, policy=WINDOWS)
+    record, _ = run(record, tick(lbs=both(OUT), incarnation=10), now=NOW + 10, policy=WINDOWS)
+    assert record.phase is Phase.IN_MAINTENANCE
+
+
+def test_after_failed_polls_the_longer_window_applies() -> None:
+    record, _ = run(maintained(), tick(unknown=True, lbs=both(OUT)), policy=WINDOWS)
+    assert record.doubt
+    record, actions = run(record, tick(lbs=both(OUT), incarnation=8), now=NOW + 1, policy=WINDOWS)
+    assert any(isinstance(a, Alert) and "120s" in a.message for a in actions)
+    record, _ = run(record, tick(lbs=both(OUT), incarnation=8), now=NOW + 60, policy=WINDOWS)
+    assert record.phase is Phase.IN_MAINTENANCE
+    record, _ = run(record, tick(lbs=both(OUT), incarnation=8), now=NOW + 121, policy=WINDOWS)
+    assert record.phase is Phase.RECOVERING and "failed polls" in record.note
+
+
+def test_an_incarnation_that_went_back_makes_the_longer_window_apply() -> None:
+    # the metadata service was re-enabled: Events [] and DocumentIncarnation 1
+    record, actions = run(maintained(), tick(lbs=both(OUT), incarnation=1), policy=WINDOWS)
+    assert record.doubt and any("7 -> 1" in a.message for a in actions if isinstance(a, Alert))
+    record, _ = run(record, tick(lbs=both(OUT), incarnation=1), now=NOW + 30, policy=WINDOWS)
+    assert record.phase is Phase.IN_MAINTENANCE
+    record, actions = run(
+        record, tick(STARTED, lbs=both(OUT), incarnation=2), now=NOW + 40, policy=WINDOWS
+    )
+    assert record.phase is Phase.IN_MAINTENANCE and not record.doubt
+    assert not any(isinstance(a, PutBack) for a in actions)
+
+
+def test_an_unchanged_incarnation_without_the_event_is_doubted_too() -> None:
+    record, _ = run(maintained(), tick(lbs=both(OUT), incarnation=7), policy=WINDOWS)
+    record, _ = run(record, tick(lbs=both(OUT), incarnation=7), now=NOW + 10, policy=WINDOWS)
+    assert record.phase is Phase.IN_MAINTENANCE and record.doubt
+
+
+def test_a_drained_node_waits_out_the_window_before_recovering() -> None:
+    drained = at(Phase.DRAINED, incarnation=3, listed_in=3)
+    record, _ = run(drained, tick(lbs=both(OUT), incarnation=4), policy=WINDOWS)
+    assert record.phase is Phase.DRAINED
+    record, _ = run(record, tick(lbs=both(OUT), incarnation=4), now=NOW + 5, policy=WINDOWS)
+    assert record.phase is Phase.RECOVERING
+
+
+def test_a_recovering_node_waiting_on_its_event_waits_out_the_window() -> None:
+    record = recovering(event=STARTED, health_ok=3, incarnation=7, listed_in=7)
+    record, actions = run(record, tick(lbs=both(OUT), incarnation=1), policy=WINDOWS)
+    assert record.event == STARTED and not any(isinstance(a, PutBack) for a in actions)
+    record, actions = run(record, tick(lbs=both(OUT), incarnation=1), now=NOW + 119, policy=WINDOWS)
+    assert not any(isinstance(a, PutBack) for a in actions)
+    record, actions = run(record, tick(lbs=both(OUT), incarnation=1), now=NOW + 120, policy=WINDOWS)
+    assert record.event is None and PutBack(LBS) in actions
+
+
+def test_draining_waits_out_the_window_too() -> None:
+    record = at(Phase.DRAINING, incarnation=3, listed_in=3)
+    record, _ = run(record, tick(lbs=both(draining_view(1)), incarnation=4), policy=WINDOWS)
+    assert record.phase is Phase.DRAINING and record.event == event()
+    record, _ = run(
+        record, tick(lbs=both(draining_view(1)), incarnation=4), now=NOW + 5, policy=WINDOWS
+    )
+    assert record.phase is Phase.RECOVERING
+
+
+def test_the_window_state_survives_a_save_and_a_load() -> None:
+    from drainer.store import record_from_json, record_to_json
+
+    record, _ = run(maintained(), tick(unknown=True, lbs=both(OUT)), policy=WINDOWS)
+    record, _ = run(record, tick(lbs=both(OUT), incarnation=1), now=NOW + 1, policy=WINDOWS)
+    assert record.missing_since is not None and record.doubt and record.listed == ()
+    odd = replace(
+        record,
+        event=replace(STARTED, event_type=EventType.UNKNOWN, raw_type="X", problems=("odd",)),
+        listed=("E1", "E2"),
+    )
+    assert record_from_json(record_to_json(odd)) == odd
+
+
+# re-issued ids (Microsoft's mock) ---------------------------------------------------------
+
+
+def test_a_reissued_id_that_started_is_the_same_maintenance() -> None:
+    record = at(Phase.DRAINED, approved_at=NOW - 1, incarnation=3, listed_in=3)
+    reissued = event(eid="E1-started", status=EventStatus.STARTED, not_before=None)
+    new, actions = run(record, tick(reissued, lbs=both(OUT), incarnation=4), policy=WINDOWS)
+    assert new.phase is Phase.IN_MAINTENANCE and new.event == reissued
+    assert [type(a) for a in actions] == [Alert] and "E1-started" in actions[0].message
+    # ...and again when the mock re-issues the Started one: still no recovery, no drain
+    again = replace(reissued, event_id="E1-again")
+    new, actions = run(new, tick(again, lbs=both(OUT), incarnation=5), policy=WINDOWS)
+    assert new.phase is Phase.IN_MAINTENANCE and new.event == again
+
+
+def test_a_reissued_id_during_recovery_causes_no_second_drain() -> None:
+    record = recovering(event=STARTED, incarnation=7, listed_in=7)
+    reissued = replace(STARTED, event_id="E1-b")
+    new, actions = run(record, tick(reissued, lbs=both(OUT), incarnation=8), policy=WINDOWS)
+    assert new.phase is Phase.RECOVERING and new.event == reissued
+    assert not any(isinstance(a, Drain | TakeOut | PutBack) for a in actions)
+
+
+def test_a_new_scheduled_event_of_the_same_type_is_another_maintenance() -> None:
+    record = at(Phase.IN_MAINTENANCE, event=STARTED, incarnation=7, listed_in=7)
+    later = event(eid="E2", resources=("web-1", "web-2"), not_before=NOW + 6 * 3600)
+    new, _ = run(record, tick(later, lbs=both(OUT), incarnation=8), policy=POLICY)
+    assert new.phase is Phase.RECOVERING  # not followed as a re-issue of E1
+
+
+def test_an_event_listed_before_is_no_reissue() -> None:
+    other = event(EventType.REBOOT, eid="E2", status=EventStatus.STARTED, not_before=None)
+    record = at(Phase.IN_MAINTENANCE, event=STARTED, listed=("E1", "E2"))
+    new, _ = run(record, tick(other, lbs=both(OUT)))
+    assert new.phase is Phase.RECOVERING

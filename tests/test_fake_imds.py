@@ -7,13 +7,20 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from drainer.fake_imds import SCHEDULED_EVENTS_API_VERSIONS, FakeIMDS, UnknownEventError
+from drainer.fake_imds import (
+    NEIGHBOUR,
+    QUIRKS,
+    SCHEDULED_EVENTS_API_VERSIONS,
+    FakeIMDS,
+    UnknownEventError,
+)
 
 EVENTS = "/metadata/scheduledevents"
 COMPUTE = "/metadata/instance/compute"
@@ -617,7 +624,13 @@ def test_control_api_state_faults_compute_and_reset(imds: FakeIMDS, client: http
     assert state["approvals"] == [event_id]
     assert state["requests"] == 2
     assert state["Events"][0]["EventStatus"] == "Started"
-    assert reset == {"DocumentIncarnation": 0, "Events": [], "approvals": [], "requests": 0}
+    assert reset == {
+        "DocumentIncarnation": 0,
+        "Events": [],
+        "approvals": [],
+        "requests": 0,
+        "quirks": [],
+    }
     names = client.get(COMPUTE, params={"api-version": "2021-02-01"}, headers=MD).json()["name"]
     assert names == "web-1"
 
@@ -638,6 +651,9 @@ def test_control_api_state_faults_compute_and_reset(imds: FakeIMDS, client: http
         ("/fake/faults", {"count": 1}, "kind"),
         ("/fake/compute", {"name": 1}, "strings"),
         ("/fake/compute", ["name"], "JSON object"),
+        ("/fake/quirks", {"bogus": True}, "unknown quirks: bogus"),
+        ("/fake/quirks", {"iso_not_before": 1}, "true or false"),
+        ("/fake/quirks", ["iso_not_before"], "JSON object"),
     ],
 )
 def test_control_api_bad_input_is_400_naming_the_problem(
@@ -747,3 +763,119 @@ def test_serve_forever_returns_on_stop(clock: FakeClock) -> None:
 
     assert answer.status_code == 200
     assert not server.is_alive()
+
+
+# -- quirks: what real implementations send beyond the documentation ------------------------------
+
+
+def test_quirks_are_off_by_default_and_unknown_ones_rejected(clock: FakeClock) -> None:
+    assert FakeIMDS(clock=clock).quirks == frozenset()
+    with pytest.raises(ValueError, match="unknown quirks: bogus"):
+        FakeIMDS(clock=clock, quirks={"bogus"})
+    assert FakeIMDS(clock=clock, quirks=QUIRKS).quirks == frozenset(QUIRKS)
+
+
+def test_iso_not_before(imds: FakeIMDS, client: httpx.Client, clock: FakeClock) -> None:
+    imds.set_quirks(iso_not_before=True)
+    imds.schedule("Reboot", ["web-1"], not_before_in=600)
+    text = get_events(client)["Events"][0]["NotBefore"]
+    assert text == "2026-04-11T22:16:58Z"
+    assert datetime.fromisoformat(text).timestamp() == clock.now + 600
+    imds.set_quirks(iso_not_before=False)
+    assert get_events(client)["Events"][0]["NotBefore"] == "Sat, 11 Apr 2026 22:16:58 GMT"
+
+
+def test_reissued_ids_on_every_change_of_status(
+    imds: FakeIMDS, client: httpx.Client, clock: FakeClock
+) -> None:
+    imds.set_quirks(reissue_ids=True)
+    first = imds.schedule("Reboot", ["web-1"], not_before_in=600, start_on_approval=True)
+    second = imds.schedule("Freeze", ["web-1"], not_before_in=60)
+    assert [e["EventId"] for e in get_events(client)["Events"]] == [first, second]
+
+    assert approve(client, first).status_code == 200  # Scheduled X -> Started Y
+    clock.advance(60)  # NotBefore passed: Scheduled -> Started under a new id too
+    started = {e["EventType"]: e for e in get_events(client)["Events"]}
+    assert started["Reboot"]["EventStatus"] == started["Freeze"]["EventStatus"] == "Started"
+    assert started["Reboot"]["EventId"] not in (first, second)
+    assert started["Freeze"]["EventId"] not in (first, second)
+
+    imds.end_event(first)  # by the id schedule returned...
+    imds.end_event(started["Freeze"]["EventId"])  # ...or by the one listed now
+    assert get_events(client)["Events"] == []
+
+
+def test_reissued_id_on_start_event(imds: FakeIMDS, client: httpx.Client) -> None:
+    imds.set_quirks(reissue_ids=True)
+    event_id = imds.schedule("Redeploy", ["web-1"])
+    imds.start_event(event_id)
+    (event,) = get_events(client)["Events"]
+    assert event["EventStatus"] == "Started" and event["EventId"] != event_id
+
+
+def test_unknown_values_only_with_the_quirk(
+    imds: FakeIMDS, client: httpx.Client, clock: FakeClock
+) -> None:
+    with pytest.raises(ValueError, match="type must be"):
+        imds.schedule("HotPatch", ["web-1"])
+    with pytest.raises(ValueError, match="status must be"):
+        imds.schedule("Reboot", ["web-1"], status="InProgress")
+    imds.set_quirks(unknown_values=True)
+    odd_type = imds.schedule("HotPatch", ["web-1"], not_before_in=60)
+    odd_status = imds.schedule("Reboot", ["web-1"], status="InProgress", not_before_in=60)
+    clock.advance(120)  # an unknown status does not advance by itself
+    events = {e["EventId"]: e for e in get_events(client)["Events"]}
+    assert events[odd_type]["EventType"] == "HotPatch"
+    assert events[odd_type]["EventStatus"] == "Started"
+    assert events[odd_status]["EventStatus"] == "InProgress"
+    assert events[odd_status]["NotBefore"] != ""
+    imds.start_event(odd_status)
+    assert get_events(client)["Events"][1]["EventStatus"] == "Started"
+
+
+def test_extra_fields(imds: FakeIMDS, client: httpx.Client) -> None:
+    imds.set_quirks(extra_fields=True)
+    imds.schedule("Reboot", ["web-1"])
+    document = get_events(client)
+    assert set(document) > {"DocumentIncarnation", "Events"}
+    assert set(document["Events"][0]) > EVENT_KEYS
+
+
+def test_malformed_neighbour_is_listed_without_changing_the_incarnation(
+    imds: FakeIMDS, client: httpx.Client
+) -> None:
+    imds.schedule("Reboot", ["web-1"])
+    before = get_events(client)
+    imds.set_quirks(malformed_neighbour=True)
+    after = get_events(client)
+    assert after["DocumentIncarnation"] == before["DocumentIncarnation"]
+    neighbour, mine = after["Events"]
+    assert neighbour["Resources"] == NEIGHBOUR  # a string, not a list
+    assert mine == before["Events"][0]
+
+
+def test_reenabled_answers_empty_with_the_incarnation_reset(
+    imds: FakeIMDS, client: httpx.Client
+) -> None:
+    for _ in range(3):
+        imds.schedule("Reboot", ["web-1"])
+    assert get_events(client)["DocumentIncarnation"] == 3
+    imds.inject("500")
+    imds.inject("reenabled", count=2)
+    assert client.get(EVENTS, params=V, headers=MD).status_code == 500
+    assert get_events(client) == {"DocumentIncarnation": 1, "Events": []}
+    assert get_events(client) == {"DocumentIncarnation": 1, "Events": []}
+    again = get_events(client)
+    assert again["DocumentIncarnation"] == 2 and len(again["Events"]) == 3
+
+
+def test_control_api_switches_quirks_and_reset_restores_the_constructors(
+    clock: FakeClock,
+) -> None:
+    with (
+        FakeIMDS(clock=clock, rate_limit=None, quirks={"reissue_ids"}) as imds,
+        httpx.Client(base_url=imds.url, trust_env=False, timeout=5.0) as http,
+    ):
+        state = http.post("/fake/quirks", json={"iso_not_before": True, "reissue_ids": False})
+        assert state.status_code == 200 and state.json()["quirks"] == ["iso_not_before"]
+        assert http.post("/fake/reset").json()["quirks"] == ["reissue_ids"]

@@ -3,14 +3,20 @@
 Every request carries ``Metadata: true``, goes straight to the endpoint (proxy
 variables ignored, redirects not followed: IMDS rejects proxied requests) and has short
 timeouts. 429, 5xx and timeouts are retried with backoff inside one poll; after that the
-poll fails with SourceError and the caller keeps what it knew. An answer that breaks the
-documented schema raises PayloadError: it is never read as "no events", since that
-would put a node back in service in the middle of its maintenance.
+poll fails with SourceError and the caller keeps what it knew. Events are read
+liberally and each on its own (see ``parse_events``); only an answer that is not a
+Scheduled Events document at all raises PayloadError: it is never read as "no events",
+since that would put a node back in service in the middle of its maintenance. What was
+odd about an event is logged once, as a warning, while the event is listed.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import threading
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -26,7 +32,7 @@ from tenacity import (
 
 from drainer.config import SourceConfig
 from drainer.errors import PayloadError, SourceError
-from drainer.model import EventStatus, EventType, MaintenanceEvent
+from drainer.model import Damaged, EventStatus, EventType, Listing, MaintenanceEvent
 from drainer.sources.base import SourcePlugin
 
 API_VERSION = "2020-07-01"
@@ -34,68 +40,144 @@ COMPUTE_API_VERSION = "2021-02-01"
 EVENTS_PATH = "/metadata/scheduledevents"
 COMPUTE_PATH = "/metadata/instance/compute"
 
+log = logging.getLogger("drainer")
+
 
 class _Retryable(Exception):
     """429, 5xx or a transport failure: worth another try within this poll."""
 
 
-def _field(event: dict[str, Any], key: str, index: int, kind: type | tuple[type, ...]) -> Any:
-    if key not in event:
-        raise PayloadError(f"Events[{index}].{key}: missing")
-    value = event[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise PayloadError(f"Events[{index}].{key}: unexpected value {value!r}")
-    return value
+_OVER = frozenset({"completed", "canceled"})  # statuses that mean the event is no more
+_FRACTION = re.compile(r"(\.\d{6})\d+")  # more digits than datetime keeps
 
 
-def _not_before(text: str, index: int) -> float | None:
-    if text == "":
-        return None
+def _time(text: str) -> float:
+    """RFC 1123 or ISO 8601 (any offset, ``Z``, fractional seconds); no offset means UTC."""
     try:
         # parsedate ignores the weekday: Microsoft's own sample has a wrong one.
-        return parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise PayloadError(f"Events[{index}].NotBefore: not an RFC 1123 time: {text!r}") from exc
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        moment = datetime.fromisoformat(_FRACTION.sub(r"\1", text.strip()))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
-def parse_events(doc: Any) -> tuple[MaintenanceEvent, ...]:
-    """Translate a Scheduled Events document; PayloadError names the first thing off-schema."""
+def _not_before(item: dict[str, Any], problems: list[str]) -> float | None:
+    """None (at once) when blank; when unreadable too, with a problem said."""
+    text = item.get("NotBefore")
+    if text == "":
+        return None
+    if isinstance(text, str):
+        try:
+            return _time(text)
+        except (ValueError, OverflowError, OSError):
+            pass
+    problems.append(f"NotBefore {text!r} is not a time drainer can read: taken as due now")
+    return None
+
+
+def _name(item: dict[str, Any], key: str, problems: list[str]) -> str:
+    value = item.get(key)
+    if isinstance(value, str) and value:
+        return value
+    problems.append(f"{key} {'missing' if value is None else repr(value)}")
+    return ""
+
+
+def _translate(item: dict[str, Any], key: str) -> tuple[MaintenanceEvent, bool] | None:
+    """The event as far as it can be read, and whether its Resources could be; None
+    when its status says it is over."""
+    problems: list[str] = []
+    if not isinstance(item.get("EventId"), str) or not item["EventId"]:
+        problems.append(f"EventId {item.get('EventId')!r}: known here as {key}")
+    kind = _name(item, "EventType", problems)
+    status = _name(item, "EventStatus", problems)
+    if status.lower() in _OVER:
+        return None
+    try:
+        event_type, raw_type = EventType(kind), ""
+    except ValueError:
+        event_type, raw_type = EventType.UNKNOWN, kind or "?"
+        if kind:
+            problems.append(f"EventType {kind!r} unknown: the rule events.Unknown applies")
+    try:
+        event_status, raw_status = EventStatus(status), ""
+    except ValueError:
+        event_status, raw_status = EventStatus.UNKNOWN, status or "?"
+        if status:
+            problems.append(f"EventStatus {status!r} unknown: pending, drained now, never approved")
+    resources = item.get("Resources")
+    readable = isinstance(resources, list) and all(isinstance(r, str) for r in resources)
+    if not readable:
+        problems.append(f"Resources {resources!r} is not a list of names")
+    names = [r for r in resources if isinstance(r, str)] if isinstance(resources, list) else []
+    duration = item.get("DurationInSeconds", -1)
+    if not isinstance(duration, int) or isinstance(duration, bool) or duration < -1:
+        problems.append(f"DurationInSeconds {duration!r}: taken as unknown")
+        duration = -1
+    source, description = item.get("EventSource"), item.get("Description")
+    event = MaintenanceEvent(
+        event_id=key,
+        event_type=event_type,
+        status=event_status,
+        resources=tuple(names),
+        not_before=_not_before(item, problems),
+        duration=duration,
+        source=source if isinstance(source, str) else "",
+        description=description if isinstance(description, str) else "",
+        raw_type=raw_type,
+        raw_status=raw_status,
+        problems=tuple(problems),
+    )
+    return event, readable
+
+
+def parse_events(doc: Any) -> Listing:
+    """Translate a Scheduled Events document, each event on its own.
+
+    Unknown fields are ignored; an unknown type or status is kept as UNKNOWN; an
+    unreadable NotBefore is "due now"; a ``Completed`` or ``Canceled`` event is over
+    (left out). An entry whose Resources cannot be read is ``Damaged``: the core
+    decides whether it names this VM. Only a document that is not a Scheduled Events
+    document at all (not an object, no ``Events`` list) raises PayloadError.
+    """
     if not isinstance(doc, dict):
         raise PayloadError("the document is not a JSON object")
-    if not isinstance(doc.get("DocumentIncarnation"), int):
-        raise PayloadError("DocumentIncarnation: missing or not an integer")
     raw = doc.get("Events")
     if not isinstance(raw, list):
         raise PayloadError("Events: missing or not a list")
-    events = []
+    incarnation = doc.get("DocumentIncarnation")
+    if not isinstance(incarnation, int) or isinstance(incarnation, bool):
+        incarnation = None
+    events: list[MaintenanceEvent] = []
+    damaged: list[Damaged] = []
     for i, item in enumerate(raw):
+        key = f"Events[{i}]"
         if not isinstance(item, dict):
-            raise PayloadError(f"Events[{i}]: not an object")
-        kind = _field(item, "EventType", i, str)
-        status = _field(item, "EventStatus", i, str)
-        try:
-            event_type, event_status = EventType(kind), EventStatus(status)
-        except ValueError as exc:
-            raise PayloadError(f"Events[{i}]: unknown EventType or EventStatus: {exc}") from exc
-        resources = _field(item, "Resources", i, list)
-        if not all(isinstance(r, str) for r in resources):
-            raise PayloadError(f"Events[{i}].Resources: not a list of names")
-        duration = item.get("DurationInSeconds", -1)
-        if not isinstance(duration, int) or isinstance(duration, bool):
-            raise PayloadError(f"Events[{i}].DurationInSeconds: unexpected value {duration!r}")
-        events.append(
-            MaintenanceEvent(
-                event_id=_field(item, "EventId", i, str),
-                event_type=event_type,
-                status=event_status,
-                resources=tuple(resources),
-                not_before=_not_before(_field(item, "NotBefore", i, str), i),
-                duration=duration,
-                source=str(item.get("EventSource", "")),
-                description=str(item.get("Description", "")),
+            text = json.dumps(item)
+            event = MaintenanceEvent(
+                event_id=key,
+                event_type=EventType.UNKNOWN,
+                status=EventStatus.UNKNOWN,
+                resources=(),
+                raw_type="?",
+                raw_status="?",
+                problems=(f"not an object: {text[:80]}",),
             )
-        )
-    return tuple(events)
+            damaged.append(Damaged(event, text))
+            continue
+        if isinstance(item.get("EventId"), str) and item["EventId"]:
+            key = item["EventId"]
+        translated = _translate(item, key)
+        if translated is None:
+            continue
+        event, readable = translated
+        if readable:
+            events.append(event)
+        else:
+            damaged.append(Damaged(event, json.dumps(item)))
+    return Listing(tuple(events), incarnation, tuple(damaged))
 
 
 def names_from_compute(doc: Any) -> frozenset[str]:
@@ -128,6 +210,7 @@ class AzureSource:
             transport=transport,
         )
         self._endpoint = config.endpoint
+        self._said: set[str] = set()  # the warnings about the events listed last time
         stopping = stopping or threading.Event()
         self._stopping = stopping
         self._retrying = Retrying(
@@ -171,8 +254,26 @@ class AzureSource:
         except ValueError as exc:
             raise PayloadError(f"metadata service answered invalid JSON: {exc}") from exc
 
-    def events(self) -> tuple[MaintenanceEvent, ...]:
-        return parse_events(self._json(self._request("GET", EVENTS_PATH, API_VERSION)))
+    def events(self) -> Listing:
+        listing = parse_events(self._json(self._request("GET", EVENTS_PATH, API_VERSION)))
+        self._warn(listing)
+        return listing
+
+    def _warn(self, listing: Listing) -> None:
+        """Say once per event (not at every poll) what was odd about it."""
+        said: set[str] = set()
+        for event, damaged in [(e, False) for e in listing.events] + [
+            (d.event, True) for d in listing.damaged
+        ]:
+            if not event.problems:
+                continue
+            line = f"scheduled event {event.event_id}: {'; '.join(event.problems)}"
+            if damaged:
+                line += "; skipped unless it names this VM (then: due now, never approved)"
+            said.add(line)
+            if line not in self._said:
+                log.warning("%s", line, extra={"event_id": event.event_id})
+        self._said = said
 
     def approve(self, event_id: str) -> None:
         body = {"StartRequests": [{"EventId": event_id}]}

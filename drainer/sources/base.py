@@ -1,7 +1,9 @@
 """What an event source is: something that reports maintenance events and nothing more.
 
-A source translates a cloud's payload into ``MaintenanceEvent`` values; it never
-decides what to do with them (that is the core's job) and never filters them by node.
+A source translates a cloud's payload into a ``Listing`` of ``MaintenanceEvent`` values;
+it never decides what to do with them (that is the core's job) and never filters them
+by node: an entry it cannot read well enough to know whom it is for is handed on as
+``Damaged``, never dropped.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from drainer.model import MaintenanceEvent
+from drainer.model import Listing
 
 
 @runtime_checkable
 class EventSource(Protocol):
-    def events(self) -> tuple[MaintenanceEvent, ...]:
-        """Every event the cloud lists now. Raises SourceError (PayloadError when the
-        answer is off-schema); an error is never an empty list."""
+    def events(self) -> Listing:
+        """Every event the cloud lists now, with the document's incarnation. Raises
+        SourceError (PayloadError when the answer is not an events document at all);
+        an error is never an empty listing."""
         ...
 
     def approve(self, event_id: str) -> None:
