@@ -50,10 +50,13 @@ log = logging.getLogger("drainer")
 
 def record_to_json(record: Record) -> dict[str, Any]:
     data = asdict(record)
+    for key, value in data.items():  # JSON's own forms, as a load will see them
+        if isinstance(value, frozenset):
+            data[key] = sorted(value)
+        elif isinstance(value, tuple):
+            data[key] = list(value)
     data["phase"] = record.phase.value
     data["event"] = record.event.to_json() if record.event else None
-    data["owned"] = sorted(record.owned)
-    data["dismissed"] = list(record.dismissed)
     return {"version": VERSION, **data}
 
 
