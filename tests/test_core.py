@@ -886,3 +886,23 @@ def test_an_event_listed_before_is_no_reissue() -> None:
     record = at(Phase.IN_MAINTENANCE, event=STARTED, listed=("E1", "E2"))
     new, _ = run(record, tick(other, lbs=both(OUT)))
     assert new.phase is Phase.RECOVERING
+
+
+def test_a_healthy_node_waiting_out_the_window_is_kept_out_where_a_reload_forgot_it() -> None:
+    # Healthy, but its event is unlisted only since an incarnation reset: not over yet.
+    # A reload puts the node back in the pool meanwhile; the tick and the re-check
+    # between polls must take it out again, or the maintenance finds it serving when the
+    # event is listed again.
+    from drainer.core import Recheck, wants_recheck
+
+    record = recovering(event=STARTED, health_ok=3, incarnation=7, listed_in=7)
+    record, _ = run(record, tick(lbs=both(OUT), incarnation=1), policy=WINDOWS)
+    assert record.event == STARTED and record.doubt
+    reloaded = {"lb-a": IN, "lb-b": OUT}
+    _, actions = run(record, tick(lbs=reloaded, incarnation=1), now=NOW + 10, policy=WINDOWS)
+    assert TakeOut(("lb-a",)) in actions and not any(isinstance(a, PutBack) for a in actions)
+    assert wants_recheck(record, WINDOWS)
+    assert run(record, Recheck(reloaded), now=NOW + 10, policy=WINDOWS)[1] == [TakeOut(("lb-a",))]
+    # still listed (a Started event after the reboot): the same
+    _, actions = run(record, tick(STARTED, lbs=reloaded, incarnation=2), now=NOW + 11)
+    assert TakeOut(("lb-a",)) in actions
