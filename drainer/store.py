@@ -54,6 +54,7 @@ def record_to_json(record: Record) -> dict[str, Any]:
     data["event"] = record.event.to_json() if record.event else None
     data["owned"] = sorted(record.owned)
     data["dismissed"] = list(record.dismissed)
+    data["listed"] = list(record.listed)
     return {"version": VERSION, **data}
 
 
