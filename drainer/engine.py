@@ -229,7 +229,10 @@ class Engine:
                 "state:put back",
                 "not putting the node back while its state cannot be saved",
             )
-        if any(isinstance(a, Drain | TakeOut) for a in actions):
+        drains = any(isinstance(a, Drain | TakeOut) for a in actions)
+        # An operator's drain of a node already out has no action to run, but its hold
+        # must reach the note too, or the node goes back after the maintenance.
+        if drains or (new.manual and new.phase is not Phase.IN_SERVICE):
             note = Unrecorded(
                 lbs=new.owned,
                 at=now,
@@ -247,6 +250,7 @@ class Engine:
                     f"cannot note the unrecorded drain in {self._notes().path} either:"
                     f" {exc.strerror}",
                 )
+        if drains:
             message = (
                 f"the state cannot be saved ({self.unsaved}): taking the node out of"
                 f" {', '.join(sorted(new.owned)) or 'nothing'} anyway; free the state directory"

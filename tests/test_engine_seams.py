@@ -1,0 +1,141 @@
+"""The engine where the pieces of issue 7 meet: a full disk, the daemon following the
+record on disk and an operator's command in another process, with an injected clock.
+
+Two engines on one state directory stand for ``drainer run`` and a CLI command; the
+store is a real ``Store`` on a real directory whose saves fail while ``full`` is set
+(the disk itself is filled for real in tests/test_full_disk.py), the load balancer a
+small fake that holds the node's state, the health check a function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from drainer.adapters.base import Check
+from drainer.config import HealthConfig, TcpCheck
+from drainer.core import Approve, ManualDrain, Phase, Policy, Reaction, Rule
+from drainer.engine import Engine
+from drainer.errors import StateError
+from drainer.model import EventStatus, EventType, LBStatus, LBView, Listing, MaintenanceEvent
+from drainer.store import Store
+
+NODE = "web-1"
+POLICY = Policy(
+    node_names=frozenset({NODE}),
+    lbs=("lb1",),
+    rules={EventType.REBOOT: Rule(Reaction.DRAIN)},
+    approve=Approve.SOLE,
+    health_successes=1,
+    gone_after=0,
+    gone_after_doubt=0,
+)
+REBOOT = MaintenanceEvent("E1", EventType.REBOOT, EventStatus.SCHEDULED, (NODE,), 2e9)
+
+
+@dataclass
+class Disk:
+    full: bool = False
+
+
+class FillableStore(Store):
+    def __init__(self, state_dir: Path, disk: Disk) -> None:
+        super().__init__(state_dir)
+        self.disk = disk
+
+    def save(self, record: object) -> None:  # type: ignore[override]
+        if self.disk.full:
+            raise StateError(f"cannot write {self.path}: No space left on device")
+        super().save(record)  # type: ignore[arg-type]
+
+
+@dataclass
+class FakeLB:
+    name: str = "lb1"
+    status: LBStatus = LBStatus.IN_SERVICE
+
+    def state(self) -> LBView:
+        return LBView(self.status, 0)
+
+    def drain(self) -> None:
+        if self.status is LBStatus.IN_SERVICE:
+            self.status = LBStatus.DRAINING
+
+    def take_out(self, *, kill: bool) -> None:
+        self.status = LBStatus.OUT
+
+    def put_back(self) -> bool:
+        self.status = LBStatus.IN_SERVICE
+        return True
+
+    def preflight(self) -> list[Check]:
+        return []
+
+    def serve(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeSource:
+    approved: list[str] = field(default_factory=list)
+
+    def events(self) -> Listing:
+        return Listing()
+
+    def approve(self, event_id: str) -> None:
+        self.approved.append(event_id)
+
+    def node_names(self) -> frozenset[str]:
+        return frozenset({NODE})
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def engine(state_dir: Path, disk: Disk, lb: FakeLB, clock: Clock, *, daemon: bool) -> Engine:
+    return Engine(
+        policy=POLICY,
+        lbs={"lb1": lb},  # type: ignore[dict-item]
+        store=FillableStore(state_dir, disk),
+        source=FakeSource(),
+        boot_id="boot-1",
+        health=HealthConfig(tcp=TcpCheck(port=1)),
+        clock=clock,
+        check=lambda _: (True, "ok"),
+        follow_disk=daemon,
+    )
+
+
+def test_an_operators_drain_of_a_node_out_on_a_full_disk_stays_held(tmp_path: Path) -> None:
+    disk, lb, clock = Disk(), FakeLB(), Clock()
+    daemon = engine(tmp_path, disk, lb, clock, daemon=True)
+    daemon.turn(Listing(()))  # the record exists while the disk has room
+    disk.full = True
+    daemon.turn(Listing((REBOOT,)))
+    clock.now += 1
+    record, _ = daemon.turn(Listing((REBOOT,)))
+    assert record.phase is Phase.DRAINED and lb.status is LBStatus.OUT and daemon.unsaved
+    # `drainer drain` from another process: the node is out already (by an unrecorded
+    # drain), the operator wants it held; this cannot be saved either
+    cli = engine(tmp_path, disk, lb, clock, daemon=False)
+    cli.turn(None, ManualDrain())
+    cli.turn(None)
+    assert cli.unsaved  # the CLI says so (exit 1)
+    # the maintenance ends, the disk is freed: the operator's drain must hold the node
+    disk.full = False
+    for _ in range(4):
+        clock.now += 3
+        record, _ = daemon.turn(Listing(()))
+    assert record.manual and record.phase is Phase.HELD, record
+    assert lb.status is LBStatus.OUT
