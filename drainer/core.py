@@ -930,6 +930,8 @@ def _maybe_approve(record: Record, now: float, policy: Policy) -> Result:
     event = record.event
     if event is None or not approvable(event, policy):
         return record, []
+    if record.missing_since is not None:  # unlisted, maybe over: approved once listed again
+        return record, []
     if record.approved_at is not None and now - record.approved_at < policy.approve_retry:
         return record, []
     # approved_at is set only once the approval went through (Approved): a crash

@@ -906,3 +906,23 @@ def test_a_healthy_node_waiting_out_the_window_is_kept_out_where_a_reload_forgot
     # still listed (a Started event after the reboot): the same
     _, actions = run(record, tick(STARTED, lbs=reloaded, incarnation=2), now=NOW + 11)
     assert TakeOut(("lb-a",)) in actions
+
+
+def test_an_event_unlisted_in_its_window_is_not_approved_until_listed_again() -> None:
+    # The drain ends while the event is unlisted (its disappearance does not hold yet):
+    # approving an id the service does not list only fails and raises a false alert.
+    from drainer.core import Recheck
+
+    record = at(Phase.DRAINING, incarnation=3, listed_in=3)
+    record, actions = run(record, tick(lbs=both(draining_view(1)), incarnation=4), policy=WINDOWS)
+    assert record.missing_since is not None
+    done = both(draining_view(0))
+    for given in (Recheck(done), tick(lbs=done, incarnation=4)):
+        new, actions = run(record, given, now=NOW + 1, policy=WINDOWS)
+        assert new.phase is Phase.DRAINED and not any(isinstance(a, ApproveEvent) for a in actions)
+        _, actions = run(new, tick(lbs=both(OUT), incarnation=4), now=NOW + 2, policy=WINDOWS)
+        assert not any(isinstance(a, ApproveEvent) for a in actions)
+        _, actions = run(
+            new, tick(event(), lbs=both(OUT), incarnation=5), now=NOW + 3, policy=WINDOWS
+        )
+        assert ApproveEvent("E1") in actions  # listed again: approved at once
