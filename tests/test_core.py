@@ -926,3 +926,28 @@ def test_an_event_unlisted_in_its_window_is_not_approved_until_listed_again() ->
             new, tick(event(), lbs=both(OUT), incarnation=5), now=NOW + 3, policy=WINDOWS
         )
         assert ApproveEvent("E1") in actions  # listed again: approved at once
+
+
+def test_an_undrain_dismisses_an_entry_without_an_id_not_whatever_later_takes_its_place() -> None:
+    # An entry without an EventId is known by its place ("Events[0]"). An operator's
+    # undrain dismissed the one listed then; a different event for this VM listed later
+    # in the same place is another maintenance and must drain.
+    from drainer.sources.azure import parse_events
+
+    def listing(**entry: object) -> Tick:
+        parsed = parse_events({"DocumentIncarnation": 1, "Events": [entry]})
+        return tick(*parsed.events, lbs=both(IN), damaged=parsed.damaged)
+
+    first = listing(EventType="Reboot", EventStatus="Scheduled", Resources=["web-1", 7])
+    record, actions = run(Record(boot_id=BOOT), first)
+    assert record.phase is Phase.DRAINING and actions == [Drain(LBS)]
+    record, _ = run(record, ManualUndrain())
+    for lb in LBS:
+        record, _ = run(record, PutBackDone(lb))
+    assert record.phase is Phase.IN_SERVICE
+    record, actions = run(record, first)  # the dismissed entry: left alone
+    assert record.phase is Phase.IN_SERVICE and actions == []
+    record, _ = run(record, tick(lbs=both(IN)), now=NOW + 3600)  # it is over
+    later = listing(EventType="Redeploy", EventStatus="Started", Resources=["web-1"])
+    record, actions = run(record, later, now=NOW + 86400)
+    assert record.phase is Phase.DRAINING and actions == [Drain(LBS)]
