@@ -168,6 +168,9 @@ class Engine:
             else:  # another process saved since: the disk takes writes again
                 log.warning("the state on disk changed since it could not be saved; following it")
                 self._unsaved = None
+                self.unsaved = ""  # and the next time it cannot be saved is said again
+                for key in ("state", "state:alert", "state:put back", "state:note"):
+                    self._errors.pop(key, None)
         note = self._notes()
         found = note.read()
         try:

@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from drainer.adapters.base import Check
 from drainer.config import HealthConfig, TcpCheck
-from drainer.core import Approve, ManualDrain, Phase, Policy, Reaction, Rule
+from drainer.core import Approve, ManualDrain, ManualUndrain, Phase, Policy, Reaction, Rule
 from drainer.engine import Engine
 from drainer.errors import StateError
 from drainer.model import EventStatus, EventType, LBStatus, LBView, Listing, MaintenanceEvent
@@ -139,3 +141,68 @@ def test_an_operators_drain_of_a_node_out_on_a_full_disk_stays_held(tmp_path: Pa
         record, _ = daemon.turn(Listing(()))
     assert record.manual and record.phase is Phase.HELD, record
     assert lb.status is LBStatus.OUT
+
+
+class Killed(BaseException):
+    """kill -9 at the load balancer call: nothing after it runs."""
+
+
+def test_kill_9_between_the_note_and_the_drain_on_a_full_disk_drains_after_restart(
+    tmp_path: Path,
+) -> None:
+    disk, clock = Disk(), Clock()
+    lb = FakeLB()
+    first = engine(tmp_path, disk, lb, clock, daemon=True)
+    first.turn(Listing(()))
+    disk.full = True
+
+    def killed() -> None:
+        raise Killed
+
+    lb.drain = killed  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        first.turn(Listing((REBOOT,)))
+    assert lb.status is LBStatus.IN_SERVICE  # the drain never ran; only the note says so
+    del lb.drain
+    # a new process, the disk still full, the metadata service not answering
+    second = engine(tmp_path, disk, lb, clock, daemon=True)
+    record, _ = second.turn(None)
+    assert record.phase is Phase.DRAINING and lb.status is LBStatus.DRAINING
+    # and once the disk has room, the record holds it and the note is blank
+    disk.full = False
+    clock.now += 1
+    record, _ = second.turn(None)
+    assert second.store.load().phase in (Phase.DRAINING, Phase.DRAINED)
+    assert not (tmp_path / "unrecorded").read_text().strip()
+
+
+def test_an_undrain_by_the_cli_after_an_unrecorded_drain_is_not_undone_by_the_daemon(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk, lb, clock = Disk(), FakeLB(), Clock()
+    daemon = engine(tmp_path, disk, lb, clock, daemon=True)
+    daemon.turn(Listing(()))
+    disk.full = True
+    daemon.turn(Listing((REBOOT,)))
+    clock.now += 1
+    daemon.turn(Listing((REBOOT,)))
+    assert lb.status is LBStatus.OUT and daemon.unsaved
+    disk.full = False  # freed; the daemon has not turned since
+    cli = engine(tmp_path, disk, lb, clock, daemon=False)
+    record, _ = cli.turn(None, ManualUndrain())  # --force: the event is still listed
+    assert record.phase is Phase.IN_SERVICE and lb.status is LBStatus.IN_SERVICE
+    for _ in range(3):
+        clock.now += 1
+        record, _ = daemon.turn(Listing((REBOOT,)))
+        daemon.recheck()
+    assert record.phase is Phase.IN_SERVICE and lb.status is LBStatus.IN_SERVICE
+    assert not daemon.unsaved
+    # the daemon followed the disk, so it no longer says the state cannot be saved, and
+    # the next full disk is said again, not taken for the old one
+    disk.full = True
+    caplog.clear()
+    later = MaintenanceEvent("E2", EventType.REBOOT, EventStatus.SCHEDULED, (NODE,), 2e9)
+    daemon.turn(Listing((later,)))
+    assert lb.status is LBStatus.DRAINING
+    assert "taking the node out of lb1 anyway" in caplog.text
+    assert "No space left on device; the node is still drained" in caplog.text
