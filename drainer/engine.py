@@ -103,6 +103,7 @@ class Engine:
     _unsaved_over: Record | None = None
     _note: Note | None = None
     _noted: bool = False
+    _adopted: Unrecorded | None = None  # the note last adopted: never adopted twice
     _seen: Record | None = None  # the record as this engine last loaded or saved it
 
     def views(self) -> dict[str, LBView | None]:
@@ -179,6 +180,10 @@ class Engine:
             log.debug("cannot allocate %s: %s", note.path, exc.strerror)
         if found is not None:
             self._noted = True
+        # Once adopted, a note that cannot be blanked (or read) must not take the node out
+        # again at every turn after it recovered or an operator put it back.
+        if found is not None and found != self._adopted:
+            self._adopted = found
             adopted = adopt_unrecorded(
                 record,
                 lbs=found.lbs,
@@ -262,6 +267,7 @@ class Engine:
                 self._errors["state:alert"] = message
                 kept.append(Alert(message))
         return kept
+
     def should_recheck(self) -> bool:
         """Whether the record last seen says the node should be out (see ``recheck``)."""
         return self._seen is not None and wants_recheck(self._seen, self.policy)
@@ -280,7 +286,7 @@ class Engine:
         self._seen = old._seen
         self.unsaved, self._unsaved = old.unsaved, old._unsaved
         self._unsaved_over = old._unsaved_over
-        self._noted = old._noted
+        self._noted, self._adopted = old._noted, old._adopted
         self._errors = {k: v for k, v in old._errors.items() if k.partition(":")[0] in self.lbs}
 
     def _load(self) -> Record:

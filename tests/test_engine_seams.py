@@ -206,3 +206,21 @@ def test_an_undrain_by_the_cli_after_an_unrecorded_drain_is_not_undone_by_the_da
     assert lb.status is LBStatus.DRAINING
     assert "taking the node out of lb1 anyway" in caplog.text
     assert "No space left on device; the node is still drained" in caplog.text
+
+
+def test_a_note_that_cannot_be_read_or_blanked_takes_the_node_out_once_not_forever(
+    tmp_path: Path,
+) -> None:
+    # Read conservatively (out everywhere) it is adopted, the node recovers, the note
+    # cannot be blanked: adopting it again at every turn made the node flap in and out.
+    disk, lb, clock = Disk(), FakeLB(), Clock()
+    daemon = engine(tmp_path, disk, lb, clock, daemon=True)
+    daemon.turn(Listing(()))
+    (tmp_path / "unrecorded").unlink()
+    (tmp_path / "unrecorded").mkdir()
+    seen = []
+    for _ in range(12):
+        clock.now += 3
+        record, _ = daemon.turn(Listing(()))
+        seen.append((record.phase, lb.status))
+    assert seen[-6:] == [(Phase.IN_SERVICE, LBStatus.IN_SERVICE)] * 6, seen
