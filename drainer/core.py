@@ -334,7 +334,8 @@ def wants_recheck(record: Record, policy: Policy) -> bool:
     meant to be out of them, not while an operator's undrain or a healthy recovery puts
     it back."""
     if record.phase is Phase.RECOVERING:
-        return not record.undrain and record.health_ok < policy.health_successes
+        waiting = record.event is not None  # healthy, but not put back while it is followed
+        return not record.undrain and (record.health_ok < policy.health_successes or waiting)
     return record.phase is not Phase.IN_SERVICE
 
 
@@ -901,6 +902,10 @@ def _recovering(
                 Alert(message)
             ]
         actions += _reassert_out(record, tick)
+    elif record.event is not None:
+        # Healthy, but its event is still listed or its disappearance does not hold yet:
+        # out until then, even where a reload brought it back.
+        actions += _reassert_out(record, tick)
     # Health is checked while the put-back goes on too: a node that turns unhealthy
     # stops being put back.
     record, more = _maybe_check_health(record, now, policy)
@@ -924,6 +929,8 @@ def _reassert_out(record: Record, tick: Tick) -> list[Action]:
 def _maybe_approve(record: Record, now: float, policy: Policy) -> Result:
     event = record.event
     if event is None or not approvable(event, policy):
+        return record, []
+    if record.missing_since is not None:  # unlisted, maybe over: approved once listed again
         return record, []
     if record.approved_at is not None and now - record.approved_at < policy.approve_retry:
         return record, []

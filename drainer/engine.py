@@ -103,6 +103,7 @@ class Engine:
     _unsaved_over: Record | None = None
     _note: Note | None = None
     _noted: bool = False
+    _adopted: Unrecorded | None = None  # the note last adopted: never adopted twice
     _seen: Record | None = None  # the record as this engine last loaded or saved it
 
     def views(self) -> dict[str, LBView | None]:
@@ -168,6 +169,9 @@ class Engine:
             else:  # another process saved since: the disk takes writes again
                 log.warning("the state on disk changed since it could not be saved; following it")
                 self._unsaved = None
+                self.unsaved = ""  # and the next time it cannot be saved is said again
+                for key in ("state", "state:alert", "state:put back", "state:note"):
+                    self._errors.pop(key, None)
         note = self._notes()
         found = note.read()
         try:
@@ -176,6 +180,10 @@ class Engine:
             log.debug("cannot allocate %s: %s", note.path, exc.strerror)
         if found is not None:
             self._noted = True
+        # Once adopted, a note that cannot be blanked (or read) must not take the node out
+        # again at every turn after it recovered or an operator put it back.
+        if found is not None and found != self._adopted:
+            self._adopted = found
             adopted = adopt_unrecorded(
                 record,
                 lbs=found.lbs,
@@ -229,7 +237,10 @@ class Engine:
                 "state:put back",
                 "not putting the node back while its state cannot be saved",
             )
-        if any(isinstance(a, Drain | TakeOut) for a in actions):
+        drains = any(isinstance(a, Drain | TakeOut) for a in actions)
+        # An operator's drain of a node already out has no action to run, but its hold
+        # must reach the note too, or the node goes back after the maintenance.
+        if drains or (new.manual and new.phase is not Phase.IN_SERVICE):
             note = Unrecorded(
                 lbs=new.owned,
                 at=now,
@@ -247,6 +258,7 @@ class Engine:
                     f"cannot note the unrecorded drain in {self._notes().path} either:"
                     f" {exc.strerror}",
                 )
+        if drains:
             message = (
                 f"the state cannot be saved ({self.unsaved}): taking the node out of"
                 f" {', '.join(sorted(new.owned)) or 'nothing'} anyway; free the state directory"
@@ -255,6 +267,7 @@ class Engine:
                 self._errors["state:alert"] = message
                 kept.append(Alert(message))
         return kept
+
     def should_recheck(self) -> bool:
         """Whether the record last seen says the node should be out (see ``recheck``)."""
         return self._seen is not None and wants_recheck(self._seen, self.policy)
@@ -273,7 +286,7 @@ class Engine:
         self._seen = old._seen
         self.unsaved, self._unsaved = old.unsaved, old._unsaved
         self._unsaved_over = old._unsaved_over
-        self._noted = old._noted
+        self._noted, self._adopted = old._noted, old._adopted
         self._errors = {k: v for k, v in old._errors.items() if k.partition(":")[0] in self.lbs}
 
     def _load(self) -> Record:

@@ -886,3 +886,68 @@ def test_an_event_listed_before_is_no_reissue() -> None:
     record = at(Phase.IN_MAINTENANCE, event=STARTED, listed=("E1", "E2"))
     new, _ = run(record, tick(other, lbs=both(OUT)))
     assert new.phase is Phase.RECOVERING
+
+
+def test_a_healthy_node_waiting_out_the_window_is_kept_out_where_a_reload_forgot_it() -> None:
+    # Healthy, but its event is unlisted only since an incarnation reset: not over yet.
+    # A reload puts the node back in the pool meanwhile; the tick and the re-check
+    # between polls must take it out again, or the maintenance finds it serving when the
+    # event is listed again.
+    from drainer.core import Recheck, wants_recheck
+
+    record = recovering(event=STARTED, health_ok=3, incarnation=7, listed_in=7)
+    record, _ = run(record, tick(lbs=both(OUT), incarnation=1), policy=WINDOWS)
+    assert record.event == STARTED and record.doubt
+    reloaded = {"lb-a": IN, "lb-b": OUT}
+    _, actions = run(record, tick(lbs=reloaded, incarnation=1), now=NOW + 10, policy=WINDOWS)
+    assert TakeOut(("lb-a",)) in actions and not any(isinstance(a, PutBack) for a in actions)
+    assert wants_recheck(record, WINDOWS)
+    assert run(record, Recheck(reloaded), now=NOW + 10, policy=WINDOWS)[1] == [TakeOut(("lb-a",))]
+    # still listed (a Started event after the reboot): the same
+    _, actions = run(record, tick(STARTED, lbs=reloaded, incarnation=2), now=NOW + 11)
+    assert TakeOut(("lb-a",)) in actions
+
+
+def test_an_event_unlisted_in_its_window_is_not_approved_until_listed_again() -> None:
+    # The drain ends while the event is unlisted (its disappearance does not hold yet):
+    # approving an id the service does not list only fails and raises a false alert.
+    from drainer.core import Recheck
+
+    record = at(Phase.DRAINING, incarnation=3, listed_in=3)
+    record, actions = run(record, tick(lbs=both(draining_view(1)), incarnation=4), policy=WINDOWS)
+    assert record.missing_since is not None
+    done = both(draining_view(0))
+    for given in (Recheck(done), tick(lbs=done, incarnation=4)):
+        new, actions = run(record, given, now=NOW + 1, policy=WINDOWS)
+        assert new.phase is Phase.DRAINED and not any(isinstance(a, ApproveEvent) for a in actions)
+        _, actions = run(new, tick(lbs=both(OUT), incarnation=4), now=NOW + 2, policy=WINDOWS)
+        assert not any(isinstance(a, ApproveEvent) for a in actions)
+        _, actions = run(
+            new, tick(event(), lbs=both(OUT), incarnation=5), now=NOW + 3, policy=WINDOWS
+        )
+        assert ApproveEvent("E1") in actions  # listed again: approved at once
+
+
+def test_an_undrain_dismisses_an_entry_without_an_id_not_whatever_later_takes_its_place() -> None:
+    # An entry without an EventId is known by its place ("Events[0]"). An operator's
+    # undrain dismissed the one listed then; a different event for this VM listed later
+    # in the same place is another maintenance and must drain.
+    from drainer.sources.azure import parse_events
+
+    def listing(**entry: object) -> Tick:
+        parsed = parse_events({"DocumentIncarnation": 1, "Events": [entry]})
+        return tick(*parsed.events, lbs=both(IN), damaged=parsed.damaged)
+
+    first = listing(EventType="Reboot", EventStatus="Scheduled", Resources=["web-1", 7])
+    record, actions = run(Record(boot_id=BOOT), first)
+    assert record.phase is Phase.DRAINING and actions == [Drain(LBS)]
+    record, _ = run(record, ManualUndrain())
+    for lb in LBS:
+        record, _ = run(record, PutBackDone(lb))
+    assert record.phase is Phase.IN_SERVICE
+    record, actions = run(record, first)  # the dismissed entry: left alone
+    assert record.phase is Phase.IN_SERVICE and actions == []
+    record, _ = run(record, tick(lbs=both(IN)), now=NOW + 3600)  # it is over
+    later = listing(EventType="Redeploy", EventStatus="Started", Resources=["web-1"])
+    record, actions = run(record, later, now=NOW + 86400)
+    assert record.phase is Phase.DRAINING and actions == [Drain(LBS)]

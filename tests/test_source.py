@@ -292,7 +292,13 @@ def test_unreadable_resources_keep_the_names_that_could_be_read() -> None:
 
 def test_an_event_without_an_id_is_known_by_its_place() -> None:
     listing = parse_events(doc(reboot(), reboot(EventId=None)))
-    assert [e.event_id for e in listing.events] == ["E1", "Events[1]"]
+    assert listing.events[0].event_id == "E1"
+    assert listing.events[1].event_id.startswith("Events[1]#")
+    # the same entry keeps its name, a status change too; another entry in its place does not
+    again = parse_events(doc(reboot(), reboot(EventId=None, EventStatus="Started")))
+    assert again.events[1].event_id == listing.events[1].event_id
+    other = parse_events(doc(reboot(), reboot(EventId=None, EventType="Redeploy")))
+    assert other.events[1].event_id != listing.events[1].event_id
     assert "EventId" in listing.events[1].problems[0]
 
 

@@ -206,3 +206,66 @@ def test_names_are_kept_and_read_back(tmp_path: Path) -> None:
     for text in ("[]", '{"names": []}', '{"names": [1]}', "{"):
         (tmp_path / "node-names.json").write_text(text)
         assert remembered_names(tmp_path) is None, text
+
+
+def test_the_window_fields_round_trip_on_disk_none_and_tuples_too(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    odd = MaintenanceEvent(
+        "E2", EventType.UNKNOWN, EventStatus.UNKNOWN, ("web-1",), None,
+        raw_type="Hibernate", raw_status="Paused", problems=("a", "b"),
+    )  # fmt: skip
+    for record in (
+        Record(phase=Phase.DRAINED, event=odd, incarnation=None, listed=(), listed_in=None),
+        Record(
+            phase=Phase.IN_MAINTENANCE,
+            event=EVENT,
+            incarnation=9,
+            listed=("E1", "E2"),
+            listed_in=8,
+            missing_since=12.5,
+            missing_polls=3,
+            doubt=True,
+        ),
+    ):
+        assert record_to_json(record)["listed"] == list(record.listed)
+        store.save(record)
+        assert store.load() == record
+
+
+def test_a_record_written_by_the_previous_version_still_loads(tmp_path: Path) -> None:
+    # version 1 before issue 7: no window fields, an event without raw_*/problems
+    old = {
+        "version": 1,
+        "phase": "in_maintenance",
+        "event": {
+            "event_id": "E1",
+            "event_type": "Reboot",
+            "status": "Started",
+            "resources": ["web-1"],
+            "not_before": None,
+            "duration": -1,
+            "source": "Platform",
+            "description": "",
+        },
+        "boot_id": "boot-1",
+        "owned": ["lb1"],
+        "manual": False,
+        "undrain": False,
+        "since": 1.0,
+        "drain_deadline": 2.0,
+        "approved_at": None,
+        "health_ok": 0,
+        "next_health": 0.0,
+        "health_detail": "",
+        "rebooted": False,
+        "dismissed": [],
+        "alert": "",
+        "note": "",
+    }
+    (tmp_path / "state.json").write_text(json.dumps(old))
+    record = Store(tmp_path).load()
+    assert record.phase is Phase.IN_MAINTENANCE and record.owned == {"lb1"}
+    assert record.event is not None and record.event.status is EventStatus.STARTED
+    assert (record.incarnation, record.listed, record.missing_since, record.doubt) == (
+        None, (), None, False,
+    )  # fmt: skip

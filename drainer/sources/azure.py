@@ -12,6 +12,7 @@ odd about an event is logged once, as a warning, while the event is listed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -133,6 +134,15 @@ def _translate(item: dict[str, Any], key: str) -> tuple[MaintenanceEvent, bool] 
     return event, readable
 
 
+def _place(i: int, item: Any) -> str:
+    """The name of an entry without an EventId: its place, and a digest of what it says
+    but its status, so that an id an operator's undrain dismissed is never given to
+    another event later listed in the same place."""
+    rest = {k: v for k, v in item.items() if k != "EventStatus"} if isinstance(item, dict) else item
+    digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
+    return f"Events[{i}]#{digest}"
+
+
 def parse_events(doc: Any) -> Listing:
     """Translate a Scheduled Events document, each event on its own.
 
@@ -153,7 +163,7 @@ def parse_events(doc: Any) -> Listing:
     events: list[MaintenanceEvent] = []
     damaged: list[Damaged] = []
     for i, item in enumerate(raw):
-        key = f"Events[{i}]"
+        key = _place(i, item)
         if not isinstance(item, dict):
             text = json.dumps(item)
             event = MaintenanceEvent(
