@@ -131,6 +131,18 @@ def test_config_check_refuses_a_bogus_source_and_a_listen_address_without_port(
     assert "metrics.listen: not host:port: 'localhost'" in done.stderr
 
 
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 10**12, "99999999h"])
+def test_a_duration_that_is_endless_or_absurd_is_refused_by_config_check(
+    world: World, timeout: float | str
+) -> None:
+    world.configure(drain={"timeout": timeout})
+    for command in (["config", "check"], ["config", "show"]):
+        done = cli(world, *command)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "drain.timeout: " in done.stderr
+        assert "unexpected error" not in done.stderr
+
+
 # -- drain --timeout ----------------------------------------------------------------------------
 
 
