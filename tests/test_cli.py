@@ -124,10 +124,13 @@ def test_a_config_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
 def test_config_check_refuses_a_bogus_source_and_a_listen_address_without_port(
     world: World,
 ) -> None:
-    world.configure(source={"type": "bogus"}, metrics={"listen": "localhost"})
+    world.configure(
+        source={"type": "bogus", "endpoint": "169.254.169.254"}, metrics={"listen": "localhost"}
+    )
     done = cli(world, "config", "check")
     assert done.returncode == 2
     assert "source.type: unknown source 'bogus' (known: azure)" in done.stderr
+    assert "source.endpoint: not an http(s) URL with a host: '169.254.169.254'" in done.stderr
     assert "metrics.listen: not host:port: 'localhost'" in done.stderr
 
 
