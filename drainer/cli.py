@@ -57,6 +57,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Check or show a configurati
 app.add_typer(config_app, name="config")
 
 DEFAULT_CONFIG = Path("/etc/drainer/drainer.yaml")
+MAX_WAIT = 86400.0  # seconds: a day; longer (or inf) is a typo, and overflowed the countdown
 ConfigOpt = Annotated[
     Path, typer.Option("--config", "-c", envvar="DRAINER_CONFIG", help="Configuration file.")
 ]
@@ -97,6 +98,7 @@ def _options(
         typer.Option(
             "--lock-timeout",
             min=0,
+            max=MAX_WAIT,
             help="Seconds to wait for the state lock another drainer holds.",
         ),
     ] = LOCK_TIMEOUT,
@@ -202,6 +204,7 @@ def drain(
         typer.Option(
             "--timeout",
             min=0,
+            max=MAX_WAIT,
             help="With --wait: seconds to wait at most (default: drain.timeout + 5).",
         ),
     ] = None,
@@ -293,7 +296,9 @@ def undrain(
             "is pending or under way (or the metadata service cannot say).",
         ),
     ] = False,
-    timeout: Annotated[float, typer.Option("--timeout", min=0, help="Seconds to wait.")] = 60.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0, max=MAX_WAIT, help="Seconds to wait.")
+    ] = 60.0,
 ) -> None:
     """Put this node back into every load balancer (health-checked first unless --force).
 

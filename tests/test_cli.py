@@ -156,6 +156,24 @@ def test_drain_timeout_without_wait_is_a_usage_error(world: World) -> None:
     assert world.calls() == []  # nothing drained
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["drain", "--wait", "--timeout", "inf"],
+        ["undrain", "--timeout", "inf"],
+        ["--lock-timeout", "inf", "drain"],
+    ],
+)
+def test_an_endless_timeout_is_a_usage_error_before_anything_is_done(
+    world: World, args: list[str]
+) -> None:
+    done = cli(world, *args)
+    assert done.returncode == 2, done.stderr
+    assert "unexpected error" not in done.stderr
+    assert "timeout" in done.stderr
+    assert world.calls() == []  # nothing drained or put back
+
+
 def test_drain_wait_timeout_is_the_longest_wait(world: World) -> None:
     world.configure(drain={"timeout": "60s"})
     world.configure_lb(drain_seconds="60s")  # the sessions take a minute to go
