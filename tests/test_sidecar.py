@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import uuid
@@ -177,6 +178,27 @@ def test_healthz_fails_when_the_loop_stops_turning(world: World) -> None:
         world.wait(lambda: answers(f"{url}/healthz", 503), "/healthz 503")
         assert "no completed turn for" in get(f"{url}/healthz").text
     world.wait(lambda: answers(f"{url}/healthz", 200), "/healthz 200 again")
+
+
+def test_a_probe_that_hangs_up_leaves_no_traceback_in_the_log(world: World) -> None:
+    """A cloud probe or a scrape with a short timeout gives up while the daemon is slow:
+    the answer then meets a reset connection, which is the client's business."""
+    url = listen(world)
+    daemon = world.start()
+    world.wait(lambda: answers(f"{url}/healthz", 200), "/healthz 200")
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    daemon.signal(signal.SIGSTOP)  # slow: the requests wait in the listen queue
+    try:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            with socket.create_connection((host, int(port))) as probe:
+                probe.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+                # close with a reset, as a client that timed out may
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        daemon.signal(signal.SIGCONT)
+    world.wait(lambda: answers(f"{url}/healthz", 200), "/healthz 200 after the resets")
+    assert daemon.alive()
+    assert "Traceback" not in log_text(world), log_text(world)
 
 
 # -- probes and metrics -------------------------------------------------------------------------
