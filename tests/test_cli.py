@@ -400,3 +400,24 @@ def test_status_with_drainer_run_going(world: World) -> None:
     world.kill9()
     done = cli(world, "status")
     assert done.returncode == 3 and "sidecar: not running" in done.stdout
+
+
+def test_status_does_not_lend_a_new_run_the_heartbeat_of_the_one_before(world: World) -> None:
+    """kill -9, then a new ``drainer run`` that cannot turn yet (the metadata service is
+    down and it is still learning the VM's name): the heartbeat left on disk is the dead
+    run's, so it says nothing about the new one."""
+    world.start()
+    world.wait_polls(3)
+    world.wait(lambda: cli(world, "status").returncode == 0, "status 0")
+    assert world.daemon is not None
+    old = world.daemon.pid
+    world.kill9()
+    with socket.socket() as closed:  # a port nobody listens on: the service is down
+        closed.bind(("127.0.0.1", 0))
+        world.configure(source={"endpoint": f"http://127.0.0.1:{closed.getsockname()[1]}"})
+    new = world.start()
+    world.wait(lambda: "cannot learn this VM's name yet" in world.log_path.read_text(), "wait")
+    done = cli(world, "status")
+    assert done.returncode == 3, done.stdout
+    assert f"sidecar: running (pid {new.pid}), no turn completed yet" in done.stdout
+    assert f"pid {old}" not in done.stdout
