@@ -41,6 +41,7 @@ from drainer.daemon import Node, assemble, build_source
 from drainer.daemon import run as run_daemon
 from drainer.engine import build_lbs, read_boot_id
 from drainer.errors import ConfigError, DrainerError, SourceError
+from drainer.files import make_private_dir
 from drainer.health import check_health
 from drainer.model import LBStatus, LBView, MaintenanceEvent
 from drainer.sidecar import inspect as inspect_sidecar
@@ -551,7 +552,7 @@ def _check_state_dir(state_dir: Path) -> Check:
     """The state directory takes a new file (as a save does: write, fsync, remove)."""
     probe = state_dir / f".check.{os.getpid()}.tmp"
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(state_dir)
         with open(probe, "w") as out:
             out.write("drainer check\n")
             out.flush()

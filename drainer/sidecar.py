@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from drainer.errors import StateError
+from drainer.files import make_private_dir
 
 LOCK = "daemon.lock"
 HEARTBEAT = "heartbeat.json"
@@ -55,7 +56,7 @@ def acquire(state_dir: Path) -> IO[str]:
     Keep the returned file open: closing it releases the lock."""
     path = state_dir / LOCK
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(state_dir)
         handle = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")  # noqa: SIM115
     except OSError as exc:
         raise StateError(f"cannot use state directory {state_dir}: {exc.strerror}") from exc

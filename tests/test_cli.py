@@ -20,7 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from harness import DRAINER, NODE, World
+from harness import DRAINER, NODE, World, wait_until
 
 from drainer import sidecar
 
@@ -244,6 +244,30 @@ def test_files_are_owner_only_whatever_the_umask(world: World) -> None:
     assert mode(world.state_dir) == 0o700
     for name in ("state.json", "lock", "node-names.json", "mock-lb1.json", "mock-lb1.lock"):
         assert mode(world.state_dir / name) == 0o600, name
+
+
+def test_check_and_run_create_a_missing_state_dir_owner_only_whatever_the_umask(
+    world: World,
+) -> None:
+    for command in ("check", "run"):
+        state_dir = world.dir / command / "drainer"  # the parent is missing too
+        world.configure(state_dir=str(state_dir))
+        proc = subprocess.Popen(
+            [*DRAINER, command, "-c", str(world.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: os.umask(0),
+        )
+        try:
+            if command == "run":
+                beat = state_dir / sidecar.HEARTBEAT
+                wait_until(beat.exists, what="a turn")
+                proc.terminate()
+            assert proc.wait(timeout=30) in (0, 1)  # check: 1, the lb file is elsewhere
+        finally:
+            proc.kill()
+        assert (mode(state_dir.parent), mode(state_dir)) == (0o700, 0o700), command
 
 
 def test_a_held_state_lock_is_said_and_given_up(world: World) -> None:
