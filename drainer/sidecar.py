@@ -59,7 +59,9 @@ def acquire(state_dir: Path) -> IO[str]:
         make_private_dir(state_dir)
         handle = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")  # noqa: SIM115
     except OSError as exc:
-        raise StateError(f"cannot use state directory {state_dir}: {exc.strerror}") from exc
+        raise StateError(
+            f"cannot use state directory {state_dir} ({exc.filename or state_dir}: {exc.strerror})"
+        ) from exc
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -176,7 +176,8 @@ class Store:
             fd = open_private(path, os.O_RDWR)
         except OSError as exc:
             raise StateError(
-                f"cannot use state directory {self.state_dir}: {exc.strerror}"
+                f"cannot use state directory {self.state_dir}"
+                f" ({exc.filename or self.state_dir}: {exc.strerror})"
             ) from exc
         try:
             with contextlib.suppress(OSError):  # a lock file of an older drainer: tighten it

@@ -100,6 +100,17 @@ def test_a_state_dir_that_is_a_file_is_a_clear_exit_1(world: World) -> None:
     assert world.requests() == 0  # it never started polling
 
 
+@pytest.mark.parametrize("name", ["daemon.lock", "lock"])
+def test_a_lock_that_is_a_directory_is_named(world: World, name: str) -> None:
+    """The state directory itself is fine: the message must send the operator to the file."""
+    (world.state_dir / name).mkdir(parents=True)
+    command = ("run",) if name == "daemon.lock" else ("drain",)
+    done = world.cli(*command, timeout=20)
+    assert done.returncode == 1, done.stderr
+    assert f"{world.state_dir / name}: Is a directory" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 class Frozen:
     """Makes a directory unwritable for the test: ``chattr +i`` as root (the mode bits do
     not stop root), ``chmod 555`` otherwise."""
