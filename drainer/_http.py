@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socketserver
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +28,11 @@ class Server(ThreadingHTTPServer, Generic[AppT]):
     ) -> None:
         self.app = app
         super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client hung up (a probe that timed out): no traceback in our log
+        super().handle_error(request, client_address)
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -41,6 +41,7 @@ from drainer.daemon import Node, assemble, build_source
 from drainer.daemon import run as run_daemon
 from drainer.engine import build_lbs, read_boot_id
 from drainer.errors import ConfigError, DrainerError, SourceError
+from drainer.files import make_private_dir
 from drainer.health import check_health
 from drainer.model import LBStatus, LBView, MaintenanceEvent
 from drainer.sidecar import inspect as inspect_sidecar
@@ -57,6 +58,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Check or show a configurati
 app.add_typer(config_app, name="config")
 
 DEFAULT_CONFIG = Path("/etc/drainer/drainer.yaml")
+MAX_WAIT = 86400.0  # seconds: a day; longer (or inf) is a typo, and overflowed the countdown
 ConfigOpt = Annotated[
     Path, typer.Option("--config", "-c", envvar="DRAINER_CONFIG", help="Configuration file.")
 ]
@@ -97,6 +99,7 @@ def _options(
         typer.Option(
             "--lock-timeout",
             min=0,
+            max=MAX_WAIT,
             help="Seconds to wait for the state lock another drainer holds.",
         ),
     ] = LOCK_TIMEOUT,
@@ -202,6 +205,7 @@ def drain(
         typer.Option(
             "--timeout",
             min=0,
+            max=MAX_WAIT,
             help="With --wait: seconds to wait at most (default: drain.timeout + 5).",
         ),
     ] = None,
@@ -293,7 +297,9 @@ def undrain(
             "is pending or under way (or the metadata service cannot say).",
         ),
     ] = False,
-    timeout: Annotated[float, typer.Option("--timeout", min=0, help="Seconds to wait.")] = 60.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0, max=MAX_WAIT, help="Seconds to wait.")
+    ] = 60.0,
 ) -> None:
     """Put this node back into every load balancer (health-checked first unless --force).
 
@@ -546,7 +552,7 @@ def _check_state_dir(state_dir: Path) -> Check:
     """The state directory takes a new file (as a save does: write, fsync, remove)."""
     probe = state_dir / f".check.{os.getpid()}.tmp"
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(state_dir)
         with open(probe, "w") as out:
             out.write("drainer check\n")
             out.flush()

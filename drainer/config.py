@@ -85,6 +85,11 @@ class SourceConfig(_Strict):
             raise ValueError(f"unknown source {kind!r} (known: {', '.join(known)})")
         return kind
 
+    @field_validator("endpoint")
+    @classmethod
+    def _http_endpoint(cls, url: str) -> str:
+        return HttpCheck._http_url(url)  # refused here, not by every poll of drainer run
+
 
 class EventRule(_Strict):
     action: Reaction

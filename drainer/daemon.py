@@ -481,7 +481,12 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
         metrics.set_phase(record.phase, record.since)
         if config.metrics.listen:
             metrics.serve(config.metrics.listen)
-        node = assemble(config, stopping, patient=True, metrics=metrics)
+        try:
+            node = assemble(config, stopping, patient=True, metrics=metrics)
+        except DrainerError:
+            if stopping.is_set():  # stopped while waiting for the VM's name: a clean stop
+                return 0
+            raise
         try:
             _serve(node)
             runner = Runner(node, stopping=stopping, config_path=config_path, notifier=notifier)

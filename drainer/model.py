@@ -8,6 +8,7 @@ said in ``problems``. Who an event is for is never guessed by a source: an entry
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -140,6 +141,7 @@ class LBView:
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+MAX_DURATION = 8760 * 3600.0  # a year: longer is a typo, and would overflow times
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -148,11 +150,15 @@ def parse_duration(text: str | float) -> float:
     if isinstance(text, int | float) and not isinstance(text, bool):
         if text < 0:
             raise ValueError(f"duration must not be negative: {text}")
-        return float(text)
-    match = _DURATION.match(str(text))
-    if not match:
-        raise ValueError(f"not a duration: {text!r} (write it as 30s, 5m, 1h or 250ms)")
-    return float(match.group(1)) * _UNIT[match.group(2)]
+        seconds = float(text) if text <= MAX_DURATION else math.inf  # no OverflowError
+    else:
+        match = _DURATION.match(str(text))
+        if not match:
+            raise ValueError(f"not a duration: {text!r} (write it as 30s, 5m, 1h or 250ms)")
+        seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    if not seconds <= MAX_DURATION:  # also NaN
+        raise ValueError(f"not a duration: {text!r} (at most {MAX_DURATION // 3600:.0f}h)")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

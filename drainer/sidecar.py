@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from drainer.errors import StateError
+from drainer.files import make_private_dir
 
 LOCK = "daemon.lock"
 HEARTBEAT = "heartbeat.json"
@@ -55,10 +56,12 @@ def acquire(state_dir: Path) -> IO[str]:
     Keep the returned file open: closing it releases the lock."""
     path = state_dir / LOCK
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(state_dir)
         handle = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")  # noqa: SIM115
     except OSError as exc:
-        raise StateError(f"cannot use state directory {state_dir}: {exc.strerror}") from exc
+        raise StateError(
+            f"cannot use state directory {state_dir} ({exc.filename or state_dir}: {exc.strerror})"
+        ) from exc
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -69,6 +72,12 @@ def acquire(state_dir: Path) -> IO[str]:
             f"another drainer run{who} already uses {state_dir}; "
             "stop it first, or give this one its own state_dir"
         ) from None
+    try:  # who holds it: a heartbeat of another pid is an earlier run's
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+    except OSError:
+        pass  # a full disk: the lock holds all the same
     return handle
 
 
@@ -103,15 +112,25 @@ def _held(path: Path) -> bool:
     return False
 
 
+def _holder(path: Path) -> int | None:
+    """The pid ``acquire`` wrote into the lock file (None: unknown)."""
+    try:
+        text = path.read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def inspect(state_dir: Path) -> Sidecar:
     """What the lock and the heartbeat say; never raises."""
     running = _held(state_dir / LOCK)
+    holder = _holder(state_dir / LOCK) if running else None
     try:
         data = json.loads((state_dir / HEARTBEAT).read_text())
     except (OSError, ValueError):
-        return Sidecar(running=running)
-    if not isinstance(data, dict):
-        return Sidecar(running=running)
+        return Sidecar(running=running, pid=holder)
+    if not isinstance(data, dict) or (holder is not None and data.get("pid") != holder):
+        return Sidecar(running=running, pid=holder)  # no heartbeat, or an earlier run's
 
     def number(key: str) -> float | None:
         value = data.get(key)

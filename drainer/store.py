@@ -60,6 +60,9 @@ def record_to_json(record: Record) -> dict[str, Any]:
     return {"version": VERSION, **data}
 
 
+TIME_LIMIT = 1e11  # seconds: about the year 5000
+
+
 def _fits(hint: Any, value: Any) -> bool:
     """Whether a JSON value can stand for a Record field annotated ``hint``."""
     origin = get_origin(hint)
@@ -71,8 +74,12 @@ def _fits(hint: Any, value: Any) -> bool:
         return isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is float:  # epoch seconds: NaN, infinity or 1e300 would break every reader
+        return (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and -TIME_LIMIT <= value <= TIME_LIMIT
+        )
     if hint is str:
         return isinstance(value, str)
     if isinstance(hint, type) and issubclass(hint, Enum):
@@ -172,7 +179,8 @@ class Store:
             fd = open_private(path, os.O_RDWR)
         except OSError as exc:
             raise StateError(
-                f"cannot use state directory {self.state_dir}: {exc.strerror}"
+                f"cannot use state directory {self.state_dir}"
+                f" ({exc.filename or self.state_dir}: {exc.strerror})"
             ) from exc
         try:
             with contextlib.suppress(OSError):  # a lock file of an older drainer: tighten it

@@ -20,7 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from harness import DRAINER, NODE, World
+from harness import DRAINER, NODE, World, wait_until
 
 from drainer import sidecar
 
@@ -124,11 +124,26 @@ def test_a_config_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
 def test_config_check_refuses_a_bogus_source_and_a_listen_address_without_port(
     world: World,
 ) -> None:
-    world.configure(source={"type": "bogus"}, metrics={"listen": "localhost"})
+    world.configure(
+        source={"type": "bogus", "endpoint": "169.254.169.254"}, metrics={"listen": "localhost"}
+    )
     done = cli(world, "config", "check")
     assert done.returncode == 2
     assert "source.type: unknown source 'bogus' (known: azure)" in done.stderr
+    assert "source.endpoint: not an http(s) URL with a host: '169.254.169.254'" in done.stderr
     assert "metrics.listen: not host:port: 'localhost'" in done.stderr
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 10**12, "99999999h"])
+def test_a_duration_that_is_endless_or_absurd_is_refused_by_config_check(
+    world: World, timeout: float | str
+) -> None:
+    world.configure(drain={"timeout": timeout})
+    for command in (["config", "check"], ["config", "show"]):
+        done = cli(world, *command)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "drain.timeout: " in done.stderr
+        assert "unexpected error" not in done.stderr
 
 
 # -- drain --timeout ----------------------------------------------------------------------------
@@ -139,6 +154,24 @@ def test_drain_timeout_without_wait_is_a_usage_error(world: World) -> None:
     assert done.returncode == 2
     assert "--timeout" in done.stderr and "--wait" in done.stderr
     assert world.calls() == []  # nothing drained
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["drain", "--wait", "--timeout", "inf"],
+        ["undrain", "--timeout", "inf"],
+        ["--lock-timeout", "inf", "drain"],
+    ],
+)
+def test_an_endless_timeout_is_a_usage_error_before_anything_is_done(
+    world: World, args: list[str]
+) -> None:
+    done = cli(world, *args)
+    assert done.returncode == 2, done.stderr
+    assert "unexpected error" not in done.stderr
+    assert "timeout" in done.stderr
+    assert world.calls() == []  # nothing drained or put back
 
 
 def test_drain_wait_timeout_is_the_longest_wait(world: World) -> None:
@@ -178,6 +211,9 @@ def test_fake_imds_on_a_port_in_use_or_out_of_range_is_a_clear_error() -> None:
         ('"drained"', "a JSON str where an object was expected"),
         ('{"version": 1, "phase": "resting"}', "unknown phase 'resting'"),
         ('{"version": 1, "owned": "lb1"}', 'owned is "lb1"'),
+        ('{"version": 1, "since": NaN}', "since is NaN"),
+        ('{"version": 1, "since": 1e400}', "since is Infinity"),
+        ('{"version": 1, "drain_deadline": 1e300}', "drain_deadline is 1e+300"),
         ('{"version": 1, "phase": "dr', "Unterminated string"),
         (None, "a directory, not a file"),
     ],
@@ -208,6 +244,30 @@ def test_files_are_owner_only_whatever_the_umask(world: World) -> None:
     assert mode(world.state_dir) == 0o700
     for name in ("state.json", "lock", "node-names.json", "mock-lb1.json", "mock-lb1.lock"):
         assert mode(world.state_dir / name) == 0o600, name
+
+
+def test_check_and_run_create_a_missing_state_dir_owner_only_whatever_the_umask(
+    world: World,
+) -> None:
+    for command in ("check", "run"):
+        state_dir = world.dir / command / "drainer"  # the parent is missing too
+        world.configure(state_dir=str(state_dir))
+        proc = subprocess.Popen(
+            [*DRAINER, command, "-c", str(world.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: os.umask(0),
+        )
+        try:
+            if command == "run":
+                beat = state_dir / sidecar.HEARTBEAT
+                wait_until(beat.exists, what="a turn")
+                proc.terminate()
+            assert proc.wait(timeout=30) in (0, 1)  # check: 1, the lb file is elsewhere
+        finally:
+            proc.kill()
+        assert (mode(state_dir.parent), mode(state_dir)) == (0o700, 0o700), command
 
 
 def test_a_held_state_lock_is_said_and_given_up(world: World) -> None:
@@ -364,3 +424,24 @@ def test_status_with_drainer_run_going(world: World) -> None:
     world.kill9()
     done = cli(world, "status")
     assert done.returncode == 3 and "sidecar: not running" in done.stdout
+
+
+def test_status_does_not_lend_a_new_run_the_heartbeat_of_the_one_before(world: World) -> None:
+    """kill -9, then a new ``drainer run`` that cannot turn yet (the metadata service is
+    down and it is still learning the VM's name): the heartbeat left on disk is the dead
+    run's, so it says nothing about the new one."""
+    world.start()
+    world.wait_polls(3)
+    world.wait(lambda: cli(world, "status").returncode == 0, "status 0")
+    assert world.daemon is not None
+    old = world.daemon.pid
+    world.kill9()
+    with socket.socket() as closed:  # a port nobody listens on: the service is down
+        closed.bind(("127.0.0.1", 0))
+        world.configure(source={"endpoint": f"http://127.0.0.1:{closed.getsockname()[1]}"})
+    new = world.start()
+    world.wait(lambda: "cannot learn this VM's name yet" in world.log_path.read_text(), "wait")
+    done = cli(world, "status")
+    assert done.returncode == 3, done.stdout
+    assert f"sidecar: running (pid {new.pid}), no turn completed yet" in done.stdout
+    assert f"pid {old}" not in done.stdout

@@ -8,6 +8,7 @@ file (the calls drainer made, in order, and where the node stands) and from
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -347,6 +348,21 @@ def test_sigterm_stops_fast_and_keeps_the_drain(world: World, hanging: bool) -> 
     assert world.phase() == "draining"
     assert world.lb_status() == "draining"
     assert world.calls() == ["drain"]
+
+
+def test_sigterm_while_the_vm_name_is_not_known_yet_is_a_clean_stop(world: World) -> None:
+    """``systemctl stop`` during a metadata outage at start is a stop, not a failure."""
+    with socket.socket() as closed:  # a port nobody listens on: the service is down
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    world.configure(source={"endpoint": f"http://127.0.0.1:{port}"})
+    daemon = world.start()
+    world.wait(
+        lambda: "cannot learn this VM's name yet" in world.log_path.read_text(), "the name wait"
+    )
+    code, _ = daemon.terminate()
+    assert code == 0, world.log_path.read_text()
+    assert "SIGTERM: stopping" in world.log_path.read_text()
 
 
 # -- 12. bad metadata while drained ---------------------------------------------------------------

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import uuid
@@ -99,6 +100,17 @@ def test_a_state_dir_that_is_a_file_is_a_clear_exit_1(world: World) -> None:
     assert world.requests() == 0  # it never started polling
 
 
+@pytest.mark.parametrize("name", ["daemon.lock", "lock"])
+def test_a_lock_that_is_a_directory_is_named(world: World, name: str) -> None:
+    """The state directory itself is fine: the message must send the operator to the file."""
+    (world.state_dir / name).mkdir(parents=True)
+    command = ("run",) if name == "daemon.lock" else ("drain",)
+    done = world.cli(*command, timeout=20)
+    assert done.returncode == 1, done.stderr
+    assert f"{world.state_dir / name}: Is a directory" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 class Frozen:
     """Makes a directory unwritable for the test: ``chattr +i`` as root (the mode bits do
     not stop root), ``chmod 555`` otherwise."""
@@ -177,6 +189,27 @@ def test_healthz_fails_when_the_loop_stops_turning(world: World) -> None:
         world.wait(lambda: answers(f"{url}/healthz", 503), "/healthz 503")
         assert "no completed turn for" in get(f"{url}/healthz").text
     world.wait(lambda: answers(f"{url}/healthz", 200), "/healthz 200 again")
+
+
+def test_a_probe_that_hangs_up_leaves_no_traceback_in_the_log(world: World) -> None:
+    """A cloud probe or a scrape with a short timeout gives up while the daemon is slow:
+    the answer then meets a reset connection, which is the client's business."""
+    url = listen(world)
+    daemon = world.start()
+    world.wait(lambda: answers(f"{url}/healthz", 200), "/healthz 200")
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    daemon.signal(signal.SIGSTOP)  # slow: the requests wait in the listen queue
+    try:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            with socket.create_connection((host, int(port))) as probe:
+                probe.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+                # close with a reset, as a client that timed out may
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        daemon.signal(signal.SIGCONT)
+    world.wait(lambda: answers(f"{url}/healthz", 200), "/healthz 200 after the resets")
+    assert daemon.alive()
+    assert "Traceback" not in log_text(world), log_text(world)
 
 
 # -- probes and metrics -------------------------------------------------------------------------
