@@ -34,9 +34,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from drainer._files import FILE_MODE, make_private_dir, open_private, write_atomically
 from drainer.core import Phase, Record
 from drainer.errors import StateError
-from drainer.files import FILE_MODE, make_private_dir, open_private, write_atomically
 from drainer.model import MaintenanceEvent
 
 VERSION = 1

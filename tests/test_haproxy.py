@@ -29,15 +29,7 @@ from lbprocs import (
 from pydantic import ValidationError
 
 from drainer.adapters.base import AdapterContext, LBStatus, LoadBalancer
-from drainer.adapters.haproxy import (
-    PLUGIN,
-    HAProxyConfig,
-    HAProxyLoadBalancer,
-    create,
-    put_back_step,
-)
-from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
-from drainer.haproxy import (
+from drainer.adapters.haproxy.client import (
     HAProxyClient,
     OpState,
     Processes,
@@ -50,6 +42,14 @@ from drainer.haproxy import (
     parse_servers_state,
     parse_stat,
 )
+from drainer.adapters.haproxy.runtime import (
+    PLUGIN,
+    HAProxyConfig,
+    HAProxyLoadBalancer,
+    create,
+    put_back_step,
+)
+from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
 
 needs_haproxy = pytest.mark.skipif(not have_haproxy(), reason="needs /usr/sbin/haproxy")
 

@@ -25,13 +25,14 @@ import yaml
 from nginxprocs import Backend, Nginx, free_port, have_nginx
 from pydantic import ValidationError
 
-from drainer.adapters import haproxy, mock, nginx
+from drainer.adapters import mock, nginx
 from drainer.adapters import remote as remote_adapter
 from drainer.adapters.base import AdapterContext, AdapterPlugin, LBStatus
+from drainer.adapters.haproxy import runtime as haproxy
 from drainer.adapters.remote import RemoteConfig, RemoteLoadBalancer
 from drainer.adapters.remote import create as create_remote
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
-from drainer.remote import NODE_HEADER, RemoteServer, parse_serve_config, serve
+from drainer.serve.app import NODE_HEADER, RemoteServer, parse_serve_config, serve
 
 PLUGINS: dict[str, AdapterPlugin] = {
     "mock": mock.PLUGIN,

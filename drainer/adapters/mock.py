@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from drainer._files import make_private_dir, open_private
 from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
@@ -34,7 +35,6 @@ from drainer.adapters.base import (
 )
 from drainer.config import Duration
 from drainer.errors import PermanentAdapterError, TransientAdapterError
-from drainer.files import make_private_dir, open_private
 
 
 class MockConfig(AdapterConfig):

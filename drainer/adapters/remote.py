@@ -1,7 +1,7 @@
 """The ``remote`` load balancer: a load balancer that ``drainer serve`` runs for this node.
 
 The sidecar on a backend VM cannot edit the load-balancer host's files; it asks
-``drainer serve`` there (drainer/remote.py) over HTTP(S), naming the load balancer by its
+``drainer serve`` there (drainer/serve/) over HTTP(S), naming the load balancer by its
 name on that server. The request carries this node's name and token, never a server: the
 far end acts on this node's own server only.
 

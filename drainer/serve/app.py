@@ -95,9 +95,9 @@ from drainer.adapters.base import (
     LoadBalancer,
     preflight,
 )
+from drainer.adapters.haproxy.client import parse_node_address
 from drainer.config import Duration, adapter_plugins
 from drainer.errors import AdapterError, ConfigError, PermanentAdapterError, TransientAdapterError
-from drainer.haproxy import parse_node_address
 
 __all__ = [
     "NODE_HEADER",

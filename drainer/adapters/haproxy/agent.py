@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from drainer._files import write_atomically
 from drainer._net import split_host_port
 from drainer.adapters.base import (
     AdapterConfig,
@@ -45,9 +46,8 @@ from drainer.adapters.base import (
     LoadBalancer,
     attempt,
 )
+from drainer.adapters.haproxy.client import HAProxyClient, check_name
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
-from drainer.files import write_atomically
-from drainer.haproxy import HAProxyClient, check_name
 from drainer.sidecar import inspect
 
 log = logging.getLogger("drainer")

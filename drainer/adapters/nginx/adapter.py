@@ -78,6 +78,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator
 
+from drainer._files import write_atomically
 from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
@@ -90,7 +91,6 @@ from drainer.adapters.base import (
 )
 from drainer.config import Duration
 from drainer.errors import PermanentAdapterError, TransientAdapterError
-from drainer.files import write_atomically
 
 __all__ = ["PLUGIN", "NginxConfig", "NginxLoadBalancer", "ServerLine", "find_servers", "set_down"]
 

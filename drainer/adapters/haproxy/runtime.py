@@ -41,6 +41,7 @@ from typing import Literal, Self, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from drainer._files import write_atomically
 from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
@@ -51,9 +52,7 @@ from drainer.adapters.base import (
     LoadBalancer,
     attempt,
 )
-from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
-from drainer.files import write_atomically
-from drainer.haproxy import (
+from drainer.adapters.haproxy.client import (
     HAProxyClient,
     ServerState,
     StatRow,
@@ -62,6 +61,7 @@ from drainer.haproxy import (
     parse_node_address,
     servers_at,
 )
+from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
 
 _T = TypeVar("_T")
 
