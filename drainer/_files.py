@@ -1,18 +1,30 @@
-"""Writing a small file so that a crash or a power cut leaves the old one or the new one.
+"""The one atomic file write and the one file lock of drainer.
 
-The text goes to a temporary file in the same directory, is fsynced and renamed over
-the target, and the directory is fsynced so the rename itself survives. OSError is left
-to the caller, which turns it into the error of its own layer.
+``write_atomically``: a crash or a power cut leaves the old file or the new one. The
+text goes to a temporary file in the same directory, is fsynced and renamed over the
+target, and the directory is fsynced so the rename itself survives.
 
-Everything written here is drainer's own state: the file is created owner-only (0600)
-and a directory it has to create owner-only (0700), whatever the umask, so nobody else
-on the machine can rewrite what drainer believes.
+``FileLock``: an exclusive ``flock`` shared by processes (the daemon, the CLI, ``drainer
+serve``), released when its file is closed, so a killed holder never leaves it held.
+The holder writes its pid into the file, so a process that waits can say for whom.
+
+OSError is left to the caller, which turns it into the error of its own layer.
+
+drainer's own state is owner-only: such a file is created 0600 and a directory it has
+to create 0700, whatever the umask, so nobody else on the machine can rewrite what
+drainer believes. A file drainer edits for someone else (nginx's configuration) keeps
+its owner and mode instead (``keep_mode``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -37,15 +49,27 @@ def open_private(path: Path, flags: int) -> int:
     return os.open(path, flags | os.O_CREAT, FILE_MODE)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    make_private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_atomically(
+    path: Path, text: str, *, keep_mode: bool = False, tmp: Path | None = None
+) -> None:
+    """Replace ``path`` with ``text``, all or nothing. ``keep_mode``: the new file gets the
+    owner and mode of the one it replaces (else it is drainer's own: 0600, in a private
+    directory made if missing). ``tmp``: the temporary file (default: a dot-file named
+    after ``path`` and this process)."""
+    if not keep_mode:
+        make_private_dir(path.parent)
+    tmp = tmp or path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)  # a leftover keeps its old mode: start afresh
     try:
         with open(open_private(tmp, os.O_WRONLY | os.O_EXCL), "w") as out:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
+        if keep_mode:
+            with contextlib.suppress(OSError):  # e.g. the owner and mode nginx's package gave
+                st = path.stat()
+                os.chmod(tmp, st.st_mode & 0o7777)
+                os.chown(tmp, st.st_uid, st.st_gid)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -55,3 +79,80 @@ def write_atomically(path: Path, text: str) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+class LockTimeout(Exception):
+    """``FileLock.acquire`` waited ``waited`` seconds; ``holder`` says who holds the lock."""
+
+    def __init__(self, waited: float, holder: str) -> None:
+        super().__init__(f"waited {waited:.0f}s for a lock held by {holder}")
+        self.waited = waited
+        self.holder = holder
+
+
+class FileLock:
+    """An exclusive ``flock`` on ``path``, opened (created with ``mode``) at construction
+    and released by ``close()``: ``with FileLock(path) as lock: lock.acquire(...)``."""
+
+    def __init__(self, path: Path, *, mode: int = FILE_MODE) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+        with contextlib.suppress(OSError):  # a lock file of an older drainer: tighten it
+            current = os.fstat(self._fd).st_mode & 0o777
+            if current & ~mode:
+                os.fchmod(self._fd, current & mode)
+
+    def acquire(
+        self,
+        *,
+        timeout: float | None = None,
+        on_wait: Callable[[str], None] | None = None,
+        notice_after: float = 1.0,
+        poll: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Wait for the lock (for ever when ``timeout`` is None, else LockTimeout); after
+        ``notice_after`` seconds of waiting, tell ``on_wait`` who holds it, once."""
+        if timeout is None and on_wait is None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        else:
+            started = clock()
+            told = False
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    pass
+                waited = clock() - started
+                if timeout is not None and waited >= timeout:
+                    raise LockTimeout(waited, self.holder())
+                if on_wait is not None and waited >= notice_after and not told:
+                    on_wait(self.holder())
+                    told = True
+                sleep(poll)
+        with contextlib.suppress(OSError):  # only for the message of whoever waits
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def holder(self) -> str:
+        try:
+            pid = int(os.pread(self._fd, 32, 0).decode().strip())
+        except (OSError, ValueError):
+            return "another process"
+        return f"pid {pid}"
+
+    def close(self) -> None:
+        os.close(self._fd)  # releases the lock
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -10,10 +10,8 @@ Writes go through a lock and a rename, so a crash never leaves half a file.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from drainer._files import make_private_dir, open_private
+from drainer._files import FileLock, make_private_dir, write_atomically
 from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
@@ -65,14 +63,11 @@ class MockLoadBalancer:
         """Read-modify-write the file under an exclusive lock."""
         try:
             make_private_dir(self.path.parent)  # owner-only, as under state_dir
-            with open(open_private(self.path.with_suffix(".lock"), os.O_RDWR)) as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with FileLock(self.path.with_suffix(".lock")) as lock:
+                lock.acquire()
                 data = self._read()
                 yield data
-                tmp = self.path.with_suffix(".tmp")
-                with open(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as out:
-                    out.write(json.dumps(data, indent=1))
-                os.replace(tmp, self.path)
+                write_atomically(self.path, json.dumps(data, indent=1))
         except OSError as exc:
             raise TransientAdapterError(
                 f"mock load balancer {self.path}: {exc.strerror}", instance=self.name

@@ -62,7 +62,6 @@ them every call raises TransientAdapterError ("nginx is not running").
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -77,7 +76,7 @@ from typing import Any, Literal
 
 from pydantic import field_validator
 
-from drainer._files import write_atomically
+from drainer._files import FileLock, LockTimeout, write_atomically
 from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
@@ -230,19 +229,11 @@ class NginxLoadBalancer:
             raise self._permanent(f"{self._config.file}: {exc}") from exc
         return {f"{s.upstream} {s.address}": s.text.strip() for s in lines}
 
-    def _write(self, path: Path, tmp: Path, text: str) -> None:
-        try:
-            with open(tmp, "w") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            with suppress(OSError):  # keep the owner and mode nginx's packaging gave it
-                st = path.stat()
-                os.chmod(tmp, st.st_mode & 0o7777)
-                os.chown(tmp, st.st_uid, st.st_gid)
-            os.replace(tmp, path)
+    def _write(self, files: _Files, text: str) -> None:
+        try:  # nginx's file: it keeps its owner and mode
+            write_atomically(files.real, text, keep_mode=True, tmp=files.tmp)
         except OSError as exc:
-            raise self._transient(f"cannot write {path}: {exc.strerror}") from exc
+            raise self._transient(f"cannot write {files.real}: {exc.strerror}") from exc
 
     def _load_record(self, files: _Files) -> _Record | None:
         path = files.record
@@ -274,25 +265,23 @@ class NginxLoadBalancer:
     @contextmanager
     def _locked(self, files: _Files) -> Iterator[None]:
         try:
-            fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            lock = FileLock(files.lock, mode=0o644)
         except OSError as exc:
             raise self._permanent(f"cannot open {files.lock}: {exc.strerror}") from exc
-        try:
-            deadline = self._clock() + self._config.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if self._clock() >= deadline:
-                        raise self._transient(
-                            f"another edit of {self._config.file} has held its lock for "
-                            f"{self._config.lock_timeout:.0f}s"
-                        ) from None
-                    self._sleep(0.02)
+        with lock:
+            try:
+                lock.acquire(
+                    timeout=self._config.lock_timeout,
+                    poll=0.02,
+                    clock=self._clock,
+                    sleep=self._sleep,
+                )
+            except LockTimeout:
+                raise self._transient(
+                    f"another edit of {self._config.file} has held its lock for "
+                    f"{self._config.lock_timeout:.0f}s"
+                ) from None
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     # -- nginx --------------------------------------------------------------------------
 
@@ -357,7 +346,7 @@ class NginxLoadBalancer:
             reloaded = False
             try:
                 if new_text != text:
-                    self._write(files.real, files.tmp, new_text)
+                    self._write(files, new_text)
                 self._nginx.test()
                 reloaded = True
                 generation = self._nginx.reload(master)
@@ -380,7 +369,7 @@ class NginxLoadBalancer:
         # The record of before (pending or not, as it was) only once the file is back:
         # if the write fails, the intent stays pending and the next edit runs again.
         with suppress(TransientAdapterError):
-            self._write(files.real, files.tmp, text)
+            self._write(files, text)
             self._save_record(files, record)
         if reloaded:  # the reload may still land later: make nginx converge on the file
             with suppress(TransientAdapterError, PermanentAdapterError):
