@@ -607,7 +607,7 @@ def serve(
     ] = Path("/etc/drainer/serve.yaml"),
 ) -> None:
     """Let the web VMs' sidecars drain their own server in this host's load balancers."""
-    from drainer.serve.app import serve as run_serve
+    from drainer.serve.http import serve as run_serve
 
     with _errors():
         code = run_serve(config)

@@ -221,7 +221,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _messages(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[str]:
+def format_errors(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[str]:
     lines = []
     for err in exc.errors():
         loc = tuple(p for p in (*prefix, *err["loc"]) if not str(p).startswith("function-"))
@@ -256,14 +256,14 @@ def parse_config(raw: Any, *, origin: str = "<config>") -> Config:
                 try:
                     lbs.append(plugins[kind].config_model.model_validate(item))
                 except ValidationError as exc:
-                    problems += _messages(exc, ("load_balancers", i))
+                    problems += format_errors(exc, ("load_balancers", i))
         raw = {**raw, "load_balancers": lbs}
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         # an entry that failed above is missing from the list: its own message says why
         lb_failed = any(p.startswith("load_balancers") for p in problems)
-        problems += [m for m in _messages(exc) if not (lb_failed and m.startswith("load_b"))]
+        problems += [m for m in format_errors(exc) if not (lb_failed and m.startswith("load_b"))]
         config = None
     if problems or config is None:
         raise ConfigError("\n".join(f"{origin}: {p}" for p in problems))

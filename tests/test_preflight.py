@@ -28,7 +28,8 @@ from drainer.adapters.remote import create as create_remote
 from drainer.errors import TransientAdapterError
 from drainer.fake_nginx_plus import FakeNginxPlus
 from drainer.model import LBStatus, LBView
-from drainer.serve.app import RemoteServer, parse_serve_config
+from drainer.serve.config import parse_serve_config
+from drainer.serve.http import RemoteServer
 from tests.harness import World
 from tests.lbprocs import HAProxy, cli, free_port, have_haproxy, start_haproxy
 

@@ -32,7 +32,9 @@ from drainer.adapters.haproxy import runtime as haproxy
 from drainer.adapters.remote import RemoteConfig, RemoteLoadBalancer
 from drainer.adapters.remote import create as create_remote
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
-from drainer.serve.app import NODE_HEADER, RemoteServer, parse_serve_config, serve
+from drainer.serve.config import parse_serve_config
+from drainer.serve.http import RemoteServer, serve
+from drainer.serve.protocol import NODE_HEADER
 
 PLUGINS: dict[str, AdapterPlugin] = {
     "mock": mock.PLUGIN,
