@@ -14,12 +14,10 @@ from typing import Annotated, Any, Literal
 import httpx
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     SerializeAsAny,
     ValidationError,
     field_validator,
@@ -27,27 +25,11 @@ from pydantic import (
 )
 
 from drainer._net import split_host_port
+from drainer._types import Duration, PositiveDuration
 from drainer.adapters.base import AdapterConfig, AdapterPlugin
 from drainer.core import Approve, Policy, Reaction, Rule
 from drainer.errors import ConfigError
-from drainer.model import EventType, format_duration, parse_duration
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    PlainSerializer(format_duration, return_type=str),
-    Field(ge=0),
-]
-
-
-def _positive(seconds: float) -> float:
-    if seconds <= 0:
-        raise ValueError("must be more than 0 (write it as 2s, 500ms, 5m...)")
-    return seconds
-
-
-# A duration where 0 makes no sense (a timeout, an interval, a deadline).
-PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+from drainer.model import EventType
 
 
 def check_listen(listen: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from drainer._files import FileLock, make_private_dir, write_atomically
+from drainer._types import Duration
 from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
@@ -31,7 +32,6 @@ from drainer.adapters.base import (
     LoadBalancer,
     attempt,
 )
-from drainer.config import Duration
 from drainer.errors import PermanentAdapterError, TransientAdapterError
 
 

@@ -32,6 +32,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import Field, field_validator
 
+from drainer._types import Duration
 from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
@@ -42,7 +43,6 @@ from drainer.adapters.base import (
     LoadBalancer,
     attempt,
 )
-from drainer.config import Duration
 from drainer.errors import AdapterError, PermanentAdapterError, TransientAdapterError
 
 __all__ = ["PLUGIN", "NginxPlusConfig", "NginxPlusLoadBalancer"]

@@ -32,6 +32,7 @@ import httpx
 from pydantic import Field, model_validator
 
 from drainer._http import is_loopback
+from drainer._types import Duration
 from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
@@ -42,7 +43,6 @@ from drainer.adapters.base import (
     LoadBalancer,
     attempt,
 )
-from drainer.config import Duration
 from drainer.errors import (
     AdapterError,
     ConfigError,

@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from drainer._http import is_loopback
 from drainer._net import split_host_port
+from drainer._types import Duration
 from drainer.adapters.base import AdapterConfig, AdapterPlugin
 from drainer.adapters.haproxy.client import parse_node_address
-from drainer.config import Duration, adapter_plugins, format_errors
+from drainer.config import adapter_plugins, format_errors
 from drainer.errors import ConfigError
 
 __all__ = [

@@ -77,6 +77,7 @@ from typing import Any, Literal
 from pydantic import field_validator
 
 from drainer._files import FileLock, LockTimeout, write_atomically
+from drainer._types import Duration
 from drainer.adapters.base import (
     AdapterConfig,
     AdapterContext,
@@ -89,7 +90,6 @@ from drainer.adapters.base import (
 )
 from drainer.adapters.nginx.process import NginxProgram, alive, master, workers
 from drainer.adapters.nginx.upstream import ServerLine, find_server, find_servers, is_down, set_down
-from drainer.config import Duration
 from drainer.errors import PermanentAdapterError, TransientAdapterError
 
 __all__ = ["PLUGIN", "NginxConfig", "NginxLoadBalancer", "create"]
