@@ -218,8 +218,7 @@ def drain(
     with _errors(), _node(config) as node:
         if not force:
             for lb in node.lbs.values():
-                refuse = getattr(lb, "check_manual_drain", None)
-                reason = refuse() if callable(refuse) else None
+                reason = lb.check_manual_drain()
                 if reason:
                     raise DrainerError(f"{lb.name}: {reason} (use --force to drain anyway)")
         node.engine.turn(None, ManualDrain())

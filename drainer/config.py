@@ -26,7 +26,7 @@ from pydantic import (
 
 from drainer._net import split_host_port
 from drainer._types import Duration, PositiveDuration
-from drainer.adapters.base import AdapterConfig, AdapterPlugin
+from drainer.adapters.base import AdapterConfig, AdapterPlugin, AnyAdapterPlugin
 from drainer.core import Approve, Policy, Reaction, Rule
 from drainer.errors import ConfigError
 from drainer.model import EventType
@@ -182,9 +182,9 @@ class Config(_Strict):
         )
 
 
-def adapter_plugins() -> dict[str, AdapterPlugin]:
+def adapter_plugins() -> dict[str, AnyAdapterPlugin]:
     """Every adapter registered under the ``drainer.adapters`` entry-point group."""
-    plugins: dict[str, AdapterPlugin] = {}
+    plugins: dict[str, AnyAdapterPlugin] = {}
     for ep in entry_points(group="drainer.adapters"):
         plugin = ep.load()
         if not isinstance(plugin, AdapterPlugin):

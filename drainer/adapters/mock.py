@@ -42,7 +42,7 @@ class MockConfig(AdapterConfig):
     drain_seconds: Duration = 2.0  # how long they take to close
 
 
-class MockLoadBalancer:
+class MockLoadBalancer(LoadBalancer):
     def __init__(
         self,
         config: MockConfig,
@@ -147,12 +147,6 @@ class MockLoadBalancer:
 
         return [attempt(f"{self.name}: file", usable)]
 
-    def serve(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
 
 def create(config: MockConfig, context: AdapterContext) -> list[LoadBalancer]:
     name = config.name or "mock"
@@ -160,4 +154,4 @@ def create(config: MockConfig, context: AdapterContext) -> list[LoadBalancer]:
     return [MockLoadBalancer(config, name=name, path=path)]
 
 
-PLUGIN = AdapterPlugin(config_model=MockConfig, create=create)
+PLUGIN = AdapterPlugin(config_model=MockConfig, create=create, node_keys=("path",))

@@ -69,7 +69,7 @@ class NginxPlusConfig(AdapterConfig):
         return value
 
 
-class NginxPlusLoadBalancer:
+class NginxPlusLoadBalancer(LoadBalancer):
     def __init__(
         self,
         config: NginxPlusConfig,
@@ -240,9 +240,6 @@ class NginxPlusLoadBalancer:
             checks.append(attempt(f"{self.name}: API writable", writable))
         return checks
 
-    def serve(self) -> None:
-        pass
-
     def close(self) -> None:
         self._client.close()
 
@@ -252,4 +249,4 @@ def create(config: NginxPlusConfig, context: AdapterContext) -> list[LoadBalance
     return [NginxPlusLoadBalancer(config, name=name)]
 
 
-PLUGIN = AdapterPlugin(config_model=NginxPlusConfig, create=create)
+PLUGIN = AdapterPlugin(config_model=NginxPlusConfig, create=create, node_keys=("server",))

@@ -93,7 +93,7 @@ class RemoteConfig(AdapterConfig):
         return self
 
 
-class RemoteLoadBalancer:
+class RemoteLoadBalancer(LoadBalancer):
     def __init__(
         self,
         config: RemoteConfig,
@@ -228,9 +228,6 @@ class RemoteLoadBalancer:
                 far = f"{self.name}: far end: {item.get('name', '?')}"
                 checks.append(Check(far, item.get("ok") is True, str(item.get("detail", ""))))
         return checks
-
-    def serve(self) -> None:
-        pass
 
     def close(self) -> None:
         self._client.close()

@@ -2,17 +2,11 @@
 
 A sidecar on a backend VM cannot edit the nginx host's files. ``drainer serve`` runs on
 the load-balancer host, builds the adapters its own configuration names (nginx, nginx
-Plus, HAProxy; see ``NODE_KEYS``) and lets each node act on its own server of them, and
-on nothing else. The sidecar's ``remote`` adapter (drainer/adapters/remote.py) is the client::
+Plus, HAProxy: each type whose plugin declares ``node_keys``) and lets each node act on
+its own server of them, and on nothing else. The sidecar's ``remote`` adapter
+(drainer/adapters/remote.py) is the client; the API is drawn in drainer/serve/protocol.py.
+Status codes of an error (its body: ``{"error": message, "kind": ...}``)::
 
-    GET  /v1/load-balancers                  {"node": n, "load_balancers": [name, ...]}
-    GET  /v1/load-balancers/<name>           {"status", "sessions", "detail"}
-    POST /v1/load-balancers/<name>/drain     {} -> {"ok": true}
-    POST /v1/load-balancers/<name>/take-out  {"kill": false} -> {"ok": true}
-    POST /v1/load-balancers/<name>/put-back  {} -> {"serving": true}
-    GET  /v1/load-balancers/<name>/preflight {"checks": [{"name", "ok", "detail"}, ...]}
-
-    errors: {"error": message, "kind": "refused" | "transient" | "permanent"}
     400 bad body   401 unknown node or wrong token   403 not this node's   404 no such path
     405 method  411 no Content-Length  413 body too large
     429 rate, or too many connections from this address (Retry-After)
@@ -25,7 +19,7 @@ Invariants:
 - A request names a load balancer, never a server. The server is the one the
   configuration gives the node (``nodes.<node>.servers.<lb>``), merged into the load
   balancer's entry when ``drainer serve`` starts. A node entry may set only the keys that
-  name its server (``NODE_KEYS``, per adapter type; every other key comes from
+  name its server (its plugin's ``node_keys``; every other key comes from
   ``load_balancers``, and a type without such keys cannot be served), and two nodes of
   one load balancer never name the same server (compared by those keys, an HAProxy
   ``address`` by IP and port; nodes that name it in different ways are refused, as

@@ -18,13 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from drainer._http import is_loopback
 from drainer._net import split_host_port
 from drainer._types import Duration
-from drainer.adapters.base import AdapterConfig, AdapterPlugin
-from drainer.adapters.haproxy.client import parse_node_address
+from drainer.adapters.base import AdapterConfig, AnyAdapterPlugin
 from drainer.config import adapter_plugins, format_errors
 from drainer.errors import ConfigError
 
 __all__ = [
-    "NODE_KEYS",
     "LimitsConfig",
     "NodeEntry",
     "ServeConfig",
@@ -34,15 +32,6 @@ __all__ = [
     "parse_serve_config",
     "split_listen",
 ]
-
-# The adapter types drainer serve can serve, and the keys that name a node's server in
-# each: the only keys a node entry may set, and what tells two nodes' servers apart.
-NODE_KEYS: Mapping[str, tuple[str, ...]] = {
-    "nginx": ("server",),
-    "nginx-plus": ("server",),
-    "haproxy": ("backend", "server", "address"),
-    "mock": ("path",),  # the test adapter: one JSON file per node
-}
 
 
 class _Strict(BaseModel):
@@ -109,39 +98,28 @@ def split_listen(listen: str) -> tuple[str, int]:
     return split_host_port(listen, default_host="0.0.0.0")
 
 
-@dataclass(frozen=True)
-class _ServerName:
-    """How a validated entry names its node's server: which keys, and their values."""
-
-    keys: tuple[str, ...]  # the keys set, e.g. ("backend", "server") or ("address",)
-    values: tuple[Any, ...]  # an HAProxy address as (IP, port or None)
-
-    def same_as(self, other: _ServerName) -> bool:
-        if self.keys == ("address",):  # HAProxy: an address without a port is every port
-            [(ip, port)], [(other_ip, other_port)] = self.values, other.values
-            return bool(ip == other_ip and (port is None or other_port in (None, port)))
-        return self.values == other.values
+def _keys_set(adapter: AdapterConfig, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of ``keys`` an entry sets, e.g. ("backend", "server") or ("address",)."""
+    return tuple(key for key in keys if getattr(adapter, key) is not None) or keys
 
 
-def _server_name(adapter: AdapterConfig, keys: tuple[str, ...]) -> _ServerName:
-    found = {key: getattr(adapter, key) for key in keys}
-    set_ = tuple(key for key in keys if found[key] is not None) or keys  # mock: path None
-    values = tuple(found[key] for key in set_)
-    if set_ == ("address",):
-        values = (parse_node_address(str(found["address"])),)
-    return _ServerName(set_, values)
-
-
-def _clash(mine: _ServerName, named: list[tuple[str, _ServerName]], lb: str) -> str:
+def _clash(
+    plugin: AnyAdapterPlugin,
+    mine: AdapterConfig,
+    named: list[tuple[str, AdapterConfig]],
+    lb: str,
+) -> str:
     """Why ``mine`` may not join the servers other nodes of ``lb`` have; "" if it may."""
+    my_keys = _keys_set(mine, plugin.node_keys)
     for other, theirs in named:
-        if theirs.keys != mine.keys:
+        their_keys = _keys_set(theirs, plugin.node_keys)
+        if their_keys != my_keys:
             return (
-                f"names its server by {' + '.join(mine.keys)} and nodes.{other}.servers.{lb} "
-                f"by {' + '.join(theirs.keys)}: name every node's server the same way, so "
+                f"names its server by {' + '.join(my_keys)} and nodes.{other}.servers.{lb} "
+                f"by {' + '.join(their_keys)}: name every node's server the same way, so "
                 f"that no two can be the same"
             )
-        if mine.same_as(theirs):
+        if plugin.is_same_server(mine, theirs):
             return f"the same server as nodes.{other}.servers.{lb}"
     return ""
 
@@ -152,11 +130,11 @@ class ServeSetup:
 
     config: ServeConfig
     entries: dict[str, dict[str, AdapterConfig]]  # node -> load balancer name -> entry
-    plugins: dict[str, AdapterPlugin]
+    plugins: dict[str, AnyAdapterPlugin]
 
 
 def load_serve_config(
-    path: Path, *, plugins: Mapping[str, AdapterPlugin] | None = None
+    path: Path, *, plugins: Mapping[str, AnyAdapterPlugin] | None = None
 ) -> ServeSetup:
     """Read and validate; raise ConfigError naming the file and every key path at fault."""
     try:
@@ -171,7 +149,10 @@ def load_serve_config(
 
 
 def parse_serve_config(
-    raw: Any, *, origin: str = "<serve config>", plugins: Mapping[str, AdapterPlugin] | None = None
+    raw: Any,
+    *,
+    origin: str = "<serve config>",
+    plugins: Mapping[str, AnyAdapterPlugin] | None = None,
 ) -> ServeSetup:
     known = dict(adapter_plugins() if plugins is None else plugins)
     try:
@@ -180,7 +161,7 @@ def parse_serve_config(
         raise ConfigError("\n".join(f"{origin}: {p}" for p in format_errors(exc))) from exc
     problems: list[str] = []
     entries: dict[str, dict[str, AdapterConfig]] = {}
-    named: dict[str, list[tuple[str, _ServerName]]] = {}  # lb -> (node, its server) so far
+    named: dict[str, list[tuple[str, AdapterConfig]]] = {}  # lb -> (node, its server) so far
     for node, entry in config.nodes.items():
         entries[node] = {}
         for lb, keys in entry.servers.items():
@@ -194,11 +175,14 @@ def parse_serve_config(
                 names = ", ".join(sorted(known))
                 problems.append(f"load_balancers.{lb}.type: unknown type {kind!r} ({names})")
                 continue
-            allowed = NODE_KEYS.get(str(kind))
-            if allowed is None:
+            plugin = known[str(kind)]
+            allowed = plugin.node_keys
+            if not allowed:
+                servable = ", ".join(sorted(k for k, p in known.items() if p.node_keys))
                 problems.append(
-                    f"load_balancers.{lb}.type: drainer serve cannot serve type {kind!r}: it "
-                    f"knows which keys name a node's server only for {', '.join(NODE_KEYS)}"
+                    f"load_balancers.{lb}.type: drainer serve cannot serve type {kind!r}: its "
+                    f"plugin declares no node_keys (the keys that name a node's server); "
+                    f"these types can be served: {servable}"
                 )
                 continue
             extra = [key for key in keys if key not in allowed]
@@ -211,16 +195,15 @@ def parse_serve_config(
                 continue
             merged = {**base, **keys, "name": base.get("name", lb)}
             try:
-                adapter = known[str(kind)].config_model.model_validate(merged)
+                adapter = plugin.config_model.model_validate(merged)
             except ValidationError as exc:
                 problems += format_errors(exc, ("nodes", node, "servers", lb))
                 continue
-            mine = _server_name(adapter, allowed)
-            clash = _clash(mine, named.setdefault(lb, []), lb)
+            clash = _clash(plugin, adapter, named.setdefault(lb, []), lb)
             if clash:
                 problems.append(f"{where}: {clash}")
                 continue
-            named[lb].append((node, mine))
+            named[lb].append((node, adapter))
             entries[node][lb] = adapter
     if problems:
         raise ConfigError("\n".join(f"{origin}: {p}" for p in dict.fromkeys(problems)))

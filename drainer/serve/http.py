@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from drainer._http import Http11Handler, Server, ServerThread
-from drainer.adapters.base import AdapterPlugin
+from drainer.adapters.base import AnyAdapterPlugin
 from drainer.errors import ConfigError
 from drainer.serve.app import Reply, ServeApp, refused
 from drainer.serve.config import ServeSetup, load_serve_config, split_listen
@@ -294,7 +294,7 @@ def serve(
     config_path: Path,
     *,
     stopping: threading.Event | None = None,
-    plugins: Mapping[str, AdapterPlugin] | None = None,
+    plugins: Mapping[str, AnyAdapterPlugin] | None = None,
 ) -> int:
     """Run ``drainer serve`` until SIGTERM/SIGINT (or ``stopping``); the exit code."""
     setup = load_serve_config(config_path, plugins=plugins)

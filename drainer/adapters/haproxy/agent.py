@@ -125,7 +125,7 @@ def established(proc_net: Path, port: int, peers: frozenset[str]) -> int:
     return count
 
 
-class AgentLoadBalancer:
+class AgentLoadBalancer(LoadBalancer):
     def __init__(self, config: AgentConfig, *, name: str, state_dir: Path) -> None:
         self.name = name
         self.listen = config.listen

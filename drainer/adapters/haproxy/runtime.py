@@ -160,7 +160,7 @@ def put_back_step(s: ServerState) -> Literal["recheck", "ready", "wait", "done"]
     return "done"
 
 
-class HAProxyLoadBalancer:
+class HAProxyLoadBalancer(LoadBalancer):
     """The node's servers on one HAProxy instance."""
 
     def __init__(
@@ -281,12 +281,6 @@ class HAProxyLoadBalancer:
         self._client.check_admin(backend, absent)
         return f"{self._client.address} accepts `set server` (level admin)"
 
-    def serve(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
     def check_manual_drain(self) -> str | None:
         """None if draining the node leaves ``min_in_service`` servers in each backend.
 
@@ -305,7 +299,7 @@ class HAProxyLoadBalancer:
                 )
         if not refusals:
             return None
-        return f"refusing to drain {self._node} on {self.name}: " + "; ".join(refusals)
+        return f"refusing to drain {self._node}: " + "; ".join(refusals)
 
     def _sessions_in_every_worker(
         self, master: HAProxyClient, mine: list[ServerState]
@@ -398,6 +392,16 @@ class HAProxyLoadBalancer:
         return found
 
 
+def same_server(one: HAProxyConfig, other: HAProxyConfig) -> bool:
+    """Whether two entries name the same server: by name, or by address (an address
+    without a port is every port of that IP)."""
+    if one.address is not None and other.address is not None:
+        ip, port = parse_node_address(one.address)
+        other_ip, other_port = parse_node_address(other.address)
+        return bool(ip == other_ip and (port is None or other_port in (None, port)))
+    return (one.backend, one.server, one.address) == (other.backend, other.server, other.address)
+
+
 def create(config: HAProxyConfig, context: AdapterContext) -> list[LoadBalancer]:
     """One LoadBalancer per instance, named ``<name or haproxy>@<address>``."""
     timeouts = {"connect_timeout": config.connect_timeout, "timeout": config.timeout}
@@ -414,4 +418,9 @@ def create(config: HAProxyConfig, context: AdapterContext) -> list[LoadBalancer]
     ]
 
 
-PLUGIN = AdapterPlugin(config_model=HAProxyConfig, create=create)
+PLUGIN = AdapterPlugin(
+    config_model=HAProxyConfig,
+    create=create,
+    node_keys=("backend", "server", "address"),
+    same_server=same_server,
+)

@@ -162,7 +162,7 @@ class _Files:
     record: Path
 
 
-class NginxLoadBalancer:
+class NginxLoadBalancer(LoadBalancer):
     def __init__(
         self,
         config: NginxConfig,
@@ -446,16 +446,10 @@ class NginxLoadBalancer:
             attempt(f"{self.name}: nginx running", running),
         ]
 
-    def serve(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
 
 def create(config: NginxConfig, context: AdapterContext) -> list[LoadBalancer]:
     name = config.name or f"nginx-{config.upstream}"
     return [NginxLoadBalancer(config, name=name, state_dir=context.state_dir)]
 
 
-PLUGIN = AdapterPlugin(config_model=NginxConfig, create=create)
+PLUGIN = AdapterPlugin(config_model=NginxConfig, create=create, node_keys=("server",))
