@@ -69,9 +69,7 @@ class MockLoadBalancer(LoadBalancer):
                 yield data
                 write_atomically(self.path, json.dumps(data, indent=1))
         except OSError as exc:
-            raise TransientAdapterError(
-                f"mock load balancer {self.path}: {exc.strerror}", instance=self.name
-            ) from exc
+            raise TransientAdapterError(f"mock load balancer {self.path}: {exc.strerror}") from exc
 
     def _read(self) -> dict[str, Any]:
         try:
@@ -80,7 +78,7 @@ class MockLoadBalancer(LoadBalancer):
             data = {}
         except ValueError as exc:
             raise PermanentAdapterError(
-                f"mock load balancer {self.path} is not valid JSON: {exc}", instance=self.name
+                f"mock load balancer {self.path} is not valid JSON: {exc}"
             ) from exc
         data.setdefault("status", LBStatus.IN_SERVICE.value)
         data.setdefault("calls", [])
@@ -91,7 +89,7 @@ class MockLoadBalancer(LoadBalancer):
         with self._locked() as data:
             fail = data["fail"].get(op) or data["fail"].get("*")
             if fail:
-                raise TransientAdapterError(f"{self.name}: {fail}", instance=self.name)
+                raise TransientAdapterError(str(fail))
             data["calls"].append({"op": op, "at": self._clock()})
             if change is not None:
                 change(data)
@@ -111,7 +109,7 @@ class MockLoadBalancer(LoadBalancer):
         with self._locked() as data:
             if data["fail"].get("state") or data["fail"].get("*"):
                 fail = data["fail"].get("state") or data["fail"]["*"]
-                raise TransientAdapterError(f"{self.name}: {fail}", instance=self.name)
+                raise TransientAdapterError(str(fail))
             status = LBStatus(data["status"])
             sessions = self._sessions(data)
         return LBView(status, sessions, f"mock load balancer in {self.path}")

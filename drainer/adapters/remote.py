@@ -128,12 +128,11 @@ class RemoteLoadBalancer(LoadBalancer):
                 token = os.environ.get(str(config.token_env), "").strip()
         except OSError as exc:
             raise PermanentAdapterError(
-                f"{self.name}: cannot read token_file {config.token_file}: {exc.strerror}",
-                instance=self.name,
+                f"cannot read token_file {config.token_file}: {exc.strerror}"
             ) from exc
         if not token:
             where = config.token_file or f"${config.token_env}"
-            raise PermanentAdapterError(f"{self.name}: no token in {where}", instance=self.name)
+            raise PermanentAdapterError(f"no token in {where}")
         return token
 
     def _request(
@@ -150,8 +149,7 @@ class RemoteLoadBalancer(LoadBalancer):
             except httpx.HTTPError as exc:
                 if last:
                     raise TransientAdapterError(
-                        f"{self.name}: {where} unreachable after {tries + 1} attempts: {exc}",
-                        instance=self.name,
+                        f"{where} unreachable after {tries + 1} attempts: {exc}"
                     ) from exc
                 self._sleep(delay)
                 delay *= 2
@@ -171,10 +169,10 @@ class RemoteLoadBalancer(LoadBalancer):
         if response.status_code == 200 and isinstance(data, dict):
             return data
         message = data.get("error") if isinstance(data, dict) else None
-        text = f"{self.name}: {where}: {message or f'HTTP {response.status_code}'}"
+        text = f"{where}: {message or f'HTTP {response.status_code}'}"
         if response.status_code in _RETRY_STATUS or response.status_code == 200:
-            raise TransientAdapterError(text, instance=self.name)
-        raise PermanentAdapterError(text, instance=self.name)
+            raise TransientAdapterError(text)
+        raise PermanentAdapterError(text)
 
     # -- LoadBalancer -------------------------------------------------------------------
 
@@ -184,8 +182,7 @@ class RemoteLoadBalancer(LoadBalancer):
             return LBView(LBStatus(data["status"]), int(data["sessions"]), str(data["detail"]))
         except (KeyError, ValueError, TypeError) as exc:
             raise TransientAdapterError(
-                f"{self.name}: drainer serve answered an unknown state: {data!r}",
-                instance=self.name,
+                f"drainer serve answered an unknown state: {data!r}"
             ) from exc
 
     def drain(self) -> None:

@@ -146,21 +146,19 @@ class AgentLoadBalancer(LoadBalancer):
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise PermanentAdapterError(f"{self.name}: cannot read {path}: {exc}") from exc
+            raise PermanentAdapterError(f"cannot read {path}: {exc}") from exc
         return data if isinstance(data, dict) else {}
 
     def _write(self, path: Path, data: dict[str, Any]) -> None:
         try:  # after a power cut the answer must still be there
             write_atomically(path, json.dumps(data))
         except OSError as exc:
-            raise TransientAdapterError(
-                f"{self.name}: cannot write {path}: {exc.strerror}", instance=self.name
-            ) from exc
+            raise TransientAdapterError(f"cannot write {path}: {exc.strerror}") from exc
 
     def answer(self) -> str:
         answer = str(self._read(self._answer_path).get("answer", "ready"))
         if answer not in ANSWERS:
-            raise PermanentAdapterError(f"{self.name}: {self._answer_path}: bad answer {answer!r}")
+            raise PermanentAdapterError(f"{self._answer_path}: bad answer {answer!r}")
         return answer
 
     def _told(self) -> dict[str, str]:
@@ -231,8 +229,7 @@ class AgentLoadBalancer(LoadBalancer):
                 rows = [r for r in client.stat(config.backend) if r.server == config.server]
                 if not rows:
                     raise PermanentAdapterError(
-                        f"{address} shows no server {config.server} in backend {config.backend}",
-                        instance=self.name,
+                        f"{address} shows no server {config.server} in backend {config.backend}"
                     )
                 return f"{config.backend}/{config.server} {rows[0].status} scur={rows[0].scur}"
 
@@ -254,9 +251,8 @@ class AgentLoadBalancer(LoadBalancer):
         if inspect(self._answer_path.parent).running:
             return f"{self.listen}: in use, and a `drainer run` holds this state directory"
         raise PermanentAdapterError(
-            f"{self.name}: cannot listen on {self.listen} ({bind_error}) and no `drainer run`"
-            " holds this state directory: another program has the port",
-            instance=self.name,
+            f"cannot listen on {self.listen} ({bind_error}) and no `drainer run`"
+            " holds this state directory: another program has the port"
         )
 
     def serve(self) -> None:

@@ -311,8 +311,7 @@ class HAProxyLoadBalancer(LoadBalancer):
             raise PermanentAdapterError(
                 f"{master.address} is not the master of {self._client.address}: it does not"
                 f" list worker {answering}, which answers there (`masters` must follow the"
-                " order of `instances`)",
-                instance=self._client.address,
+                " order of `instances`)"
             )
         wanted = {(s.backend, s.server) for s in mine}
         counts = {
@@ -333,18 +332,12 @@ class HAProxyLoadBalancer(LoadBalancer):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise TransientAdapterError(
-                f"{self.name}: cannot read {path}: {exc.strerror}", instance=self.name
-            ) from exc
+            raise TransientAdapterError(f"cannot read {path}: {exc.strerror}") from exc
         except ValueError as exc:
-            raise PermanentAdapterError(
-                f"{self.name}: {path} is not JSON; delete it", instance=self.name
-            ) from exc
+            raise PermanentAdapterError(f"{path} is not JSON; delete it") from exc
         pid = data.get("worker_pid") if isinstance(data, dict) else None
         if not isinstance(pid, int):
-            raise PermanentAdapterError(
-                f"{self.name}: {path} has no worker_pid; delete it", instance=self.name
-            )
+            raise PermanentAdapterError(f"{path} has no worker_pid; delete it")
         return pid
 
     def _remember_worker(self) -> None:
@@ -357,17 +350,14 @@ class HAProxyLoadBalancer(LoadBalancer):
         try:
             write_atomically(path, json.dumps(data))
         except OSError as exc:
-            raise TransientAdapterError(
-                f"{self.name}: cannot write {path}: {exc.strerror}", instance=self.name
-            ) from exc
+            raise TransientAdapterError(f"cannot write {path}: {exc.strerror}") from exc
 
     def _forget_worker(self) -> None:
         try:
             self._worker_path.unlink(missing_ok=True)
         except OSError as exc:
             raise TransientAdapterError(
-                f"{self.name}: cannot remove {self._worker_path}: {exc.strerror}",
-                instance=self.name,
+                f"cannot remove {self._worker_path}: {exc.strerror}"
             ) from exc
 
     def _servers(self) -> list[ServerState]:
@@ -379,15 +369,13 @@ class HAProxyLoadBalancer(LoadBalancer):
             found = servers_at(states, config.address)
             if not found:
                 raise PermanentAdapterError(
-                    f"no server with address {config.address} in any backend on {where}",
-                    instance=where,
+                    f"no server with address {config.address} in any backend on {where}"
                 )
             return found
         found = [s for s in states if s.server == config.server]
         if not found:
             raise PermanentAdapterError(
-                f"server {config.server} not found in backend {config.backend} on {where}",
-                instance=where,
+                f"server {config.server} not found in backend {config.backend} on {where}"
             )
         return found
 

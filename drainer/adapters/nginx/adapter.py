@@ -183,10 +183,10 @@ class NginxLoadBalancer(LoadBalancer):
     # -- errors -------------------------------------------------------------------------
 
     def _transient(self, message: str) -> TransientAdapterError:
-        return TransientAdapterError(f"{self.name}: {message}", instance=self.name)
+        return TransientAdapterError(message)
 
     def _permanent(self, message: str) -> PermanentAdapterError:
-        return PermanentAdapterError(f"{self.name}: {message}", instance=self.name)
+        return PermanentAdapterError(message)
 
     # -- files --------------------------------------------------------------------------
 
@@ -354,9 +354,7 @@ class NginxLoadBalancer(LoadBalancer):
                 self._rollback(files, text=text, record=before, reloaded=reloaded, master=master)
                 if isinstance(exc, TransientAdapterError | PermanentAdapterError):
                     kind = type(exc)
-                    raise kind(
-                        f"{exc}; {self._config.file} rolled back", instance=self.name
-                    ) from exc
+                    raise kind(f"{exc}; {self._config.file} rolled back") from exc
                 raise
             record.applied = self._servers(new_text)
             record.workers = generation
