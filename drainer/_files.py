@@ -24,7 +24,6 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -92,7 +91,9 @@ class LockTimeout(Exception):
 
 class FileLock:
     """An exclusive ``flock`` on ``path``, opened (created with ``mode``) at construction
-    and released by ``close()``: ``with FileLock(path) as lock: lock.acquire(...)``."""
+    and released by ``close()``: ``with closing(FileLock(path)) as lock: lock.acquire()``.
+    Opening and acquiring are two steps so that a caller can tell "cannot open" (OSError)
+    from "held too long" (LockTimeout)."""
 
     def __init__(self, path: Path, *, mode: int = FILE_MODE) -> None:
         self.path = path
@@ -145,14 +146,3 @@ class FileLock:
 
     def close(self) -> None:
         os.close(self._fd)  # releases the lock
-
-    def __enter__(self) -> FileLock:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

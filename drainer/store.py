@@ -25,7 +25,7 @@ import logging
 import time
 import types
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, fields
 from enum import Enum
 from pathlib import Path
@@ -171,7 +171,7 @@ class Store:
             raise StateError(
                 f"cannot use state directory {self.state_dir}: {exc.strerror}"
             ) from exc
-        with lock:
+        with closing(lock):
             try:
                 lock.acquire(
                     timeout=self.lock_timeout,

@@ -16,7 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from drainer.errors import AdapterError, DrainerError
+from drainer.adapters.checks import Check, answer, attempt, preflight
 from drainer.model import LBStatus, LBView
 
 __all__ = [
@@ -31,16 +31,6 @@ __all__ = [
     "attempt",
     "preflight",
 ]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One result of a preflight: ``name`` says what was checked, ``detail`` what was seen
-    (or, when it failed, what to do about it)."""
-
-    name: str
-    ok: bool
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,7 +93,7 @@ class LoadBalancer(Protocol):
         ``ok=False``). Call it through ``preflight(lb)``, which also serves adapters
         written before this method existed. By default: a read of the state.
         """
-        return [attempt(f"{self.name}: answers", lambda: _answer(self.state()))]
+        return [attempt(f"{self.name}: answers", lambda: answer(self.state()))]
 
     def serve(self) -> None:
         """Start what the adapter serves while the daemon runs (agent mode); may do nothing."""
@@ -118,10 +108,6 @@ class LoadBalancer(Protocol):
         e.g. it would leave a backend with too few servers; None to allow it. A maintenance
         drains regardless (the VM goes down anyway) and only logs the reason."""
         return None
-
-
-def _answer(view: LBView) -> str:
-    return f"{view.status.value}: {view.detail}"
 
 
 C = TypeVar("C", bound=AdapterConfig)
@@ -159,26 +145,3 @@ class AdapterPlugin(Generic[C]):
 
 # What the registry holds: a plugin of any configuration model.
 AnyAdapterPlugin = AdapterPlugin[Any]
-
-
-def preflight(lb: LoadBalancer) -> list[Check]:
-    """``lb.preflight()``, never raising; for an adapter without one, a read of its state."""
-    own = getattr(lb, "preflight", None)
-    try:
-        if callable(own):
-            checks = list(own())
-            return checks or [Check(f"{lb.name}: preflight", True, "nothing to check")]
-        view = lb.state()
-    except DrainerError as exc:
-        return [Check(f"{lb.name}: preflight", False, str(exc))]
-    except Exception as exc:  # a third-party adapter's bug is a failed check, not a crash
-        return [Check(f"{lb.name}: preflight", False, f"failed unexpectedly: {exc!r}")]
-    return [Check(f"{lb.name}: answers", True, _answer(view))]
-
-
-def attempt(name: str, call: Callable[[], str]) -> Check:
-    """Run one check: ``call`` returns what it saw; an AdapterError is the failure."""
-    try:
-        return Check(name, True, call())
-    except AdapterError as exc:
-        return Check(name, False, str(exc))

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,17 +22,10 @@ from pydantic import Field
 
 from drainer._files import FileLock, make_private_dir, write_atomically
 from drainer._types import Duration
-from drainer.adapters.base import (
-    AdapterConfig,
-    AdapterContext,
-    AdapterPlugin,
-    Check,
-    LBStatus,
-    LBView,
-    LoadBalancer,
-    attempt,
-)
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.checks import Check, attempt
 from drainer.errors import PermanentAdapterError, TransientAdapterError
+from drainer.model import LBStatus, LBView
 
 
 class MockConfig(AdapterConfig):
@@ -63,7 +56,7 @@ class MockLoadBalancer(LoadBalancer):
         """Read-modify-write the file under an exclusive lock."""
         try:
             make_private_dir(self.path.parent)  # owner-only, as under state_dir
-            with FileLock(self.path.with_suffix(".lock")) as lock:
+            with closing(FileLock(self.path.with_suffix(".lock"))) as lock:
                 lock.acquire()
                 data = self._read()
                 yield data

@@ -33,17 +33,10 @@ import httpx
 from pydantic import Field, field_validator
 
 from drainer._types import Duration
-from drainer.adapters.base import (
-    AdapterConfig,
-    AdapterContext,
-    AdapterPlugin,
-    Check,
-    LBStatus,
-    LBView,
-    LoadBalancer,
-    attempt,
-)
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.checks import Check, attempt
 from drainer.errors import AdapterError, PermanentAdapterError, TransientAdapterError
+from drainer.model import LBStatus, LBView
 
 __all__ = ["PLUGIN", "NginxPlusConfig", "NginxPlusLoadBalancer"]
 

@@ -34,21 +34,15 @@ from pydantic import Field, model_validator
 
 from drainer._http import is_loopback
 from drainer._types import Duration
-from drainer.adapters.base import (
-    AdapterConfig,
-    AdapterContext,
-    AdapterPlugin,
-    Check,
-    LBView,
-    LoadBalancer,
-    attempt,
-)
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.checks import Check, attempt
 from drainer.errors import (
     AdapterError,
     ConfigError,
     PermanentAdapterError,
     TransientAdapterError,
 )
+from drainer.model import LBView
 from drainer.serve.protocol import NODE_HEADER, PREFIX, RETRY_STATUS, lb_path, view_from_json
 
 __all__ = ["PLUGIN", "RemoteConfig", "RemoteLoadBalancer"]

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from drainer.errors import AdapterError, ConfigError, PermanentAdapterError, Tra
 from drainer.serve.config import NodeEntry, ServeConfig, ServeSetup
 from drainer.serve.protocol import OPERATIONS, PREFIX, READS, error_body, view_to_json
 
-__all__ = ["MIN_TOKEN_LENGTH", "Reply", "ServeApp", "refused"]
+__all__ = ["MIN_TOKEN_LENGTH", "Reply", "ServeApp", "read_tokens", "refused"]
 
 log = logging.getLogger("drainer")
 
@@ -34,6 +33,13 @@ MIN_TOKEN_LENGTH = 16
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def read_tokens(config: ServeConfig, environ: Mapping[str, str] | None = None) -> dict[str, bytes]:
+    """Each node's token, read once at start (from ``environ``, default os.environ), as
+    the digest ``ServeApp`` compares; ConfigError if one is missing or too short."""
+    env = os.environ if environ is None else environ
+    return {node: _read_token(node, entry, env) for node, entry in config.nodes.items()}
 
 
 def _read_token(node: str, entry: NodeEntry, environ: Mapping[str, str]) -> bytes:
@@ -78,17 +84,12 @@ class ServeApp:
     """The adapters of every node, and what may call them; see the module docstring."""
 
     def __init__(
-        self,
-        setup: ServeSetup,
-        *,
-        environ: Mapping[str, str] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        self, setup: ServeSetup, *, tokens: Mapping[str, bytes], clock: Callable[[], float]
     ) -> None:
         config = setup.config
         self._config = config
         self._clock = clock
-        env = os.environ if environ is None else environ
-        self._tokens = {node: _read_token(node, e, env) for node, e in config.nodes.items()}
+        self._tokens = dict(tokens)  # node -> the digest of its token (read_tokens)
         self._nobody = _digest(os.urandom(16).hex())  # compared against for unknown nodes
         self._lbs: dict[str, dict[str, LoadBalancer]] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from drainer._http import Http11Handler, Server, ServerThread
 from drainer.adapters.base import AnyAdapterPlugin
 from drainer.errors import ConfigError
-from drainer.serve.app import Reply, ServeApp, refused
+from drainer.serve.app import Reply, ServeApp, read_tokens, refused
 from drainer.serve.config import ServeSetup, load_serve_config, split_listen
 from drainer.serve.protocol import NODE_HEADER
 
@@ -48,7 +48,7 @@ class RemoteServer:
     ) -> None:
         config = setup.config
         self._config = config
-        self.app = ServeApp(setup, environ=environ, clock=clock)
+        self.app = ServeApp(setup, tokens=read_tokens(config, environ), clock=clock)
         self._ssl: ssl.SSLContext | None = None
         if config.tls is not None:
             context_ = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

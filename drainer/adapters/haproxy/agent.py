@@ -34,20 +34,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from drainer._files import write_atomically
 from drainer._net import split_host_port
-from drainer.adapters.base import (
-    AdapterConfig,
-    AdapterContext,
-    AdapterPlugin,
-    Check,
-    LBStatus,
-    LBView,
-    LoadBalancer,
-    attempt,
-)
+from drainer.adapters._state import save_json
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.checks import Check, attempt
 from drainer.adapters.haproxy.client import HAProxyClient, check_name
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
+from drainer.model import LBStatus, LBView
 from drainer.sidecar import inspect
 
 log = logging.getLogger("drainer")
@@ -150,10 +143,7 @@ class AgentLoadBalancer(LoadBalancer):
         return data if isinstance(data, dict) else {}
 
     def _write(self, path: Path, data: dict[str, Any]) -> None:
-        try:  # after a power cut the answer must still be there
-            write_atomically(path, json.dumps(data))
-        except OSError as exc:
-            raise TransientAdapterError(f"cannot write {path}: {exc.strerror}") from exc
+        save_json(path, data)  # atomic: after a power cut the answer must still be there
 
     def answer(self) -> str:
         answer = str(self._read(self._answer_path).get("answer", "ready"))

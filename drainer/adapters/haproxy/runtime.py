@@ -33,7 +33,6 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Collection, Iterable
 from functools import partial
 from pathlib import Path
@@ -41,17 +40,9 @@ from typing import Literal, Self, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from drainer._files import write_atomically
-from drainer.adapters.base import (
-    AdapterConfig,
-    AdapterContext,
-    AdapterPlugin,
-    Check,
-    LBStatus,
-    LBView,
-    LoadBalancer,
-    attempt,
-)
+from drainer.adapters._state import load_json, save_json
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.checks import Check, attempt
 from drainer.adapters.haproxy.client import (
     HAProxyClient,
     ServerState,
@@ -62,6 +53,7 @@ from drainer.adapters.haproxy.client import (
     servers_at,
 )
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
+from drainer.model import LBStatus, LBView
 
 _T = TypeVar("_T")
 
@@ -327,14 +319,9 @@ class HAProxyLoadBalancer(LoadBalancer):
 
     def _remembered_worker(self) -> int | None:
         path = self._worker_path
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        data = load_json(path)
+        if data is None:
             return None
-        except OSError as exc:
-            raise TransientAdapterError(f"cannot read {path}: {exc.strerror}") from exc
-        except ValueError as exc:
-            raise PermanentAdapterError(f"{path} is not JSON; delete it") from exc
         pid = data.get("worker_pid") if isinstance(data, dict) else None
         if not isinstance(pid, int):
             raise PermanentAdapterError(f"{path} has no worker_pid; delete it")
@@ -346,11 +333,7 @@ class HAProxyLoadBalancer(LoadBalancer):
         if self._remembered_worker() is not None:
             return
         data = {"lb": self.name, "worker_pid": self._client.worker_pid()}
-        path = self._worker_path
-        try:
-            write_atomically(path, json.dumps(data))
-        except OSError as exc:
-            raise TransientAdapterError(f"cannot write {path}: {exc.strerror}") from exc
+        save_json(self._worker_path, data)
 
     def _forget_worker(self) -> None:
         try:

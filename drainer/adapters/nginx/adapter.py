@@ -63,13 +63,12 @@ them every call raises TransientAdapterError ("nginx is not running").
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -78,19 +77,13 @@ from pydantic import field_validator
 
 from drainer._files import FileLock, LockTimeout, write_atomically
 from drainer._types import Duration
-from drainer.adapters.base import (
-    AdapterConfig,
-    AdapterContext,
-    AdapterPlugin,
-    Check,
-    LBStatus,
-    LBView,
-    LoadBalancer,
-    attempt,
-)
+from drainer.adapters._state import load_json, save_json
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.checks import Check, attempt
 from drainer.adapters.nginx.process import NginxProgram, alive, master, workers
 from drainer.adapters.nginx.upstream import ServerLine, find_server, find_servers, is_down, set_down
 from drainer.errors import PermanentAdapterError, TransientAdapterError
+from drainer.model import LBStatus, LBView
 
 __all__ = ["PLUGIN", "NginxConfig", "NginxLoadBalancer", "create"]
 
@@ -237,14 +230,9 @@ class NginxLoadBalancer(LoadBalancer):
 
     def _load_record(self, files: _Files) -> _Record | None:
         path = files.record
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        data = load_json(path)
+        if data is None:
             return None
-        except OSError as exc:
-            raise self._transient(f"cannot read {path}: {exc.strerror}") from exc
-        except ValueError as exc:
-            raise self._permanent(f"{path} is not JSON; delete it") from exc
         try:
             old = {k: [(int(p), int(s)) for p, s in v] for k, v in data["old_workers"].items()}
             workers = [(int(p), int(s)) for p, s in data["workers"]]
@@ -256,11 +244,7 @@ class NginxLoadBalancer(LoadBalancer):
             raise self._permanent(f"{path} is damaged ({exc!r}); delete it") from exc
 
     def _save_record(self, files: _Files, record: _Record) -> None:
-        path = files.record
-        try:  # drainer's own state: owner-only, whatever the umask
-            write_atomically(path, json.dumps(record.to_json(), indent=1))
-        except OSError as exc:
-            raise self._transient(f"cannot write {path}: {exc.strerror}") from exc
+        save_json(files.record, record.to_json(), indent=1)
 
     @contextmanager
     def _locked(self, files: _Files) -> Iterator[None]:
@@ -268,7 +252,7 @@ class NginxLoadBalancer(LoadBalancer):
             lock = FileLock(files.lock, mode=0o644)
         except OSError as exc:
             raise self._permanent(f"cannot open {files.lock}: {exc.strerror}") from exc
-        with lock:
+        with closing(lock):
             try:
                 lock.acquire(
                     timeout=self._config.lock_timeout,
