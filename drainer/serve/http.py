@@ -19,11 +19,10 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
-from drainer._http import Http11Handler, Server, ServerThread
+from drainer._http import Http11Handler, Server, ServerThread, Service
 from drainer.adapters.base import AnyAdapterPlugin
 from drainer.errors import ConfigError
 from drainer.serve.app import Reply, ServeApp, read_tokens, refused
@@ -35,7 +34,7 @@ __all__ = ["RemoteServer", "serve"]
 log = logging.getLogger("drainer")
 
 
-class RemoteServer:
+class RemoteServer(Service):
     """The ``drainer serve`` HTTP server: ``ServeApp`` behind sockets, from ``start()``
     (or ``with``) until ``stop()``."""
 
@@ -71,7 +70,7 @@ class RemoteServer:
         shown = f"[{host}]" if ":" in host else host
         return f"{'https' if self._ssl else 'http'}://{shown}:{port}"
 
-    def start(self) -> RemoteServer:
+    def start(self) -> Self:
         host, port = split_listen(self._config.listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
@@ -87,17 +86,6 @@ class RemoteServer:
         if running is not None:
             running.stop(join_timeout=10)
         self.app.close()
-
-    def __enter__(self) -> RemoteServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class _Deadline:
