@@ -173,14 +173,6 @@ class NginxLoadBalancer(LoadBalancer):
         self._clock = clock
         self._nginx = NginxProgram(config, sleep=sleep, clock=clock)
 
-    # -- errors -------------------------------------------------------------------------
-
-    def _transient(self, message: str) -> TransientAdapterError:
-        return TransientAdapterError(message)
-
-    def _permanent(self, message: str) -> PermanentAdapterError:
-        return PermanentAdapterError(message)
-
     # -- files --------------------------------------------------------------------------
 
     def _files(self) -> _Files:
@@ -200,9 +192,9 @@ class NginxLoadBalancer(LoadBalancer):
         try:
             return files.real.read_text()
         except FileNotFoundError as exc:
-            raise self._permanent(f"{self._config.file} does not exist") from exc
+            raise PermanentAdapterError(f"{self._config.file} does not exist") from exc
         except OSError as exc:
-            raise self._transient(f"cannot read {files.real}: {exc.strerror}") from exc
+            raise TransientAdapterError(f"cannot read {files.real}: {exc.strerror}") from exc
 
     def _line(self, text: str) -> ServerLine:
         try:
@@ -213,20 +205,20 @@ class NginxLoadBalancer(LoadBalancer):
                 region=self._config.region,
             )
         except ValueError as exc:
-            raise self._permanent(f"{self._config.file}: {exc}") from exc
+            raise PermanentAdapterError(f"{self._config.file}: {exc}") from exc
 
     def _servers(self, text: str) -> dict[str, str]:
         try:
             lines = find_servers(text, self._config.region)
         except ValueError as exc:
-            raise self._permanent(f"{self._config.file}: {exc}") from exc
+            raise PermanentAdapterError(f"{self._config.file}: {exc}") from exc
         return {f"{s.upstream} {s.address}": s.text.strip() for s in lines}
 
     def _write(self, files: _Files, text: str) -> None:
         try:  # nginx's file: it keeps its owner and mode
             write_atomically(files.real, text, keep_mode=True, tmp=files.tmp)
         except OSError as exc:
-            raise self._transient(f"cannot write {files.real}: {exc.strerror}") from exc
+            raise TransientAdapterError(f"cannot write {files.real}: {exc.strerror}") from exc
 
     def _load_record(self, files: _Files) -> _Record | None:
         path = files.record
@@ -241,7 +233,7 @@ class NginxLoadBalancer(LoadBalancer):
                 raise TypeError(f"pending is {pending!r}")
             return _Record(dict(data["applied"]), old, workers, pending)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise self._permanent(f"{path} is damaged ({exc!r}); delete it") from exc
+            raise PermanentAdapterError(f"{path} is damaged ({exc!r}); delete it") from exc
 
     def _save_record(self, files: _Files, record: _Record) -> None:
         save_json(files.record, record.to_json(), indent=1)
@@ -251,7 +243,7 @@ class NginxLoadBalancer(LoadBalancer):
         try:
             lock = FileLock(files.lock, mode=0o644)
         except OSError as exc:
-            raise self._permanent(f"cannot open {files.lock}: {exc.strerror}") from exc
+            raise PermanentAdapterError(f"cannot open {files.lock}: {exc.strerror}") from exc
         with closing(lock):
             try:
                 lock.acquire(
@@ -261,7 +253,7 @@ class NginxLoadBalancer(LoadBalancer):
                     sleep=self._sleep,
                 )
             except LockTimeout:
-                raise self._transient(
+                raise TransientAdapterError(
                     f"another edit of {self._config.file} has held its lock for "
                     f"{self._config.lock_timeout:.0f}s"
                 ) from None
@@ -297,7 +289,9 @@ class NginxLoadBalancer(LoadBalancer):
         files = self._files()
         with self._locked(files):
             if self._files() != files:
-                raise self._transient(f"{self._config.file} now links to another file; try again")
+                raise TransientAdapterError(
+                    f"{self._config.file} now links to another file; try again"
+                )
             text = self._read(files)
             line = self._line(text)
             master = self._master()
@@ -403,7 +397,7 @@ class NginxLoadBalancer(LoadBalancer):
         def binary() -> str:
             path = self._config.nginx
             if not (path.is_file() and os.access(path, os.X_OK)):
-                raise self._permanent(f"{path} not found or not executable: set `nginx`")
+                raise PermanentAdapterError(f"{path} not found or not executable: set `nginx`")
             return str(path)
 
         def owned_file() -> str:
@@ -411,7 +405,7 @@ class NginxLoadBalancer(LoadBalancer):
             line = self._line(self._read(files)).text.strip()
             for path, what in ((files.real, "write"), (files.real.parent, "create files in")):
                 if not os.access(path, os.W_OK):
-                    raise self._permanent(f"drainer may not {what} {path}")
+                    raise PermanentAdapterError(f"drainer may not {what} {path}")
             return f"'{line}' in upstream {self._config.upstream} of {files.real}"
 
         def test() -> str:
