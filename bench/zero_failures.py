@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from drainer.adapters.haproxy.client import HAProxyClient
 from drainer.errors import AdapterError
 from drainer.fake_imds import FakeIMDS
-from drainer.haproxy import HAProxyClient
 from drainer.lab import BlackHole, LoadClient, WebProcess, free_port, start_haproxy
 
 NODE = "web-1"

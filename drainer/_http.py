@@ -2,7 +2,8 @@
 
 ``Server`` hands its handlers the object they serve (``server.app``); a ``Handler``
 subclass names the methods it answers and gets each of them in ``_serve(method)``;
-``ServerThread`` runs ``serve_forever`` from its construction until ``stop()``.
+``ServerThread`` runs ``serve_forever`` from its construction until ``stop()``; a
+``Service`` (something with ``start()`` and ``stop()``) is a context manager.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 AppT = TypeVar("AppT")
 ServerT = TypeVar("ServerT", bound=socketserver.TCPServer)
@@ -88,6 +89,22 @@ class ServerThread(Generic[ServerT]):
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=join_timeout)
+
+
+class Service:
+    """A server run by ``start()`` (which returns it) until ``stop()``; ``with`` does both."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 def is_loopback(host: str) -> bool:

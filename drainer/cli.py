@@ -222,8 +222,7 @@ def drain(
     with _errors(), _node(config) as node:
         if not force:
             for lb in node.lbs.values():
-                refuse = getattr(lb, "check_manual_drain", None)
-                reason = refuse() if callable(refuse) else None
+                reason = lb.check_manual_drain()
                 if reason:
                     raise DrainerError(f"{lb.name}: {reason} (use --force to drain anyway)")
         node.engine.turn(None, ManualDrain())
@@ -613,7 +612,7 @@ def serve(
     ] = Path("/etc/drainer/serve.yaml"),
 ) -> None:
     """Let the web VMs' sidecars drain their own server in this host's load balancers."""
-    from drainer.remote import serve as run_serve
+    from drainer.serve.http import serve as run_serve
 
     with _errors():
         code = run_serve(config)

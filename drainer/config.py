@@ -14,12 +14,10 @@ from typing import Annotated, Any, Literal
 import httpx
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     SerializeAsAny,
     ValidationError,
     field_validator,
@@ -27,27 +25,11 @@ from pydantic import (
 )
 
 from drainer._net import split_host_port
-from drainer.adapters.base import AdapterConfig, AdapterPlugin
+from drainer._types import Duration, PositiveDuration
+from drainer.adapters.base import AdapterConfig, AdapterPlugin, AnyAdapterPlugin
 from drainer.core import Approve, Policy, Reaction, Rule
 from drainer.errors import ConfigError
-from drainer.model import EventType, format_duration, parse_duration
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    PlainSerializer(format_duration, return_type=str),
-    Field(ge=0),
-]
-
-
-def _positive(seconds: float) -> float:
-    if seconds <= 0:
-        raise ValueError("must be more than 0 (write it as 2s, 500ms, 5m...)")
-    return seconds
-
-
-# A duration where 0 makes no sense (a timeout, an interval, a deadline).
-PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+from drainer.model import EventType
 
 
 def check_listen(listen: str) -> str:
@@ -205,9 +187,9 @@ class Config(_Strict):
         )
 
 
-def adapter_plugins() -> dict[str, AdapterPlugin]:
+def adapter_plugins() -> dict[str, AnyAdapterPlugin]:
     """Every adapter registered under the ``drainer.adapters`` entry-point group."""
-    plugins: dict[str, AdapterPlugin] = {}
+    plugins: dict[str, AnyAdapterPlugin] = {}
     for ep in entry_points(group="drainer.adapters"):
         plugin = ep.load()
         if not isinstance(plugin, AdapterPlugin):
@@ -226,7 +208,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _messages(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[str]:
+def format_errors(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[str]:
     lines = []
     for err in exc.errors():
         loc = tuple(p for p in (*prefix, *err["loc"]) if not str(p).startswith("function-"))
@@ -261,14 +243,14 @@ def parse_config(raw: Any, *, origin: str = "<config>") -> Config:
                 try:
                     lbs.append(plugins[kind].config_model.model_validate(item))
                 except ValidationError as exc:
-                    problems += _messages(exc, ("load_balancers", i))
+                    problems += format_errors(exc, ("load_balancers", i))
         raw = {**raw, "load_balancers": lbs}
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         # an entry that failed above is missing from the list: its own message says why
         lb_failed = any(p.startswith("load_balancers") for p in problems)
-        problems += [m for m in _messages(exc) if not (lb_failed and m.startswith("load_b"))]
+        problems += [m for m in format_errors(exc) if not (lb_failed and m.startswith("load_b"))]
         config = None
     if problems or config is None:
         raise ConfigError("\n".join(f"{origin}: {p}" for p in problems))

@@ -19,12 +19,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from drainer.adapters.haproxy.client import HAProxyClient
 from drainer.config import adapter_plugins, parse_config
 from drainer.core import Phase
 from drainer.daemon import assemble, loop
 from drainer.errors import AdapterError
 from drainer.fake_imds import FakeIMDS
-from drainer.haproxy import HAProxyClient
 from drainer.lab import LoadClient, WebServer, free_port, haproxy_available, start_haproxy
 from drainer.store import Store
 

@@ -350,11 +350,11 @@ class Engine:
     def _warn_breach(self, lb: LoadBalancer) -> None:
         """A maintenance drains even below an adapter's minimum (the VM goes down anyway),
         but says so; ``drainer drain`` refuses instead (see the CLI)."""
-        check = getattr(lb, "check_manual_drain", None)
-        reason = check() if callable(check) else None
+        reason = lb.check_manual_drain()
         if reason:
             log.warning(
-                "%s; draining anyway: the maintenance takes the node down regardless",
+                "%s: %s; draining anyway: the maintenance takes the node down regardless",
+                lb.name,
                 reason,
                 extra={"lb": lb.name},
             )

@@ -38,11 +38,8 @@ class PayloadError(SourceError):
 
 
 class AdapterError(DrainerError):
-    """A load-balancer operation failed; ``instance`` names the load balancer."""
-
-    def __init__(self, message: str, *, instance: str = "") -> None:
-        super().__init__(message)
-        self.instance = instance
+    """A load-balancer operation failed. The message does not name the load balancer:
+    whoever calls the adapter puts its name in front (``lb1: drain: ...``)."""
 
 
 class TransientAdapterError(AdapterError):

@@ -20,23 +20,20 @@ Every file and directory here is created owner-only (0600/0700) whatever the uma
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
-import os
 import time
 import types
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from drainer._files import FileLock, LockTimeout, make_private_dir, write_atomically
 from drainer.core import Phase, Record
 from drainer.errors import StateError
-from drainer.files import FILE_MODE, make_private_dir, open_private, write_atomically
 from drainer.model import MaintenanceEvent
 
 VERSION = 1
@@ -176,52 +173,28 @@ class Store:
         path = self.state_dir / LOCK
         try:
             make_private_dir(self.state_dir)
-            fd = open_private(path, os.O_RDWR)
+            lock = FileLock(path)
         except OSError as exc:
             raise StateError(
                 f"cannot use state directory {self.state_dir}"
                 f" ({exc.filename or self.state_dir}: {exc.strerror})"
             ) from exc
-        try:
-            with contextlib.suppress(OSError):  # a lock file of an older drainer: tighten it
-                if os.fstat(fd).st_mode & 0o777 != FILE_MODE:
-                    os.fchmod(fd, FILE_MODE)
-            self._acquire(fd, path)
-            with contextlib.suppress(OSError):  # only for the message of whoever waits
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
-
-    def _acquire(self, fd: int, path: Path) -> None:
-        started = time.monotonic()
-        told = False
-        while True:
+        with closing(lock):
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                pass
-            waited = time.monotonic() - started
-            if waited >= self.lock_timeout:
-                raise StateError(
-                    f"gave up after {waited:.0f}s waiting for the state lock {path}, held by "
-                    f"{_holder(fd)}: if that process is stuck, stop it (or wait and try "
-                    "again; --lock-timeout waits longer)"
+                lock.acquire(
+                    timeout=self.lock_timeout,
+                    on_wait=lambda holder: self.on_wait(
+                        f"waiting for the state lock held by {holder}..."
+                    ),
+                    notice_after=LOCK_NOTICE,
                 )
-            if waited >= LOCK_NOTICE and not told:
-                self.on_wait(f"waiting for the state lock held by {_holder(fd)}...")
-                told = True
-            time.sleep(0.05)
-
-
-def _holder(fd: int) -> str:
-    try:
-        pid = int(os.pread(fd, 32, 0).decode().strip())
-    except (OSError, ValueError):
-        return "another process"
-    return f"pid {pid}"
+            except LockTimeout as exc:
+                raise StateError(
+                    f"gave up after {exc.waited:.0f}s waiting for the state lock {path}, held "
+                    f"by {exc.holder}: if that process is stuck, stop it (or wait and try "
+                    "again; --lock-timeout waits longer)"
+                ) from None
+            yield
 
 
 # -- the node's names ----------------------------------------------------------------------

@@ -29,15 +29,7 @@ from lbprocs import (
 from pydantic import ValidationError
 
 from drainer.adapters.base import AdapterContext, LBStatus, LoadBalancer
-from drainer.adapters.haproxy import (
-    PLUGIN,
-    HAProxyConfig,
-    HAProxyLoadBalancer,
-    create,
-    put_back_step,
-)
-from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
-from drainer.haproxy import (
+from drainer.adapters.haproxy.client import (
     HAProxyClient,
     OpState,
     Processes,
@@ -50,6 +42,14 @@ from drainer.haproxy import (
     parse_servers_state,
     parse_stat,
 )
+from drainer.adapters.haproxy.runtime import (
+    PLUGIN,
+    HAProxyConfig,
+    HAProxyLoadBalancer,
+    create,
+    put_back_step,
+)
+from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
 
 needs_haproxy = pytest.mark.skipif(not have_haproxy(), reason="needs /usr/sbin/haproxy")
 
@@ -401,7 +401,7 @@ def test_missing_server_and_backend_are_permanent(context: AdapterContext, start
     with pytest.raises(PermanentAdapterError) as error:
         client.set_state("app", "nope", "drain")
     assert str(error.value) == f"server nope not found in backend app on {where}"
-    assert error.value.instance == where
+    assert where in str(error.value)
     with pytest.raises(PermanentAdapterError, match=no_backend):
         client.set_state("nope", "web1", "maint")
     with pytest.raises(PermanentAdapterError, match=no_backend):
@@ -429,7 +429,7 @@ def test_permission_denied_explains_level_admin(context: AdapterContext, start: 
     assert lb.state().status is LBStatus.IN_SERVICE  # reading is allowed
     with pytest.raises(PermanentAdapterError, match="needs `level admin`") as error:
         lb.drain()
-    assert error.value.instance == operator and operator in str(error.value)
+    assert operator in str(error.value)
     with pytest.raises(PermanentAdapterError, match="needs `level admin`"):
         HAProxyClient(operator).shutdown_sessions("app", "web1")
     assert row(haproxy, "app", "web1").admin_state == 0  # nothing changed
@@ -450,7 +450,7 @@ def test_unreachable_instances_are_transient(context: AdapterContext) -> None:
     missing = "unix:///nonexistent/admin.sock"
     with pytest.raises(TransientAdapterError, match=f"^{re.escape(missing)} unreachable") as error:
         make_lb(context, missing, backend="app", server="web1").state()
-    assert error.value.instance == missing
+    assert missing in str(error.value)
     refused = f"tcp://127.0.0.1:{free_port()}"
     with pytest.raises(TransientAdapterError, match=f"^{re.escape(refused)} unreachable"):
         HAProxyClient(refused).servers_state()
@@ -463,7 +463,7 @@ def test_a_hanging_instance_times_out() -> None:
         with pytest.raises(TransientAdapterError, match="did not answer") as error:
             client.set_state("app", "web1", "drain")
         assert time.monotonic() - started < 1.0
-        assert error.value.instance == address and address in str(error.value)
+        assert address in str(error.value)
 
 
 EXPECTS = "'set server <srv> state' expects 'ready', 'drain' and 'maint'."
@@ -496,7 +496,6 @@ def test_any_other_reply_is_a_refusal_and_silence_is_transient(
     with canned_cli(reply.encode()) as address, pytest.raises(error, match=message) as raised:
         call(HAProxyClient(address))
     assert str(raised.value).startswith(address)
-    assert getattr(raised.value, "instance", None) == address
 
 
 @needs_haproxy
@@ -518,7 +517,7 @@ def test_two_instances_one_down(context: AdapterContext, start: Any, backend: An
     for call in (lbs[1].drain, lbs[1].state):
         with pytest.raises(TransientAdapterError) as error:
             call()
-        assert error.value.instance == second.admin
+        assert second.admin in str(error.value)
         assert str(error.value).startswith(f"{second.admin} unreachable")
 
 
@@ -684,7 +683,7 @@ def test_a_master_of_another_instance_is_refused(
             f" {haproxy.worker_pid()}, which answers there (`masters` must follow the order"
             " of `instances`)"
         )
-        assert error.value.instance == haproxy.admin
+        assert haproxy.admin in str(error.value)
     admin_as_master = make_lb(
         context, first.admin, backend="app", server="web1", masters=[first.admin]
     )
@@ -733,7 +732,7 @@ def test_check_manual_drain_keeps_min_in_service(
 
     strict = make_lb(context, haproxy.admin, backend="app", server="web1", min_in_service=2)
     assert strict.check_manual_drain() == (
-        f"refusing to drain vm1 on haproxy@{haproxy.admin}: backend app would keep"
+        "refusing to drain vm1: backend app would keep"
         " 1 other server(s) in service, min_in_service is 2"
     )
     HAProxyClient(haproxy.admin).set_state("app", "web2", "drain")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from drainer.adapters.base import AdapterContext
-from drainer.adapters.haproxy_agent import AgentConfig, AgentLoadBalancer, create, established
+from drainer.adapters.haproxy.agent import AgentConfig, AgentLoadBalancer, create, established
 from drainer.config import parse_config
 from drainer.errors import ConfigError
 from drainer.lab import HAProxy, WebServer, free_port, haproxy_available, start_haproxy

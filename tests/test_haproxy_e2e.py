@@ -492,7 +492,7 @@ def test_manual_drain_keeps_min_in_service_unless_forced_and_events_drain_anyway
     wait_until(lambda: server(haproxy, "web3").status == "DOWN", what="web3 DOWN")
     (name,) = use_haproxy(world, haproxy, min_in_service=2)
     refusal = (
-        f"drainer: {name}: refusing to drain {NODE} on {name}: backend app would keep"
+        f"drainer: {name}: refusing to drain {NODE}: backend app would keep"
         " 1 other server(s) in service, min_in_service is 2 (use --force to drain anyway)"
     )
 

@@ -19,8 +19,8 @@ import pytest
 from nginxprocs import Backend, Nginx, have_nginx
 
 from drainer.adapters.base import AdapterContext, Check, LoadBalancer, preflight
-from drainer.adapters.haproxy_agent import AgentConfig
-from drainer.adapters.haproxy_agent import create as create_agent
+from drainer.adapters.haproxy.agent import AgentConfig
+from drainer.adapters.haproxy.agent import create as create_agent
 from drainer.adapters.nginx import NginxConfig, find_servers
 from drainer.adapters.nginx import create as create_nginx
 from drainer.adapters.remote import RemoteConfig
@@ -28,7 +28,8 @@ from drainer.adapters.remote import create as create_remote
 from drainer.errors import TransientAdapterError
 from drainer.fake_nginx_plus import FakeNginxPlus
 from drainer.model import LBStatus, LBView
-from drainer.remote import RemoteServer, parse_serve_config
+from drainer.serve.config import parse_serve_config
+from drainer.serve.http import RemoteServer
 from tests.harness import World
 from tests.lbprocs import HAProxy, cli, free_port, have_haproxy, start_haproxy
 

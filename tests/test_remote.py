@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -25,13 +25,16 @@ import yaml
 from nginxprocs import Backend, Nginx, free_port, have_nginx
 from pydantic import ValidationError
 
-from drainer.adapters import haproxy, mock, nginx
+from drainer.adapters import mock, nginx
 from drainer.adapters import remote as remote_adapter
-from drainer.adapters.base import AdapterContext, AdapterPlugin, LBStatus
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LBStatus
+from drainer.adapters.haproxy import runtime as haproxy
 from drainer.adapters.remote import RemoteConfig, RemoteLoadBalancer
 from drainer.adapters.remote import create as create_remote
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
-from drainer.remote import NODE_HEADER, RemoteServer, parse_serve_config, serve
+from drainer.serve.config import parse_serve_config
+from drainer.serve.http import RemoteServer, serve
+from drainer.serve.protocol import NODE_HEADER
 
 PLUGINS: dict[str, AdapterPlugin] = {
     "mock": mock.PLUGIN,
@@ -509,6 +512,32 @@ def test_a_node_entry_names_its_server_and_nothing_else(
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_serve_config(_two_nodes(tmp_path, base, web1, web2), plugins=PLUGINS)
+
+
+class _ThirdPartyConfig(AdapterConfig):
+    type: Literal["acme"] = "acme"
+    pool: str
+    member: str | None = None
+
+
+def test_a_third_party_adapter_is_served_by_the_keys_its_plugin_declares(
+    tmp_path: Path,
+) -> None:
+    plugin = AdapterPlugin(
+        config_model=_ThirdPartyConfig, create=lambda config, context: [], node_keys=("member",)
+    )
+    plugins = {**PLUGINS, "acme": plugin}
+    base = {"type": "acme", "pool": "web"}
+    setup = parse_serve_config(
+        _two_nodes(tmp_path, base, {"member": "a"}, {"member": "b"}), plugins=plugins
+    )
+    assert setup.entries["web-2"]["app"] == _ThirdPartyConfig(name="app", pool="web", member="b")
+    for web2, message in [
+        ({"member": "a"}, "nodes.web-2.servers.app: the same server as nodes.web-1.servers.app"),
+        ({"pool": "db"}, "nodes.web-2.servers.app.pool: a node entry may set only member"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_serve_config(_two_nodes(tmp_path, base, {"member": "a"}, web2), plugins=plugins)
 
 
 @pytest.mark.parametrize(

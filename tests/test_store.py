@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from drainer._files import write_atomically
 from drainer.core import Phase, Record
 from drainer.errors import StateError
-from drainer.files import write_atomically
 from drainer.model import EventStatus, EventType, MaintenanceEvent
 from drainer.store import (
     Store,

@@ -12,17 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from drainer.errors import AdapterError, DrainerError
+from drainer.adapters.checks import Check, answer, attempt, preflight
 from drainer.model import LBStatus, LBView
 
 __all__ = [
     "AdapterConfig",
     "AdapterContext",
     "AdapterPlugin",
+    "AnyAdapterPlugin",
     "Check",
     "LBStatus",
     "LBView",
@@ -30,16 +31,6 @@ __all__ = [
     "attempt",
     "preflight",
 ]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One result of a preflight: ``name`` says what was checked, ``detail`` what was seen
-    (or, when it failed, what to do about it)."""
-
-    name: str
-    ok: bool
-    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,7 +56,12 @@ class LoadBalancer(Protocol):
 
     Every method raises ``TransientAdapterError`` when the load balancer cannot be
     reached (the call may be repeated) and ``PermanentAdapterError`` when it refused
-    in a way a retry cannot fix.
+    in a way a retry cannot fix. An error's message need not name the load balancer:
+    the engine puts its name (and the verb) in front.
+
+    An adapter that subclasses ``LoadBalancer`` writes ``state``, ``drain``,
+    ``take_out`` and ``put_back``, and inherits the rest: ``preflight`` reads the state,
+    ``serve`` and ``close`` do nothing, ``check_manual_drain`` refuses nothing.
     """
 
     name: str
@@ -95,51 +91,57 @@ class LoadBalancer(Protocol):
         balancer answers, the node is there, drainer has the rights it needs. Returns one
         ``Check`` per thing checked and raises nothing (a failure is a ``Check`` with
         ``ok=False``). Call it through ``preflight(lb)``, which also serves adapters
-        written before this method existed.
+        written before this method existed. By default: a read of the state.
         """
-        ...
+        return [attempt(f"{self.name}: answers", lambda: answer(self.state()))]
 
     def serve(self) -> None:
         """Start what the adapter serves while the daemon runs (agent mode); may do nothing."""
-        ...
+        return
 
     def close(self) -> None:
         """Release sockets and threads; the node's state at the load balancer is kept."""
-        ...
+        return
+
+    def check_manual_drain(self) -> str | None:
+        """Why ``drainer drain`` (asked by a person, not a maintenance) should be refused,
+        e.g. it would leave a backend with too few servers; None to allow it. A maintenance
+        drains regardless (the VM goes down anyway) and only logs the reason."""
+        return None
+
+
+C = TypeVar("C", bound=AdapterConfig)
 
 
 @dataclass(frozen=True)
-class AdapterPlugin:
+class AdapterPlugin(Generic[C]):
     """What the ``drainer.adapters`` entry-point group points at.
 
-    ``create`` turns one validated ``load_balancers[i]`` entry into one or more
-    load balancers: an entry that names several instances (an HAProxy pair) gives one
+    ``create`` turns one entry validated by ``config_model`` into one or more load
+    balancers: an entry that names several instances (an HAProxy pair) gives one
     ``LoadBalancer`` per instance, so each is drained, tracked and reported on its own.
     Instance names must be unique and stable across restarts: the state file keeps them.
+
+    ``node_keys``: the keys of ``config_model`` that name one node's server (an nginx
+    ``server`` line, an HAProxy ``backend`` + ``server`` or ``address``). They are the
+    only keys a node entry of ``drainer serve`` may set; without them the adapter cannot
+    be served. ``same_server`` says whether two entries that set the same ``node_keys``
+    name the same server (default: equal values), so that no two nodes get one server.
     """
 
-    config_model: type[AdapterConfig]
-    create: Callable[[Any, AdapterContext], list[LoadBalancer]]
+    config_model: type[C]
+    create: Callable[[C, AdapterContext], list[LoadBalancer]]
+    node_keys: tuple[str, ...] = ()
+    same_server: Callable[[C, C], bool] | None = None
+
+    def is_same_server(self, one: AdapterConfig, other: AdapterConfig) -> bool:
+        """``same_server`` for two entries validated by ``config_model``."""
+        if not (isinstance(one, self.config_model) and isinstance(other, self.config_model)):
+            raise TypeError(f"not {self.config_model.__name__} entries: {one!r}, {other!r}")
+        if self.same_server is not None:
+            return self.same_server(one, other)
+        return all(getattr(one, key) == getattr(other, key) for key in self.node_keys)
 
 
-def preflight(lb: LoadBalancer) -> list[Check]:
-    """``lb.preflight()``, never raising; for an adapter without one, a read of its state."""
-    own = getattr(lb, "preflight", None)
-    try:
-        if callable(own):
-            checks = list(own())
-            return checks or [Check(f"{lb.name}: preflight", True, "nothing to check")]
-        view = lb.state()
-    except DrainerError as exc:
-        return [Check(f"{lb.name}: preflight", False, str(exc))]
-    except Exception as exc:  # a third-party adapter's bug is a failed check, not a crash
-        return [Check(f"{lb.name}: preflight", False, f"failed unexpectedly: {exc!r}")]
-    return [Check(f"{lb.name}: answers", True, f"{view.status.value}: {view.detail}")]
-
-
-def attempt(name: str, call: Callable[[], str]) -> Check:
-    """Run one check: ``call`` returns what it saw; an AdapterError is the failure."""
-    try:
-        return Check(name, True, call())
-    except AdapterError as exc:
-        return Check(name, False, str(exc))
+# What the registry holds: a plugin of any configuration model.
+AnyAdapterPlugin = AdapterPlugin[Any]

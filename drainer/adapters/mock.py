@@ -10,31 +10,22 @@ Writes go through a lock and a rename, so a crash never leaves half a file.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
-from drainer.adapters.base import (
-    AdapterConfig,
-    AdapterContext,
-    AdapterPlugin,
-    Check,
-    LBStatus,
-    LBView,
-    LoadBalancer,
-    attempt,
-)
-from drainer.config import Duration
+from drainer._files import FileLock, make_private_dir, write_atomically
+from drainer._types import Duration
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.checks import Check, attempt
 from drainer.errors import PermanentAdapterError, TransientAdapterError
-from drainer.files import make_private_dir, open_private
+from drainer.model import LBStatus, LBView
 
 
 class MockConfig(AdapterConfig):
@@ -44,7 +35,7 @@ class MockConfig(AdapterConfig):
     drain_seconds: Duration = 2.0  # how long they take to close
 
 
-class MockLoadBalancer:
+class MockLoadBalancer(LoadBalancer):
     def __init__(
         self,
         config: MockConfig,
@@ -65,18 +56,13 @@ class MockLoadBalancer:
         """Read-modify-write the file under an exclusive lock."""
         try:
             make_private_dir(self.path.parent)  # owner-only, as under state_dir
-            with open(open_private(self.path.with_suffix(".lock"), os.O_RDWR)) as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with closing(FileLock(self.path.with_suffix(".lock"))) as lock:
+                lock.acquire()
                 data = self._read()
                 yield data
-                tmp = self.path.with_suffix(".tmp")
-                with open(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as out:
-                    out.write(json.dumps(data, indent=1))
-                os.replace(tmp, self.path)
+                write_atomically(self.path, json.dumps(data, indent=1))
         except OSError as exc:
-            raise TransientAdapterError(
-                f"mock load balancer {self.path}: {exc.strerror}", instance=self.name
-            ) from exc
+            raise TransientAdapterError(f"mock load balancer {self.path}: {exc.strerror}") from exc
 
     def _read(self) -> dict[str, Any]:
         try:
@@ -85,7 +71,7 @@ class MockLoadBalancer:
             data = {}
         except ValueError as exc:
             raise PermanentAdapterError(
-                f"mock load balancer {self.path} is not valid JSON: {exc}", instance=self.name
+                f"mock load balancer {self.path} is not valid JSON: {exc}"
             ) from exc
         data.setdefault("status", LBStatus.IN_SERVICE.value)
         data.setdefault("calls", [])
@@ -96,7 +82,7 @@ class MockLoadBalancer:
         with self._locked() as data:
             fail = data["fail"].get(op) or data["fail"].get("*")
             if fail:
-                raise TransientAdapterError(f"{self.name}: {fail}", instance=self.name)
+                raise TransientAdapterError(str(fail))
             data["calls"].append({"op": op, "at": self._clock()})
             if change is not None:
                 change(data)
@@ -116,7 +102,7 @@ class MockLoadBalancer:
         with self._locked() as data:
             if data["fail"].get("state") or data["fail"].get("*"):
                 fail = data["fail"].get("state") or data["fail"]["*"]
-                raise TransientAdapterError(f"{self.name}: {fail}", instance=self.name)
+                raise TransientAdapterError(str(fail))
             status = LBStatus(data["status"])
             sessions = self._sessions(data)
         return LBView(status, sessions, f"mock load balancer in {self.path}")
@@ -152,12 +138,6 @@ class MockLoadBalancer:
 
         return [attempt(f"{self.name}: file", usable)]
 
-    def serve(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
 
 def create(config: MockConfig, context: AdapterContext) -> list[LoadBalancer]:
     name = config.name or "mock"
@@ -165,4 +145,4 @@ def create(config: MockConfig, context: AdapterContext) -> list[LoadBalancer]:
     return [MockLoadBalancer(config, name=name, path=path)]
 
 
-PLUGIN = AdapterPlugin(config_model=MockConfig, create=create)
+PLUGIN = AdapterPlugin(config_model=MockConfig, create=create, node_keys=("path",))

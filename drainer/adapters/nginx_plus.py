@@ -32,18 +32,11 @@ from urllib.parse import quote
 import httpx
 from pydantic import Field, field_validator
 
-from drainer.adapters.base import (
-    AdapterConfig,
-    AdapterContext,
-    AdapterPlugin,
-    Check,
-    LBStatus,
-    LBView,
-    LoadBalancer,
-    attempt,
-)
-from drainer.config import Duration
+from drainer._types import Duration
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.checks import Check, attempt
 from drainer.errors import AdapterError, PermanentAdapterError, TransientAdapterError
+from drainer.model import LBStatus, LBView
 
 __all__ = ["PLUGIN", "NginxPlusConfig", "NginxPlusLoadBalancer"]
 
@@ -69,7 +62,7 @@ class NginxPlusConfig(AdapterConfig):
         return value
 
 
-class NginxPlusLoadBalancer:
+class NginxPlusLoadBalancer(LoadBalancer):
     def __init__(
         self,
         config: NginxPlusConfig,
@@ -99,9 +92,7 @@ class NginxPlusLoadBalancer:
                 password = self._config.password_file.read_text().strip()
             except OSError as exc:
                 raise PermanentAdapterError(
-                    f"{self.name}: cannot read password_file {self._config.password_file}: "
-                    f"{exc.strerror}",
-                    instance=self.name,
+                    f"cannot read password_file {self._config.password_file}: {exc.strerror}"
                 ) from exc
         return httpx.BasicAuth(self._config.username, password)
 
@@ -113,16 +104,13 @@ class NginxPlusLoadBalancer:
                 method, url, json=body, auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT
             )
         except httpx.HTTPError as exc:
-            raise TransientAdapterError(
-                f"{self.name}: nginx Plus API {url} unreachable: {exc}", instance=self.name
-            ) from exc
+            raise TransientAdapterError(f"nginx Plus API {url} unreachable: {exc}") from exc
         if response.status_code < 300:
             try:
                 return response.json()
             except ValueError as exc:
                 raise TransientAdapterError(
-                    f"{self.name}: {method} {url} answered something else than JSON",
-                    instance=self.name,
+                    f"{method} {url} answered something else than JSON"
                 ) from exc
         raise self._error(method, url, response)
 
@@ -161,11 +149,10 @@ class NginxPlusLoadBalancer:
             message = f"{api} refused drainer's address: allow it in the API's location"
         else:
             message = f"{method} {url}: {status} {code or ''} {text}".rstrip()
-        message = f"{self.name}: {message}"
         if status >= 500 or status == 429 or code == "UpstreamServerNotFound":
             # a server id can vanish between the lookup and the change: look it up again
-            return TransientAdapterError(message, instance=self.name)
-        return PermanentAdapterError(message, instance=self.name)
+            return TransientAdapterError(message)
+        return PermanentAdapterError(message)
 
     # -- the server ---------------------------------------------------------------------
 
@@ -178,9 +165,8 @@ class NginxPlusLoadBalancer:
             known = ", ".join(str(s.get("server")) for s in servers if isinstance(s, dict))
             what = "no server" if not mine else f"{len(mine)} servers"
             raise PermanentAdapterError(
-                f"{self.name}: {what} {self._config.server} in upstream "
-                f"{self._config.upstream} (it has: {known or 'none'})",
-                instance=self.name,
+                f"{what} {self._config.server} in upstream "
+                f"{self._config.upstream} (it has: {known or 'none'})"
             )
         return mine[0]
 
@@ -240,9 +226,6 @@ class NginxPlusLoadBalancer:
             checks.append(attempt(f"{self.name}: API writable", writable))
         return checks
 
-    def serve(self) -> None:
-        pass
-
     def close(self) -> None:
         self._client.close()
 
@@ -252,4 +235,4 @@ def create(config: NginxPlusConfig, context: AdapterContext) -> list[LoadBalance
     return [NginxPlusLoadBalancer(config, name=name)]
 
 
-PLUGIN = AdapterPlugin(config_model=NginxPlusConfig, create=create)
+PLUGIN = AdapterPlugin(config_model=NginxPlusConfig, create=create, node_keys=("server",))

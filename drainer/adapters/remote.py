@@ -1,7 +1,7 @@
 """The ``remote`` load balancer: a load balancer that ``drainer serve`` runs for this node.
 
 The sidecar on a backend VM cannot edit the load-balancer host's files; it asks
-``drainer serve`` there (drainer/remote.py) over HTTP(S), naming the load balancer by its
+``drainer serve`` there (drainer/serve/) over HTTP(S), naming the load balancer by its
 name on that server. The request carries this node's name and token, never a server: the
 far end acts on this node's own server only.
 
@@ -26,34 +26,34 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
+import tenacity
 from pydantic import Field, model_validator
 
 from drainer._http import is_loopback
-from drainer.adapters.base import (
-    AdapterConfig,
-    AdapterContext,
-    AdapterPlugin,
-    Check,
-    LBStatus,
-    LBView,
-    LoadBalancer,
-    attempt,
-)
-from drainer.config import Duration
+from drainer._types import Duration
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.checks import Check, attempt
 from drainer.errors import (
     AdapterError,
     ConfigError,
     PermanentAdapterError,
     TransientAdapterError,
 )
+from drainer.model import LBView
+from drainer.serve.protocol import NODE_HEADER, PREFIX, RETRY_STATUS, lb_path, view_from_json
 
-__all__ = ["NODE_HEADER", "PLUGIN", "RemoteConfig", "RemoteLoadBalancer"]
+__all__ = ["PLUGIN", "RemoteConfig", "RemoteLoadBalancer"]
 
-NODE_HEADER = "X-Drainer-Node"
-_RETRY_STATUS = {429, 500, 502, 503, 504}
+
+class _Busy(Exception):
+    """An answer that asks for the same request again (429, 5xx)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
 
 
 class RemoteConfig(AdapterConfig):
@@ -93,7 +93,7 @@ class RemoteConfig(AdapterConfig):
         return self
 
 
-class RemoteLoadBalancer:
+class RemoteLoadBalancer(LoadBalancer):
     def __init__(
         self,
         config: RemoteConfig,
@@ -107,7 +107,6 @@ class RemoteLoadBalancer:
         self._config = config
         self._node = node
         self._sleep = sleep
-        self._path = f"/v1/load-balancers/{quote(config.load_balancer, safe='')}"
         verify: ssl.SSLContext | bool = True
         if config.ca_file is not None:
             verify = ssl.create_default_context(cafile=str(config.ca_file))
@@ -128,40 +127,50 @@ class RemoteLoadBalancer:
                 token = os.environ.get(str(config.token_env), "").strip()
         except OSError as exc:
             raise PermanentAdapterError(
-                f"{self.name}: cannot read token_file {config.token_file}: {exc.strerror}",
-                instance=self.name,
+                f"cannot read token_file {config.token_file}: {exc.strerror}"
             ) from exc
         if not token:
             where = config.token_file or f"${config.token_env}"
-            raise PermanentAdapterError(f"{self.name}: no token in {where}", instance=self.name)
+            raise PermanentAdapterError(f"no token in {where}")
         return token
 
     def _request(
         self, method: str, op: str = "", body: dict[str, Any] | None = None, *, at: str = ""
     ) -> Any:
-        path = at or (f"{self._path}/{op}" if op else self._path)
+        path = at or lb_path(self._config.load_balancer, op)
         headers = {NODE_HEADER: self._node, "Authorization": f"Bearer {self._token()}"}
         where = f"drainer serve at {self._config.url}"
-        delay = self._config.retry_delay
-        for tries in range(self._config.retries + 1):
-            last = tries == self._config.retries
-            try:
-                response = self._client.request(method, path, json=body, headers=headers)
-            except httpx.HTTPError as exc:
-                if last:
-                    raise TransientAdapterError(
-                        f"{self.name}: {where} unreachable after {tries + 1} attempts: {exc}",
-                        instance=self.name,
-                    ) from exc
-                self._sleep(delay)
-                delay *= 2
-                continue
-            if response.status_code in _RETRY_STATUS and not last:
-                self._sleep(min(10.0, max(delay, _retry_after(response))))
-                delay *= 2
-                continue
-            return self._result(response, where)
-        raise AssertionError("unreachable")  # the loop returns or raises
+
+        def send() -> httpx.Response:
+            response = self._client.request(method, path, json=body, headers=headers)
+            if response.status_code in RETRY_STATUS:
+                raise _Busy(response)
+            return response
+
+        attempts = self._config.retries + 1
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type((httpx.HTTPError, _Busy)),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return self._result(retrying(send), where)
+        except _Busy as busy:  # still busy at the last attempt
+            return self._result(busy.response, where)
+        except httpx.HTTPError as exc:
+            raise TransientAdapterError(
+                f"{where} unreachable after {attempts} attempts: {exc}"
+            ) from exc
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """The delay doubles from ``retry_delay``; a ``Retry-After`` is honoured up to 10 s."""
+        delay = self._config.retry_delay * 2.0 ** (state.attempt_number - 1)
+        failed = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(failed, _Busy):
+            return min(10.0, max(delay, _retry_after(failed.response)))
+        return delay
 
     def _result(self, response: httpx.Response, where: str) -> Any:
         try:
@@ -171,21 +180,20 @@ class RemoteLoadBalancer:
         if response.status_code == 200 and isinstance(data, dict):
             return data
         message = data.get("error") if isinstance(data, dict) else None
-        text = f"{self.name}: {where}: {message or f'HTTP {response.status_code}'}"
-        if response.status_code in _RETRY_STATUS or response.status_code == 200:
-            raise TransientAdapterError(text, instance=self.name)
-        raise PermanentAdapterError(text, instance=self.name)
+        text = f"{where}: {message or f'HTTP {response.status_code}'}"
+        if response.status_code in RETRY_STATUS or response.status_code == 200:
+            raise TransientAdapterError(text)
+        raise PermanentAdapterError(text)
 
     # -- LoadBalancer -------------------------------------------------------------------
 
     def state(self) -> LBView:
         data = self._request("GET")
         try:
-            return LBView(LBStatus(data["status"]), int(data["sessions"]), str(data["detail"]))
+            return view_from_json(data)
         except (KeyError, ValueError, TypeError) as exc:
             raise TransientAdapterError(
-                f"{self.name}: drainer serve answered an unknown state: {data!r}",
-                instance=self.name,
+                f"drainer serve answered an unknown state: {data!r}"
             ) from exc
 
     def drain(self) -> None:
@@ -202,7 +210,7 @@ class RemoteLoadBalancer:
         balancer to it, and its own preflight of that load balancer passes."""
         name = self._config.load_balancer
         try:
-            data = self._request("GET", at="/v1/load-balancers")
+            data = self._request("GET", at=PREFIX)
         except AdapterError as exc:
             return [Check(f"{self.name}: drainer serve", False, str(exc))]
         offered = data.get("load_balancers") if isinstance(data, dict) else None
@@ -228,9 +236,6 @@ class RemoteLoadBalancer:
                 far = f"{self.name}: far end: {item.get('name', '?')}"
                 checks.append(Check(far, item.get("ok") is True, str(item.get("detail", ""))))
         return checks
-
-    def serve(self) -> None:
-        pass
 
     def close(self) -> None:
         self._client.close()

@@ -33,7 +33,6 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Collection, Iterable
 from functools import partial
 from pathlib import Path
@@ -41,19 +40,10 @@ from typing import Literal, Self, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from drainer.adapters.base import (
-    AdapterConfig,
-    AdapterContext,
-    AdapterPlugin,
-    Check,
-    LBStatus,
-    LBView,
-    LoadBalancer,
-    attempt,
-)
-from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
-from drainer.files import write_atomically
-from drainer.haproxy import (
+from drainer.adapters._state import load_json, save_json
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.checks import Check, attempt
+from drainer.adapters.haproxy.client import (
     HAProxyClient,
     ServerState,
     StatRow,
@@ -62,6 +52,8 @@ from drainer.haproxy import (
     parse_node_address,
     servers_at,
 )
+from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
+from drainer.model import LBStatus, LBView
 
 _T = TypeVar("_T")
 
@@ -160,7 +152,7 @@ def put_back_step(s: ServerState) -> Literal["recheck", "ready", "wait", "done"]
     return "done"
 
 
-class HAProxyLoadBalancer:
+class HAProxyLoadBalancer(LoadBalancer):
     """The node's servers on one HAProxy instance."""
 
     def __init__(
@@ -281,12 +273,6 @@ class HAProxyLoadBalancer:
         self._client.check_admin(backend, absent)
         return f"{self._client.address} accepts `set server` (level admin)"
 
-    def serve(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
     def check_manual_drain(self) -> str | None:
         """None if draining the node leaves ``min_in_service`` servers in each backend.
 
@@ -305,7 +291,7 @@ class HAProxyLoadBalancer:
                 )
         if not refusals:
             return None
-        return f"refusing to drain {self._node} on {self.name}: " + "; ".join(refusals)
+        return f"refusing to drain {self._node}: " + "; ".join(refusals)
 
     def _sessions_in_every_worker(
         self, master: HAProxyClient, mine: list[ServerState]
@@ -317,8 +303,7 @@ class HAProxyLoadBalancer:
             raise PermanentAdapterError(
                 f"{master.address} is not the master of {self._client.address}: it does not"
                 f" list worker {answering}, which answers there (`masters` must follow the"
-                " order of `instances`)",
-                instance=self._client.address,
+                " order of `instances`)"
             )
         wanted = {(s.backend, s.server) for s in mine}
         counts = {
@@ -334,23 +319,12 @@ class HAProxyLoadBalancer:
 
     def _remembered_worker(self) -> int | None:
         path = self._worker_path
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        data = load_json(path)
+        if data is None:
             return None
-        except OSError as exc:
-            raise TransientAdapterError(
-                f"{self.name}: cannot read {path}: {exc.strerror}", instance=self.name
-            ) from exc
-        except ValueError as exc:
-            raise PermanentAdapterError(
-                f"{self.name}: {path} is not JSON; delete it", instance=self.name
-            ) from exc
         pid = data.get("worker_pid") if isinstance(data, dict) else None
         if not isinstance(pid, int):
-            raise PermanentAdapterError(
-                f"{self.name}: {path} has no worker_pid; delete it", instance=self.name
-            )
+            raise PermanentAdapterError(f"{path} has no worker_pid; delete it")
         return pid
 
     def _remember_worker(self) -> None:
@@ -359,21 +333,14 @@ class HAProxyLoadBalancer:
         if self._remembered_worker() is not None:
             return
         data = {"lb": self.name, "worker_pid": self._client.worker_pid()}
-        path = self._worker_path
-        try:
-            write_atomically(path, json.dumps(data))
-        except OSError as exc:
-            raise TransientAdapterError(
-                f"{self.name}: cannot write {path}: {exc.strerror}", instance=self.name
-            ) from exc
+        save_json(self._worker_path, data)
 
     def _forget_worker(self) -> None:
         try:
             self._worker_path.unlink(missing_ok=True)
         except OSError as exc:
             raise TransientAdapterError(
-                f"{self.name}: cannot remove {self._worker_path}: {exc.strerror}",
-                instance=self.name,
+                f"cannot remove {self._worker_path}: {exc.strerror}"
             ) from exc
 
     def _servers(self) -> list[ServerState]:
@@ -385,17 +352,25 @@ class HAProxyLoadBalancer:
             found = servers_at(states, config.address)
             if not found:
                 raise PermanentAdapterError(
-                    f"no server with address {config.address} in any backend on {where}",
-                    instance=where,
+                    f"no server with address {config.address} in any backend on {where}"
                 )
             return found
         found = [s for s in states if s.server == config.server]
         if not found:
             raise PermanentAdapterError(
-                f"server {config.server} not found in backend {config.backend} on {where}",
-                instance=where,
+                f"server {config.server} not found in backend {config.backend} on {where}"
             )
         return found
+
+
+def same_server(one: HAProxyConfig, other: HAProxyConfig) -> bool:
+    """Whether two entries name the same server: by name, or by address (an address
+    without a port is every port of that IP)."""
+    if one.address is not None and other.address is not None:
+        ip, port = parse_node_address(one.address)
+        other_ip, other_port = parse_node_address(other.address)
+        return bool(ip == other_ip and (port is None or other_port in (None, port)))
+    return (one.backend, one.server, one.address) == (other.backend, other.server, other.address)
 
 
 def create(config: HAProxyConfig, context: AdapterContext) -> list[LoadBalancer]:
@@ -414,4 +389,9 @@ def create(config: HAProxyConfig, context: AdapterContext) -> list[LoadBalancer]
     ]
 
 
-PLUGIN = AdapterPlugin(config_model=HAProxyConfig, create=create)
+PLUGIN = AdapterPlugin(
+    config_model=HAProxyConfig,
+    create=create,
+    node_keys=("backend", "server", "address"),
+    same_server=same_server,
+)

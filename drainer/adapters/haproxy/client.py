@@ -15,7 +15,7 @@ Invariants:
 - Errors: unreachable, timed out or closed without a reply -> ``TransientAdapterError``;
   a non-empty reply to ``set``/``shutdown`` (success is one empty line), or a ``show``
   reply without its header, or a socket file we may not open -> ``PermanentAdapterError``.
-  Both name the instance and set ``instance=``.
+  Both name the instance (its address).
 
 The master CLI (``-S``, master-worker mode) is driven the same way, one command per
 connection: it answers but keeps the connection open until the client half-closes it
@@ -331,8 +331,7 @@ class HAProxyClient:
         if worker is not None and reply.startswith("Can't connect to the target CLI"):
             raise TransientAdapterError(
                 f"{self.address} could not reach worker {worker} for `{command}`"
-                " (it may be exiting)",
-                instance=self.address,
+                " (it may be exiting)"
             )
         if not _has_header(reply):
             raise self._refusal(reply, command=command, backend=backend, server=None)
@@ -354,8 +353,7 @@ class HAProxyClient:
         if not reply.startswith("#<PID>"):
             first = (reply.strip().splitlines() or ["an empty reply"])[0]
             raise PermanentAdapterError(
-                f"{self.address} is not a master CLI: `{command}` got {first!r}",
-                instance=self.address,
+                f"{self.address} is not a master CLI: `{command}` got {first!r}"
             )
         return self._parsed(parse_proc, reply, command)
 
@@ -378,8 +376,7 @@ class HAProxyClient:
                 f"{self.address} is not a `level admin` socket: HAProxy answered"
                 ' `set server` with "Permission denied", so drainer could read the server'
                 " but never drain it; add `level admin` to this `stats socket` line"
-                " and reload HAProxy",
-                instance=self.address,
+                " and reload HAProxy"
             )
         raise self._refusal(reply, command=command, backend=backend, server=absent)
 
@@ -400,8 +397,7 @@ class HAProxyClient:
             return parse(reply)
         except (KeyError, ValueError) as exc:
             raise PermanentAdapterError(
-                f"{self.address} answered `{command}` in an unexpected format: {exc}",
-                instance=self.address,
+                f"{self.address} answered `{command}` in an unexpected format: {exc}"
             ) from exc
 
     def _refusal(
@@ -419,7 +415,7 @@ class HAProxyClient:
             )
         else:
             message = f"{self.address} refused `{command}`: {first}"
-        return PermanentAdapterError(message, instance=self.address)
+        return PermanentAdapterError(message)
 
     def _send(self, command: str) -> str:
         chunks: list[bytes] = []
@@ -435,23 +431,20 @@ class HAProxyClient:
         except TimeoutError as exc:
             raise TransientAdapterError(
                 f"{self.address} did not answer `{command}` in time"
-                f" (connect {self.connect_timeout}s, read {self.timeout}s)",
-                instance=self.address,
+                f" (connect {self.connect_timeout}s, read {self.timeout}s)"
             ) from exc
         except PermissionError as exc:
             raise PermanentAdapterError(
                 f"cannot open {self.address}: {exc.strerror}"
-                " (drainer needs read and write access to the stats socket)",
-                instance=self.address,
+                " (drainer needs read and write access to the stats socket)"
             ) from exc
         except OSError as exc:
             raise TransientAdapterError(
-                f"{self.address} unreachable: {exc.strerror or exc}", instance=self.address
+                f"{self.address} unreachable: {exc.strerror or exc}"
             ) from exc
         if not chunks:
             raise TransientAdapterError(
-                f"{self.address} closed the connection without answering `{command}`",
-                instance=self.address,
+                f"{self.address} closed the connection without answering `{command}`"
             )
         return b"".join(chunks).decode("utf-8", "replace")
 

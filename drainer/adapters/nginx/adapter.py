@@ -62,44 +62,33 @@ them every call raises TransientAdapterError ("nginx is not running").
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import field_validator
 
-from drainer.adapters.base import (
-    AdapterConfig,
-    AdapterContext,
-    AdapterPlugin,
-    Check,
-    LBStatus,
-    LBView,
-    LoadBalancer,
-    attempt,
-)
-from drainer.config import Duration
+from drainer._files import FileLock, LockTimeout, write_atomically
+from drainer._types import Duration
+from drainer.adapters._state import load_json, save_json
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.checks import Check, attempt
+from drainer.adapters.nginx.process import NginxProgram, alive, master, workers
+from drainer.adapters.nginx.upstream import ServerLine, find_server, find_servers, is_down, set_down
 from drainer.errors import PermanentAdapterError, TransientAdapterError
-from drainer.files import write_atomically
+from drainer.model import LBStatus, LBView
 
-__all__ = ["PLUGIN", "NginxConfig", "NginxLoadBalancer", "ServerLine", "find_servers", "set_down"]
+__all__ = ["PLUGIN", "NginxConfig", "NginxLoadBalancer", "create"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _ADDRESS = re.compile(r"^[^\s;#{}'\"]+$")
-_UPSTREAM = re.compile(r"^\s*upstream\s+(\S+)\s*\{\s*(#.*)?$")
-_CLOSE = re.compile(r"^\s*\}\s*(#.*)?$")
-_SERVER = re.compile(r"^(\s*)server\s+([^\s;#]+)((?:\s+[^\s;#]+)*)\s*;(\s*#.*)?$")
-_ERROR_LEVELS = ("[emerg]", "[alert]", "[crit]", "[error]")
 
 
 class NginxConfig(AdapterConfig):
@@ -131,147 +120,6 @@ class NginxConfig(AdapterConfig):
         if not _ADDRESS.match(value):
             raise ValueError(f"{value!r} is not an address as a server line writes it")
         return value
-
-
-# -- the file: pure functions ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServerLine:
-    upstream: str
-    address: str
-    index: int  # line number in the text, from 0
-    text: str  # the line without its newline
-    down: bool
-
-
-def _scope(text: str, region: str | None) -> tuple[int, int]:
-    """The line range [start, end) drainer may read and edit."""
-    lines = text.splitlines()
-    if region is None:
-        return 0, len(lines)
-    begin = [i for i, line in enumerate(lines) if line.strip() == f"# drainer:begin {region}"]
-    end = [i for i, line in enumerate(lines) if line.strip() == f"# drainer:end {region}"]
-    if len(begin) != 1 or len(end) != 1 or end[0] < begin[0]:
-        raise ValueError(
-            f"expected one '# drainer:begin {region}' line and one '# drainer:end {region}' "
-            f"line after it (found {len(begin)} and {len(end)})"
-        )
-    return begin[0] + 1, end[0]
-
-
-def find_servers(text: str, region: str | None = None) -> list[ServerLine]:
-    """Every one-line ``server ...;`` inside an ``upstream NAME {`` block of the scope.
-
-    Raises ValueError for a shape drainer does not edit (an unclosed block, or a
-    ``server`` directive that is not on one line of its own).
-    """
-    start, end = _scope(text, region)
-    lines = text.splitlines()
-    found: list[ServerLine] = []
-    upstream: str | None = None
-    for i in range(start, end):
-        line = lines[i]
-        if upstream is None:
-            opened = _UPSTREAM.match(line)
-            if opened:
-                upstream = opened.group(1)
-            continue
-        if _CLOSE.match(line):
-            upstream = None
-            continue
-        stripped = line.strip()
-        if not (stripped.startswith("server ") or stripped.startswith("server\t")):
-            continue
-        match = _SERVER.match(line)
-        if not match:
-            raise ValueError(f"line {i + 1}: write each server directive on one line: {stripped}")
-        params = match.group(3).split()
-        found.append(ServerLine(upstream, match.group(2), i, line, "down" in params))
-    if upstream is not None:
-        raise ValueError(f"upstream {upstream} is not closed by a '}}' line of its own")
-    return found
-
-
-def _is_down(line: str) -> bool:
-    match = _SERVER.match(line)
-    return match is not None and "down" in match.group(3).split()
-
-
-def _one(text: str, *, upstream: str, address: str, region: str | None) -> ServerLine:
-    matches = [
-        s for s in find_servers(text, region) if (s.upstream, s.address) == (upstream, address)
-    ]
-    if len(matches) != 1:
-        what = "no line" if not matches else f"{len(matches)} lines"
-        raise ValueError(f"{what} 'server {address} ...;' in upstream {upstream}")
-    return matches[0]
-
-
-def set_down(
-    text: str, *, upstream: str, address: str, down: bool, region: str | None = None
-) -> str:
-    """The text with ``down`` added to or removed from one server line; nothing else changes."""
-    line = _one(text, upstream=upstream, address=address, region=region)
-    if line.down == down:
-        return text
-    match = _SERVER.match(line.text)
-    assert match is not None
-    indent, addr, params, comment = match.groups()
-    kept = [p for p in params.split() if p != "down"] + (["down"] if down else [])
-    new = f"{indent}server {addr}{''.join(' ' + p for p in kept)};{comment or ''}"
-    lines = text.splitlines(keepends=True)
-    ending = lines[line.index][len(line.text) :]
-    lines[line.index] = new + ending
-    return "".join(lines)
-
-
-# -- processes (Linux /proc) ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Worker:
-    pid: int
-    start: int  # start time in clock ticks since boot: with pid, one process for ever
-    shutting_down: bool
-
-
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(ppid, start time) of a live process, None if it is gone (or a zombie)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[1]), int(fields[19])
-
-
-def _title(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except (OSError, UnicodeDecodeError):
-        return ""
-
-
-def _workers(master: int) -> list[_Worker]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        stat = _stat(int(entry))
-        if stat is None or stat[0] != master:
-            continue
-        title = _title(int(entry))
-        if title.startswith("nginx: worker process"):
-            out.append(_Worker(int(entry), stat[1], title.endswith("is shutting down")))
-    return out
-
-
-def _alive(worker: tuple[int, int]) -> bool:
-    stat = _stat(worker[0])
-    return stat is not None and stat[1] == worker[1]
 
 
 # -- the load balancer ------------------------------------------------------------------
@@ -307,7 +155,7 @@ class _Files:
     record: Path
 
 
-class NginxLoadBalancer:
+class NginxLoadBalancer(LoadBalancer):
     def __init__(
         self,
         config: NginxConfig,
@@ -323,14 +171,7 @@ class NginxLoadBalancer:
         self._state_dir = state_dir
         self._sleep = sleep
         self._clock = clock
-
-    # -- errors -------------------------------------------------------------------------
-
-    def _transient(self, message: str) -> TransientAdapterError:
-        return TransientAdapterError(f"{self.name}: {message}", instance=self.name)
-
-    def _permanent(self, message: str) -> PermanentAdapterError:
-        return PermanentAdapterError(f"{self.name}: {message}", instance=self.name)
+        self._nginx = NginxProgram(config, sleep=sleep, clock=clock)
 
     # -- files --------------------------------------------------------------------------
 
@@ -351,52 +192,39 @@ class NginxLoadBalancer:
         try:
             return files.real.read_text()
         except FileNotFoundError as exc:
-            raise self._permanent(f"{self._config.file} does not exist") from exc
+            raise PermanentAdapterError(f"{self._config.file} does not exist") from exc
         except OSError as exc:
-            raise self._transient(f"cannot read {files.real}: {exc.strerror}") from exc
+            raise TransientAdapterError(f"cannot read {files.real}: {exc.strerror}") from exc
 
     def _line(self, text: str) -> ServerLine:
         try:
-            return _one(
+            return find_server(
                 text,
                 upstream=self._config.upstream,
                 address=self._config.server,
                 region=self._config.region,
             )
         except ValueError as exc:
-            raise self._permanent(f"{self._config.file}: {exc}") from exc
+            raise PermanentAdapterError(f"{self._config.file}: {exc}") from exc
 
     def _servers(self, text: str) -> dict[str, str]:
         try:
             lines = find_servers(text, self._config.region)
         except ValueError as exc:
-            raise self._permanent(f"{self._config.file}: {exc}") from exc
+            raise PermanentAdapterError(f"{self._config.file}: {exc}") from exc
         return {f"{s.upstream} {s.address}": s.text.strip() for s in lines}
 
-    def _write(self, path: Path, tmp: Path, text: str) -> None:
-        try:
-            with open(tmp, "w") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            with suppress(OSError):  # keep the owner and mode nginx's packaging gave it
-                st = path.stat()
-                os.chmod(tmp, st.st_mode & 0o7777)
-                os.chown(tmp, st.st_uid, st.st_gid)
-            os.replace(tmp, path)
+    def _write(self, files: _Files, text: str) -> None:
+        try:  # nginx's file: it keeps its owner and mode
+            write_atomically(files.real, text, keep_mode=True, tmp=files.tmp)
         except OSError as exc:
-            raise self._transient(f"cannot write {path}: {exc.strerror}") from exc
+            raise TransientAdapterError(f"cannot write {files.real}: {exc.strerror}") from exc
 
     def _load_record(self, files: _Files) -> _Record | None:
         path = files.record
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        data = load_json(path)
+        if data is None:
             return None
-        except OSError as exc:
-            raise self._transient(f"cannot read {path}: {exc.strerror}") from exc
-        except ValueError as exc:
-            raise self._permanent(f"{path} is not JSON; delete it") from exc
         try:
             old = {k: [(int(p), int(s)) for p, s in v] for k, v in data["old_workers"].items()}
             workers = [(int(p), int(s)) for p, s in data["workers"]]
@@ -405,152 +233,36 @@ class NginxLoadBalancer:
                 raise TypeError(f"pending is {pending!r}")
             return _Record(dict(data["applied"]), old, workers, pending)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise self._permanent(f"{path} is damaged ({exc!r}); delete it") from exc
+            raise PermanentAdapterError(f"{path} is damaged ({exc!r}); delete it") from exc
 
     def _save_record(self, files: _Files, record: _Record) -> None:
-        path = files.record
-        try:  # drainer's own state: owner-only, whatever the umask
-            write_atomically(path, json.dumps(record.to_json(), indent=1))
-        except OSError as exc:
-            raise self._transient(f"cannot write {path}: {exc.strerror}") from exc
+        save_json(files.record, record.to_json(), indent=1)
 
     @contextmanager
     def _locked(self, files: _Files) -> Iterator[None]:
         try:
-            fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            lock = FileLock(files.lock, mode=0o644)
         except OSError as exc:
-            raise self._permanent(f"cannot open {files.lock}: {exc.strerror}") from exc
-        try:
-            deadline = self._clock() + self._config.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if self._clock() >= deadline:
-                        raise self._transient(
-                            f"another edit of {self._config.file} has held its lock for "
-                            f"{self._config.lock_timeout:.0f}s"
-                        ) from None
-                    self._sleep(0.02)
+            raise PermanentAdapterError(f"cannot open {files.lock}: {exc.strerror}") from exc
+        with closing(lock):
+            try:
+                lock.acquire(
+                    timeout=self._config.lock_timeout,
+                    poll=0.02,
+                    clock=self._clock,
+                    sleep=self._sleep,
+                )
+            except LockTimeout:
+                raise TransientAdapterError(
+                    f"another edit of {self._config.file} has held its lock for "
+                    f"{self._config.lock_timeout:.0f}s"
+                ) from None
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     # -- nginx --------------------------------------------------------------------------
 
     def _master(self) -> int:
-        try:
-            pid = int(self._config.pid_file.read_text().strip())
-        except (OSError, ValueError) as exc:
-            raise self._transient(
-                f"nginx is not running (no pid in {self._config.pid_file})"
-            ) from exc
-        if _stat(pid) is None:
-            raise self._transient(f"nginx is not running (pid {pid} from {self._config.pid_file})")
-        # A stale pid file whose PID now belongs to another process must never be
-        # signalled: SIGHUP would kill it.
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError as exc:
-            raise self._transient(f"nginx is not running (pid {pid} has gone)") from exc
-        if not title.startswith(b"nginx: master process"):
-            other = title.split(b"\0")[0].decode(errors="replace")[:60]
-            raise self._transient(
-                f"nginx is not running: pid {pid} from {self._config.pid_file} is another "
-                f"process ({other!r})"
-            )
-        return pid
-
-    def _nginx_args(self) -> list[str]:
-        args = [str(self._config.nginx)]
-        if self._config.prefix is not None:
-            args += ["-p", str(self._config.prefix)]
-        if self._config.conf is not None:
-            args += ["-c", str(self._config.conf)]
-        if self._config.error_log is not None:
-            args += ["-e", str(self._config.error_log)]
-        return args
-
-    def _run(self, args: list[str], what: str) -> subprocess.CompletedProcess[str]:
-        try:
-            return subprocess.run(
-                args, capture_output=True, text=True, timeout=self._config.test_timeout, check=False
-            )
-        except FileNotFoundError as exc:
-            raise self._permanent(f"{what}: {args[0]} not found") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise self._transient(
-                f"{what} did not finish in {self._config.test_timeout:.0f}s"
-            ) from exc
-        except OSError as exc:
-            raise self._transient(f"{what}: {exc.strerror}") from exc
-
-    def _test(self) -> None:
-        done = self._run([*self._nginx_args(), "-t", "-q"], "nginx -t")
-        if done.returncode != 0:
-            output = " ".join((done.stderr or done.stdout).split())
-            raise self._permanent(f"nginx -t rejected the configuration: {output}")
-
-    def _log_size(self) -> int:
-        if self._config.error_log is None:
-            return 0
-        try:
-            return self._config.error_log.stat().st_size
-        except OSError:
-            return 0
-
-    def _log_errors(self, since: int) -> str:
-        if self._config.error_log is None:
-            return "set error_log to see nginx's reason here"
-        try:
-            with open(self._config.error_log, "rb") as log:
-                log.seek(since)
-                new = log.read(64 * 1024).decode(errors="replace")
-        except OSError:
-            return f"{self._config.error_log} unreadable"
-        errors = [line for line in new.splitlines() if any(lvl in line for lvl in _ERROR_LEVELS)]
-        return "; ".join(errors[-3:]) or f"nothing new in {self._config.error_log}"
-
-    def _signal_reload(self, master: int) -> None:
-        if self._config.reload_command is not None:
-            done = self._run(self._config.reload_command, "reload")
-            if done.returncode != 0:
-                output = " ".join((done.stderr or done.stdout).split())
-                raise self._transient(f"{' '.join(self._config.reload_command)} failed: {output}")
-            return
-        try:
-            os.kill(master, signal.SIGHUP)
-        except OSError as exc:
-            raise self._transient(
-                f"cannot signal the nginx master {master}: {exc.strerror}"
-            ) from exc
-
-    def _reload(self, master: int) -> list[tuple[int, int]]:
-        """Reload and wait until new workers serve (returned); raise if they never do."""
-        before = _workers(master)
-        since = self._log_size()
-        self._signal_reload(master)
-        old = {(w.pid, w.start) for w in before}
-        serving_before = {(w.pid, w.start) for w in before if not w.shutting_down}
-        deadline = self._clock() + self._config.reload_timeout
-        while True:
-            now = _workers(master)
-            new = [w for w in now if (w.pid, w.start) not in old]
-            still = [w for w in now if (w.pid, w.start) in serving_before and not w.shutting_down]
-            if new and not still:
-                settled = self._clock() + 1.0  # let the master fork the whole generation
-                while len(new) < len(serving_before) and self._clock() < settled:
-                    self._sleep(0.02)
-                    new = [w for w in _workers(master) if (w.pid, w.start) not in old]
-                return [(w.pid, w.start) for w in new if not w.shutting_down]
-            if self._clock() >= deadline:
-                raise self._transient(
-                    f"nginx accepted the reload but did not apply it within "
-                    f"{self._config.reload_timeout:.0f}s (no new workers): "
-                    f"{self._log_errors(since)}"
-                )
-            self._sleep(0.05)
+        return master(self._config.pid_file)
 
     # -- the transaction ----------------------------------------------------------------
 
@@ -568,7 +280,7 @@ class NginxLoadBalancer:
             return line
         if record.pending:
             return record.applied.get(self._key, line)
-        serving = {(w.pid, w.start) for w in _workers(master) if not w.shutting_down}
+        serving = {(w.pid, w.start) for w in workers(master) if not w.shutting_down}
         if serving != set(record.workers):
             return line
         return record.applied.get(self._key, line)
@@ -577,14 +289,16 @@ class NginxLoadBalancer:
         files = self._files()
         with self._locked(files):
             if self._files() != files:
-                raise self._transient(f"{self._config.file} now links to another file; try again")
+                raise TransientAdapterError(
+                    f"{self._config.file} now links to another file; try again"
+                )
             text = self._read(files)
             line = self._line(text)
             master = self._master()
             record = self._load_record(files)
             running = self._running(record, master, line.text.strip())
             if record is None:  # never edited by drainer: nginx runs what the file says
-                serving = [(w.pid, w.start) for w in _workers(master) if not w.shutting_down]
+                serving = [(w.pid, w.start) for w in workers(master) if not w.shutting_down]
                 record = _Record(self._servers(text), {}, serving)
                 self._save_record(files, record)
             new_text = set_down(
@@ -600,8 +314,8 @@ class NginxLoadBalancer:
                 dict(record.applied), dict(record.old_workers), record.workers, record.pending
             )
             if down:  # every worker alive now may still hold connections to the node
-                kept = [w for w in record.old_workers.get(self._key, []) if _alive(w)]
-                kept += [(w.pid, w.start) for w in _workers(master) if (w.pid, w.start) not in kept]
+                kept = [w for w in record.old_workers.get(self._key, []) if alive(w)]
+                kept += [(w.pid, w.start) for w in workers(master) if (w.pid, w.start) not in kept]
                 record.old_workers[self._key] = kept
             else:
                 record.old_workers.pop(self._key, None)
@@ -610,17 +324,15 @@ class NginxLoadBalancer:
             reloaded = False
             try:
                 if new_text != text:
-                    self._write(files.real, files.tmp, new_text)
-                self._test()
+                    self._write(files, new_text)
+                self._nginx.test()
                 reloaded = True
-                generation = self._reload(master)
+                generation = self._nginx.reload(master)
             except BaseException as exc:
                 self._rollback(files, text=text, record=before, reloaded=reloaded, master=master)
                 if isinstance(exc, TransientAdapterError | PermanentAdapterError):
                     kind = type(exc)
-                    raise kind(
-                        f"{exc}; {self._config.file} rolled back", instance=self.name
-                    ) from exc
+                    raise kind(f"{exc}; {self._config.file} rolled back") from exc
                 raise
             record.applied = self._servers(new_text)
             record.workers = generation
@@ -633,11 +345,11 @@ class NginxLoadBalancer:
         # The record of before (pending or not, as it was) only once the file is back:
         # if the write fails, the intent stays pending and the next edit runs again.
         with suppress(TransientAdapterError):
-            self._write(files.real, files.tmp, text)
+            self._write(files, text)
             self._save_record(files, record)
         if reloaded:  # the reload may still land later: make nginx converge on the file
             with suppress(TransientAdapterError, PermanentAdapterError):
-                self._signal_reload(master)
+                self._nginx.signal_reload(master)
 
     # -- LoadBalancer -------------------------------------------------------------------
 
@@ -649,10 +361,10 @@ class NginxLoadBalancer:
         applied = self._running(record, master, line)
         where = f"upstream {self._config.upstream} in {self._config.file}"
         pending = "" if applied == line else f"; the file has '{line}', not yet applied"
-        if not _is_down(applied):
+        if not is_down(applied):
             return LBView(LBStatus.IN_SERVICE, 0, f"{applied} ({where}){pending}")
         old = [] if record is None else record.old_workers.get(self._key, [])
-        left = sum(1 for w in old if _alive(w))
+        left = sum(1 for w in old if alive(w))
         if left:
             detail = f"{applied} ({where}); {left} old workers still finishing{pending}"
             return LBView(LBStatus.DRAINING, left, detail)
@@ -668,7 +380,7 @@ class NginxLoadBalancer:
         record = self._load_record(self._files())
         master = self._master()
         old = set(record.old_workers.get(self._key, [])) if record else set()
-        for worker in _workers(master):
+        for worker in workers(master):
             if (worker.pid, worker.start) in old and worker.shutting_down:
                 with suppress(OSError):
                     os.kill(worker.pid, signal.SIGTERM)
@@ -685,7 +397,7 @@ class NginxLoadBalancer:
         def binary() -> str:
             path = self._config.nginx
             if not (path.is_file() and os.access(path, os.X_OK)):
-                raise self._permanent(f"{path} not found or not executable: set `nginx`")
+                raise PermanentAdapterError(f"{path} not found or not executable: set `nginx`")
             return str(path)
 
         def owned_file() -> str:
@@ -693,11 +405,11 @@ class NginxLoadBalancer:
             line = self._line(self._read(files)).text.strip()
             for path, what in ((files.real, "write"), (files.real.parent, "create files in")):
                 if not os.access(path, os.W_OK):
-                    raise self._permanent(f"drainer may not {what} {path}")
+                    raise PermanentAdapterError(f"drainer may not {what} {path}")
             return f"'{line}' in upstream {self._config.upstream} of {files.real}"
 
         def test() -> str:
-            self._test()
+            self._nginx.test()
             return "the configuration is valid"
 
         def running() -> str:
@@ -710,16 +422,10 @@ class NginxLoadBalancer:
             attempt(f"{self.name}: nginx running", running),
         ]
 
-    def serve(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
 
 def create(config: NginxConfig, context: AdapterContext) -> list[LoadBalancer]:
     name = config.name or f"nginx-{config.upstream}"
     return [NginxLoadBalancer(config, name=name, state_dir=context.state_dir)]
 
 
-PLUGIN = AdapterPlugin(config_model=NginxConfig, create=create)
+PLUGIN = AdapterPlugin(config_model=NginxConfig, create=create, node_keys=("server",))

@@ -35,19 +35,12 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from drainer._net import split_host_port
-from drainer.adapters.base import (
-    AdapterConfig,
-    AdapterContext,
-    AdapterPlugin,
-    Check,
-    LBStatus,
-    LBView,
-    LoadBalancer,
-    attempt,
-)
+from drainer.adapters._state import save_json
+from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
+from drainer.adapters.checks import Check, attempt
+from drainer.adapters.haproxy.client import HAProxyClient, check_name
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
-from drainer.files import write_atomically
-from drainer.haproxy import HAProxyClient, check_name
+from drainer.model import LBStatus, LBView
 from drainer.sidecar import inspect
 
 log = logging.getLogger("drainer")
@@ -125,7 +118,7 @@ def established(proc_net: Path, port: int, peers: frozenset[str]) -> int:
     return count
 
 
-class AgentLoadBalancer:
+class AgentLoadBalancer(LoadBalancer):
     def __init__(self, config: AgentConfig, *, name: str, state_dir: Path) -> None:
         self.name = name
         self.listen = config.listen
@@ -146,21 +139,16 @@ class AgentLoadBalancer:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise PermanentAdapterError(f"{self.name}: cannot read {path}: {exc}") from exc
+            raise PermanentAdapterError(f"cannot read {path}: {exc}") from exc
         return data if isinstance(data, dict) else {}
 
     def _write(self, path: Path, data: dict[str, Any]) -> None:
-        try:  # after a power cut the answer must still be there
-            write_atomically(path, json.dumps(data))
-        except OSError as exc:
-            raise TransientAdapterError(
-                f"{self.name}: cannot write {path}: {exc.strerror}", instance=self.name
-            ) from exc
+        save_json(path, data)  # atomic: after a power cut the answer must still be there
 
     def answer(self) -> str:
         answer = str(self._read(self._answer_path).get("answer", "ready"))
         if answer not in ANSWERS:
-            raise PermanentAdapterError(f"{self.name}: {self._answer_path}: bad answer {answer!r}")
+            raise PermanentAdapterError(f"{self._answer_path}: bad answer {answer!r}")
         return answer
 
     def _told(self) -> dict[str, str]:
@@ -231,8 +219,7 @@ class AgentLoadBalancer:
                 rows = [r for r in client.stat(config.backend) if r.server == config.server]
                 if not rows:
                     raise PermanentAdapterError(
-                        f"{address} shows no server {config.server} in backend {config.backend}",
-                        instance=self.name,
+                        f"{address} shows no server {config.server} in backend {config.backend}"
                     )
                 return f"{config.backend}/{config.server} {rows[0].status} scur={rows[0].scur}"
 
@@ -254,9 +241,8 @@ class AgentLoadBalancer:
         if inspect(self._answer_path.parent).running:
             return f"{self.listen}: in use, and a `drainer run` holds this state directory"
         raise PermanentAdapterError(
-            f"{self.name}: cannot listen on {self.listen} ({bind_error}) and no `drainer run`"
-            " holds this state directory: another program has the port",
-            instance=self.name,
+            f"cannot listen on {self.listen} ({bind_error}) and no `drainer run`"
+            " holds this state directory: another program has the port"
         )
 
     def serve(self) -> None:
