@@ -24,6 +24,7 @@ from typing import Annotated, Any
 import typer
 
 from drainer import logs
+from drainer._files import make_private_dir
 from drainer.adapters.base import Check, preflight
 from drainer.config import Config, dump_config, load_config
 from drainer.core import (
@@ -41,7 +42,6 @@ from drainer.daemon import Node, assemble, build_source
 from drainer.daemon import run as run_daemon
 from drainer.engine import build_lbs, read_boot_id
 from drainer.errors import ConfigError, DrainerError, SourceError
-from drainer.files import make_private_dir
 from drainer.health import check_health
 from drainer.model import LBStatus, LBView, MaintenanceEvent
 from drainer.sidecar import inspect as inspect_sidecar

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from drainer._files import make_private_dir
 from drainer.errors import StateError
-from drainer.files import make_private_dir
 
 LOCK = "daemon.lock"
 HEARTBEAT = "heartbeat.json"
