@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from drainer.fake_imds import FakeIMDS
-from drainer.lab import WebServer, free_port
+from drainer.testing.fake_imds import FakeIMDS
+from drainer.testing.lab import WebServer, free_port
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -6,8 +6,8 @@
 
 A real nginx (/usr/sbin/nginx, Debian 1.22) with its own prefix, configuration and logs
 in a temporary directory, on 127.0.0.1, in front of three backends (web-1..3,
-`drainer.lab.WebProcess`, a process each, 10 ms per request). Two kinds of clients run
-at the same time, each a `drainer.lab.LoadClient` (httpx, no retries): keep-alive
+`drainer.testing.lab.WebProcess`, a process each, 10 ms per request). Two kinds of clients run
+at the same time, each a `drainer.testing.lab.LoadClient` (httpx, no retries): keep-alive
 clients that reuse their connection, and clients that send `Connection: close` (a new
 connection per request); they ask for /keep and /close, so nginx's access log tells
 them apart. Each variant drains web-1 and puts it back several times during
@@ -63,7 +63,7 @@ from typing import Protocol
 from drainer.adapters.base import AdapterContext, LBStatus
 from drainer.adapters.nginx import NginxConfig, create
 from drainer.errors import DrainerError
-from drainer.lab import LoadClient, WebProcess, free_port
+from drainer.testing.lab import LoadClient, WebProcess, free_port
 
 NGINX = Path("/usr/sbin/nginx")
 NODE = "web-1"

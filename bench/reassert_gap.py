@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from drainer.fake_imds import FakeIMDS
-from drainer.lab import LoadClient, WebProcess, free_port, haproxy_config
 from drainer.model import parse_duration
+from drainer.testing.fake_imds import FakeIMDS
+from drainer.testing.lab import LoadClient, WebProcess, free_port, haproxy_config
 
 T = TypeVar("T")
 NODE = "web-1"

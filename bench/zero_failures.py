@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drainer.errors import AdapterError
-from drainer.fake_imds import FakeIMDS
 from drainer.haproxy import HAProxyClient
-from drainer.lab import BlackHole, LoadClient, WebProcess, free_port, start_haproxy
+from drainer.testing.fake_imds import FakeIMDS
+from drainer.testing.lab import BlackHole, LoadClient, WebProcess, free_port, start_haproxy
 
 NODE = "web-1"
 PEERS = ("web-2", "web-3")

@@ -23,10 +23,10 @@ from drainer.config import adapter_plugins, parse_config
 from drainer.core import Phase
 from drainer.daemon import assemble, loop
 from drainer.errors import AdapterError
-from drainer.fake_imds import FakeIMDS
 from drainer.haproxy import HAProxyClient
-from drainer.lab import LoadClient, WebServer, free_port, haproxy_available, start_haproxy
 from drainer.store import Store
+from drainer.testing.fake_imds import FakeIMDS
+from drainer.testing.lab import LoadClient, WebServer, free_port, haproxy_available, start_haproxy
 
 VM = "demo-web-1"
 

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from drainer.fake_imds import FakeIMDS
+from drainer.testing.fake_imds import FakeIMDS
 
 T = TypeVar("T")
 

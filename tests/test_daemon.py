@@ -392,9 +392,9 @@ def test_failed_take_out_is_retried_until_the_node_is_out(world: World) -> None:
 def test_pace_backs_off_only_when_the_service_refuses_or_times_out() -> None:
     from drainer.config import SourceConfig
     from drainer.daemon import Pacer, poll
-    from drainer.fake_imds import FakeIMDS
     from drainer.metrics import Metrics
     from drainer.sources.azure import AzureSource
+    from drainer.testing.fake_imds import FakeIMDS
 
     with FakeIMDS(rate_limit=None) as fake:
         source = AzureSource(SourceConfig(endpoint=fake.url, timeout=1.0), attempts=1)
@@ -438,7 +438,7 @@ def _metrics(port: int) -> str:
 
 
 def test_the_daemon_logs_and_counts_what_drain_and_undrain_did(world: World) -> None:
-    from drainer.lab import free_port
+    from drainer.testing.lab import free_port
 
     port = free_port()
     world.configure(metrics={"listen": f"127.0.0.1:{port}"})

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from drainer.fake_imds import (
+from drainer.testing.fake_imds import (
     NEIGHBOUR,
     QUIRKS,
     SCHEDULED_EVENTS_API_VERSIONS,

@@ -13,8 +13,8 @@ from drainer.adapters.base import AdapterContext
 from drainer.adapters.haproxy_agent import AgentConfig, AgentLoadBalancer, create, established
 from drainer.config import parse_config
 from drainer.errors import ConfigError
-from drainer.lab import HAProxy, WebServer, free_port, haproxy_available, start_haproxy
 from drainer.model import LBStatus
+from drainer.testing.lab import HAProxy, WebServer, free_port, haproxy_available, start_haproxy
 
 TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
    0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0

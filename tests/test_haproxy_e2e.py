@@ -38,7 +38,7 @@ import pytest
 from harness import NODE, Daemon, World
 from lbprocs import HAProxy, HttpBackend, cli, free_port, have_haproxy, start_haproxy, wait_until
 
-from drainer.lab import WebServer
+from drainer.testing.lab import WebServer
 
 pytestmark = pytest.mark.skipif(not have_haproxy(), reason="needs /usr/sbin/haproxy")
 

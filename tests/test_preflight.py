@@ -26,9 +26,9 @@ from drainer.adapters.nginx import create as create_nginx
 from drainer.adapters.remote import RemoteConfig
 from drainer.adapters.remote import create as create_remote
 from drainer.errors import TransientAdapterError
-from drainer.fake_nginx_plus import FakeNginxPlus
 from drainer.model import LBStatus, LBView
 from drainer.remote import RemoteServer, parse_serve_config
+from drainer.testing.fake_nginx_plus import FakeNginxPlus
 from tests.harness import World
 from tests.lbprocs import HAProxy, cli, free_port, have_haproxy, start_haproxy
 

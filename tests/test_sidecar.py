@@ -37,8 +37,8 @@ from drainer.core import (
     step,
     wants_recheck,
 )
-from drainer.lab import free_port
 from drainer.model import LBStatus, LBView
+from drainer.testing.lab import free_port
 
 
 @pytest.fixture

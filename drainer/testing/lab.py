@@ -268,17 +268,17 @@ def start_haproxy(tmp: Path, *, backends: dict[str, int], **options: Any) -> HAP
 
 
 class WebProcess:
-    """A WebServer in a process of its own (``python -m drainer.lab web PORT NAME DELAY``),
-    so load tests are not held back by one interpreter's lock; stopped by PID."""
+    """A WebServer in a process of its own
+    (``python -m drainer.testing.lab web PORT NAME DELAY``), so load tests are not held back
+    by one interpreter's lock; stopped by PID."""
 
     def __init__(self, port: int, *, name: str, delay: float = 0.0) -> None:
         self.port, self.name, self.delay = port, name, delay
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WebProcess:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "drainer.lab", "web", str(self.port), self.name, str(self.delay)]
-        )
+        args = ["web", str(self.port), self.name, str(self.delay)]
+        self.process = subprocess.Popen([sys.executable, "-m", "drainer.testing.lab", *args])
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -303,7 +303,7 @@ class WebProcess:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 4 or argv[0] != "web":
-        print("usage: python -m drainer.lab web PORT NAME DELAY", file=sys.stderr)
+        print("usage: python -m drainer.testing.lab web PORT NAME DELAY", file=sys.stderr)
         return 2
     server = WebServer(int(argv[1]), name=argv[2], delay=float(argv[3])).start()
     stop = threading.Event()

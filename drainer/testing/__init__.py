@@ -1,0 +1,1 @@
+"""drainer's test kit, shipped for your own tests."""
