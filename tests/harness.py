@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from drainer.testing.fake_imds import FakeIMDS
+from drainer.testing import FakeIMDS, wait_until
 
 T = TypeVar("T")
 
@@ -35,26 +35,6 @@ DEADLINE = 15.0  # seconds any single wait may take before the test fails
 NODE = "web-1"
 LB = "lb1"
 DRAINER = [sys.executable, "-m", "drainer"]
-
-
-def wait_until(
-    predicate: Callable[[], T],
-    *,
-    what: str,
-    timeout: float = DEADLINE,
-    interval: float = 0.05,
-    describe: Callable[[], str] | None = None,
-) -> T:
-    """Return the first truthy value of ``predicate()``; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = f"\n{describe()}" if describe else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        time.sleep(interval)
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -318,7 +298,9 @@ class World:
     # waits
 
     def wait(self, predicate: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
-        return wait_until(predicate, what=what, timeout=timeout, describe=self.describe)
+        return wait_until(
+            predicate, what=what, timeout=timeout, interval=0.05, describe=self.describe
+        )
 
     def wait_phase(self, *phases: str, timeout: float = DEADLINE) -> str:
         def reached() -> str:

@@ -9,20 +9,9 @@ file (the calls drainer made, in order, and where the node stands) and from
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from harness import NODE, World
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
-        yield w
-    finally:
-        w.close()  # kills every daemon it started, by PID
 
 
 def assert_in_service(world: World) -> dict[str, object]:
@@ -438,7 +427,7 @@ def _metrics(port: int) -> str:
 
 
 def test_the_daemon_logs_and_counts_what_drain_and_undrain_did(world: World) -> None:
-    from drainer.testing.lab import free_port
+    from drainer.testing import free_port
 
     port = free_port()
     world.configure(metrics={"listen": f"127.0.0.1:{port}"})

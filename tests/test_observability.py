@@ -11,7 +11,7 @@ import pytest
 from drainer.core import Phase
 from drainer.logs import JsonFormatter
 from drainer.metrics import Metrics
-from drainer.testing.lab import free_port
+from drainer.testing import free_port
 
 
 def test_json_log_lines_carry_the_transition_fields() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from nginxprocs import Backend, Nginx, free_port, have_nginx
+from nginxprocs import Backend
 from pydantic import ValidationError
 
 from drainer.adapters import haproxy, mock, nginx
@@ -32,6 +32,7 @@ from drainer.adapters.remote import RemoteConfig, RemoteLoadBalancer
 from drainer.adapters.remote import create as create_remote
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
 from drainer.remote import NODE_HEADER, RemoteServer, parse_serve_config, serve
+from drainer.testing import FakeClock, Nginx, free_port, nginx_available
 
 PLUGINS: dict[str, AdapterPlugin] = {
     "mock": mock.PLUGIN,
@@ -40,17 +41,6 @@ PLUGINS: dict[str, AdapterPlugin] = {
     "remote": remote_adapter.PLUGIN,
 }
 TOKENS = {"web-1": "t1-" + "a" * 40, "web-2": "t2-" + "b" * 40}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def serve_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
@@ -73,12 +63,12 @@ def serve_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
-def server(tmp_path: Path, clock: Clock) -> Iterator[RemoteServer]:
+def server(tmp_path: Path, clock: FakeClock) -> Iterator[RemoteServer]:
     setup = parse_serve_config(serve_config(tmp_path), plugins=PLUGINS)
     with RemoteServer(setup, clock=clock) as running:
         yield running
@@ -88,7 +78,7 @@ RemoteFactory = Callable[..., RemoteLoadBalancer]
 
 
 @pytest.fixture
-def remote(tmp_path: Path, server: RemoteServer, clock: Clock) -> RemoteFactory:
+def remote(tmp_path: Path, server: RemoteServer, clock: FakeClock) -> RemoteFactory:
     def make(who: str = "web-1", **overrides: Any) -> RemoteLoadBalancer:
         """The remote adapter of node ``who`` (its token); ``node=`` claims another name."""
         entry = {
@@ -252,7 +242,7 @@ def test_malformed_requests(
 
 
 def test_rate_limit_per_client_and_retry_after(
-    tmp_path: Path, clock: Clock, remote: RemoteFactory, server: RemoteServer
+    tmp_path: Path, clock: FakeClock, remote: RemoteFactory, server: RemoteServer
 ) -> None:
     for _ in range(20):  # the burst
         assert _raw(server, "GET", "/v1/load-balancers").status_code == 200
@@ -632,7 +622,7 @@ def test_tls_when_a_certificate_is_configured(
 
 
 def test_sidecars_drain_a_real_nginx_through_serve(tmp_path: Path) -> None:
-    if not have_nginx():
+    if not nginx_available():
         pytest.skip("nginx is not installed")
     backends = [Backend("a"), Backend("b")]
     instance = Nginx(tmp_path / "nginx", servers=[b.address for b in backends])

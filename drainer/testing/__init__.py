@@ -7,8 +7,10 @@
   memory, recording their calls, to drive ``drainer.engine.Engine`` in-process.
 - ``FakeClock``, ``wait_until``, ``free_port``: time that moves when told, a bounded
   wait on real time, a free loopback port.
-- ``HAProxy``/``start_haproxy`` and ``Nginx``: real load balancers on loopback, stopped
-  by PID; ``drainer.testing.lab``: web servers and a load client.
+- ``start_haproxy``/``start_haproxy_in_front`` and ``Nginx``: a real HAProxy and a real
+  nginx on loopback, stopped by PID.
+- ``WebServer``, ``WebProcess``, ``LoadClient``, ``BlackHole`` (the lab): web servers
+  playing a VM's application, a bounded load client, an address that answers nothing.
 
 Nothing in drainer's product code imports this package.
 """
@@ -16,16 +18,37 @@ Nothing in drainer's product code imports this package.
 from drainer.testing.clock import FakeClock, wait_until
 from drainer.testing.fake_imds import FakeIMDS
 from drainer.testing.fake_nginx_plus import FakeNginxPlus
+from drainer.testing.haproxy import (
+    HAProxy,
+    haproxy_available,
+    haproxy_cli,
+    start_haproxy,
+    start_haproxy_in_front,
+)
+from drainer.testing.lab import BlackHole, LoadClient, WebProcess, WebServer
 from drainer.testing.memory import MemoryLoadBalancer, MemorySource, maintenance
+from drainer.testing.nginx import Nginx, NginxProcess, nginx_available
 from drainer.testing.ports import free_port
 
 __all__ = [
+    "BlackHole",
     "FakeClock",
     "FakeIMDS",
     "FakeNginxPlus",
+    "HAProxy",
+    "LoadClient",
     "MemoryLoadBalancer",
     "MemorySource",
+    "Nginx",
+    "NginxProcess",
+    "WebProcess",
+    "WebServer",
     "free_port",
+    "haproxy_available",
+    "haproxy_cli",
     "maintenance",
+    "nginx_available",
+    "start_haproxy",
+    "start_haproxy_in_front",
     "wait_until",
 ]
