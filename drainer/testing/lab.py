@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from drainer._http import Handler, Server, ServerThread
+from drainer._http import Handler, Served, Server
 
 
 class _Handler(Handler, methods=("GET",)):
@@ -69,16 +69,19 @@ class _Server(Server["WebServer"]):
         pass  # a client that resets its connection is not news
 
 
-class WebServer:
+class WebServer(Served[_Server]):
     """An HTTP/1.1 keep-alive server on 127.0.0.1:``port``; ``/healthz`` answers 200 or 503
-    (``healthy``, True at every start)."""
+    (``healthy``, True at every start). ``stop()`` cuts every open connection, as a
+    reboot would."""
+
+    _thread_name = "web"
+    _poll_interval = 0.1
 
     def __init__(self, port: int, *, name: str = "web", delay: float = 0.0) -> None:
         self.port = port
         self.name = name
         self.delay = delay
         self._healthy = True
-        self._running: ServerThread[_Server] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -89,23 +92,12 @@ class WebServer:
         assert self._running is not None
         self._healthy = value
 
-    def start(self) -> WebServer:
+    def _server(self) -> _Server:
         self._healthy = True
-        self._running = ServerThread(
-            _Server(("127.0.0.1", self.port), self),
-            name=f"web-{self.name}",
-            poll_interval=0.1,
-            daemon=True,
-        )
-        return self
+        return _Server(("127.0.0.1", self.port), self)
 
-    def stop(self) -> None:
-        """Stop listening and cut every open connection, as a reboot would."""
-        running, self._running = self._running, None
-        if running is None:
-            return
-        running.stop(join_timeout=5)
-        running.server.cut()
+    def _stopped(self, server: _Server) -> None:
+        server.cut()
 
 
 class BlackHole:
