@@ -74,20 +74,13 @@ KINDS = (("keep-alive", "/keep"), ("conn-close", "/close"))
 
 MAIN = """\
 worker_processes 2;
-pid {root}/nginx.pid;
-error_log {root}/error.log notice;
-{user}
+{own}
 worker_shutdown_timeout {shutdown}s;
 events {{ worker_connections 1024; }}
 http {{
     log_format bench '$msec $request_time $upstream_addr|$status $uri $connection_requests';
     access_log {root}/access.log bench;
-    client_body_temp_path {root}/tmp/body;
-    proxy_temp_path {root}/tmp/proxy;
-    fastcgi_temp_path {root}/tmp/fastcgi;
-    uwsgi_temp_path {root}/tmp/uwsgi;
-    scgi_temp_path {root}/tmp/scgi;
-    include {root}/upstreams.conf;
+{temp}    include {root}/upstreams.conf;
     server {{
         listen 127.0.0.1:{port};
         proxy_connect_timeout 2s;
@@ -169,7 +162,8 @@ class Nginx(NginxProcess):
         self.conf.write_text(
             MAIN.format(
                 root=root,
-                user="user root;" if os.geteuid() == 0 else "",
+                own=self.own_lines(),
+                temp=self.temp_lines(),
                 shutdown=WORKER_SHUTDOWN,
                 port=self.port,
                 server=_indent(variant.server, 8),

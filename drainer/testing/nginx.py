@@ -55,6 +55,17 @@ class NginxProcess:
         self._seen: dict[int, str] = {}  # worker pid -> start time, to kill no other
         (root / "tmp").mkdir(parents=True, exist_ok=True)
 
+    def own_lines(self) -> str:
+        """Top of every nginx.conf of ours: its pid file, its error log, and ``user root``
+        when run as root (nginx's default user could not read the temporary files)."""
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        return f"pid {self.pid_file};\nerror_log {self.error_log} notice;\n{user}"
+
+    def temp_lines(self) -> str:
+        """Inside ``http {}``: temporary files under ``root/tmp``, not in nginx's defaults."""
+        kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        return "".join(f"    {k}_temp_path {self.root}/tmp/{k.split('_')[-1]};\n" for k in kinds)
+
     def args(self) -> list[str]:
         """nginx's command line for this instance (add ``-t``, ``-s reload``...)."""
         return [str(NGINX), "-p", str(self.root), "-c", str(self.conf), "-e", str(self.error_log)]
@@ -123,19 +134,12 @@ class NginxProcess:
 
 MAIN = """\
 worker_processes {workers};
-pid {root}/nginx.pid;
-error_log {root}/error.log notice;
-{user}
+{own}
 events {{ worker_connections 256; }}
 {extra_main}
 http {{
     access_log off;
-    client_body_temp_path {root}/tmp/body;
-    proxy_temp_path {root}/tmp/proxy;
-    fastcgi_temp_path {root}/tmp/fastcgi;
-    uwsgi_temp_path {root}/tmp/uwsgi;
-    scgi_temp_path {root}/tmp/scgi;
-    include {root}/upstream.conf;
+{temp}    include {root}/upstream.conf;
     server {{
         listen 127.0.0.1:{port};
         location / {{
@@ -175,10 +179,11 @@ class Nginx(NginxProcess):
         self.conf.write_text(
             MAIN.format(
                 root=self.root,
+                own=self.own_lines(),
+                temp=self.temp_lines(),
                 workers=self.worker_count,
                 port=self.port,
                 upstream=self.upstream,
-                user="user root;" if os.geteuid() == 0 else "",
                 extra_http=extra_http,
                 extra_main=extra_main,
             )
