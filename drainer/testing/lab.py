@@ -175,7 +175,7 @@ class LoadClient:
 
 class WebProcess:
     """A WebServer in a process of its own
-    (``python -m drainer.testing.lab web PORT NAME DELAY``), so load tests are not held back
+    (``python -m drainer.testing web PORT NAME DELAY``), so load tests are not held back
     by one interpreter's lock; stopped by PID."""
 
     def __init__(self, port: int, *, name: str, delay: float = 0.0) -> None:
@@ -184,7 +184,7 @@ class WebProcess:
 
     def start(self) -> WebProcess:
         args = ["web", str(self.port), self.name, str(self.delay)]
-        self.process = subprocess.Popen([sys.executable, "-m", "drainer.testing.lab", *args])
+        self.process = subprocess.Popen([sys.executable, "-m", "drainer.testing", *args])
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -209,7 +209,7 @@ class WebProcess:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 4 or argv[0] != "web":
-        print("usage: python -m drainer.testing.lab web PORT NAME DELAY", file=sys.stderr)
+        print("usage: python -m drainer.testing web PORT NAME DELAY", file=sys.stderr)
         return 2
     server = WebServer(int(argv[1]), name=argv[2], delay=float(argv[3])).start()
     stop = threading.Event()
@@ -219,7 +219,3 @@ def main(argv: list[str]) -> int:
     stop.wait()
     server.stop()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
