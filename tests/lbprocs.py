@@ -1,6 +1,6 @@
 """Test-only servers for the HAProxy tests (the HAProxy itself: drainer.testing.haproxy).
 
-``HttpBackend`` is a ThreadingHTTPServer in this process; ``/slow`` holds the request
+``HttpBackend`` is an HTTP server in this process (drainer._http); ``/slow`` holds the request
 until ``release()``, so a test controls exactly how many sessions are open.
 ``silent_listener()`` is a TCP port whose kernel accepts connections that nobody ever
 answers: a hung CLI. ``canned_cli()`` answers every command with one fixed reply.
@@ -12,51 +12,47 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from drainer._http import Http11Handler, Served, Server
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: HttpBackend
-    protocol_version = "HTTP/1.1"
+class _Handler(Http11Handler, methods=("GET",)):
+    server: Server[HttpBackend]
 
-    def do_GET(self) -> None:
+    def _serve(self, method: str) -> None:
+        backend = self.server.app
         if self.path == "/slow":
-            self.server.slow_started.release()
-            self.server.released.wait(timeout=10)
+            backend.slow_started.release()
+            backend.released.wait(timeout=10)
         body = b"ok\n"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
+class HttpBackend(Served[Server["HttpBackend"]]):
+    """A tiny HTTP server on 127.0.0.1 answering ``ok``, serving from its construction;
+    ``/slow`` waits for ``release()``."""
 
-class HttpBackend(ThreadingHTTPServer):
-    """A tiny HTTP server on 127.0.0.1 answering ``ok``; ``/slow`` waits for ``release()``."""
-
-    daemon_threads = True
+    _thread_name = "backend"
 
     def __init__(self, port: int = 0) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.port = int(self.server_address[1])
         self.released = threading.Event()
         self.slow_started = threading.Semaphore(0)
-        self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name=f"backend-{self.port}"
-        )
-        self._thread.start()
+        self._port = port
+        self.start()
+        assert self._running is not None
+        self.port = self._running.port
+
+    def _server(self) -> Server[HttpBackend]:
+        return Server(("127.0.0.1", self._port), _Handler, self)
 
     def release(self) -> None:
         self.released.set()
 
-    def stop(self) -> None:
+    def _stopping(self) -> None:
         self.release()
-        self.shutdown()
-        self.server_close()
-        self._thread.join(timeout=5)
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """Test-only servers and clients for the nginx tests (nginx itself: drainer.testing.nginx).
 
-A ``Backend`` is a ThreadingHTTPServer in this process that answers its name;
+A ``Backend`` is an HTTP server in this process (drainer._http) that answers its name;
 ``/slow?s=N`` answers after N seconds (an in-flight request). ``Traffic`` is clients
 sending requests in a loop.
 """
@@ -10,67 +10,54 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from drainer._http import Http11Handler, Served, Server
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _BackendServer
-    protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:
+class _Handler(Http11Handler, methods=("GET",)):
+    server: Server[Backend]
+
+    def _serve(self, method: str) -> None:
+        backend = self.server.app
         url = urlsplit(self.path)
         seconds = float(parse_qs(url.query).get("s", ["0"])[0])
-        with self.server.lock:  # counted on arrival: an in-flight request is a hit
-            self.server.hits[url.path] += 1
+        with backend.lock:  # counted on arrival: an in-flight request is a hit
+            backend.paths[url.path] += 1
         if url.path == "/slow":
             time.sleep(seconds)
-        body = self.server.name.encode()
+        body = backend.name.encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
+class Backend(Served[Server["Backend"]]):
+    """An HTTP server on 127.0.0.1:<port> that answers its ``name``, serving from its
+    construction; ``paths`` counts the requests per path."""
 
-class _BackendServer(ThreadingHTTPServer):
-    daemon_threads = True
+    _thread_name = "backend"
 
     def __init__(self, name: str) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
         self.name = name
-        self.hits: Counter[str] = Counter()
+        self.paths: Counter[str] = Counter()
         self.lock = threading.Lock()
-
-
-class Backend:
-    """An HTTP server on 127.0.0.1:<port> that answers its ``name``."""
-
-    def __init__(self, name: str) -> None:
-        self._server = _BackendServer(name)
-        self.name = name
-        self.port = int(self._server.server_address[1])
+        self.start()
+        assert self._running is not None
+        self.port = self._running.port
         self.address = f"127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+
+    def _server(self) -> Server[Backend]:
+        return Server(("127.0.0.1", 0), _Handler, self)
 
     @property
     def hits(self) -> int:
-        with self._server.lock:
-            return sum(self._server.hits.values())
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        with self.lock:
+            return sum(self.paths.values())
 
 
 class Traffic:

@@ -36,7 +36,7 @@ def admin_state(socket_path: Path, server: str) -> int:
 
 def test_saved_state_keeps_a_drain_across_a_reload() -> None:
     backend = HttpBackend()
-    port = backend.server_address[1]
+    port = backend.port
     body = (
         "backend app\n"
         "  load-server-state-from-file global\n"

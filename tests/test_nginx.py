@@ -167,7 +167,7 @@ def test_drain_and_put_back_under_traffic(
         wait_until(lambda: traffic.answers["a"] > 10)
         assert lb.state().status is LBStatus.IN_SERVICE
         slow, slow_result = _slow_request(nginx.url, 1.5)  # holds one worker of before
-        wait_until(lambda: sum(b._server.hits["/slow"] for b in backends) == 1)
+        wait_until(lambda: sum(b.paths["/slow"] for b in backends) == 1)
         workers_before = nginx.workers()
 
         lb.drain()
