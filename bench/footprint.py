@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from drainer.fake_imds import FakeIMDS
-from drainer.lab import WebServer, free_port
+from drainer.testing import FakeIMDS, WebServer, free_port, wait_until
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -39,14 +38,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def wait_for(check, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the sidecar did not react in time")
-        time.sleep(0.01)
 
 
 def main() -> int:
@@ -106,10 +97,15 @@ def main() -> int:
                 time.sleep(0.1 + (len(latencies) * 0.37) % 1.0)  # spread over the poll cycle
                 appeared = time.time()
                 eid = fake.schedule("Reboot", ["web-1"], status="Started")
-                wait_for(lambda before=before: len(drains()) > before)
+                wait_until(
+                    lambda before=before: len(drains()) > before,
+                    timeout=15.0,
+                    interval=0.01,
+                    what="the sidecar's drain",
+                )
                 latencies.append(drains()[-1] - appeared)
                 fake.end_event(eid)
-                wait_for(in_service)
+                wait_until(in_service, timeout=15.0, interval=0.01, what="in service")
             latencies.sort()
             p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
             print(

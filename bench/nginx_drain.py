@@ -6,8 +6,8 @@
 
 A real nginx (/usr/sbin/nginx, Debian 1.22) with its own prefix, configuration and logs
 in a temporary directory, on 127.0.0.1, in front of three backends (web-1..3,
-`drainer.lab.WebProcess`, a process each, 10 ms per request). Two kinds of clients run
-at the same time, each a `drainer.lab.LoadClient` (httpx, no retries): keep-alive
+`drainer.testing.lab.WebProcess`, a process each, 10 ms per request). Two kinds of clients run
+at the same time, each a `drainer.testing.lab.LoadClient` (httpx, no retries): keep-alive
 clients that reuse their connection, and clients that send `Connection: close` (a new
 connection per request); they ask for /keep and /close, so nginx's access log tells
 them apart. Each variant drains web-1 and puts it back several times during
@@ -55,7 +55,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -63,9 +62,9 @@ from typing import Protocol
 from drainer.adapters.base import AdapterContext, LBStatus
 from drainer.adapters.nginx import NginxConfig, create
 from drainer.errors import DrainerError
-from drainer.lab import LoadClient, WebProcess, free_port
+from drainer.testing import LoadClient, WebProcess, free_port, wait_until
+from drainer.testing.nginx import NGINX, NginxProcess
 
-NGINX = Path("/usr/sbin/nginx")
 NODE = "web-1"
 PEERS = ("web-2", "web-3")
 DELAY = float(os.environ.get("BENCH_DELAY", "0.01"))  # seconds a request takes at a backend
@@ -75,20 +74,13 @@ KINDS = (("keep-alive", "/keep"), ("conn-close", "/close"))
 
 MAIN = """\
 worker_processes 2;
-pid {root}/nginx.pid;
-error_log {root}/error.log notice;
-{user}
+{own}
 worker_shutdown_timeout {shutdown}s;
 events {{ worker_connections 1024; }}
 http {{
     log_format bench '$msec $request_time $upstream_addr|$status $uri $connection_requests';
     access_log {root}/access.log bench;
-    client_body_temp_path {root}/tmp/body;
-    proxy_temp_path {root}/tmp/proxy;
-    fastcgi_temp_path {root}/tmp/fastcgi;
-    uwsgi_temp_path {root}/tmp/uwsgi;
-    scgi_temp_path {root}/tmp/scgi;
-    include {root}/upstreams.conf;
+{temp}    include {root}/upstreams.conf;
     server {{
         listen 127.0.0.1:{port};
         proxy_connect_timeout 2s;
@@ -151,29 +143,15 @@ def _indent(text: str, spaces: int) -> str:
     return "".join(" " * spaces + line + "\n" for line in text.splitlines())
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()
-
-
-class Nginx:
-    """Our own nginx: prefix, configuration, pid file and logs in ``root``; stopped by PID."""
+class Nginx(NginxProcess):
+    """Our own nginx (drainer.testing.nginx) with this benchmark's configuration: the
+    upstreams in ``include``, an access log, the variant's server and location lines."""
 
     def __init__(self, root: Path, *, variant: Variant, backends: dict[str, int]) -> None:
-        self.root = root
-        self.port = free_port()
-        self.conf = root / "nginx.conf"
+        super().__init__(root, workers=2)
         self.include = root / "upstreams.conf"
-        self.pid_file = root / "nginx.pid"
-        self.error_log = root / "error.log"
         self.access_log = root / "access.log"
         self.flag = root / "drain" / NODE
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._seen: dict[int, str] = {}  # worker pid -> start time: never kill another process
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
         (root / "drain").mkdir(exist_ok=True)
         lines = {n: f"    server 127.0.0.1:{p};   # {n}\n" for n, p in backends.items()}
         upstreams = f"upstream app {{\n{''.join(lines.values())}}}\n"
@@ -184,61 +162,14 @@ class Nginx:
         self.conf.write_text(
             MAIN.format(
                 root=root,
-                user="user root;" if os.geteuid() == 0 else "",
+                own=self.own_lines(),
+                temp=self.temp_lines(),
                 shutdown=WORKER_SHUTDOWN,
                 port=self.port,
                 server=_indent(variant.server, 8),
                 location=_indent(variant.location.replace("{root}", str(root)), 12),
             )
         )
-
-    def args(self) -> list[str]:
-        return [str(NGINX), "-p", str(self.root), "-c", str(self.conf), "-e", str(self.error_log)]
-
-    def start(self) -> Nginx:
-        self._proc = subprocess.Popen(
-            [*self.args(), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while len(self.workers()) < 2 or not self.pid_file.exists():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nginx did not start: {self.error_log.read_text()[-500:]}")
-            time.sleep(0.02)
-        return self
-
-    def workers(self) -> list[int]:
-        assert self._proc is not None
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            stat = _proc_stat(int(entry))
-            try:
-                title = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if stat and int(stat[1]) == self._proc.pid and title.startswith(b"nginx: worker"):
-                pids.append(int(entry))
-                self._seen[int(entry)] = stat[19]
-        return pids
-
-    def stop(self) -> None:
-        if self._proc is None:
-            return
-        self.workers()  # remember every worker before the master goes
-        proc, self._proc = self._proc, None
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        for pid, start in self._seen.items():  # a worker the master left behind
-            stat = _proc_stat(pid)
-            if stat is not None and stat[19] == start:
-                os.kill(pid, signal.SIGKILL)
 
 
 def probe(snippet: tuple[str, str, str, str]) -> str:
@@ -275,14 +206,6 @@ def established_to(port: int) -> int:
     return Path("/proc/net/tcp").read_text().count(f" 0100007F:{port:04X} 01 ")
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 # -- how each variant takes web-1 out and puts it back ----------------------------------
 
 
@@ -317,7 +240,11 @@ class ByAdapter:
     def drain(self) -> bool:
         self.lb.drain()
         self.reloads += 1
-        wait_until(lambda: self.lb.state().status is LBStatus.OUT, WORKER_SHUTDOWN + 5, "OUT")
+        wait_until(
+            lambda: self.lb.state().status is LBStatus.OUT,
+            timeout=WORKER_SHUTDOWN + 5,
+            what="OUT",
+        )
         self.lb.take_out(kill=False)
         return True
 
@@ -362,7 +289,9 @@ class ByFlagFile:
 
     def drain(self) -> bool:
         self.flag.write_text("")
-        wait_until(lambda: established_to(self.port) == 0, WORKER_SHUTDOWN, "no connection")
+        wait_until(
+            lambda: established_to(self.port) == 0, timeout=WORKER_SHUTDOWN, what="no connection"
+        )
         return True
 
     def put_back(self) -> None:

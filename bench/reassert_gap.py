@@ -25,27 +25,28 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from drainer.fake_imds import FakeIMDS
-from drainer.lab import LoadClient, WebProcess, free_port, haproxy_config
 from drainer.model import parse_duration
+from drainer.testing import (
+    FakeIMDS,
+    HAProxy,
+    LoadClient,
+    WebProcess,
+    free_port,
+    haproxy_cli,
+    start_haproxy_in_front,
+    wait_until,
+)
 
-T = TypeVar("T")
 NODE = "web-1"
 PEER = "web-2"
-HAPROXY = "/usr/sbin/haproxy"
 DELAY = 0.005  # seconds a request takes at a backend
 PAUSE = 0.01  # seconds each load client waits between requests: bounded load
 
@@ -59,75 +60,20 @@ class Result:
     gaps: list[float]  # seconds from the reload signal to web-1 in MAINT again
 
 
-def cli(path: Path, command: str, timeout: float = 2.0) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        sock.sendall(command.encode() + b"\n")
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode()
+def web1(proxy: HAProxy) -> dict[str, str]:
+    text = haproxy_cli(proxy.admin_socket, "show stat app 4 -1", timeout=1.0)
+    return next(r for r in csv.DictReader(text[2:].splitlines()) if r["svname"] == NODE)
 
 
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = probe()
-        except (OSError, StopIteration, ValueError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.005)
-
-
-class MasterWorker:
-    """HAProxy in master-worker mode (as Debian's unit runs it), reloaded by SIGUSR2."""
-
-    def __init__(self, tmp: Path, backends: dict[str, int]) -> None:
-        self.port = free_port()
-        self.config = tmp / "haproxy.cfg"
-        self.config.write_text(haproxy_config(tmp, port=self.port, backends=backends))
-        self.admin = tmp / "admin.sock"
-        self.master = tmp / "master.sock"
-        self.proc = subprocess.Popen(
-            [HAPROXY, "-W", "-db", "-S", str(self.master), "-f", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self.worker_pid, "haproxy answers on its admin socket")
-        wait_for(lambda: "worker" in cli(self.master, "show proc"), "the master's CLI")
-
-    def worker_pid(self) -> int | None:
-        info = cli(self.admin, "show info", timeout=1.0)
-        pid = next((line.split()[1] for line in info.splitlines() if line.startswith("Pid:")), "")
-        return int(pid) if pid.isdigit() else None
-
-    def web1(self) -> dict[str, str]:
-        text = cli(self.admin, "show stat app 4 -1", timeout=1.0)
-        return next(r for r in csv.DictReader(text[2:].splitlines()) if r["svname"] == NODE)
-
-    def reload(self) -> float:
-        """SIGUSR2; return when it was sent, once a new worker answers."""
-        old = self.worker_pid()
-        sent = time.monotonic()
-        os.kill(self.proc.pid, signal.SIGUSR2)
-        wait_for(lambda: self.worker_pid() not in (None, old), "a new worker")
-        wait_for(lambda: "worker" in cli(self.master, "show proc"), "the re-executed master")
-        return sent
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def until_web1(proxy: HAProxy, status: str, what: str, timeout: float = 10.0) -> None:
+    """Poll every 5 ms: the gaps measured are this fine."""
+    wait_until(
+        lambda: web1(proxy)["status"] == status,
+        timeout=timeout,
+        interval=0.005,
+        what=what,
+        ignore=(OSError, StopIteration, ValueError),
+    )
 
 
 def answered(row: dict[str, str]) -> int:
@@ -141,7 +87,10 @@ def scenario(interval: str, *, reloads: int, workers: int) -> Result:
     ):
         tmp = Path(tmp_dir)
         webs = {n: WebProcess(free_port(), name=n, delay=DELAY).start() for n in (NODE, PEER)}
-        proxy = MasterWorker(tmp, {n: w.port for n, w in webs.items()})
+        proxy = start_haproxy_in_front(
+            tmp, backends={n: w.port for n, w in webs.items()}, master_worker=True
+        )
+        proxy.poll = 0.005  # reload() returns this soon after the new worker answers
         boot = tmp / "boot_id"
         boot.write_text("boot-1\n")
         config = tmp / "drainer.yaml"
@@ -156,8 +105,8 @@ def scenario(interval: str, *, reloads: int, workers: int) -> Result:
                     "load_balancers": [
                         {
                             "type": "haproxy",
-                            "instances": [f"unix://{proxy.admin}"],
-                            "masters": [f"unix://{proxy.master}"],
+                            "instances": [proxy.admin],
+                            "masters": [f"unix://{proxy.master_socket}"],
                             "backend": "app",
                             "server": NODE,
                         }
@@ -172,7 +121,7 @@ def scenario(interval: str, *, reloads: int, workers: int) -> Result:
         load: LoadClient | None = None
         try:
             subprocess.run([*drainer, "drain", "-c", str(config)], check=True, capture_output=True)
-            wait_for(lambda: proxy.web1()["status"] == "MAINT", "web-1 held out", timeout=30)
+            until_web1(proxy, "MAINT", "web-1 held out", timeout=30)
             load = LoadClient(
                 f"http://127.0.0.1:{proxy.port}/", workers=workers, pause=PAUSE, limit_seconds=300
             ).start()
@@ -180,11 +129,12 @@ def scenario(interval: str, *, reloads: int, workers: int) -> Result:
             gaps: list[float] = []
             for _ in range(reloads):
                 time.sleep(2.0)
-                sent = proxy.reload()
-                wait_for(lambda: proxy.web1()["status"] == "MAINT", "web-1 out again")
+                sent = time.monotonic()
+                proxy.reload()  # returns once a new worker answers
+                until_web1(proxy, "MAINT", "web-1 out again")
                 gaps.append(time.monotonic() - sent)
                 time.sleep(0.5)  # requests in flight when it went out are counted too
-                per_reload.append(answered(proxy.web1()))
+                per_reload.append(answered(web1(proxy)))
             load.stop()
             served, failed = load.counts()
             return Result(interval, served, failed, per_reload, gaps)

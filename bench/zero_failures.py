@@ -35,8 +35,14 @@ from pathlib import Path
 
 from drainer.adapters.haproxy.client import HAProxyClient
 from drainer.errors import AdapterError
-from drainer.fake_imds import FakeIMDS
-from drainer.lab import BlackHole, LoadClient, WebProcess, free_port, start_haproxy
+from drainer.testing import (
+    BlackHole,
+    FakeIMDS,
+    LoadClient,
+    WebProcess,
+    free_port,
+    start_haproxy_in_front,
+)
 
 NODE = "web-1"
 PEERS = ("web-2", "web-3")
@@ -126,7 +132,7 @@ def scenario(mode: str, *, seconds: float, workers: int, keep_logs: Path | None)
             per_server[NODE] = (
                 f"agent-check agent-addr 127.0.0.1 agent-port {agent_port} agent-inter 500ms"
             )
-        proxy = start_haproxy(
+        proxy = start_haproxy_in_front(
             tmp, backends={n: w.port for n, w in webs.items()}, per_server=per_server
         )
         sidecar: Sidecar | None = None

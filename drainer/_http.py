@@ -2,8 +2,8 @@
 
 ``Server`` hands its handlers the object they serve (``server.app``); a ``Handler``
 subclass names the methods it answers and gets each of them in ``_serve(method)``;
-``ServerThread`` runs ``serve_forever`` from its construction until ``stop()``; a
-``Service`` (something with ``start()`` and ``stop()``) is a context manager.
+``ServerThread`` runs ``serve_forever`` from its construction until ``stop()``;
+``Served`` is the start/stop/``with``/``url`` life of an object served that way.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 AppT = TypeVar("AppT")
@@ -91,19 +92,68 @@ class ServerThread(Generic[ServerT]):
         self._thread.join(timeout=join_timeout)
 
 
-class Service:
-    """A server run by ``start()`` (which returns it) until ``stop()``; ``with`` does both."""
+class Served(Generic[ServerT]):
+    """An object served by one HTTP server in a thread of its own, from ``start()`` (or
+    ``with``) until ``stop()``.
+
+    A subclass builds its server in ``_server()`` (called by ``start()``) and may act
+    just before the server stops (``_stopping``) and just after (``_stopped``).
+    """
+
+    _thread_name = "http"  # the thread is called "<_thread_name>-<port>"
+    _poll_interval = 0.05  # how soon serve_forever notices stop()
+    _join_timeout = 5.0
+    _running: ServerThread[ServerT] | None = None
+
+    def _server(self) -> ServerT:
+        raise NotImplementedError
+
+    def _stopping(self) -> None:
+        pass
+
+    def _stopped(self, server: ServerT) -> None:
+        pass
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` of the running server."""
+        running = self._running
+        if running is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        host = str(running.server.server_address[0])
+        return f"http://{f'[{host}]' if ':' in host else host}:{running.port}"
 
     def start(self) -> Self:
-        raise NotImplementedError
+        """Serve in a daemon thread; returns self."""
+        if self._running is not None:
+            raise RuntimeError(f"{type(self).__name__} is already started")
+        server = self._server()
+        self._running = ServerThread(
+            server,
+            name=f"{self._thread_name}-{server.server_address[1]}",
+            poll_interval=self._poll_interval,
+            daemon=True,
+        )
+        return self
 
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop serving, close the socket and join the thread; nothing if not started."""
+        running, self._running = self._running, None
+        if running is None:
+            return
+        self._stopping()
+        running.stop(join_timeout=self._join_timeout)
+        self._stopped(running.server)
 
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.stop()
 
 

@@ -626,7 +626,7 @@ def fake_imds(
     name: Annotated[str, typer.Option(help="The VM name the compute endpoint reports.")] = "web-1",
 ) -> None:
     """Serve a fake Azure metadata service (Scheduled Events + control API) for tests."""
-    from drainer.fake_imds import FakeIMDS
+    from drainer.testing.fake_imds import FakeIMDS
 
     with _errors():
         try:

@@ -24,9 +24,11 @@ from drainer.config import adapter_plugins, parse_config
 from drainer.core import Phase
 from drainer.daemon import assemble, loop
 from drainer.errors import AdapterError
-from drainer.fake_imds import FakeIMDS
-from drainer.lab import LoadClient, WebServer, free_port, haproxy_available, start_haproxy
 from drainer.store import Store
+from drainer.testing.fake_imds import FakeIMDS
+from drainer.testing.haproxy import haproxy_available, start_haproxy_in_front
+from drainer.testing.lab import LoadClient, WebServer
+from drainer.testing.ports import free_port
 
 VM = "demo-web-1"
 
@@ -120,7 +122,7 @@ def run_demo(*, use_haproxy: bool = True) -> int:
         if use_haproxy and haproxy_available() and "haproxy" in adapter_plugins():
             peer = WebServer(free_port(), name="demo-web-2").start()
             stack.callback(peer.stop)
-            proxy = start_haproxy(
+            proxy = start_haproxy_in_front(
                 tmp, backends={VM: web.port, "demo-web-2": peer.port}, redispatch=True
             )
             stack.callback(proxy.stop)

@@ -18,16 +18,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from drainer.fake_imds import FakeIMDS
+from drainer._http import Handler, Served, Server
+from drainer.testing import FakeIMDS, wait_until
 
 T = TypeVar("T")
 
@@ -35,26 +34,6 @@ DEADLINE = 15.0  # seconds any single wait may take before the test fails
 NODE = "web-1"
 LB = "lb1"
 DRAINER = [sys.executable, "-m", "drainer"]
-
-
-def wait_until(
-    predicate: Callable[[], T],
-    *,
-    what: str,
-    timeout: float = DEADLINE,
-    interval: float = 0.05,
-    describe: Callable[[], str] | None = None,
-) -> T:
-    """Return the first truthy value of ``predicate()``; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = f"\n{describe()}" if describe else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        time.sleep(interval)
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -71,41 +50,35 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 # -- health server ------------------------------------------------------------------------
 
 
-class HealthServer:
+class _HealthHandler(Handler, methods=("GET",)):
+    server: Server[HealthServer]
+
+    def _serve(self, method: str) -> None:
+        owner = self.server.app
+        owner.hits += 1
+        body = b"ok" if owner.status == 200 else b"not ready"
+        self.send_response(owner.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class HealthServer(Served[Server["HealthServer"]]):
     """``GET /`` answers ``status`` (flip it from the test); ``hits`` counts requests."""
+
+    _thread_name = "health-server"
 
     def __init__(self, status: int = 200) -> None:
         self.status = status
         self.hits = 0
-        owner = self
+        self.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.hits += 1
-                body = b"ok" if owner.status == 200 else b"not ready"
-                self.send_response(owner.status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+    def _server(self) -> Server[HealthServer]:
+        return Server(("127.0.0.1", 0), _HealthHandler, self)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="health-server",
-            daemon=True,
-        )
-        self._thread.start()
-        self.url = f"http://127.0.0.1:{self._server.server_port}/"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+    @property
+    def url(self) -> str:
+        return f"{super().url}/"
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -318,7 +291,9 @@ class World:
     # waits
 
     def wait(self, predicate: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
-        return wait_until(predicate, what=what, timeout=timeout, describe=self.describe)
+        return wait_until(
+            predicate, what=what, timeout=timeout, interval=0.05, describe=self.describe
+        )
 
     def wait_phase(self, *phases: str, timeout: float = DEADLINE) -> str:
         def reached() -> str:

@@ -15,7 +15,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -25,15 +25,6 @@ from harness import DRAINER, NODE, World, wait_until
 from drainer import sidecar
 
 TRACEBACK = "Traceback (most recent call last)"
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
-        yield w
-    finally:
-        w.close()  # kills every daemon it started, by PID
 
 
 def drainer(

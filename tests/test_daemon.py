@@ -10,20 +10,9 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from harness import NODE, World
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
-        yield w
-    finally:
-        w.close()  # kills every daemon it started, by PID
 
 
 def assert_in_service(world: World) -> dict[str, object]:
@@ -408,9 +397,9 @@ def test_failed_take_out_is_retried_until_the_node_is_out(world: World) -> None:
 def test_pace_backs_off_only_when_the_service_refuses_or_times_out() -> None:
     from drainer.config import SourceConfig
     from drainer.daemon import Pacer, poll
-    from drainer.fake_imds import FakeIMDS
     from drainer.metrics import Metrics
     from drainer.sources.azure import AzureSource
+    from drainer.testing.fake_imds import FakeIMDS
 
     with FakeIMDS(rate_limit=None) as fake:
         source = AzureSource(SourceConfig(endpoint=fake.url, timeout=1.0), attempts=1)
@@ -454,7 +443,7 @@ def _metrics(port: int) -> str:
 
 
 def test_the_daemon_logs_and_counts_what_drain_and_undrain_did(world: World) -> None:
-    from drainer.lab import free_port
+    from drainer.testing import free_port
 
     port = free_port()
     world.configure(metrics={"listen": f"127.0.0.1:{port}"})

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from drainer.lab import haproxy_available
+from drainer.testing import haproxy_available
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from lbprocs import HttpBackend, cli, have_haproxy, start_haproxy
+from lbprocs import HttpBackend
+
+from drainer.testing import haproxy_available, haproxy_cli, start_haproxy
 
 DEPLOY = Path(__file__).parent.parent / "deploy" / "haproxy"
-pytestmark = pytest.mark.skipif(not have_haproxy(), reason="haproxy is not installed")
+pytestmark = pytest.mark.skipif(not haproxy_available(), reason="haproxy is not installed")
 
 
 @pytest.mark.parametrize("name", ["runtime-api.cfg", "agent-check.cfg"])
@@ -23,7 +25,7 @@ def test_example_configurations_are_valid(name: str) -> None:
 
 
 def admin_state(socket_path: Path, server: str) -> int:
-    lines = cli(socket_path, "show servers state app").splitlines()
+    lines = haproxy_cli(socket_path, "show servers state app").splitlines()
     header = lines[1].lstrip("# ").split()
     for line in lines[2:]:
         row = dict(zip(header, line.split(), strict=False))
@@ -34,7 +36,7 @@ def admin_state(socket_path: Path, server: str) -> int:
 
 def test_saved_state_keeps_a_drain_across_a_reload() -> None:
     backend = HttpBackend()
-    port = backend.server_address[1]
+    port = backend.port
     body = (
         "backend app\n"
         "  load-server-state-from-file global\n"
@@ -46,12 +48,12 @@ def test_saved_state_keeps_a_drain_across_a_reload() -> None:
     )
     try:
         sock, state = hx.admin_socket, hx.dir / "server-state"
-        cli(sock, "set server app/web-1 state drain")
+        haproxy_cli(sock, "set server app/web-1 state drain")
         assert admin_state(sock, "web-1") & 0x08
         hx.reload()  # without a saved state the drain is forgotten
         assert admin_state(sock, "web-1") & 0x08 == 0
 
-        cli(sock, "set server app/web-1 state maint")
+        haproxy_cli(sock, "set server app/web-1 state maint")
         saved = subprocess.run(
             [sys.executable, str(DEPLOY / "save-server-state"), str(sock), str(state)],
             capture_output=True,

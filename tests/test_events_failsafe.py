@@ -10,20 +10,7 @@ out in time and never put back while its maintenance may still be on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from harness import NODE, World
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
-        yield w
-    finally:
-        w.close()  # kills every daemon it started, by PID
 
 
 def log(world: World) -> str:

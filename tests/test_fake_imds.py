@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from drainer.fake_imds import (
+from drainer.testing import FakeClock
+from drainer.testing.fake_imds import (
     NEIGHBOUR,
     QUIRKS,
     SCHEDULED_EVENTS_API_VERSIONS,
@@ -37,17 +38,6 @@ EVENT_KEYS = {
     "EventSource",
     "DurationInSeconds",
 }
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_775_945_218.0  # Sat, 11 Apr 2026 22:06:58 GMT
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

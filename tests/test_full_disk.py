@@ -27,9 +27,9 @@ import pytest
 
 from drainer.core import Phase, Policy, Reaction, Record, Rule, adopt_unrecorded
 from drainer.model import EventStatus, EventType, MaintenanceEvent
+from drainer.testing import free_port
 from drainer.unrecorded import SIZE, Note, Unrecorded
 from tests.harness import NODE, World
-from tests.lbprocs import free_port
 
 
 class FullDisk:
@@ -65,15 +65,6 @@ class FullDisk:
 
     def unmount(self) -> None:
         subprocess.run(["umount", "-l", str(self.path)], check=False)
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
-        yield w
-    finally:
-        w.close()
 
 
 @pytest.fixture

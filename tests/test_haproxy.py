@@ -16,16 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lbprocs import (
-    HAProxy,
-    HttpBackend,
-    canned_cli,
-    free_port,
-    have_haproxy,
-    silent_listener,
-    start_haproxy,
-    wait_until,
-)
+from lbprocs import HttpBackend, canned_cli, silent_listener
 from pydantic import ValidationError
 
 from drainer.adapters.base import AdapterContext, LBStatus, LoadBalancer
@@ -50,8 +41,9 @@ from drainer.adapters.haproxy.runtime import (
     put_back_step,
 )
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
+from drainer.testing import HAProxy, free_port, haproxy_available, start_haproxy, wait_until
 
-needs_haproxy = pytest.mark.skipif(not have_haproxy(), reason="needs /usr/sbin/haproxy")
+needs_haproxy = pytest.mark.skipif(not haproxy_available(), reason="needs /usr/sbin/haproxy")
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,16 @@ from drainer.adapters.base import AdapterContext
 from drainer.adapters.haproxy.agent import AgentConfig, AgentLoadBalancer, create, established
 from drainer.config import parse_config
 from drainer.errors import ConfigError
-from drainer.lab import HAProxy, WebServer, free_port, haproxy_available, start_haproxy
 from drainer.model import LBStatus
+from drainer.testing import (
+    HAProxy,
+    WebServer,
+    free_port,
+    haproxy_available,
+    haproxy_cli,
+    start_haproxy_in_front,
+    wait_until,
+)
 
 TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
    0: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0
@@ -58,23 +66,9 @@ def test_bad_listen_address_is_a_config_error() -> None:
         parse_config({"health": {"tcp": {"port": 80}}, "load_balancers": [entry]})
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def show_stat_status(proxy: HAProxy, server: str) -> str:
     """The status column of ``server`` in backend app, read from the admin socket."""
-    path = proxy.admin.removeprefix("unix://")
-    with socket.socket(socket.AF_UNIX) as conn:
-        conn.connect(path)
-        conn.sendall(b"show stat\n")
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    lines = data.decode().splitlines()
+    lines = haproxy_cli(proxy.admin_socket, "show stat").splitlines()
     header = lines[0].lstrip("# ").split(",")
     for line in lines[1:]:
         row = dict(zip(header, line.split(","), strict=False))
@@ -94,7 +88,7 @@ def agent_line(port: int) -> str:
 def polled(tmp_path: Path) -> Iterator[tuple[AgentLoadBalancer, HAProxy, WebServer]]:
     web = WebServer(free_port(), name="web-1").start()
     agent_port = free_port()
-    proxy = start_haproxy(
+    proxy = start_haproxy_in_front(
         tmp_path, backends={"web-1": web.port}, extra_server=agent_line(agent_port)
     )
     config = AgentConfig(
@@ -173,7 +167,7 @@ def test_restarted_haproxy_is_corrected_by_the_agent(
     wait_until(lambda: show_stat_status(proxy, "web-1") == "MAINT")
     proxy.stop()  # a restart forgets every runtime state
     agent_port = int(lb.listen.rsplit(":", 1)[1])
-    again = start_haproxy(
+    again = start_haproxy_in_front(
         tmp_path, backends={"web-1": web.port}, extra_server=agent_line(agent_port)
     )
     try:

@@ -36,11 +36,19 @@ from typing import Any
 
 import pytest
 from harness import NODE, Daemon, World
-from lbprocs import HAProxy, HttpBackend, cli, free_port, have_haproxy, start_haproxy, wait_until
+from lbprocs import HttpBackend
 
-from drainer.lab import WebServer
+from drainer.testing import (
+    HAProxy,
+    WebServer,
+    free_port,
+    haproxy_available,
+    haproxy_cli,
+    start_haproxy,
+    wait_until,
+)
 
-pytestmark = pytest.mark.skipif(not have_haproxy(), reason="needs /usr/sbin/haproxy")
+pytestmark = pytest.mark.skipif(not haproxy_available(), reason="needs /usr/sbin/haproxy")
 
 POLL = 0.2  # the daemon's poll interval (harness.World: source.poll_interval 200ms)
 REASSERT = 3 * POLL + 0.3  # "within a couple of poll intervals", with room for a busy CI box
@@ -81,11 +89,11 @@ class Server:
 
 
 def server(haproxy: HAProxy, name: str = "web1", backend: str = "app") -> Server:
-    lines = cli(haproxy.admin_socket, f"show servers state {backend}").splitlines()
+    lines = haproxy_cli(haproxy.admin_socket, f"show servers state {backend}").splitlines()
     header = next(line for line in lines if line.startswith("# "))[2:].split()
     rows = [dict(zip(header, line.split(), strict=True)) for line in lines[2:] if line.strip()]
     state = next(r for r in rows if r["srv_name"] == name)
-    text = cli(haproxy.admin_socket, f"show stat {backend} 4 -1")
+    text = haproxy_cli(haproxy.admin_socket, f"show stat {backend} 4 -1")
     stat = next(r for r in csv.DictReader(text[2:].splitlines()) if r["svname"] == name)
     return Server(
         admin=int(state["srv_admin_state"]),
@@ -103,7 +111,7 @@ def master_cli(haproxy: HAProxy) -> str:
 
 def old_workers(haproxy: HAProxy) -> list[int]:
     """PIDs of the workers a reload left behind to finish their connections."""
-    text = cli(haproxy.dir / "master.sock", "show proc")
+    text = haproxy_cli(haproxy.dir / "master.sock", "show proc")
     old = text.partition("# old workers")[2].partition("#")[0]
     return [int(line.split()[0]) for line in old.splitlines() if line.strip()]
 
@@ -187,15 +195,6 @@ def lab() -> Iterator[Lab]:
         yield started
     finally:
         started.close()
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
-        yield w
-    finally:
-        w.close()  # kills every daemon it started, by PID (a stopped one too)
 
 
 def use_haproxy(world: World, *instances: HAProxy | str, **options: Any) -> list[str]:

@@ -21,12 +21,13 @@ from typing import Any
 
 import httpx
 import pytest
-from nginxprocs import Backend, Nginx, Traffic, have_nginx
+from nginxprocs import Backend, Traffic
 from pydantic import ValidationError
 
 from drainer.adapters.base import AdapterContext, LBStatus
 from drainer.adapters.nginx import NginxConfig, NginxLoadBalancer, create, find_servers, set_down
 from drainer.errors import PermanentAdapterError, TransientAdapterError
+from drainer.testing import Nginx, nginx_available, wait_until
 
 # -- the file, pure --------------------------------------------------------------------
 
@@ -116,7 +117,7 @@ def backends() -> Iterator[list[Backend]]:
 
 @pytest.fixture
 def nginx(tmp_path: Path, backends: list[Backend]) -> Iterator[Nginx]:
-    if not have_nginx():
+    if not nginx_available():
         pytest.skip("nginx is not installed")
     instance = Nginx(tmp_path / "nginx", servers=[b.address for b in backends])
     instance.start()
@@ -156,13 +157,6 @@ def _slow_request(url: str, seconds: float) -> tuple[threading.Thread, list[int 
     return thread, result
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_drain_and_put_back_under_traffic(
     nginx: Nginx, backends: list[Backend], make_lb: LBFactory
 ) -> None:
@@ -170,10 +164,10 @@ def test_drain_and_put_back_under_traffic(
     lb = make_lb(a.address)
     traffic = Traffic(nginx.url, clients=3)
     try:
-        _wait(lambda: traffic.answers["a"] > 10)
+        wait_until(lambda: traffic.answers["a"] > 10)
         assert lb.state().status is LBStatus.IN_SERVICE
         slow, slow_result = _slow_request(nginx.url, 1.5)  # holds one worker of before
-        _wait(lambda: sum(b._server.hits["/slow"] for b in backends) == 1)
+        wait_until(lambda: sum(b.paths["/slow"] for b in backends) == 1)
         workers_before = nginx.workers()
 
         lb.drain()
@@ -184,17 +178,17 @@ def test_drain_and_put_back_under_traffic(
         assert _current(nginx, workers_before), "no new workers after the drain's reload"
         hits = a.hits
         seen = traffic.total()
-        _wait(lambda: traffic.total() > seen + 60)
+        wait_until(lambda: traffic.total() > seen + 60)
         assert a.hits == hits, "the drained server still got new requests"
         slow.join(timeout=10)
         assert slow_result == [200], "an in-flight request was cut by the drain"
-        _wait(lambda: lb.state().status is LBStatus.OUT)
+        wait_until(lambda: lb.state().status is LBStatus.OUT)
         assert lb.state().sessions == 0
 
         assert lb.put_back() is True
         assert lb.state().status is LBStatus.IN_SERVICE
         hits = a.hits
-        _wait(lambda: a.hits > hits + 5)
+        wait_until(lambda: a.hits > hits + 5)
     finally:
         traffic.stop()
     assert traffic.failures == [], "clients with a connection per request saw failures"
@@ -391,10 +385,10 @@ def _crash_after_the_rename(tmp_path: Path, nginx: Nginx, *, server: str, call: 
 
 def _respawn_a_worker(nginx: Nginx) -> None:
     """SIGKILL one worker: the master forks another with the same configuration."""
-    _wait(lambda: len(nginx.workers()) == 2)  # no worker of before still shutting down
+    wait_until(lambda: len(nginx.workers()) == 2)  # no worker of before still shutting down
     workers = nginx.workers()
     os.kill(workers[0], signal.SIGKILL)
-    _wait(lambda: len(nginx.workers()) == 2 and workers[0] not in nginx.workers())
+    wait_until(lambda: len(nginx.workers()) == 2 and workers[0] not in nginx.workers())
 
 
 def _share(nginx: Nginx, backend: Backend, requests: int = 30) -> int:
@@ -493,7 +487,7 @@ def test_a_drain_undone_by_someone_elses_edit_and_reload_reads_in_service(
     assert lb.state().status is not LBStatus.IN_SERVICE, "not reloaded yet: still down"
     workers = nginx.workers()
     os.kill(nginx.master, signal.SIGHUP)  # ... and reloads nginx
-    _wait(lambda: not set(workers) & set(nginx.workers()))
+    wait_until(lambda: not set(workers) & set(nginx.workers()))
 
     assert lb.state().status is LBStatus.IN_SERVICE
     lb.drain()  # what the core does when a drained node reads in service
@@ -504,7 +498,7 @@ def test_a_drain_undone_by_someone_elses_edit_and_reload_reads_in_service(
 def test_take_out_with_kill_ends_the_old_workers(nginx: Nginx, make_lb: LBFactory) -> None:
     lb = make_lb(nginx_server(nginx, 0))
     slow, slow_result = _slow_request(nginx.url, 30)
-    _wait(lambda: len(nginx.workers()) == 2)
+    wait_until(lambda: len(nginx.workers()) == 2)
     time.sleep(0.2)  # the slow request has reached a backend
     lb.drain()
     view = lb.state()
@@ -512,7 +506,7 @@ def test_take_out_with_kill_ends_the_old_workers(nginx: Nginx, make_lb: LBFactor
 
     lb.take_out(kill=True)
 
-    _wait(lambda: lb.state().status is LBStatus.OUT)
+    wait_until(lambda: lb.state().status is LBStatus.OUT)
     slow.join(timeout=5)
     assert slow_result and slow_result != [200], "the cut request cannot have succeeded"
 

@@ -1,7 +1,7 @@
-"""The ``nginx-plus`` adapter against drainer.fake_nginx_plus, over real HTTP.
+"""The ``nginx-plus`` adapter against drainer.testing.fake_nginx_plus, over real HTTP.
 
 nginx Plus cannot run here: the fake follows the documented API responses (module
-docstring of drainer/fake_nginx_plus.py), and the first tests pin that fake down.
+docstring of drainer/testing/fake_nginx_plus.py), and the first tests pin that fake down.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from drainer.adapters.base import AdapterContext, LBStatus
 from drainer.adapters.nginx_plus import NginxPlusConfig, NginxPlusLoadBalancer, create
 from drainer.errors import PermanentAdapterError, TransientAdapterError
-from drainer.fake_nginx_plus import HREF, FakeNginxPlus
+from drainer.testing.fake_nginx_plus import HREF, FakeNginxPlus
 
 WEB1, WEB2 = "10.0.0.4:8080", "10.0.0.5:8080"
 SERVERS = "/api/9/http/upstreams/app/servers"

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from drainer.core import Phase
-from drainer.lab import free_port
 from drainer.logs import JsonFormatter
 from drainer.metrics import Metrics
+from drainer.testing import free_port
 
 
 def test_json_log_lines_carry_the_transition_fields() -> None:

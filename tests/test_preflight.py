@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nginxprocs import Backend, Nginx, have_nginx
+from nginxprocs import Backend
 
 from drainer.adapters.base import AdapterContext, Check, LoadBalancer, preflight
 from drainer.adapters.haproxy.agent import AgentConfig
@@ -26,29 +26,28 @@ from drainer.adapters.nginx import create as create_nginx
 from drainer.adapters.remote import RemoteConfig
 from drainer.adapters.remote import create as create_remote
 from drainer.errors import TransientAdapterError
-from drainer.fake_nginx_plus import FakeNginxPlus
 from drainer.model import LBStatus, LBView
 from drainer.serve.config import parse_serve_config
 from drainer.serve.http import RemoteServer
+from drainer.testing import (
+    HAProxy,
+    Nginx,
+    free_port,
+    haproxy_available,
+    haproxy_cli,
+    nginx_available,
+    start_haproxy,
+)
+from drainer.testing.fake_nginx_plus import FakeNginxPlus
 from tests.harness import World
-from tests.lbprocs import HAProxy, cli, free_port, have_haproxy, start_haproxy
 
-needs_haproxy = pytest.mark.skipif(not have_haproxy(), reason="haproxy is not installed")
+needs_haproxy = pytest.mark.skipif(not haproxy_available(), reason="haproxy is not installed")
 
 BODY = """\
 backend app
   server web1 127.0.0.1:9 check inter 200ms
   server web2 127.0.0.1:10
 """
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
-        yield w
-    finally:
-        w.close()
 
 
 @pytest.fixture
@@ -78,7 +77,7 @@ def use_haproxy(world: World, socket: Path) -> None:
 
 def admin_state(haproxy: HAProxy, server: str = "web1") -> str:
     """The server's srv_admin_state, read on the admin socket (independent of drainer)."""
-    for line in cli(haproxy.admin_socket, "show servers state app").splitlines():
+    for line in haproxy_cli(haproxy.admin_socket, "show servers state app").splitlines():
         fields = line.split()
         if len(fields) > 6 and fields[3] == server:
             return fields[6]
@@ -130,7 +129,7 @@ def test_check_passes_on_an_admin_socket_and_changes_nothing(
     world: World, haproxy: HAProxy
 ) -> None:
     use_haproxy(world, haproxy.admin_socket)
-    cli(haproxy.admin_socket, "set server app/web2 state drain")
+    haproxy_cli(haproxy.admin_socket, "set server app/web2 state drain")
     before = (admin_state(haproxy, "web1"), admin_state(haproxy, "web2"))
     done = world.cli("check")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -238,7 +237,7 @@ def test_an_adapter_without_preflight_is_checked_by_reading_its_state() -> None:
 
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[Nginx]:
-    if not have_nginx():
+    if not nginx_available():
         pytest.skip("nginx is not installed")
     backend = Backend("a")
     instance = Nginx(tmp_path / "nginx", servers=[backend.address])

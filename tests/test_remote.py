@@ -22,7 +22,7 @@ from typing import Any, Literal
 import httpx
 import pytest
 import yaml
-from nginxprocs import Backend, Nginx, free_port, have_nginx
+from nginxprocs import Backend
 from pydantic import ValidationError
 
 from drainer.adapters import mock, nginx
@@ -35,6 +35,7 @@ from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterE
 from drainer.serve.config import parse_serve_config
 from drainer.serve.http import RemoteServer, serve
 from drainer.serve.protocol import NODE_HEADER
+from drainer.testing import FakeClock, Nginx, free_port, nginx_available
 
 PLUGINS: dict[str, AdapterPlugin] = {
     "mock": mock.PLUGIN,
@@ -43,17 +44,6 @@ PLUGINS: dict[str, AdapterPlugin] = {
     "remote": remote_adapter.PLUGIN,
 }
 TOKENS = {"web-1": "t1-" + "a" * 40, "web-2": "t2-" + "b" * 40}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def serve_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
@@ -76,12 +66,12 @@ def serve_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
-def server(tmp_path: Path, clock: Clock) -> Iterator[RemoteServer]:
+def server(tmp_path: Path, clock: FakeClock) -> Iterator[RemoteServer]:
     setup = parse_serve_config(serve_config(tmp_path), plugins=PLUGINS)
     with RemoteServer(setup, clock=clock) as running:
         yield running
@@ -91,7 +81,7 @@ RemoteFactory = Callable[..., RemoteLoadBalancer]
 
 
 @pytest.fixture
-def remote(tmp_path: Path, server: RemoteServer, clock: Clock) -> RemoteFactory:
+def remote(tmp_path: Path, server: RemoteServer, clock: FakeClock) -> RemoteFactory:
     def make(who: str = "web-1", **overrides: Any) -> RemoteLoadBalancer:
         """The remote adapter of node ``who`` (its token); ``node=`` claims another name."""
         entry = {
@@ -255,7 +245,7 @@ def test_malformed_requests(
 
 
 def test_rate_limit_per_client_and_retry_after(
-    tmp_path: Path, clock: Clock, remote: RemoteFactory, server: RemoteServer
+    tmp_path: Path, clock: FakeClock, remote: RemoteFactory, server: RemoteServer
 ) -> None:
     for _ in range(20):  # the burst
         assert _raw(server, "GET", "/v1/load-balancers").status_code == 200
@@ -661,7 +651,7 @@ def test_tls_when_a_certificate_is_configured(
 
 
 def test_sidecars_drain_a_real_nginx_through_serve(tmp_path: Path) -> None:
-    if not have_nginx():
+    if not nginx_available():
         pytest.skip("nginx is not installed")
     backends = [Backend("a"), Backend("b")]
     instance = Nginx(tmp_path / "nginx", servers=[b.address for b in backends])

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 from harness import NODE, World
-from lbprocs import HAProxy, HttpBackend, cli, have_haproxy, start_haproxy, wait_until
+from lbprocs import HttpBackend
 
 from drainer.core import (
     Drain,
@@ -38,17 +38,15 @@ from drainer.core import (
     step,
     wants_recheck,
 )
-from drainer.lab import free_port
 from drainer.model import LBStatus, LBView
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
-        yield w
-    finally:
-        w.close()  # kills every daemon it started, by PID
+from drainer.testing import (
+    HAProxy,
+    free_port,
+    haproxy_available,
+    haproxy_cli,
+    start_haproxy,
+    wait_until,
+)
 
 
 def listen(world: World, host: str = "127.0.0.1") -> str:
@@ -403,7 +401,7 @@ def test_recheck_never_touches_a_node_being_put_back_or_in_service() -> None:
 
 
 def haproxy_status(haproxy: HAProxy, name: str = "web1") -> str:
-    text = cli(haproxy.admin_socket, "show stat app 4 -1")
+    text = haproxy_cli(haproxy.admin_socket, "show stat app 4 -1")
     row = next(line for line in text.splitlines() if line.startswith(f"app,{name},"))
     return row.split(",")[17]  # status: UP, DRAIN, MAINT...
 
@@ -417,7 +415,7 @@ def backend() -> Iterator[HttpBackend]:
         server.stop()
 
 
-@pytest.mark.skipif(not have_haproxy(), reason="needs /usr/sbin/haproxy")
+@pytest.mark.skipif(not haproxy_available(), reason="needs /usr/sbin/haproxy")
 @pytest.mark.parametrize("how", ["reload", "restart"])
 def test_a_forgotten_drain_is_reasserted_before_the_next_poll(
     world: World, backend: HttpBackend, how: str

@@ -12,9 +12,9 @@ import pytest
 
 from drainer.config import SourceConfig
 from drainer.errors import PayloadError, SourceError
-from drainer.fake_imds import FakeIMDS
 from drainer.model import EventStatus, EventType
 from drainer.sources.azure import AzureSource, names_from_compute, parse_events
+from drainer.testing.fake_imds import FakeIMDS
 
 
 @pytest.fixture

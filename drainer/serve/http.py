@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from drainer._http import Http11Handler, Server, ServerThread, Service
+from drainer._http import Http11Handler, Served, Server
 from drainer.adapters.base import AnyAdapterPlugin
 from drainer.errors import ConfigError
 from drainer.serve.app import Reply, ServeApp, read_tokens, refused
@@ -34,7 +34,7 @@ __all__ = ["RemoteServer", "serve"]
 log = logging.getLogger("drainer")
 
 
-class RemoteServer(Service):
+class RemoteServer(Served["_HTTPServer"]):
     """The ``drainer serve`` HTTP server: ``ServeApp`` behind sockets, from ``start()``
     (or ``with``) until ``stop()``."""
 
@@ -57,35 +57,34 @@ class RemoteServer(Service):
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"tls: cannot load {config.tls.cert}: {exc}") from exc
             self._ssl = context_
-        self._running: ServerThread[_HTTPServer] | None = None
 
-    # -- lifecycle ----------------------------------------------------------------------
+    # -- lifecycle (start/stop/with from Served) -----------------------------------------
+
+    _thread_name = "drainer-serve"
+    _poll_interval = 0.2
+    _join_timeout = 10.0
 
     @property
     def url(self) -> str:
-        running = self._running
-        if running is None:
-            raise RuntimeError("the server is not started")
-        host, port = str(running.server.server_address[0]), running.port
-        shown = f"[{host}]" if ":" in host else host
-        return f"{'https' if self._ssl else 'http'}://{shown}:{port}"
+        url = super().url
+        return url.replace("http://", "https://", 1) if self._ssl else url
 
-    def start(self) -> Self:
+    def _server(self) -> _HTTPServer:
         host, port = split_listen(self._config.listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            httpd = _HTTPServer((host, port), self.app, family, ssl_context=self._ssl)
+            return _HTTPServer((host, port), self.app, family, ssl_context=self._ssl)
         except OSError as exc:
             raise ConfigError(f"listen: cannot listen on {self._config.listen}: {exc}") from exc
-        self._running = ServerThread(httpd, name="drainer-serve", poll_interval=0.2)
+
+    def start(self) -> Self:
+        super().start()
         log.info("serving %d nodes on %s", len(self._config.nodes), self.url)
         return self
 
     def stop(self) -> None:
-        running, self._running = self._running, None
-        if running is not None:
-            running.stop(join_timeout=10)
-        self.app.close()
+        super().stop()
+        self.app.close()  # also when never started: the app holds the adapters
 
 
 class _Deadline:

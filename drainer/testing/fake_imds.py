@@ -100,11 +100,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
 from email.utils import format_datetime
-from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
-from drainer._http import Handler, Server, ServerThread
+from drainer._http import Handler, Served, Server
 
 __all__ = [
     "COMPUTE_API_VERSIONS",
@@ -345,8 +344,10 @@ def _schedule_args(payload: object) -> dict[str, Any]:
     return {_SCHEDULE_KEYS[key]: value for key, value in payload.items()}
 
 
-class FakeIMDS:
+class FakeIMDS(Served[Server["FakeIMDS"]]):
     """A fake IMDS on ``url``; see the module docstring for its HTTP and control API."""
+
+    _thread_name = "fake-imds"
 
     def __init__(
         self,
@@ -371,8 +372,7 @@ class FakeIMDS:
         self._rate_limit = rate_limit
         self._clock = clock
         self._lock = threading.Lock()
-        self._running: ServerThread[Server[FakeIMDS]] | None = None
-        self._stopping = threading.Event()
+        self._stopping_event = threading.Event()
         self._events: dict[str, _Event] = {}
         self._incarnation = 0
         self._approvals: list[str] = []
@@ -382,40 +382,20 @@ class FakeIMDS:
         self._recent: deque[float] = deque()  # times of the metadata requests of the last second
         self._reset_locked()
 
-    # Lifecycle of the server
+    # Lifecycle of the server (drainer._http.Served: start, stop, with, url)
 
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT`` of the running server."""
-        running = self._running
-        if running is None:
-            raise RuntimeError("FakeIMDS is not started")
-        return f"http://{self._host}:{running.port}"
+    def _server(self) -> Server[FakeIMDS]:
+        self._stopping_event = threading.Event()
+        return Server((self._host, self._port), _Handler, self)
 
-    def start(self) -> FakeIMDS:
-        """Serve in a daemon thread; returns self."""
-        if self._running is not None:
-            raise RuntimeError("FakeIMDS is already started")
-        self._stopping = threading.Event()
-        server = Server((self._host, self._port), _Handler, self)
-        self._running = ServerThread(
-            server, name=f"fake-imds-{server.server_port}", poll_interval=0.05, daemon=True
-        )
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and join the thread; requests still sleeping in "slow" wake up."""
-        running, self._running = self._running, None
-        if running is None:
-            return
-        self._stopping.set()
-        running.stop(join_timeout=5)
+    def _stopping(self) -> None:
+        self._stopping_event.set()  # requests still sleeping in "slow" wake up
 
     def serve_forever(self) -> None:
         """Serve until KeyboardInterrupt or stop() from another thread (for a CLI)."""
         if self._running is None:
             self.start()
-        stopping = self._stopping
+        stopping = self._stopping_event
         try:
             while not stopping.wait(0.5):
                 pass
@@ -423,17 +403,6 @@ class FakeIMDS:
             pass
         finally:
             self.stop()
-
-    def __enter__(self) -> FakeIMDS:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # Scripting maintenance
 
@@ -682,7 +651,7 @@ class FakeIMDS:
         with self._lock:
             fault = self._take_fault_locked()
         if fault is not None and fault.kind == "slow":
-            self._stopping.wait(fault.delay)
+            self._stopping_event.wait(fault.delay)
         with self._lock:
             self._advance_locked()
             if fault is not None and fault.kind == "reenabled":

@@ -1,5 +1,7 @@
 """A small local lab for the demo, the benchmarks and users' own tests: a web server that
-plays a VM's application, a bounded load client, and a real HAProxy on loopback.
+plays a VM's application (in this process or one of its own), a bounded load client, and
+a port that answers nothing (a machine rebooting). drainer.testing.haproxy puts a real
+HAProxy in front of them.
 
 Everything binds 127.0.0.1 only; every process is stopped by its PID.
 """
@@ -8,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,20 +17,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
 
 import httpx
 
-from drainer._http import Handler, ServerThread
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from drainer._http import Handler, Served, Server
 
 
 class _Handler(Handler, methods=("GET",)):
@@ -37,10 +28,11 @@ class _Handler(Handler, methods=("GET",)):
     server: _Server
 
     def _serve(self, method: str) -> None:
-        if self.server.delay and self.path != "/healthz":
-            time.sleep(self.server.delay)  # a request takes a while: some are always in flight
-        body = f"hello from {self.server.name}\n".encode()
-        status = 200 if self.path != "/healthz" or self.server.healthy else 503
+        web = self.server.app
+        if web.delay and self.path != "/healthz":
+            time.sleep(web.delay)  # a request takes a while: some are always in flight
+        body = f"hello from {web.name}\n".encode()
+        status = 200 if self.path != "/healthz" or web._healthy else 503
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -48,15 +40,11 @@ class _Handler(Handler, methods=("GET",)):
         self.wfile.write(body)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    name = ""
-    healthy = True
-    delay = 0.0
+class _Server(Server["WebServer"]):
+    """Keeps every open connection, so that ``cut()`` can reset them all."""
 
-    def __init__(self, address: tuple[str, int]) -> None:
-        super().__init__(address, _Handler)
+    def __init__(self, address: tuple[str, int], web: WebServer) -> None:
+        super().__init__(address, _Handler, web)
         self.open: set[socket.socket] = set()
         self.lock = threading.Lock()
 
@@ -81,40 +69,35 @@ class _Server(ThreadingHTTPServer):
         pass  # a client that resets its connection is not news
 
 
-class WebServer:
-    """An HTTP/1.1 keep-alive server on 127.0.0.1:``port``; ``/healthz`` answers 200 or 503."""
+class WebServer(Served[_Server]):
+    """An HTTP/1.1 keep-alive server on 127.0.0.1:``port``; ``/healthz`` answers 200 or 503
+    (``healthy``, True at every start). ``stop()`` cuts every open connection, as a
+    reboot would."""
+
+    _thread_name = "web"
+    _poll_interval = 0.1
 
     def __init__(self, port: int, *, name: str = "web", delay: float = 0.0) -> None:
         self.port = port
         self.name = name
         self.delay = delay
-        self._running: ServerThread[_Server] | None = None
+        self._healthy = True
 
     @property
     def healthy(self) -> bool:
-        return self._running is not None and self._running.server.healthy
+        return self._running is not None and self._healthy
 
     @healthy.setter
     def healthy(self, value: bool) -> None:
         assert self._running is not None
-        self._running.server.healthy = value
+        self._healthy = value
 
-    def start(self) -> WebServer:
-        server = _Server(("127.0.0.1", self.port))
-        server.name = self.name
-        server.delay = self.delay
-        self._running = ServerThread(
-            server, name=f"web-{self.name}", poll_interval=0.1, daemon=True
-        )
-        return self
+    def _server(self) -> _Server:
+        self._healthy = True
+        return _Server(("127.0.0.1", self.port), self)
 
-    def stop(self) -> None:
-        """Stop listening and cut every open connection, as a reboot would."""
-        running, self._running = self._running, None
-        if running is None:
-            return
-        running.stop(join_timeout=5)
-        running.server.cut()
+    def _stopped(self, server: _Server) -> None:
+        server.cut()
 
 
 class BlackHole:
@@ -190,95 +173,18 @@ class LoadClient:
             return self.ok, self.failed
 
 
-def haproxy_available() -> bool:
-    return shutil.which("haproxy") is not None or Path("/usr/sbin/haproxy").exists()
-
-
-@dataclass
-class HAProxy:
-    process: subprocess.Popen[bytes]
-    port: int  # the frontend clients use
-    admin: str  # the runtime API address, level admin
-    config: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-
-def haproxy_config(
-    tmp: Path,
-    *,
-    port: int,
-    backends: dict[str, int],
-    check: str = "check inter 500ms",
-    extra_server: str = "",
-    per_server: dict[str, str] | None = None,
-    redispatch: bool = False,
-) -> str:
-    """``extra_server`` goes on every server line, ``per_server[name]`` on that one's."""
-    more = per_server or {}
-    servers = "\n".join(
-        f"  server {name} 127.0.0.1:{p} {check} {extra_server} {more.get(name, '')}".rstrip()
-        for name, p in backends.items()
-    )
-    return f"""global
-  stats socket {tmp}/admin.sock mode 600 level admin
-  stats socket {tmp}/stats.sock mode 666 level user
-  stats timeout 30s
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  retries 3
-{"  option redispatch" if redispatch else ""}
-frontend web
-  bind 127.0.0.1:{port}
-  default_backend app
-backend app
-  balance roundrobin
-{servers}
-"""
-
-
-def start_haproxy(tmp: Path, *, backends: dict[str, int], **options: Any) -> HAProxy:
-    """A real HAProxy in front of ``backends`` (name -> port); admin socket in ``tmp``."""
-    port = free_port()
-    config = tmp / "haproxy.cfg"
-    config.write_text(haproxy_config(tmp, port=port, backends=backends, **options))
-    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    (tmp / "admin.sock").unlink(missing_ok=True)  # a stale one would look like a ready one
-    process = subprocess.Popen(
-        [binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    proxy = HAProxy(process, port, f"unix://{tmp}/admin.sock", config)
-    deadline = time.monotonic() + 10
-    while not (tmp / "admin.sock").exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            proxy.stop()
-            raise RuntimeError(f"haproxy did not start with {config}")
-        time.sleep(0.05)
-    return proxy
-
-
 class WebProcess:
-    """A WebServer in a process of its own (``python -m drainer.lab web PORT NAME DELAY``),
-    so load tests are not held back by one interpreter's lock; stopped by PID."""
+    """A WebServer in a process of its own
+    (``python -m drainer.testing web PORT NAME DELAY``), so load tests are not held back
+    by one interpreter's lock; stopped by PID."""
 
     def __init__(self, port: int, *, name: str, delay: float = 0.0) -> None:
         self.port, self.name, self.delay = port, name, delay
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WebProcess:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "drainer.lab", "web", str(self.port), self.name, str(self.delay)]
-        )
+        args = ["web", str(self.port), self.name, str(self.delay)]
+        self.process = subprocess.Popen([sys.executable, "-m", "drainer.testing", *args])
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -303,7 +209,7 @@ class WebProcess:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 4 or argv[0] != "web":
-        print("usage: python -m drainer.lab web PORT NAME DELAY", file=sys.stderr)
+        print("usage: python -m drainer.testing web PORT NAME DELAY", file=sys.stderr)
         return 2
     server = WebServer(int(argv[1]), name=argv[2], delay=float(argv[3])).start()
     stop = threading.Event()
@@ -313,7 +219,3 @@ def main(argv: list[str]) -> int:
     stop.wait()
     server.stop()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -65,11 +65,10 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from drainer._http import Http11Handler, Server, ServerThread
+from drainer._http import Http11Handler, Served, Server
 
 __all__ = ["API_VERSIONS", "FakeNginxPlus"]
 
@@ -179,8 +178,10 @@ class _ApiError(Exception):
         self.status, self.code, self.text = status, code, text
 
 
-class FakeNginxPlus:
+class FakeNginxPlus(Served[Server["FakeNginxPlus"]]):
     """A fake nginx Plus API on ``url``; see the module docstring."""
+
+    _thread_name = "fake-nginx-plus"
 
     def __init__(
         self,
@@ -201,43 +202,12 @@ class FakeNginxPlus:
         self._write = write
         self._auth = basic_auth
         self._host, self._port = host, port
-        self._running: ServerThread[Server[FakeNginxPlus]] | None = None
         self.requests: list[tuple[str, str, object]] = []  # method, path, JSON body or None
 
-    # Lifecycle
+    # Lifecycle: drainer._http.Served (start, stop, with, url; the API is under /api)
 
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT``; the API is under ``/api``."""
-        running = self._running
-        if running is None:
-            raise RuntimeError("FakeNginxPlus is not started")
-        return f"http://{self._host}:{running.port}"
-
-    def start(self) -> FakeNginxPlus:
-        if self._running is not None:
-            raise RuntimeError("FakeNginxPlus is already started")
-        server = Server((self._host, self._port), _Handler, self)
-        self._running = ServerThread(
-            server, name=f"fake-nginx-plus-{server.server_port}", poll_interval=0.05, daemon=True
-        )
-        return self
-
-    def stop(self) -> None:
-        running, self._running = self._running, None
-        if running is not None:
-            running.stop(join_timeout=5)
-
-    def __enter__(self) -> FakeNginxPlus:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _server(self) -> Server[FakeNginxPlus]:
+        return Server((self._host, self._port), _Handler, self)
 
     # Scripting what nginx would see
 

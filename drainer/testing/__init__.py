@@ -1,0 +1,54 @@
+"""drainer's test kit, shipped for your own tests (``from drainer.testing import ...``).
+
+- ``FakeIMDS``: Azure's Scheduled Events and instance metadata over real HTTP, with a
+  control API and the real service's quirks (``drainer fake-imds`` serves one).
+- ``FakeNginxPlus``: the nginx Plus API's upstream endpoints, built from its documentation.
+- ``MemorySource``, ``MemoryLoadBalancer``: an event source and a load balancer held in
+  memory, recording their calls, to drive ``drainer.engine.Engine`` in-process.
+- ``FakeClock``, ``wait_until``, ``free_port``: time that moves when told, a bounded
+  wait on real time, a free loopback port.
+- ``start_haproxy``/``start_haproxy_in_front`` and ``Nginx``: a real HAProxy and a real
+  nginx on loopback, stopped by PID.
+- ``WebServer``, ``WebProcess``, ``LoadClient``, ``BlackHole`` (the lab): web servers
+  playing a VM's application, a bounded load client, an address that answers nothing.
+
+Nothing in drainer's product code imports this package.
+"""
+
+from drainer.testing.clock import FakeClock, wait_until
+from drainer.testing.fake_imds import FakeIMDS
+from drainer.testing.fake_nginx_plus import FakeNginxPlus
+from drainer.testing.haproxy import (
+    HAProxy,
+    haproxy_available,
+    haproxy_cli,
+    start_haproxy,
+    start_haproxy_in_front,
+)
+from drainer.testing.lab import BlackHole, LoadClient, WebProcess, WebServer
+from drainer.testing.memory import MemoryLoadBalancer, MemorySource, maintenance
+from drainer.testing.nginx import Nginx, NginxProcess, nginx_available
+from drainer.testing.ports import free_port
+
+__all__ = [
+    "BlackHole",
+    "FakeClock",
+    "FakeIMDS",
+    "FakeNginxPlus",
+    "HAProxy",
+    "LoadClient",
+    "MemoryLoadBalancer",
+    "MemorySource",
+    "Nginx",
+    "NginxProcess",
+    "WebProcess",
+    "WebServer",
+    "free_port",
+    "haproxy_available",
+    "haproxy_cli",
+    "maintenance",
+    "nginx_available",
+    "start_haproxy",
+    "start_haproxy_in_front",
+    "wait_until",
+]

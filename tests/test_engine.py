@@ -1,0 +1,314 @@
+"""The engine's decisions, in-process and in milliseconds.
+
+``drainer.engine.Engine`` driven by the test kit: an in-memory event source and load
+balancer, a fake clock, an injected health check and a real ``Store`` in ``tmp_path``.
+Each ``turn`` is what one poll of ``drainer run`` does; a reboot or a crash is a new
+``Engine`` on the same state directory. tests/test_daemon.py runs the same stories with
+``drainer run`` as a process, over HTTP (what only a process shows stays there: signals,
+``kill -9``, the CLI, the log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from drainer.config import Config, HealthConfig, parse_config
+from drainer.core import Phase, Record
+from drainer.engine import Engine
+from drainer.errors import PermanentAdapterError, TransientAdapterError
+from drainer.metrics import Metrics
+from drainer.model import EventStatus, EventType, LBStatus
+from drainer.store import Store
+from drainer.testing import FakeClock, MemoryLoadBalancer, MemorySource, maintenance
+
+NODE = "web-1"
+LB = "lb1"
+HEALTH_INTERVAL = 2.0
+GONE_AFTER = 5.0  # source.gone_after's default: an unlisted event is over after this
+
+
+class Crash(BaseException):
+    """The process dies here (``kill -9``): nothing after it runs, no handler sees it."""
+
+
+@dataclass
+class Node:
+    """One VM as the engine sees it; ``engine()`` is what a (re)started process builds."""
+
+    state_dir: Path
+    config: Config
+    clock: FakeClock = field(default_factory=FakeClock)
+    source: MemorySource = field(default_factory=MemorySource)
+    lb: MemoryLoadBalancer = field(default_factory=lambda: MemoryLoadBalancer(LB, sessions=2))
+    healthy: bool = True
+    boot_id: str = "boot-1"
+    checks: int = 0
+
+    def check(self, _: HealthConfig) -> tuple[bool, str]:
+        self.checks += 1
+        return self.healthy, "200 OK" if self.healthy else "503 Service Unavailable"
+
+    def engine(self) -> Engine:
+        return Engine(
+            policy=self.config.policy(node_names=frozenset({NODE}), lbs=(LB,)),
+            lbs={LB: self.lb},
+            store=Store(self.state_dir),
+            source=self.source,
+            boot_id=self.boot_id,
+            health=self.config.health,
+            metrics=Metrics(),
+            clock=self.clock,
+            check=self.check,
+        )
+
+    def reboot(self) -> Engine:
+        """The VM came back: a new boot id, a new process, the same state directory."""
+        number = int(self.boot_id.rpartition("-")[2]) + 1
+        self.boot_id = f"boot-{number}"
+        return self.engine()
+
+    def saved(self) -> Record:
+        return Store(self.state_dir).load()
+
+
+def turn(node: Node, engine: Engine) -> Phase:
+    """One poll of the source and the turn it leads to."""
+    record, _ = engine.turn(node.source.events())
+    return record.phase
+
+
+def drained(node: Node, engine: Engine) -> Phase:
+    """Two turns: the first drains, the second reads the load balancer (no session left,
+    ``node.lb.sessions`` 0) and moves on."""
+    assert turn(node, engine) is Phase.DRAINING
+    return turn(node, engine)
+
+
+def turn_until(node: Node, engine: Engine, phase: Phase, *, every: float, turns: int = 20) -> int:
+    """Advance the clock by ``every`` and turn until ``phase``; return the turns taken."""
+    for taken in range(1, turns + 1):
+        node.clock.advance(every)
+        if turn(node, engine) is phase:
+            return taken
+    raise AssertionError(f"not {phase.value} after {turns} turns: {node.saved()}")
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    config = parse_config(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "drain": {"timeout": "30s", "margin": "5s"},
+            "health": {
+                "http": {"url": "http://127.0.0.1:9/"},  # never asked: the check is injected
+                "interval": f"{HEALTH_INTERVAL}s",
+                "successes": 2,
+                "deadline": "60s",
+            },
+            "load_balancers": [{"type": "mock", "name": LB}],
+            "metrics": {"listen": None},
+        }
+    )
+    yield Node(state_dir=tmp_path / "state", config=config)
+
+
+def test_a_whole_reboot_drain_approve_reboot_health_put_back(node: Node) -> None:
+    engine = node.engine()
+    assert turn(node, engine) is Phase.IN_SERVICE and node.lb.calls == []
+
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.DRAINING
+    assert node.lb.calls == ["drain"] and node.source.approvals == []  # not while sessions left
+    assert turn(node, engine) is Phase.DRAINING  # still two sessions open
+
+    node.lb.sessions = 0
+    assert turn(node, engine) is Phase.DRAINED
+    assert node.lb.calls == ["drain", "take_out"]
+    assert node.source.approvals == ["e1"]  # drained, and web-1 is its only resource
+
+    node.source.publish(maintenance("e1", status=EventStatus.STARTED))
+    assert turn(node, engine) is Phase.IN_MAINTENANCE
+    assert node.saved().phase is Phase.IN_MAINTENANCE  # on disk before anything else
+
+    engine = node.reboot()  # the VM went down and came back while the event is listed
+    node.healthy = False
+    assert turn(node, engine) is Phase.RECOVERING
+    assert node.saved().rebooted
+
+    node.source.publish()  # the event is over
+    turn(node, engine)
+    assert node.saved().event is not None  # not believed at once
+    node.clock.advance(GONE_AFTER)
+    turn(node, engine)
+    assert node.saved().event is None
+    turn(node, engine)
+    assert node.lb.calls == ["drain", "take_out"]  # unhealthy: not put back
+
+    node.healthy = True
+    turn_until(node, engine, Phase.IN_SERVICE, every=HEALTH_INTERVAL)
+    assert node.lb.calls == ["drain", "take_out", "put_back"]
+    assert node.lb.status is LBStatus.IN_SERVICE
+    assert node.source.approvals == ["e1"]
+    assert node.saved().phase is Phase.IN_SERVICE and not node.saved().owned
+
+
+def test_a_cancelled_event_puts_the_node_back_after_its_health_checks(node: Node) -> None:
+    engine = node.engine()
+    node.lb.sessions = 0
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert drained(node, engine) is Phase.DRAINED
+    assert node.source.approvals == ["e1"]
+
+    node.source.publish()  # cancelled: it disappears without starting
+    assert turn(node, engine) is Phase.DRAINED  # not believed at once
+    node.clock.advance(GONE_AFTER)
+    checks = node.checks
+    turn_until(node, engine, Phase.IN_SERVICE, every=HEALTH_INTERVAL)
+    assert node.checks >= checks + 2  # health.successes passing checks first
+    assert node.lb.calls == ["drain", "take_out", "put_back"]
+
+
+def test_an_unhealthy_node_is_held_at_the_health_deadline(node: Node) -> None:
+    engine = node.engine()
+    node.lb.sessions = 0
+    node.source.publish(maintenance("e1", status=EventStatus.STARTED))
+    assert drained(node, engine) is Phase.IN_MAINTENANCE
+    node.healthy = False
+    node.source.publish()
+    turn(node, engine)
+    node.clock.advance(GONE_AFTER)
+    assert turn(node, engine) is Phase.RECOVERING
+
+    turns = turn_until(node, engine, Phase.HELD, every=HEALTH_INTERVAL, turns=40)
+    assert turns * HEALTH_INTERVAL >= 60 - HEALTH_INTERVAL  # health.deadline: 60s
+    held = node.saved()
+    assert held.alert and not held.manual
+    assert node.lb.calls == ["drain", "take_out"] and node.lb.status is LBStatus.OUT
+
+    node.healthy = True  # healthy again later: held until a person undrains
+    for _ in range(5):
+        node.clock.advance(HEALTH_INTERVAL)
+        assert turn(node, engine) is Phase.HELD
+    assert "put_back" not in node.lb.calls
+
+
+def test_a_refusal_of_the_load_balancer_is_reported_then_cleared(node: Node) -> None:
+    engine = node.engine()
+    node.lb.fail["drain"] = PermanentAdapterError("below min_in_service")
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.DRAINING
+    assert engine.refused == {LB: "below min_in_service"}
+    assert node.lb.calls == [] and node.lb.status is LBStatus.IN_SERVICE
+
+    del node.lb.fail["drain"]
+    node.lb.sessions = 0
+    turn(node, engine)
+    assert engine.refused == {}
+    assert node.lb.calls[0] == "drain"
+
+
+def test_a_failed_take_out_is_retried_at_the_next_turn(node: Node) -> None:
+    engine = node.engine()
+    node.lb.sessions = 0
+    node.lb.fail["take_out"] = TransientAdapterError("busy")
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert drained(node, engine) is Phase.DRAINED
+    assert node.lb.calls == ["drain"] and LB in engine.refused
+
+    turn(node, engine)
+    assert node.lb.calls == ["drain"]  # still refused
+    del node.lb.fail["take_out"]
+    turn(node, engine)
+    assert node.lb.calls == ["drain", "take_out"] and node.lb.status is LBStatus.OUT
+
+
+def test_a_crash_between_save_and_action_is_resumed_by_the_next_engine(node: Node) -> None:
+    class Crashing(MemoryLoadBalancer):
+        def drain(self) -> None:
+            raise Crash
+
+    healthy_lb = node.lb
+    node.lb = Crashing(LB, sessions=0)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    with pytest.raises(Crash):
+        turn(node, node.engine())
+    assert node.saved().phase is Phase.DRAINING  # the intent was saved before the drain
+    assert node.lb.calls == []
+
+    node.lb = healthy_lb  # a new process, the same load balancer state: in service
+    healthy_lb.sessions = 0
+    assert drained(node, node.engine()) is Phase.DRAINED
+    assert healthy_lb.calls == ["drain", "take_out"]
+    assert node.source.approvals == ["e1"]
+
+
+def test_a_started_event_without_notice_drains_at_once_and_is_never_approved(
+    node: Node,
+) -> None:
+    engine = node.engine()
+    node.source.publish(maintenance("e1", status=EventStatus.STARTED, resources=(NODE, "web-2")))
+    assert turn(node, engine) is Phase.DRAINING
+    assert node.lb.calls == ["drain"]  # at the first poll that lists it
+    node.lb.sessions = 0
+    assert turn(node, engine) is Phase.IN_MAINTENANCE
+    assert node.lb.calls == ["drain", "take_out"] and node.source.approvals == []
+
+
+def test_an_event_for_another_vm_is_ignored(node: Node) -> None:
+    engine = node.engine()
+    node.source.publish(
+        maintenance("e1", status=EventStatus.STARTED, resources=("web-2",)),
+        maintenance("e2", EventType.PREEMPT, resources=("web-3",)),
+    )
+    for _ in range(5):
+        node.clock.advance(1)
+        assert turn(node, engine) is Phase.IN_SERVICE
+    assert node.lb.calls == [] and node.source.approvals == []
+
+
+def test_a_second_event_during_recovery_is_handled_before_going_back(node: Node) -> None:
+    engine = node.engine()
+    node.lb.sessions = 0
+    node.healthy = False
+    node.source.publish(maintenance("e1", status=EventStatus.STARTED))
+    assert drained(node, engine) is Phase.IN_MAINTENANCE
+    node.source.publish()
+    turn(node, engine)
+    node.clock.advance(GONE_AFTER)
+    assert turn(node, engine) is Phase.RECOVERING
+
+    node.source.publish(maintenance("e2", EventType.REDEPLOY, not_before=node.clock.now + 900))
+    assert drained(node, engine) is Phase.DRAINED
+    event = node.saved().event
+    assert event is not None and event.event_id == "e2"
+    assert node.source.approvals == ["e2"]
+    assert "put_back" not in node.lb.calls
+
+
+def test_preempt_removes_the_node_for_good(node: Node) -> None:
+    engine = node.engine()
+    node.lb.sessions = 0
+    node.source.publish(maintenance("e1", EventType.PREEMPT, not_before=node.clock.now + 30))
+    assert drained(node, engine) is Phase.REMOVED
+    assert node.lb.calls == ["drain", "take_out"]
+    node.source.publish()
+    for _ in range(10):
+        node.clock.advance(HEALTH_INTERVAL)
+        assert turn(node, engine) is Phase.REMOVED
+    assert node.saved().event is None and "put_back" not in node.lb.calls
+
+
+def test_a_failed_poll_is_not_the_event_being_gone(node: Node) -> None:
+    engine = node.engine()
+    node.lb.sessions = 0
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert drained(node, engine) is Phase.DRAINED
+    for _ in range(10):  # the metadata service fails: the daemon turns with no listing
+        node.clock.advance(1)
+        record, _ = engine.turn(None)
+        assert record.phase is Phase.DRAINED
+    assert node.lb.calls == ["drain", "take_out"]
