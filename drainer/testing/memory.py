@@ -10,7 +10,7 @@ call).
 
 from __future__ import annotations
 
-from drainer.adapters.base import Check
+from drainer.adapters.base import Check, LoadBalancer
 from drainer.errors import AdapterError, SourceError
 from drainer.model import (
     Damaged,
@@ -77,7 +77,7 @@ class MemorySource:
         self.closed = True
 
 
-class MemoryLoadBalancer:
+class MemoryLoadBalancer(LoadBalancer):
     """A ``LoadBalancer`` whose node is where the calls put it.
 
     ``drain()`` makes an in-service node DRAINING with ``sessions`` still open (set it to
