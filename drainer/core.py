@@ -40,7 +40,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from drainer.model import Damaged, EventStatus, EventType, LBStatus, LBView, MaintenanceEvent
+from drainer.model import (
+    Approve,
+    Damaged,
+    EventStatus,
+    EventType,
+    LBStatus,
+    LBView,
+    MaintenanceEvent,
+)
 
 
 class Phase(StrEnum):
@@ -64,12 +72,6 @@ class Reaction(StrEnum):
     DRAIN = "drain"  # out of the pool, back after the maintenance
     REMOVE = "remove"  # out of the pool for good
     IGNORE = "ignore"
-
-
-class Approve(StrEnum):
-    NEVER = "never"
-    SOLE = "sole"  # only when this VM is the event's only resource
-    ALWAYS = "always"
 
 
 @dataclass(frozen=True)

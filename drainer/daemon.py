@@ -32,7 +32,6 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from types import FrameType
 
@@ -44,7 +43,8 @@ from drainer.engine import Engine, build_lbs, read_boot_id
 from drainer.errors import ConfigError, DrainerError, PayloadError, SourceError, StateError
 from drainer.metrics import Metrics
 from drainer.model import Listing
-from drainer.sources.base import EventSource, SourcePlugin
+from drainer.plugins import source_plugin
+from drainer.sources.base import EventSource
 from drainer.store import Store, remember_names, remembered_names
 
 log = logging.getLogger("drainer")
@@ -55,14 +55,7 @@ WAKE = 0.5  # seconds: the longest the loop sleeps without looking at its flags
 
 
 def build_source(config: Config, stopping: threading.Event) -> EventSource:
-    plugins = {ep.name: ep for ep in entry_points(group="drainer.sources")}
-    if config.source.type not in plugins:
-        known = ", ".join(sorted(plugins))
-        raise ConfigError(f"source.type: unknown source {config.source.type!r} (known: {known})")
-    plugin = plugins[config.source.type].load()
-    if not isinstance(plugin, SourcePlugin):
-        raise ConfigError(f"entry point drainer.sources:{config.source.type} is not a SourcePlugin")
-    return plugin.create(config.source, stopping)
+    return source_plugin(config.source.type).create(config.source, stopping)
 
 
 def node_names(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drainer.adapters.base import AdapterContext, LoadBalancer
-from drainer.config import Config, HealthConfig, adapter_plugins
+from drainer.config import Config, HealthConfig
 from drainer.core import (
     Action,
     Alert,
@@ -52,6 +52,7 @@ from drainer.errors import AdapterError, ConfigError, SourceError, StateError
 from drainer.health import check_health
 from drainer.metrics import Metrics
 from drainer.model import LBView, Listing
+from drainer.plugins import adapter_plugins
 from drainer.sources.base import EventSource
 from drainer.store import Store
 from drainer.unrecorded import Note, Unrecorded

@@ -19,8 +19,9 @@ from drainer._http import is_loopback
 from drainer._net import split_host_port
 from drainer._types import Duration
 from drainer.adapters.base import AdapterConfig, AnyAdapterPlugin
-from drainer.config import adapter_plugins, format_errors
+from drainer.config import format_errors
 from drainer.errors import ConfigError
+from drainer.plugins import adapter_plugins
 
 __all__ = [
     "LimitsConfig",

@@ -31,10 +31,10 @@ from tenacity import (
     wait_exponential,
 )
 
-from drainer.config import SourceConfig
+from drainer._types import HttpUrl
 from drainer.errors import PayloadError, SourceError
 from drainer.model import Damaged, EventStatus, EventType, Listing, MaintenanceEvent
-from drainer.sources.base import SourcePlugin
+from drainer.sources.base import SourceConfig, SourcePlugin
 
 API_VERSION = "2020-07-01"
 COMPUTE_API_VERSION = "2021-02-01"
@@ -42,6 +42,14 @@ EVENTS_PATH = "/metadata/scheduledevents"
 COMPUTE_PATH = "/metadata/instance/compute"
 
 log = logging.getLogger("drainer")
+
+
+class AzureConfig(SourceConfig):
+    """The ``source:`` section for Azure: where the metadata service is. (The keys
+    every source has, most of them the core's policy, are ``SourceConfig``'s.)"""
+
+    type: str = "azure"
+    endpoint: HttpUrl = "http://169.254.169.254"  # refused when read, not by every poll
 
 
 class _Retryable(Exception):
@@ -205,7 +213,7 @@ def names_from_compute(doc: Any) -> frozenset[str]:
 class AzureSource:
     def __init__(
         self,
-        config: SourceConfig,
+        config: AzureConfig,
         *,
         stopping: threading.Event | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -298,8 +306,8 @@ class AzureSource:
         self._client.close()
 
 
-def create(config: SourceConfig, stopping: threading.Event) -> AzureSource:
+def create(config: AzureConfig, stopping: threading.Event) -> AzureSource:
     return AzureSource(config, stopping=stopping)
 
 
-PLUGIN = SourcePlugin(create=create)
+PLUGIN = SourcePlugin(config_model=AzureConfig, create=create)
