@@ -394,11 +394,8 @@ class Engine:
         if new.phase is old.phase:
             return
         self.metrics.set_phase(new.phase, new.since)
-        if old.phase is Phase.DRAINING:
-            result = "deadline" if "deadline" in new.note else "drained"
-            if new.phase is Phase.RECOVERING:
-                result = "cancelled"
-            self.metrics.drains.labels(result).inc()
+        if old.phase is Phase.DRAINING and new.drain_result is not None:
+            self.metrics.drains.labels(new.drain_result.value).inc()
         event = new.event
         extra = {
             "phase": new.phase.value,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from drainer.adapters.base import Check
+from drainer.adapters.base import Check, LoadBalancer
 from drainer.config import HealthConfig, TcpCheck
 from drainer.core import Approve, ManualDrain, ManualUndrain, Phase, Policy, Reaction, Rule
 from drainer.engine import Engine
@@ -52,7 +52,7 @@ class FillableStore(Store):
 
 
 @dataclass
-class FakeLB:
+class FakeLB(LoadBalancer):
     name: str = "lb1"
     status: LBStatus = LBStatus.IN_SERVICE
 
