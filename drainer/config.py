@@ -202,11 +202,17 @@ def parse_config(raw: Any, *, origin: str = "<config>") -> Config:
     section = raw.get("source", {})
     if isinstance(section, dict):
         raw = {k: v for k, v in raw.items() if k != "source"}
+        section = {"type": DEFAULT_SOURCE, **section}
         try:
-            model = source_plugin(section.get("type", DEFAULT_SOURCE)).config_model
-            raw["source"] = model.model_validate({"type": DEFAULT_SOURCE, **section})
+            plugin = source_plugin(section["type"])
         except ConfigError as exc:
+            # the other keys are still checked, as the default source's, so that one
+            # run names every problem
             problems.append(str(exc))
+            section["type"] = DEFAULT_SOURCE
+            plugin = source_plugin(DEFAULT_SOURCE)
+        try:
+            raw["source"] = plugin.config_model.model_validate(section)
         except ValidationError as exc:
             problems += format_errors(exc, ("source",))
     lbs: list[AdapterConfig] = []

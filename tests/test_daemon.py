@@ -406,9 +406,9 @@ def test_failed_take_out_is_retried_until_the_node_is_out(world: World) -> None:
 
 
 def test_pace_backs_off_only_when_the_service_refuses_or_times_out() -> None:
-    from drainer.daemon import Pacer, poll
     from drainer.fake_imds import FakeIMDS
     from drainer.metrics import Metrics
+    from drainer.polling import Pacer, poll
     from drainer.sources.azure import AzureConfig, AzureSource
 
     with FakeIMDS(rate_limit=None) as fake:
