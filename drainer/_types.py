@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import httpx
-from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PlainSerializer
 
 from drainer.model import format_duration, parse_duration
 
-__all__ = ["Duration", "HttpUrl", "PositiveDuration", "http_url"]
+__all__ = ["Duration", "HttpUrl", "PositiveDuration", "exactly_one", "http_url"]
 
 # Seconds, written as 2s, 500ms, 5m... (or a number of seconds); printed the same way.
 Duration = Annotated[
@@ -47,3 +47,9 @@ def http_url(url: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(http_url)]
+
+
+def exactly_one(model: BaseModel, first: str, second: str) -> None:
+    """For a model validator: ValueError unless exactly one of two keys is set."""
+    if (getattr(model, first) is None) == (getattr(model, second) is None):
+        raise ValueError(f"set exactly one of {first} or {second}")

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from drainer._net import split_host_port
-from drainer._types import Duration, HttpUrl, PositiveDuration
+from drainer._types import Duration, HttpUrl, PositiveDuration, exactly_one
 from drainer.adapters.base import AdapterConfig
 from drainer.core import Policy, Reaction, Rule
 from drainer.errors import ConfigError
@@ -125,8 +125,7 @@ class HealthConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_check(self) -> HealthConfig:
-        if (self.http is None) == (self.tcp is None):
-            raise ValueError("set exactly one of http or tcp")
+        exactly_one(self, "http", "tcp")
         return self
 
 

@@ -19,7 +19,7 @@ import re
 import threading
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from tenacity import (
@@ -94,6 +94,19 @@ def _name(item: dict[str, Any], key: str, problems: list[str]) -> str:
     return ""
 
 
+E = TypeVar("E", EventType, EventStatus)
+
+
+def _known(kind: type[E], text: str, problems: list[str], key: str, meaning: str) -> tuple[E, str]:
+    """The member named ``text``, or UNKNOWN and the name as listed (``?`` when blank)."""
+    try:
+        return kind(text), ""
+    except ValueError:
+        if text:
+            problems.append(f"{key} {text!r} unknown: {meaning}")
+        return kind.UNKNOWN, text or "?"
+
+
 def _translate(item: dict[str, Any], key: str) -> tuple[MaintenanceEvent, bool] | None:
     """The event as far as it can be read, and whether its Resources could be; None
     when its status says it is over."""
@@ -104,18 +117,12 @@ def _translate(item: dict[str, Any], key: str) -> tuple[MaintenanceEvent, bool] 
     status = _name(item, "EventStatus", problems)
     if status.lower() in _OVER:
         return None
-    try:
-        event_type, raw_type = EventType(kind), ""
-    except ValueError:
-        event_type, raw_type = EventType.UNKNOWN, kind or "?"
-        if kind:
-            problems.append(f"EventType {kind!r} unknown: the rule events.Unknown applies")
-    try:
-        event_status, raw_status = EventStatus(status), ""
-    except ValueError:
-        event_status, raw_status = EventStatus.UNKNOWN, status or "?"
-        if status:
-            problems.append(f"EventStatus {status!r} unknown: pending, drained now, never approved")
+    event_type, raw_type = _known(
+        EventType, kind, problems, "EventType", "the rule events.Unknown applies"
+    )
+    event_status, raw_status = _known(
+        EventStatus, status, problems, "EventStatus", "pending, drained now, never approved"
+    )
     resources = item.get("Resources")
     readable = isinstance(resources, list) and all(isinstance(r, str) for r in resources)
     if not readable:
