@@ -27,7 +27,8 @@ P = TypeVar("P", AnyAdapterPlugin, AnySourcePlugin)
 def _load(group: str, ep: EntryPoint, kind: type[P]) -> P:
     plugin = ep.load()
     if not isinstance(plugin, kind):
-        raise ConfigError(f"entry point {group}:{ep.name} is not a {kind.__name__}")
+        article = "an" if kind.__name__[0] in "AEIOU" else "a"
+        raise ConfigError(f"entry point {group}:{ep.name} is not {article} {kind.__name__}")
     return plugin
 
 
