@@ -8,6 +8,7 @@ cd "$(dirname "$0")"
 
 .venv/bin/ruff check drainer tests bench
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache  # the layers in .importlinter
 status=0
 .venv/bin/python -m pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then

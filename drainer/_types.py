@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer
+import httpx
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PlainSerializer
 
 from drainer.model import format_duration, parse_duration
 
-__all__ = ["Duration", "PositiveDuration"]
+__all__ = ["Duration", "HttpUrl", "PositiveDuration", "exactly_one", "http_url"]
 
 # Seconds, written as 2s, 500ms, 5m... (or a number of seconds); printed the same way.
 Duration = Annotated[
@@ -31,3 +32,24 @@ def _positive(seconds: float) -> float:
 
 # A duration where 0 makes no sense (a timeout, an interval, a deadline).
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+
+
+def http_url(url: str) -> str:
+    """An http(s) URL with a host, refused when the configuration is read rather than by
+    every request made with it."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"not a URL: {url!r} ({exc})") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"not an http(s) URL with a host: {url!r}")
+    return url
+
+
+HttpUrl = Annotated[str, AfterValidator(http_url)]
+
+
+def exactly_one(model: BaseModel, first: str, second: str) -> None:
+    """For a model validator: ValueError unless exactly one of two keys is set."""
+    if (getattr(model, first) is None) == (getattr(model, second) is None):
+        raise ValueError(f"set exactly one of {first} or {second}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -19,32 +18,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from drainer import logs
-from drainer._files import make_private_dir
-from drainer.adapters.base import Check, preflight
 from drainer.config import Config, dump_config, load_config
 from drainer.core import (
-    OUT_PHASES,
     ManualDrain,
     ManualUndrain,
     Phase,
     Record,
-    names_this_vm,
-    reaction,
     relevant,
     salvage,
 )
-from drainer.daemon import Node, assemble, build_source
 from drainer.daemon import run as run_daemon
-from drainer.engine import build_lbs, read_boot_id
 from drainer.errors import ConfigError, DrainerError, SourceError
-from drainer.health import check_health
-from drainer.model import LBStatus, LBView, MaintenanceEvent
-from drainer.sidecar import inspect as inspect_sidecar
+from drainer.model import LBView, MaintenanceEvent
+from drainer.node import Node, assemble
+from drainer.preflight import check_setup
+from drainer.status import event_lines, event_rows, status_data, status_lines
 from drainer.store import LOCK_TIMEOUT
 
 app = typer.Typer(
@@ -322,75 +315,6 @@ def undrain(
 # -- status / events -----------------------------------------------------------------------
 
 
-def _sidecar_data(node: Node, now: float) -> dict[str, Any]:
-    sidecar = inspect_sidecar(node.config.state_dir)
-    age = sidecar.age(now)
-    return {
-        "running": sidecar.running,
-        "pid": sidecar.pid if sidecar.running else None,
-        "last_turn": sidecar.last_turn,
-        "age": None if age is None else round(age, 1),
-        "stale": sidecar.stale(now),
-    }
-
-
-def _sidecar_line(sidecar: dict[str, Any]) -> str:
-    if not sidecar["running"]:
-        return "not running: nothing watches this node for maintenance (start `drainer run`)"
-    pid = f" (pid {sidecar['pid']})" if sidecar["pid"] else ""
-    if sidecar["age"] is None:
-        return f"running{pid}, no turn completed yet"
-    turn = f"last turn {sidecar['age']:.0f} s ago"
-    return (
-        f"STALE{pid}: {turn}; is drainer run stuck?"
-        if sidecar["stale"]
-        else f"running{pid}, {turn}"
-    )
-
-
-def _status_data(node: Node) -> dict[str, Any]:
-    sidecar = _sidecar_data(node, time.time())
-    record = node.engine.store.load()
-    views = node.engine.views()
-    lbs: dict[str, Any] = {}
-    for name, view in views.items():
-        if view is None:
-            lbs[name] = {"error": node.engine.read_error(name)}
-        else:
-            lbs[name] = {
-                "status": view.status.value,
-                "sessions": view.sessions,
-                "detail": view.detail,
-                "owned": name in record.owned,
-            }
-    return {
-        "node": sorted(node.engine.policy.node_names),
-        "phase": record.phase.value,
-        "since": record.since,
-        "manual": record.manual,
-        "event": record.event.to_json() if record.event else None,
-        "owned": sorted(record.owned),
-        "load_balancers": lbs,
-        "health": {"consecutive_ok": record.health_ok, "last": record.health_detail},
-        "alert": record.alert,
-        "note": record.note,
-        "needs_attention": _needs_attention(record, views),
-        "sidecar": sidecar,
-    }
-
-
-def _needs_attention(record: Record, views: dict[str, LBView | None]) -> bool:
-    """Held as unhealthy, a load balancer unreachable, or one where the node is meant
-    to be out and is not."""
-    unhealthy_hold = record.phase is Phase.HELD and not record.manual
-    unreachable = any(v is None for v in views.values())
-    meant_out = record.phase in (Phase.DRAINED, Phase.IN_MAINTENANCE, Phase.HELD, Phase.REMOVED)
-    not_out = meant_out and any(
-        (v := views.get(name)) is not None and v.status is not LBStatus.OUT for name in record.owned
-    )
-    return unhealthy_hold or unreachable or not_out
-
-
 STATUS_NEEDS_A_PERSON = 1
 STATUS_NO_SIDECAR = 3
 
@@ -404,33 +328,12 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
     1 needs a person: held as unhealthy, a load balancer unreachable, or meant to be out
     and not out (also: the status could not be read); 2 bad usage or configuration."""
     with _errors(), _node(config) as node:
-        data = _status_data(node)
+        data = status_data(node)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:
-        typer.echo(f"node:   {', '.join(data['node'])}")
-        typer.echo(f"sidecar: {_sidecar_line(data['sidecar'])}")
-        held = " (manual)" if data["manual"] else ""
-        if data["since"]:
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data["since"]))
-            typer.echo(f"phase:  {data['phase']}{held} since {since}: {data['note']}")
-        else:
-            typer.echo(f"phase:  {data['phase']} (nothing has happened yet)")
-        if data["event"]:
-            e = data["event"]
-            kind, state = e["raw_type"] or e["event_type"], e["raw_status"] or e["status"]
-            typer.echo(f"event:  {kind} {e['event_id']} {state}")
-        for name, lb in data["load_balancers"].items():
-            mine = " (drained by drainer)" if lb.get("owned") else ""
-            text = lb.get("error") or f"{lb['status']}, {lb['sessions']} sessions: {lb['detail']}"
-            typer.echo(f"lb:     {name}: {text}{mine}")
-        if data["phase"] in {p.value for p in OUT_PHASES}:
-            typer.echo(
-                f"health: {data['health']['consecutive_ok']} ok in a row; "
-                f"last: {data['health']['last'] or '-'}"
-            )
-        if data["alert"]:
-            typer.echo(f"ALERT:  {data['alert']}")
+        for line in status_lines(data):
+            typer.echo(line)
     if data["sidecar"]["stale"]:
         raise typer.Exit(STATUS_NO_SIDECAR)
     raise typer.Exit(STATUS_NEEDS_A_PERSON if data["needs_attention"] else 0)
@@ -440,37 +343,12 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
 def events(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
     """List the maintenance events the metadata service shows now."""
     with _errors(), _node(config) as node:
-        listing = node.source.events()
-        policy = node.engine.policy
-        # an entry the source could not read is listed only when it may be this VM's
-        found = listing.events + salvage(listing.damaged, policy)
-        mine = {e.event_id for e in relevant(found, policy)}
-        rows: list[dict[str, Any]] = [
-            {
-                **e.to_json(),
-                "for_this_node": names_this_vm(e, policy),
-                "reaction": reaction(e, policy).value if e.event_id in mine else "ignore",
-            }
-            for e in found
-        ]
+        rows = event_rows(node)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    if not rows:
-        typer.echo("no scheduled events")
-    for row in rows:
-        when = (
-            time.strftime("%H:%M:%S", time.localtime(row["not_before"]))
-            if row["not_before"]
-            else "now"
-        )
-        typer.echo(
-            f"{row['raw_type'] or row['event_type']:<9} {row['raw_status'] or row['status']:<9} "
-            f"not before {when}  {row['event_id']}  {','.join(row['resources'])}  "
-            f"-> {row['reaction']}"
-        )
-        for problem in row["problems"]:
-            typer.echo(f"          ! {problem}")
+    for line in event_lines(rows):
+        typer.echo(line)
 
 
 # -- check ---------------------------------------------------------------------------------
@@ -481,88 +359,13 @@ def check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Check the setup live: metadata service, load balancers, health check, state
     directory. One line per check; exit 1 if one fails, 2 on a bad configuration."""
     with _errors():
-        checks = _preflight(_load(config))
+        checks = check_setup(_load(config))
     for item in checks:
         typer.echo(f"{'ok' if item.ok else 'FAIL':<4}  {item.name}: {item.detail}")
     failed = sum(1 for item in checks if not item.ok)
     if failed:
         typer.echo(f"drainer: {failed} of {len(checks)} checks failed", err=True)
     raise typer.Exit(1 if failed else 0)
-
-
-def _preflight(config: Config) -> list[Check]:
-    """Every check ``drainer check`` prints; changes nothing anywhere."""
-    source = build_source(config, threading.Event())
-    checks: list[Check] = []
-    try:
-        names: frozenset[str] = frozenset()
-        try:
-            names = source.node_names()
-        except SourceError as exc:
-            checks.append(Check("metadata: this VM", False, str(exc)))
-        else:
-            wanted = config.node.name
-            if wanted and wanted not in names:
-                checks.append(
-                    Check(
-                        "metadata: this VM",
-                        False,
-                        f"the metadata service calls this VM {', '.join(sorted(names))}, not"
-                        f" {wanted} (node.name): events for this VM would not be recognised",
-                    )
-                )
-            else:
-                checks.append(Check("metadata: this VM", True, ", ".join(sorted(names))))
-        try:
-            source.events()
-            checks.append(Check("metadata: scheduled events", True, "readable"))
-        except SourceError as exc:
-            checks.append(Check("metadata: scheduled events", False, str(exc)))
-        node = config.node.name or min(names, default="")
-        if not node:
-            checks.append(
-                Check(
-                    "load balancers",
-                    False,
-                    "not checked: this VM's name is unknown (set node.name)",
-                )
-            )
-        else:
-            lbs = build_lbs(config, node)
-            try:
-                for lb in lbs.values():
-                    checks += preflight(lb)
-            finally:
-                for lb in lbs.values():
-                    lb.close()
-    finally:
-        source.close()
-    ok, detail = check_health(config.health)
-    checks.append(Check("health check", ok, detail))
-    checks.append(_check_state_dir(config.state_dir))
-    try:
-        checks.append(Check("boot id", True, read_boot_id(config.node.boot_id_path)))
-    except ConfigError as exc:
-        checks.append(Check("boot id", False, str(exc)))
-    return checks
-
-
-def _check_state_dir(state_dir: Path) -> Check:
-    """The state directory takes a new file (as a save does: write, fsync, remove)."""
-    probe = state_dir / f".check.{os.getpid()}.tmp"
-    try:
-        make_private_dir(state_dir)
-        with open(probe, "w") as out:
-            out.write("drainer check\n")
-            out.flush()
-            os.fsync(out.fileno())
-        probe.unlink()
-        free = os.statvfs(state_dir)
-    except OSError as exc:
-        probe.unlink(missing_ok=True)
-        return Check("state directory", False, f"cannot write in {state_dir}: {exc.strerror}")
-    mib = free.f_bavail * free.f_frsize / 2**20
-    return Check("state directory", True, f"{state_dir} writable, {mib:.0f} MiB free")
 
 
 # -- config --------------------------------------------------------------------------------

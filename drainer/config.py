@@ -7,11 +7,9 @@ nowhere else; ``drainer config show`` prints them.
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import httpx
 import yaml
 from pydantic import (
     BaseModel,
@@ -25,11 +23,31 @@ from pydantic import (
 )
 
 from drainer._net import split_host_port
-from drainer._types import Duration, PositiveDuration
-from drainer.adapters.base import AdapterConfig, AdapterPlugin, AnyAdapterPlugin
-from drainer.core import Approve, Policy, Reaction, Rule
+from drainer._types import Duration, HttpUrl, PositiveDuration, exactly_one
+from drainer.adapters.base import AdapterConfig
+from drainer.core import Policy, Reaction, Rule
 from drainer.errors import ConfigError
 from drainer.model import EventType
+from drainer.plugins import adapter_plugins, source_plugin
+from drainer.sources.base import SourceConfig
+
+__all__ = [
+    "Config",
+    "DrainConfig",
+    "HealthConfig",
+    "HttpCheck",
+    "MetricsConfig",
+    "NodeConfig",
+    "TcpCheck",
+    "adapter_plugins",  # from drainer.plugins, imported from here by older callers
+    "check_listen",
+    "dump_config",
+    "format_errors",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_SOURCE = "azure"  # the source of a configuration that names none
 
 
 def check_listen(listen: str) -> str:
@@ -45,32 +63,6 @@ class _Strict(BaseModel):
 class NodeConfig(_Strict):
     name: str | None = None  # default: the VM's name from the metadata service
     boot_id_path: Path = Path("/proc/sys/kernel/random/boot_id")
-
-
-class SourceConfig(_Strict):
-    type: str = "azure"
-    endpoint: str = "http://169.254.169.254"
-    poll_interval: PositiveDuration = 1.0
-    timeout: PositiveDuration = 2.0
-    approve: Approve = Approve.SOLE
-    # An event the node is out for is over once it stayed unlisted this long...
-    gone_after: Duration = 5.0
-    # ...or this long right after failed polls or a DocumentIncarnation that went back
-    # (a re-enabled metadata service can list nothing for minutes).
-    gone_after_doubt: Duration = 120.0
-
-    @field_validator("type")
-    @classmethod
-    def _known_source(cls, kind: str) -> str:
-        known = sorted(ep.name for ep in entry_points(group="drainer.sources"))
-        if kind not in known:
-            raise ValueError(f"unknown source {kind!r} (known: {', '.join(known)})")
-        return kind
-
-    @field_validator("endpoint")
-    @classmethod
-    def _http_endpoint(cls, url: str) -> str:
-        return HttpCheck._http_url(url)  # refused here, not by every poll of drainer run
 
 
 class EventRule(_Strict):
@@ -113,20 +105,9 @@ class DrainConfig(_Strict):
 
 
 class HttpCheck(_Strict):
-    url: str
+    url: HttpUrl
     expect_status: list[int] = [200]
     timeout: PositiveDuration = 2.0
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, url: str) -> str:
-        try:
-            parsed = httpx.URL(url)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"not a URL: {url!r} ({exc})") from exc
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"not an http(s) URL with a host: {url!r}")
-        return url
 
 
 class TcpCheck(_Strict):
@@ -144,8 +125,7 @@ class HealthConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_check(self) -> HealthConfig:
-        if (self.http is None) == (self.tcp is None):
-            raise ValueError("set exactly one of http or tcp")
+        exactly_one(self, "http", "tcp")
         return self
 
 
@@ -161,7 +141,8 @@ class MetricsConfig(_Strict):
 class Config(_Strict):
     node: NodeConfig = NodeConfig()
     state_dir: Path = Path("/var/lib/drainer")
-    source: SourceConfig = SourceConfig()
+    # validated by the source plugin's config_model (parse_config), so: no default here
+    source: SerializeAsAny[SourceConfig]
     events: dict[EventType, RuleField] = Field(default_factory=_default_rules)
     drain: DrainConfig = DrainConfig()
     health: HealthConfig
@@ -185,17 +166,6 @@ class Config(_Strict):
             gone_after=self.source.gone_after,
             gone_after_doubt=self.source.gone_after_doubt,
         )
-
-
-def adapter_plugins() -> dict[str, AnyAdapterPlugin]:
-    """Every adapter registered under the ``drainer.adapters`` entry-point group."""
-    plugins: dict[str, AnyAdapterPlugin] = {}
-    for ep in entry_points(group="drainer.adapters"):
-        plugin = ep.load()
-        if not isinstance(plugin, AdapterPlugin):
-            raise ConfigError(f"entry point drainer.adapters:{ep.name} is not an AdapterPlugin")
-        plugins[ep.name] = plugin
-    return plugins
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -228,6 +198,22 @@ def parse_config(raw: Any, *, origin: str = "<config>") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: the configuration must be a mapping of keys")
     problems: list[str] = []
+    section = raw.get("source", {})
+    if isinstance(section, dict):
+        raw = {k: v for k, v in raw.items() if k != "source"}
+        section = {"type": DEFAULT_SOURCE, **section}
+        try:
+            plugin = source_plugin(section["type"])
+        except ConfigError as exc:
+            # the other keys are still checked, as the default source's, so that one
+            # run names every problem
+            problems.append(str(exc))
+            section["type"] = DEFAULT_SOURCE
+            plugin = source_plugin(DEFAULT_SOURCE)
+        try:
+            raw["source"] = plugin.config_model.model_validate(section)
+        except ValidationError as exc:
+            problems += format_errors(exc, ("source",))
     lbs: list[AdapterConfig] = []
     plugins = adapter_plugins()
     entries = raw.get("load_balancers")
@@ -248,9 +234,11 @@ def parse_config(raw: Any, *, origin: str = "<config>") -> Config:
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        # an entry that failed above is missing from the list: its own message says why
-        lb_failed = any(p.startswith("load_balancers") for p in problems)
-        problems += [m for m in format_errors(exc) if not (lb_failed and m.startswith("load_b"))]
+        # a section that failed above is missing: its own message says why
+        failed = tuple(
+            k for k in ("load_balancers", "source") if any(p.startswith(k) for p in problems)
+        )
+        problems += [m for m in format_errors(exc) if not (failed and m.startswith(failed))]
         config = None
     if problems or config is None:
         raise ConfigError("\n".join(f"{origin}: {p}" for p in problems))

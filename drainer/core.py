@@ -25,11 +25,12 @@ balancers report. Hence the invariants:
   (``Damaged``) is for this VM when its text names the VM, and is then due now and
   never approved; an unknown status is pending, drained at once and never approved.
 
-Phases:
+Phases (``TRANSITIONS`` holds every move; ``_enter`` refuses any other):
     in_service --event due / manual drain--> draining --drained or deadline--> drained
     drained --event started--> in_maintenance --event gone or reboot--> recovering
     draining/drained --event cancelled--> recovering --healthy, no event--> in_service
     recovering --health deadline--> held;  any --Preempt/Terminate drained--> removed
+    any --undrain--> recovering
 """
 
 from __future__ import annotations
@@ -40,7 +41,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from drainer.model import Damaged, EventStatus, EventType, LBStatus, LBView, MaintenanceEvent
+from drainer.model import (
+    Approve,
+    Damaged,
+    EventStatus,
+    EventType,
+    LBStatus,
+    LBView,
+    MaintenanceEvent,
+)
 
 
 class Phase(StrEnum):
@@ -57,6 +66,29 @@ OUT_PHASES = frozenset(
     {Phase.DRAINED, Phase.IN_MAINTENANCE, Phase.RECOVERING, Phase.HELD, Phase.REMOVED}
 )
 
+# The phases each phase may go to. An operator's undrain goes to recovering from
+# anywhere; a node comes back in service only from recovering; an unrecorded drain found
+# at the load balancers (``adopt_unrecorded``) takes an in-service node straight out.
+TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
+    Phase.IN_SERVICE: frozenset({Phase.DRAINING, Phase.DRAINED, Phase.HELD, Phase.RECOVERING}),
+    Phase.DRAINING: frozenset(
+        {Phase.DRAINED, Phase.IN_MAINTENANCE, Phase.HELD, Phase.REMOVED, Phase.RECOVERING}
+    ),
+    Phase.DRAINED: frozenset({Phase.IN_MAINTENANCE, Phase.REMOVED, Phase.RECOVERING}),
+    Phase.IN_MAINTENANCE: frozenset({Phase.REMOVED, Phase.RECOVERING}),
+    Phase.RECOVERING: frozenset({Phase.IN_SERVICE, Phase.DRAINING, Phase.HELD, Phase.RECOVERING}),
+    Phase.HELD: frozenset({Phase.REMOVED, Phase.RECOVERING}),
+    Phase.REMOVED: frozenset({Phase.RECOVERING}),
+}
+
+
+class DrainResult(StrEnum):
+    """How a drain ended: the ``result`` of ``drainer_drains_total``."""
+
+    DRAINED = "drained"  # no connections left
+    DEADLINE = "deadline"  # the drain deadline passed first
+    CANCELLED = "cancelled"  # back to recovering: the event went, a reboot, an undrain
+
 
 class Reaction(StrEnum):
     """What an event type does to this node."""
@@ -64,12 +96,6 @@ class Reaction(StrEnum):
     DRAIN = "drain"  # out of the pool, back after the maintenance
     REMOVE = "remove"  # out of the pool for good
     IGNORE = "ignore"
-
-
-class Approve(StrEnum):
-    NEVER = "never"
-    SOLE = "sole"  # only when this VM is the event's only resource
-    ALWAYS = "always"
 
 
 @dataclass(frozen=True)
@@ -117,6 +143,7 @@ class Record:
     dismissed: tuple[str, ...] = ()  # event ids an operator's undrain told us to let be
     alert: str = ""  # the last thing a person should know about
     note: str = ""  # why the last transition happened
+    drain_result: DrainResult | None = None  # how the last drain ended
     # What the last documents said, to tell a vanished event from a blind metadata service:
     incarnation: int | None = None  # DocumentIncarnation of the last document read
     listed: tuple[str, ...] = ()  # this node's event ids in the last document read
@@ -490,6 +517,10 @@ def _track(
 
 
 def _enter(record: Record, phase: Phase, now: float, note: str, **changes: object) -> Record:
+    assert phase in TRANSITIONS[record.phase], f"{record.phase} -> {phase} is not a transition"
+    if record.phase is Phase.DRAINING and phase is Phase.RECOVERING:
+        changes["drain_result"] = DrainResult.CANCELLED
+    assert record.phase is not Phase.DRAINING or "drain_result" in changes, "how it ended?"
     return replace(record, phase=phase, since=now, note=note, **changes)  # type: ignore[arg-type]
 
 
@@ -818,14 +849,16 @@ def _draining(
         actions.append(TakeOut(tuple(sorted(record.owned)), kill=kill))
     event = record.event
     note = "no connections left" if drained else "drain deadline passed"
+    ended = DrainResult.DRAINED if drained else DrainResult.DEADLINE
     if record.manual:
-        record = _enter(record, Phase.HELD, now, note)
+        record = _enter(record, Phase.HELD, now, note, drain_result=ended)
     elif event is not None and reaction(event, policy) is Reaction.REMOVE:
-        record = _enter(record, Phase.REMOVED, now, f"{note}; removal event: never back")
+        note += "; removal event: never back"
+        record = _enter(record, Phase.REMOVED, now, note, drain_result=ended)
     elif event is not None and event.status is EventStatus.STARTED:
-        record = _enter(record, Phase.IN_MAINTENANCE, now, note)
+        record = _enter(record, Phase.IN_MAINTENANCE, now, note, drain_result=ended)
     else:
-        record = _enter(record, Phase.DRAINED, now, note)
+        record = _enter(record, Phase.DRAINED, now, note, drain_result=ended)
     record, more = _maybe_approve(record, now, policy)
     return record, actions + more
 

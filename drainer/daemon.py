@@ -7,16 +7,15 @@ and stopping never undoes a drain: the VM may be going down.
 
 What the loop does besides turning:
 
-- **Pace.** The next poll comes one ``poll_interval`` later; only while the service
-  refuses or times out (429, 5xx, timeouts) does the pause double, up to 16 times. An
-  off-schema answer (PayloadError) is retried at the normal pace: the next answer may be
-  fine, and a maintenance notice can be as short as 30 s.
+- **Pace.** The next poll comes one ``poll_interval`` later, slower only while the
+  service refuses or times out (``drainer.polling``).
 - **Re-check.** While the node should be out, the load balancers are read every
   ``drain.recheck_interval`` between polls, and the drain re-asserted where a reload or
   a restart forgot it; the source is not polled for that.
 - **Show itself.** One ``drainer run`` per state directory (``sidecar.acquire``); a
   heartbeat after every completed turn (``sidecar.beat``); ``/healthz`` and ``/readyz``
-  next to ``/metrics``; systemd's notify protocol when ``NOTIFY_SOCKET`` is set. A state
+  next to ``/metrics``; systemd's notify protocol when ``NOTIFY_SOCKET`` is set
+  (``drainer.systemd``). A state
   directory that cannot be written at start ends ``drainer run`` (exit 1); later, it
   fails ``/healthz`` while it lasts and is logged once.
 - **SIGHUP** reloads the configuration between turns: a configuration that does not
@@ -28,209 +27,29 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 import time
-from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from types import FrameType
 
 from drainer import sidecar
-from drainer.adapters.base import LoadBalancer, preflight
+from drainer.adapters.base import preflight
 from drainer.config import Config, load_config
-from drainer.core import Record
-from drainer.engine import Engine, build_lbs, read_boot_id
-from drainer.errors import ConfigError, DrainerError, PayloadError, SourceError, StateError
+from drainer.errors import ConfigError, DrainerError, StateError
 from drainer.metrics import Metrics
 from drainer.model import Listing
-from drainer.sources.base import EventSource, SourcePlugin
-from drainer.store import Store, remember_names, remembered_names
+from drainer.node import Node, assemble
+from drainer.polling import Pacer, poll
+from drainer.store import Store
+from drainer.systemd import Notifier, status_line
+
+# assemble: also the demo's way to build a node (drainer.demo imports it from here)
+__all__ = ["Runner", "assemble", "loop", "run"]
 
 log = logging.getLogger("drainer")
 
-MAX_BACKOFF = 16  # times the poll interval, while the service refuses or times out
 LB_METRICS_EVERY = 15.0  # seconds: read the load balancers for the metrics when idle
 WAKE = 0.5  # seconds: the longest the loop sleeps without looking at its flags
-
-
-def build_source(config: Config, stopping: threading.Event) -> EventSource:
-    plugins = {ep.name: ep for ep in entry_points(group="drainer.sources")}
-    if config.source.type not in plugins:
-        known = ", ".join(sorted(plugins))
-        raise ConfigError(f"source.type: unknown source {config.source.type!r} (known: {known})")
-    plugin = plugins[config.source.type].load()
-    if not isinstance(plugin, SourcePlugin):
-        raise ConfigError(f"entry point drainer.sources:{config.source.type} is not a SourcePlugin")
-    return plugin.create(config.source, stopping)
-
-
-def node_names(
-    config: Config, source: EventSource, stopping: threading.Event, *, patient: bool
-) -> frozenset[str]:
-    """The configured name, or the VM's names from the source, kept in the state
-    directory once learned. The daemon retries until the source answers; a CLI command
-    falls back at once to the names kept, so it works while the source is down."""
-    if config.node.name:
-        return frozenset({config.node.name})
-    delay = 1.0
-    while not stopping.is_set():
-        try:
-            names = source.node_names()
-        except SourceError as exc:
-            if not patient:
-                kept = remembered_names(config.state_dir)
-                if kept is None:
-                    raise SourceError(
-                        f"cannot learn this VM's name (set node.name): {exc}"
-                    ) from exc
-                log.warning(
-                    "cannot ask the metadata service for this VM's name (%s); "
-                    "using the name learned before: %s",
-                    exc,
-                    ", ".join(sorted(kept)),
-                )
-                return kept
-            log.warning("cannot learn this VM's name yet (%s); retrying in %.0fs", exc, delay)
-            stopping.wait(delay)
-            delay = min(delay * 2, 30.0)
-            continue
-        try:
-            remember_names(config.state_dir, names)
-        except StateError as exc:  # only a convenience for later: go on without it
-            log.warning("cannot keep this VM's name for later: %s", exc)
-        return names
-    raise DrainerError("stopped before this VM's name was known")
-
-
-@dataclass
-class Node:
-    """Everything one node's engine needs, built from the configuration."""
-
-    config: Config
-    engine: Engine
-    source: EventSource
-    lbs: dict[str, LoadBalancer]
-
-    def close(self) -> None:
-        for lb in self.lbs.values():
-            lb.close()
-        self.source.close()
-
-
-def assemble(
-    config: Config,
-    stopping: threading.Event,
-    *,
-    patient: bool = False,
-    metrics: Metrics | None = None,
-    names: frozenset[str] | None = None,
-) -> Node:
-    source = build_source(config, stopping)
-    try:
-        names = names or node_names(config, source, stopping, patient=patient)
-        lbs = build_lbs(config, sorted(names)[0])
-    except BaseException:
-        source.close()
-        raise
-    engine = Engine(
-        policy=config.policy(node_names=names, lbs=tuple(lbs)),
-        lbs=lbs,
-        store=Store(config.state_dir),
-        source=source,
-        boot_id=read_boot_id(config.node.boot_id_path),
-        health=config.health,
-        metrics=metrics or Metrics(),
-    )
-    return Node(config=config, engine=engine, source=source, lbs=lbs)
-
-
-# -- one poll, and the pace of the next ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Polled:
-    """One poll's outcome: the events (None: unreadable) and whether to slow down."""
-
-    events: Listing | None
-    back_off: bool = False  # the service refused or timed out (429, 5xx, timeouts)
-
-
-def poll(source: EventSource, metrics: Metrics) -> Polled:
-    """The source's listing, or None (never an empty one) when it could not be read."""
-    try:
-        events = source.events()
-    except PayloadError as exc:
-        metrics.errors.labels("payload").inc()
-        log.error("metadata payload rejected: %s", exc)
-        return Polled(None)
-    except SourceError as exc:
-        metrics.errors.labels("source").inc()
-        log.warning("%s", exc)
-        return Polled(None, back_off=True)
-    except Exception:  # a source plugin's bug must not stop the sidecar: "unknown" is safe
-        metrics.errors.labels("internal").inc()
-        log.exception("the event source failed unexpectedly")
-        return Polled(None)
-    metrics.last_poll.set(time.time())
-    return Polled(events)
-
-
-@dataclass
-class Pacer:
-    """The pause before the next poll: ``interval``, doubled for every poll in a row that
-    the service refused or timed out (429s mean we are too fast), up to ``MAX_BACKOFF``
-    times. Any other poll, an off-schema answer included, resets the pace."""
-
-    interval: float
-    streak: int = 0
-
-    def after(self, polled: Polled) -> float:
-        self.streak = self.streak + 1 if polled.back_off else 0
-        return self.interval * float(min(2 ** max(self.streak - 1, 0), MAX_BACKOFF))
-
-
-# -- systemd -----------------------------------------------------------------------------------
-
-
-class Notifier:
-    """systemd's notify protocol: datagrams to ``$NOTIFY_SOCKET`` (a path, or ``@name``
-    for an abstract socket). Does nothing without it; a failed send is logged once."""
-
-    def __init__(self, address: str | None) -> None:
-        self._address = ""
-        self._sock: socket.socket | None = None
-        self._failed = False
-        if not address:
-            return
-        if not address.startswith(("/", "@")):
-            log.warning("NOTIFY_SOCKET=%s: not a unix socket path; not notifying systemd", address)
-            return
-        self._address = "\0" + address[1:] if address.startswith("@") else address
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-
-    def send(self, *lines: str) -> None:
-        if self._sock is None:
-            return
-        try:
-            self._sock.sendto("\n".join(lines).encode(), self._address)
-            self._failed = False
-        except OSError as exc:
-            if not self._failed:
-                log.warning("cannot notify systemd at NOTIFY_SOCKET: %s", exc.strerror)
-            self._failed = True
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-
-def _status(record: Record) -> str:
-    line = record.phase.value + (" (manual)" if record.manual else "")
-    if record.note:
-        line += f": {record.note}"
-    return f"STATUS={line.replace(chr(10), ' ')[:200]}"
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -318,7 +137,7 @@ class Runner:
             self._state_trouble("")
         self.metrics.probes.turned()
         self.metrics.last_turn.set(now)
-        status = _status(record)
+        status = status_line(record)
         self.notifier.send("WATCHDOG=1", *([status] if status != self._status else []))
         self._status = status
 
@@ -496,7 +315,7 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
                 record.phase.value,
                 ", ".join(node.lbs),
             )
-            notifier.send("READY=1", _status(record), f"MAINPID={os.getpid()}")
+            notifier.send("READY=1", status_line(record), f"MAINPID={os.getpid()}")
             worker = threading.Thread(target=runner.loop, name="drainer-loop", daemon=True)
             worker.start()
             while worker.is_alive() and not stopping.is_set():

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drainer.adapters.base import AdapterContext, LoadBalancer
-from drainer.config import Config, HealthConfig, adapter_plugins
+from drainer.config import Config, HealthConfig
 from drainer.core import (
     Action,
     Alert,
@@ -52,6 +52,7 @@ from drainer.errors import AdapterError, ConfigError, SourceError, StateError
 from drainer.health import check_health
 from drainer.metrics import Metrics
 from drainer.model import LBView, Listing
+from drainer.plugins import adapter_plugins
 from drainer.sources.base import EventSource
 from drainer.store import Store
 from drainer.unrecorded import Note, Unrecorded
@@ -393,11 +394,8 @@ class Engine:
         if new.phase is old.phase:
             return
         self.metrics.set_phase(new.phase, new.since)
-        if old.phase is Phase.DRAINING:
-            result = "deadline" if "deadline" in new.note else "drained"
-            if new.phase is Phase.RECOVERING:
-                result = "cancelled"
-            self.metrics.drains.labels(result).inc()
+        if old.phase is Phase.DRAINING and new.drain_result is not None:
+            self.metrics.drains.labels(new.drain_result.value).inc()
         event = new.event
         extra = {
             "phase": new.phase.value,

@@ -1,7 +1,8 @@
 """The one exception tree of drainer, split by what should happen next.
 
     DrainerError                 anything drainer reports to a person
-    ├── ConfigError              bad configuration or CLI input: fix it, exit 2
+    ├── ConfigError              bad configuration or CLI input, an unknown adapter or
+    │                            source type, an entry point that is no plugin: fix it, exit 2
     ├── StateError               the state directory cannot be read or written
     ├── SourceError              the metadata service failed this poll: retry later
     │   └── PayloadError         the service answered something off-schema
@@ -9,9 +10,11 @@
         ├── TransientAdapterError   unreachable, timed out, busy: retry later
         └── PermanentAdapterError   refused for good (no such server, no permission)
 
-Low-level errors (OSError, httpx errors, JSON errors) are translated once, at the
-boundary that met them, with ``raise ... from exc``; nothing above that boundary
-catches anything but ``DrainerError``.
+A plugin raises from its own branch: an adapter ``TransientAdapterError`` or
+``PermanentAdapterError``, a source ``SourceError`` or ``PayloadError``. Low-level
+errors (OSError, httpx errors, JSON errors) are translated once, at the boundary that
+met them, with ``raise ... from exc``; nothing above that boundary catches anything but
+``DrainerError``. All of them are importable from ``drainer``.
 """
 
 from __future__ import annotations

@@ -123,6 +123,15 @@ class Listing:
     damaged: tuple[Damaged, ...] = ()
 
 
+class Approve(StrEnum):
+    """When the core asks the cloud to start an event early, once the node is out: a
+    policy of the core, named here so that a source's configuration can carry it."""
+
+    NEVER = "never"
+    SOLE = "sole"  # only when this VM is the event's only resource
+    ALWAYS = "always"
+
+
 class LBStatus(StrEnum):
     """Where the node stands at one load balancer."""
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from drainer._files import FileLock, LockTimeout, make_private_dir, write_atomically
-from drainer.core import Phase, Record
+from drainer.core import DrainResult, Phase, Record
 from drainer.errors import StateError
 from drainer.model import MaintenanceEvent
 
@@ -107,6 +107,8 @@ def record_from_json(data: Any) -> Record:
             raise ValueError(f"{f.name} is {json.dumps(value)}")
         values[f.name] = value
     values["phase"] = Phase(values.get("phase", Phase.IN_SERVICE.value))
+    if values.get("drain_result") is not None:
+        values["drain_result"] = DrainResult(values["drain_result"])
     event = values.get("event")
     try:
         values["event"] = MaintenanceEvent.from_json(event) if event else None

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from drainer.core import (
+    TRANSITIONS,
     Alert,
     Approve,
     Approved,
@@ -14,6 +15,7 @@ from drainer.core import (
     ApproveFailed,
     CheckHealth,
     Drain,
+    DrainResult,
     HealthResult,
     ManualDrain,
     ManualUndrain,
@@ -26,6 +28,7 @@ from drainer.core import (
     Rule,
     TakeOut,
     Tick,
+    _enter,
     drain_due,
     relevant,
     step,
@@ -951,3 +954,32 @@ def test_an_undrain_dismisses_an_entry_without_an_id_not_whatever_later_takes_it
     later = listing(EventType="Redeploy", EventStatus="Started", Resources=["web-1"])
     record, actions = run(record, later, now=NOW + 86400)
     assert record.phase is Phase.DRAINING and actions == [Drain(LBS)]
+
+
+# -- the transitions table ---------------------------------------------------------------
+
+
+def test_the_table_names_every_phase_and_only_recovering_leads_back_in_service() -> None:
+    assert set(TRANSITIONS) == set(Phase)
+    assert {p for p, to in TRANSITIONS.items() if Phase.IN_SERVICE in to} == {Phase.RECOVERING}
+    assert all(Phase.RECOVERING in to for p, to in TRANSITIONS.items())  # undrain, from anywhere
+    assert TRANSITIONS[Phase.HELD] == {Phase.REMOVED, Phase.RECOVERING}  # never by itself
+    assert TRANSITIONS[Phase.REMOVED] == {Phase.RECOVERING}
+
+
+def test_a_move_outside_the_table_is_refused() -> None:
+    # Every move ``step`` makes in this file goes through ``_enter`` and its check.
+    with pytest.raises(AssertionError, match="held -> in_service"):
+        _enter(at(Phase.HELD), Phase.IN_SERVICE, NOW, "back")
+
+
+def test_how_a_drain_ended_is_a_field_not_the_note() -> None:
+    views = both(draining_view(0))
+    drained, _ = run(at(Phase.DRAINING), tick(event(), lbs=both(OUT)))
+    late, _ = run(at(Phase.DRAINING), tick(event(), lbs=both(draining_view(2))), now=NOW + 300)
+    gone, _ = run(at(Phase.DRAINING), tick(lbs=views))
+    manual, _ = run(at(Phase.DRAINING, manual=True), tick(event(), lbs=views))
+    assert drained.drain_result is DrainResult.DRAINED and drained.phase is Phase.DRAINED
+    assert late.drain_result is DrainResult.DEADLINE
+    assert gone.drain_result is DrainResult.CANCELLED and gone.phase is Phase.RECOVERING
+    assert manual.drain_result is DrainResult.DRAINED and manual.phase is Phase.HELD

@@ -395,14 +395,13 @@ def test_failed_take_out_is_retried_until_the_node_is_out(world: World) -> None:
 
 
 def test_pace_backs_off_only_when_the_service_refuses_or_times_out() -> None:
-    from drainer.config import SourceConfig
-    from drainer.daemon import Pacer, poll
     from drainer.metrics import Metrics
-    from drainer.sources.azure import AzureSource
+    from drainer.polling import Pacer, poll
+    from drainer.sources.azure import AzureConfig, AzureSource
     from drainer.testing.fake_imds import FakeIMDS
 
     with FakeIMDS(rate_limit=None) as fake:
-        source = AzureSource(SourceConfig(endpoint=fake.url, timeout=1.0), attempts=1)
+        source = AzureSource(AzureConfig(endpoint=fake.url, timeout=1.0), attempts=1)
         pacer, metrics = Pacer(1.0), Metrics()
 
         def pause_after(fault: str | None) -> float:

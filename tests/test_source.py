@@ -10,10 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from drainer.config import SourceConfig
 from drainer.errors import PayloadError, SourceError
 from drainer.model import EventStatus, EventType
-from drainer.sources.azure import AzureSource, names_from_compute, parse_events
+from drainer.sources.azure import AzureConfig, AzureSource, names_from_compute, parse_events
 from drainer.testing.fake_imds import FakeIMDS
 
 
@@ -24,7 +23,7 @@ def fake() -> Iterator[FakeIMDS]:
 
 
 def source_for(fake: FakeIMDS, **options: object) -> AzureSource:
-    return AzureSource(SourceConfig(endpoint=fake.url, timeout=1.0), **options)  # type: ignore[arg-type]
+    return AzureSource(AzureConfig(endpoint=fake.url, timeout=1.0), **options)  # type: ignore[arg-type]
 
 
 def test_events_are_translated(fake: FakeIMDS) -> None:
@@ -85,7 +84,7 @@ def test_redirects_are_not_followed() -> None:
         assert request.headers["Metadata"] == "true"
         return httpx.Response(307, headers={"Location": "http://example.invalid/"})
 
-    source = AzureSource(SourceConfig(), transport=httpx.MockTransport(handler))
+    source = AzureSource(AzureConfig(), transport=httpx.MockTransport(handler))
     with pytest.raises(SourceError, match="HTTP 307"):
         source.events()
 

@@ -33,7 +33,7 @@ import tenacity
 from pydantic import Field, model_validator
 
 from drainer._http import is_loopback
-from drainer._types import Duration
+from drainer._types import Duration, exactly_one
 from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
 from drainer.adapters.checks import Check, attempt
 from drainer.errors import (
@@ -71,8 +71,7 @@ class RemoteConfig(AdapterConfig):
 
     @model_validator(mode="after")
     def _one_token(self) -> RemoteConfig:
-        if (self.token_file is None) == (self.token_env is None):
-            raise ValueError("set exactly one of token_file or token_env")
+        exactly_one(self, "token_file", "token_env")
         return self
 
     @model_validator(mode="after")

@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from drainer._http import is_loopback
 from drainer._net import split_host_port
-from drainer._types import Duration
+from drainer._types import Duration, exactly_one
 from drainer.adapters.base import AdapterConfig, AnyAdapterPlugin
-from drainer.config import adapter_plugins, format_errors
+from drainer.config import format_errors
 from drainer.errors import ConfigError
+from drainer.plugins import adapter_plugins
 
 __all__ = [
     "LimitsConfig",
@@ -60,8 +61,7 @@ class NodeEntry(_Strict):
 
     @model_validator(mode="after")
     def _one_token(self) -> NodeEntry:
-        if (self.token_file is None) == (self.token_env is None):
-            raise ValueError("set exactly one of token_file or token_env")
+        exactly_one(self, "token_file", "token_env")
         return self
 
 

@@ -19,7 +19,7 @@ import re
 import threading
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from tenacity import (
@@ -31,10 +31,10 @@ from tenacity import (
     wait_exponential,
 )
 
-from drainer.config import SourceConfig
+from drainer._types import HttpUrl
 from drainer.errors import PayloadError, SourceError
 from drainer.model import Damaged, EventStatus, EventType, Listing, MaintenanceEvent
-from drainer.sources.base import SourcePlugin
+from drainer.sources.base import SourceConfig, SourcePlugin
 
 API_VERSION = "2020-07-01"
 COMPUTE_API_VERSION = "2021-02-01"
@@ -42,6 +42,14 @@ EVENTS_PATH = "/metadata/scheduledevents"
 COMPUTE_PATH = "/metadata/instance/compute"
 
 log = logging.getLogger("drainer")
+
+
+class AzureConfig(SourceConfig):
+    """The ``source:`` section for Azure: where the metadata service is. (The keys
+    every source has, most of them the core's policy, are ``SourceConfig``'s.)"""
+
+    type: str = "azure"
+    endpoint: HttpUrl = "http://169.254.169.254"  # refused when read, not by every poll
 
 
 class _Retryable(Exception):
@@ -86,6 +94,19 @@ def _name(item: dict[str, Any], key: str, problems: list[str]) -> str:
     return ""
 
 
+E = TypeVar("E", EventType, EventStatus)
+
+
+def _known(kind: type[E], text: str, problems: list[str], key: str, meaning: str) -> tuple[E, str]:
+    """The member named ``text``, or UNKNOWN and the name as listed (``?`` when blank)."""
+    try:
+        return kind(text), ""
+    except ValueError:
+        if text:
+            problems.append(f"{key} {text!r} unknown: {meaning}")
+        return kind.UNKNOWN, text or "?"
+
+
 def _translate(item: dict[str, Any], key: str) -> tuple[MaintenanceEvent, bool] | None:
     """The event as far as it can be read, and whether its Resources could be; None
     when its status says it is over."""
@@ -96,18 +117,12 @@ def _translate(item: dict[str, Any], key: str) -> tuple[MaintenanceEvent, bool] 
     status = _name(item, "EventStatus", problems)
     if status.lower() in _OVER:
         return None
-    try:
-        event_type, raw_type = EventType(kind), ""
-    except ValueError:
-        event_type, raw_type = EventType.UNKNOWN, kind or "?"
-        if kind:
-            problems.append(f"EventType {kind!r} unknown: the rule events.Unknown applies")
-    try:
-        event_status, raw_status = EventStatus(status), ""
-    except ValueError:
-        event_status, raw_status = EventStatus.UNKNOWN, status or "?"
-        if status:
-            problems.append(f"EventStatus {status!r} unknown: pending, drained now, never approved")
+    event_type, raw_type = _known(
+        EventType, kind, problems, "EventType", "the rule events.Unknown applies"
+    )
+    event_status, raw_status = _known(
+        EventStatus, status, problems, "EventStatus", "pending, drained now, never approved"
+    )
     resources = item.get("Resources")
     readable = isinstance(resources, list) and all(isinstance(r, str) for r in resources)
     if not readable:
@@ -205,7 +220,7 @@ def names_from_compute(doc: Any) -> frozenset[str]:
 class AzureSource:
     def __init__(
         self,
-        config: SourceConfig,
+        config: AzureConfig,
         *,
         stopping: threading.Event | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -298,8 +313,8 @@ class AzureSource:
         self._client.close()
 
 
-def create(config: SourceConfig, stopping: threading.Event) -> AzureSource:
+def create(config: AzureConfig, stopping: threading.Event) -> AzureSource:
     return AzureSource(config, stopping=stopping)
 
 
-PLUGIN = SourcePlugin(create=create)
+PLUGIN = SourcePlugin(config_model=AzureConfig, create=create)

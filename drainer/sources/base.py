@@ -4,6 +4,9 @@ A source translates a cloud's payload into a ``Listing`` of ``MaintenanceEvent``
 it never decides what to do with them (that is the core's job) and never filters them
 by node: an entry it cannot read well enough to know whom it is for is handed on as
 ``Damaged``, never dropped.
+
+A source imports the model and nothing of the application (the core, the engine, the
+configuration, the adapters): ``.importlinter`` holds it to that.
 """
 
 from __future__ import annotations
@@ -11,9 +14,41 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from drainer.model import Listing
+from pydantic import BaseModel, ConfigDict
+
+from drainer._types import Duration, PositiveDuration
+from drainer.model import Approve, Listing
+
+__all__ = ["AnySourcePlugin", "EventSource", "SourceConfig", "SourcePlugin"]
+
+
+class SourceConfig(BaseModel):
+    """Base of every source's configuration (the ``source:`` section): unknown keys are
+    errors. A source adds what it needs to reach its cloud (Azure: ``endpoint``) in a
+    subclass, its plugin's ``config_model``.
+
+    Apart from ``timeout`` (one request to the cloud; the loop also counts on it to tell
+    a slow poll from a stuck one), the keys here are not the source's and a source never
+    reads them: they are the core's policy (``approve``, the ``gone_after`` windows) and
+    the loop's pace (``poll_interval``) for events from this source. They sit in the
+    source's section because their right values depend on how the cloud lists events
+    (how often it can be asked, how long it may list nothing while it recovers), and
+    every source has them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    poll_interval: PositiveDuration = 1.0
+    timeout: PositiveDuration = 2.0
+    approve: Approve = Approve.SOLE
+    # An event the node is out for is over once it stayed unlisted this long...
+    gone_after: Duration = 5.0
+    # ...or this long right after failed polls or a DocumentIncarnation that went back
+    # (a re-enabled metadata service can list nothing for minutes).
+    gone_after_doubt: Duration = 120.0
 
 
 @runtime_checkable
@@ -35,12 +70,20 @@ class EventSource(Protocol):
     def close(self) -> None: ...
 
 
+C = TypeVar("C", bound=SourceConfig)
+
+
 @dataclass(frozen=True)
-class SourcePlugin:
+class SourcePlugin(Generic[C]):
     """What the ``drainer.sources`` entry-point group points at.
 
-    ``create(config, stopping)``: ``config`` is the validated ``source`` section;
-    ``stopping`` is set on shutdown, and retries must end when it is.
+    ``config_model`` validates the ``source`` section; ``create(config, stopping)`` gets
+    it validated. ``stopping`` is set on shutdown, and retries must end when it is.
     """
 
-    create: Callable[[Any, threading.Event], EventSource]
+    config_model: type[C]
+    create: Callable[[C, threading.Event], EventSource]
+
+
+# What the registry holds: a plugin of any configuration model.
+AnySourcePlugin = SourcePlugin[Any]

@@ -1,0 +1,108 @@
+"""One node's parts, built from the configuration: its event source, its load
+balancers and the engine between them. ``drainer run``, every CLI command and the demo
+assemble a node the same way; only ``drainer run`` waits for the metadata service to
+name the VM (``patient``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from drainer.adapters.base import LoadBalancer
+from drainer.config import Config
+from drainer.engine import Engine, build_lbs, read_boot_id
+from drainer.errors import DrainerError, SourceError, StateError
+from drainer.metrics import Metrics
+from drainer.plugins import source_plugin
+from drainer.sources.base import EventSource
+from drainer.store import Store, remember_names, remembered_names
+
+__all__ = ["Node", "assemble", "build_source", "node_names"]
+
+log = logging.getLogger("drainer")
+
+
+def build_source(config: Config, stopping: threading.Event) -> EventSource:
+    return source_plugin(config.source.type).create(config.source, stopping)
+
+
+def node_names(
+    config: Config, source: EventSource, stopping: threading.Event, *, patient: bool
+) -> frozenset[str]:
+    """The configured name, or the VM's names from the source, kept in the state
+    directory once learned. The daemon retries until the source answers; a CLI command
+    falls back at once to the names kept, so it works while the source is down."""
+    if config.node.name:
+        return frozenset({config.node.name})
+    delay = 1.0
+    while not stopping.is_set():
+        try:
+            names = source.node_names()
+        except SourceError as exc:
+            if not patient:
+                kept = remembered_names(config.state_dir)
+                if kept is None:
+                    raise SourceError(
+                        f"cannot learn this VM's name (set node.name): {exc}"
+                    ) from exc
+                log.warning(
+                    "cannot ask the metadata service for this VM's name (%s); "
+                    "using the name learned before: %s",
+                    exc,
+                    ", ".join(sorted(kept)),
+                )
+                return kept
+            log.warning("cannot learn this VM's name yet (%s); retrying in %.0fs", exc, delay)
+            stopping.wait(delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        try:
+            remember_names(config.state_dir, names)
+        except StateError as exc:  # only a convenience for later: go on without it
+            log.warning("cannot keep this VM's name for later: %s", exc)
+        return names
+    raise DrainerError("stopped before this VM's name was known")
+
+
+@dataclass
+class Node:
+    """Everything one node's engine needs, built from the configuration."""
+
+    config: Config
+    engine: Engine
+    source: EventSource
+    lbs: dict[str, LoadBalancer]
+
+    def close(self) -> None:
+        for lb in self.lbs.values():
+            lb.close()
+        self.source.close()
+
+
+def assemble(
+    config: Config,
+    stopping: threading.Event,
+    *,
+    patient: bool = False,
+    metrics: Metrics | None = None,
+    names: frozenset[str] | None = None,
+) -> Node:
+    source = build_source(config, stopping)
+    try:
+        names = names or node_names(config, source, stopping, patient=patient)
+        lbs = build_lbs(config, sorted(names)[0])
+    except BaseException:
+        source.close()
+        raise
+    engine = Engine(
+        policy=config.policy(node_names=names, lbs=tuple(lbs)),
+        lbs=lbs,
+        store=Store(config.state_dir),
+        source=source,
+        boot_id=read_boot_id(config.node.boot_id_path),
+        health=config.health,
+        metrics=metrics or Metrics(),
+    )
+    return Node(config=config, engine=engine, source=source, lbs=lbs)

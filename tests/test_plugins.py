@@ -1,0 +1,38 @@
+"""Entry-point discovery: what a wrong name or a wrong entry point tells a person."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from drainer.adapters.base import AdapterPlugin
+from drainer.errors import ConfigError
+from drainer.plugins import ADAPTERS, SOURCES, _load, adapter_plugins, source_plugin
+from drainer.sources.azure import AzureConfig
+from drainer.sources.base import SourcePlugin
+
+
+def test_the_built_in_plugins_are_found() -> None:
+    assert {"haproxy", "haproxy-agent", "mock", "nginx", "nginx-plus", "remote"} <= set(
+        adapter_plugins()
+    )
+    assert source_plugin("azure").config_model is AzureConfig
+
+
+def test_an_unknown_source_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"source.type: unknown source 'gcp' \(known: azure\)"):
+        source_plugin("gcp")
+
+
+@pytest.mark.parametrize(("group", "kind"), [(ADAPTERS, AdapterPlugin), (SOURCES, SourcePlugin)])
+def test_an_entry_point_that_is_not_a_plugin_is_a_config_error(group: str, kind: type) -> None:
+    wrong = EntryPoint(name="wrong", value="drainer.errors:ConfigError", group=group)
+    with pytest.raises(ConfigError, match=f"entry point {group}:wrong is not an? {kind.__name__}"):
+        _load(group, wrong, kind)
+
+
+def test_a_source_is_not_taken_for_an_adapter() -> None:
+    azure = EntryPoint(name="azure", value="drainer.sources.azure:PLUGIN", group=ADAPTERS)
+    with pytest.raises(ConfigError, match="is not an AdapterPlugin"):
+        _load(ADAPTERS, azure, AdapterPlugin)
