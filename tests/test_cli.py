@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -390,12 +391,15 @@ def test_status_reads_the_sidecar_lock_and_heartbeat(world: World) -> None:
         sidecar.beat(world.state_dir, phase="in_service", poll_interval=0.2)
         done = cli(world, "status")
         assert done.returncode == 0, done.stdout
-        assert f"sidecar: running (pid {os.getpid()}), last turn 0 s ago" in done.stdout
+        # the age is whole seconds since the beat: a loaded machine may show 1 or 2
+        assert re.search(
+            rf"sidecar: running \(pid {os.getpid()}\), last turn \d s ago", done.stdout
+        )
 
         sidecar.beat(world.state_dir, phase="in_service", poll_interval=0.2, now=time.time() - 60)
         done = cli(world, "status")
         assert done.returncode == 3
-        assert f"sidecar: STALE (pid {os.getpid()}): last turn 60 s ago" in done.stdout
+        assert re.search(rf"sidecar: STALE \(pid {os.getpid()}\): last turn 6\d s ago", done.stdout)
         code, data = world.status()
         assert code == 3 and data["sidecar"]["stale"] is True and data["sidecar"]["running"]
     finally:
