@@ -11,7 +11,7 @@ from lbprocs import HttpBackend
 
 from drainer.testing import haproxy_available, haproxy_cli, start_haproxy
 
-DEPLOY = Path(__file__).parent.parent / "deploy" / "haproxy"
+DEPLOY = Path(__file__).parents[2] / "deploy" / "haproxy"
 pytestmark = pytest.mark.skipif(not haproxy_available(), reason="haproxy is not installed")
 
 

@@ -131,7 +131,7 @@ def test_show_round_trips(tmp_path: Path) -> None:
 
 
 def test_example_configs_are_valid() -> None:
-    examples = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    examples = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
     assert examples, "configs/ has no example"
     for path in examples:
         load_config(path)

@@ -24,12 +24,12 @@ from typing import Any
 
 import httpx
 import pytest
+from harness import NODE, World
 
 from drainer.core import Phase, Policy, Reaction, Record, Rule, adopt_unrecorded
 from drainer.model import EventStatus, EventType, MaintenanceEvent
 from drainer.testing import free_port
 from drainer.unrecorded import SIZE, Note, Unrecorded
-from tests.harness import NODE, World
 
 
 class FullDisk:

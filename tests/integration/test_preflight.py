@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import World
 from nginxprocs import Backend
 
 from drainer.adapters.base import AdapterContext, Check, LoadBalancer, preflight
@@ -39,7 +40,6 @@ from drainer.testing import (
     start_haproxy,
 )
 from drainer.testing.fake_nginx_plus import FakeNginxPlus
-from tests.harness import World
 
 needs_haproxy = pytest.mark.skipif(not haproxy_available(), reason="haproxy is not installed")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 PACKAGE = ROOT / "drainer"
 KIT = {"drainer.testing"}
 KIT_USERS = {"drainer.demo"}  # the demo runs the kit; the CLI imports it only when called
