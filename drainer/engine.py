@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drainer.adapters.base import AdapterContext, LoadBalancer
+from drainer.adapters.base import AdapterContext, AnyAdapterPlugin, LoadBalancer
 from drainer.config import Config, HealthConfig
 from drainer.core import (
     Action,
@@ -67,12 +67,21 @@ def read_boot_id(path: Path) -> str:
         raise ConfigError(f"node.boot_id_path: cannot read {path}: {exc.strerror}") from exc
 
 
-def build_lbs(config: Config, node: str) -> dict[str, LoadBalancer]:
-    plugins = adapter_plugins()
+def build_lbs(
+    config: Config, node: str, *, plugins: Mapping[str, AnyAdapterPlugin] | None = None
+) -> dict[str, LoadBalancer]:
+    """One LoadBalancer per configured instance (``plugins``: the registered adapters)."""
+    plugins = adapter_plugins() if plugins is None else plugins
     context = AdapterContext(node=node, state_dir=config.state_dir)
     lbs: dict[str, LoadBalancer] = {}
     for i, entry in enumerate(config.load_balancers):
         for lb in plugins[entry.type].create(entry, context):
+            if not isinstance(lb, LoadBalancer):  # a third-party adapter written structurally
+                raise ConfigError(
+                    f"load_balancers[{i}]: the {entry.type!r} adapter's {type(lb).__name__}"
+                    " does not implement drainer's LoadBalancer protocol: have it subclass"
+                    " drainer.LoadBalancer, which supplies the optional methods"
+                )
             if lb.name in lbs:
                 raise ConfigError(
                     f"load_balancers[{i}]: the name {lb.name!r} is used twice; set `name`"
