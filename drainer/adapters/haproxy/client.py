@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import partial
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -181,29 +182,35 @@ def parse_node_address(
         raise ConfigError(f"invalid node address {address!r}: expected IP or IP:port") from exc
 
 
-def parse_servers_state(text: str) -> list[ServerState]:
-    """Parse a ``show servers state`` reply by its ``# be_id be_name ...`` header line."""
+def parse_servers_state(text: str, *, server: str | None = None) -> list[ServerState]:
+    """Parse a ``show servers state`` reply by its ``# be_id be_name ...`` header line;
+    with ``server``, only the rows of servers of that name."""
     lines = text.splitlines()
     header = _header_index(lines)
     names = lines[header][2:].split()
+    at = {column: i for i, column in enumerate(names)}
     rows = []
     for line in lines[header + 1 :]:
-        if not line.strip():
-            continue
+        if server is not None and f" {server} " not in line:
+            continue  # cheap: most rows of a large backend are other servers
         fields = line.split()
+        if not fields:
+            continue
         if len(fields) != len(names):
             raise ValueError(f"{len(fields)} fields for {len(names)} columns: {line!r}")
-        row = dict(zip(names, fields, strict=True))
+        if server is not None and fields[at["srv_name"]] != server:
+            continue
+        port = fields[at["srv_port"]]
         rows.append(
             ServerState(
-                backend=row["be_name"],
-                server=row["srv_name"],
-                address=row["srv_addr"],
-                port=int(row["srv_port"]) if row["srv_port"].isdigit() else None,
-                op_state=int(row["srv_op_state"]),
-                admin_state=int(row["srv_admin_state"]),
-                check_state=int(row["srv_check_state"]),
-                server_id=int(row["srv_id"]),
+                backend=fields[at["be_name"]],
+                server=fields[at["srv_name"]],
+                address=fields[at["srv_addr"]],
+                port=int(port) if port.isdigit() else None,
+                op_state=int(fields[at["srv_op_state"]]),
+                admin_state=int(fields[at["srv_admin_state"]]),
+                check_state=int(fields[at["srv_check_state"]]),
+                server_id=int(fields[at["srv_id"]]),
             )
         )
     return rows
@@ -320,15 +327,18 @@ class HAProxyClient:
         target = self._server(backend, server)
         self._expect_empty(f"shutdown sessions server {target}", backend=backend, server=server)
 
-    def servers_state(self, backend: str | None = None) -> list[ServerState]:
-        """Every server of ``backend`` (or of all backends) as ``show servers state`` has it."""
+    def servers_state(
+        self, backend: str | None = None, *, server: str | None = None
+    ) -> list[ServerState]:
+        """Every server of ``backend`` (or of all backends) as ``show servers state`` has
+        it; with ``server``, only those of that name."""
         command = "show servers state"
         if backend is not None:
             command += " " + check_name("backend", backend)
         reply = self._send(command)
         if not _has_header(reply):
             raise self._refusal(reply, command=command, backend=backend, server=None)
-        return self._parsed(parse_servers_state, reply, command)
+        return self._parsed(partial(parse_servers_state, server=server), reply, command)
 
     def stat(
         self,

@@ -1,9 +1,16 @@
 """The ``type: haproxy`` adapter: one LoadBalancer per HAProxy instance, via the runtime API.
 
 Invariants:
-- Every call re-reads ``show servers state``, so discovery by address follows HAProxy's
-  configuration and a reload (which forgets every state set through the API) is seen
-  by the next call.
+- Each read costs the same whatever the backend's size. ``drain()``, ``take_out()`` and
+  ``put_back()`` read ``show servers state`` (of the configured backend, only the
+  server's rows parsed; of every backend when the node is found by address), and keep
+  the servers found, with their ids and the worker PID read before them. ``state()``
+  then reads one ``show stat <backend> 4 <sid>`` row per server and ``show info``
+  after them; it finds the servers again (so discovery by address follows HAProxy's
+  configuration) when that PID is another (a reload, which forgets every state set
+  through the API and may renumber servers) or a row names another server or address
+  (changed at runtime). A row whose status is DOWN or NOLB hides a drain: then the
+  admin state is read from ``show servers state`` too.
 - ``sessions`` never reads 0 while a worker may still hold a session to the node. A
   reload (master-worker, SIGUSR2) hands the stats socket to a new worker, while the old
   one goes on finishing its requests out of the socket's sight. So ``drain()`` and
@@ -399,7 +406,8 @@ class HAProxyLoadBalancer(LoadBalancer):
         """The node's servers as ``show servers state`` has them now; kept, with the
         worker PID read before them, for the turns that follow (``_read_turn``)."""
         pid = self._client.worker_pid()
-        mine = self._select(self._client.servers_state(self._config.backend))
+        config = self._config
+        mine = self._select(self._client.servers_state(config.backend, server=config.server))
         self._found = (pid, mine)
         return mine
 
