@@ -45,21 +45,15 @@ def backend(size: int) -> str:
     return "".join(lines)
 
 
-def median_ms(action: Callable[[], object], repeat: int) -> float:
+def median_ms(
+    action: Callable[[], object], repeat: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """The median of ``repeat`` runs of ``action`` in ms, by ``clock`` (wall or CPU)."""
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
-
-def cpu_ms(action: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.process_time()
-        action()
-        times.append(time.process_time() - start)
+        times.append(clock() - start)
     return statistics.median(times) * 1000
 
 
@@ -139,15 +133,21 @@ def run(size: int, repeat: int, seconds: float, interval: float) -> None:
         rows.append(("raw: set ... drain + show stat", median_ms(raw_drain, repeat)))
         reset()
         polling.take_out(kill=False)
-        rows.append(("CPU per state() while out (ms)", cpu_ms(polling.state, repeat)))
-        rows.append(("raw: CPU per show stat row (ms)", cpu_ms(raw_state, repeat)))
+        rows.append(
+            ("CPU per state() while out (ms)", median_ms(polling.state, repeat, time.process_time))
+        )
+        rows.append(
+            ("raw: CPU per show stat row (ms)", median_ms(raw_state, repeat, time.process_time))
+        )
         haproxy = haproxy_ms_per_s(proxy, polling.state, seconds, interval)
         rows.append((f"HAProxy CPU, one sidecar at {interval:g}s (ms/s)", haproxy))
         raw = haproxy_ms_per_s(proxy, raw_state, seconds, interval)
         rows.append((f"HAProxy CPU, raw client at {interval:g}s (ms/s)", raw))
+        tick = 1000 / TICKS / seconds
         print(f"\n{size} servers (node {BACKEND}/{node}), medians of {repeat}:")
         for what, value in rows:
             print(f"  {what:<44} {value:8.1f}" + ("" if "CPU" in what else " ms"))
+        print(f"  (HAProxy CPU is read in clock ticks: a resolution of {tick:.1f} ms/s)")
     finally:
         proxy.stop()
         for path in state_dir.iterdir():
