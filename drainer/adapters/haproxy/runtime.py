@@ -228,12 +228,7 @@ class HAProxyLoadBalancer(LoadBalancer):
         rows is not the one read before that (a reload: ids may change), or when a row
         does not name the server found (a server deleted or readdressed at runtime)."""
         for _ in range(2):
-            found = self._found
-            if found is None:
-                self._servers()
-                found = self._found
-                assert found is not None
-            pid, mine = found
+            pid, mine = self._found or self._find()
             rows = [self._row(s) for s in mine]
             now = self._client.worker_pid()
             if now == pid and all(
@@ -403,13 +398,16 @@ class HAProxyLoadBalancer(LoadBalancer):
             ) from exc
 
     def _servers(self) -> list[ServerState]:
-        """The node's servers as ``show servers state`` has them now; kept, with the
-        worker PID read before them, for the turns that follow (``_read_turn``)."""
+        return self._find()[1]
+
+    def _find(self) -> tuple[int, list[ServerState]]:
+        """The node's servers as ``show servers state`` has them now, and the worker PID
+        read before them; kept for the turns that follow (``_read_turn``)."""
         pid = self._client.worker_pid()
         config = self._config
         mine = self._select(self._client.servers_state(config.backend, server=config.server))
         self._found = (pid, mine)
-        return mine
+        return pid, mine
 
     def _select(self, states: list[ServerState]) -> list[ServerState]:
         config, where = self._config, self._client.address
