@@ -41,7 +41,14 @@ from drainer.adapters.haproxy.runtime import (
     put_back_step,
 )
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
-from drainer.testing import HAProxy, free_port, haproxy_available, start_haproxy, wait_until
+from drainer.testing import (
+    HAProxy,
+    free_port,
+    haproxy_available,
+    haproxy_cli,
+    start_haproxy,
+    wait_until,
+)
 
 needs_haproxy = pytest.mark.skipif(not haproxy_available(), reason="needs /usr/sbin/haproxy")
 
@@ -730,3 +737,64 @@ def test_check_manual_drain_keeps_min_in_service(
     HAProxyClient(haproxy.admin).set_state("app", "web2", "drain")
     refusal = lb.check_manual_drain()
     assert refusal is not None and "backend app would keep 0 other server(s)" in refusal
+
+
+@needs_haproxy
+def test_state_reads_one_row_by_id_and_finds_the_server_again_after_a_reload(
+    context: AdapterContext, start: Any
+) -> None:
+    """state() addresses the server by the id found at the last `show servers state`; a
+    reload that renumbers the servers (one added before it) is seen by its new PID."""
+    ports = [free_port() for _ in range(3)]
+    haproxy = start(
+        f"backend app\n  server web1 127.0.0.1:{ports[0]}\n  server web2 127.0.0.1:{ports[1]}\n",
+        master_worker=True,
+    )
+    lb = make_lb(context, haproxy.admin, backend="app", server="web2")
+    client = HAProxyClient(haproxy.admin)
+    assert client.stat("app", server_id=row(haproxy, "app", "web2").server_id)[0].server == "web2"
+    assert client.stat("app", server_id=99) == []
+    assert lb.state().detail == "app/web2 no check scur=0 check=-"
+
+    text = haproxy.config.read_text()
+    haproxy.config.write_text(
+        text.replace("backend app\n", f"backend app\n  server web0 127.0.0.1:{ports[2]}\n")
+    )
+    haproxy.reload()
+    assert row(haproxy, "app", "web2").server_id == 3
+    client.set_state("app", "web2", "drain")
+    view = lb.state()
+    assert view.status is LBStatus.DRAINING
+    assert view.detail == "app/web2 DRAIN scur=0 check=-"
+
+
+@needs_haproxy
+def test_state_follows_an_address_changed_at_runtime(context: AdapterContext, start: Any) -> None:
+    node, other = f"127.0.0.2:{free_port()}", f"127.0.0.1:{free_port()}"
+    haproxy = start(f"backend app\n  server web1 {node}\n  server web2 {other}\n")
+    lb = make_lb(context, haproxy.admin, address=node)
+    assert lb.state().detail == "app/web1 no check scur=0 check=-"
+    client = HAProxyClient(haproxy.admin)
+    host, port = other.split(":")
+    haproxy_cli(haproxy.admin_socket, f"set server app/web1 addr {host} port {port}")
+    host, port = node.split(":")
+    haproxy_cli(haproxy.admin_socket, f"set server app/web2 addr {host} port {port}")
+    client.set_state("app", "web2", "maint")
+    view = lb.state()
+    assert view.status is LBStatus.OUT
+    assert view.detail == "app/web2 MAINT scur=0 check=-"
+
+
+@needs_haproxy
+def test_a_drained_server_that_is_down_still_reads_draining(
+    context: AdapterContext, start: Any
+) -> None:
+    """show stat says DOWN, not DRAIN, for a drained server that is down: the admin
+    state decides then."""
+    haproxy = start(two_servers(free_port(), free_port()))
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
+    wait_until(lambda: not row(haproxy, "app", "web1").up, what="web1 DOWN")
+    lb.drain()
+    view = lb.state()
+    assert view.detail.startswith("app/web1 DOWN")
+    assert view.status is LBStatus.DRAINING

@@ -130,6 +130,7 @@ class AgentLoadBalancer(LoadBalancer):
         self._server: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._seen: dict[str, dict[str, Any]] = {}
+        self._server_ids: dict[str, int] = {}  # per stats socket: the row's sid last seen
 
     # -- the files ---------------------------------------------------------------------
 
@@ -188,11 +189,22 @@ class AgentLoadBalancer(LoadBalancer):
         config = self._config
         if not config.stats:
             return established(config.proc_net, config.service_port, self._peers)
-        total = 0
-        for address in config.stats:
-            rows = HAProxyClient(address, connect_timeout=1.0, timeout=2.0).stat(config.backend)
-            total += sum(r.scur for r in rows if r.server == config.server)
-        return total
+        return sum(self._scur(address) for address in config.stats)
+
+    def _scur(self, address: str) -> int:
+        """The server's ``scur`` on one stats socket: its row alone, by the id it had last
+        time; the whole backend when that id is not known or now names another server
+        (a reload renumbered them)."""
+        config = self._config
+        client = HAProxyClient(address, connect_timeout=1.0, timeout=2.0)
+        if (sid := self._server_ids.get(address)) is not None:
+            rows = client.stat(config.backend, server_id=sid)
+            if [r.server for r in rows] == [config.server]:
+                return rows[0].scur
+        rows = [r for r in client.stat(config.backend) if r.server == config.server]
+        if len(rows) == 1:
+            self._server_ids[address] = rows[0].server_id
+        return sum(r.scur for r in rows)
 
     def drain(self) -> None:
         if self.answer() == "ready":

@@ -43,8 +43,9 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import partial
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -83,6 +84,7 @@ class ServerState:
     op_state: int
     admin_state: int
     check_state: int
+    server_id: int = field(default=0, compare=False)  # srv_id: addresses it in `show stat`
 
     @property
     def maint(self) -> bool:
@@ -124,6 +126,8 @@ class StatRow:
     status: str  # UP, DOWN, DRAIN, MAINT, "no check", "UP 1/3", "DRAIN (agent)"...
     scur: int  # current sessions
     check_status: str  # L4OK, L7OK, L4CON...; empty when not checked or in maint
+    server_id: int = field(default=0, compare=False)  # sid
+    address: str = field(default="", compare=False)  # addr: "10.0.0.4:80" (empty before 1.9)
 
 
 @dataclass(frozen=True)
@@ -178,28 +182,35 @@ def parse_node_address(
         raise ConfigError(f"invalid node address {address!r}: expected IP or IP:port") from exc
 
 
-def parse_servers_state(text: str) -> list[ServerState]:
-    """Parse a ``show servers state`` reply by its ``# be_id be_name ...`` header line."""
+def parse_servers_state(text: str, *, server: str | None = None) -> list[ServerState]:
+    """Parse a ``show servers state`` reply by its ``# be_id be_name ...`` header line;
+    with ``server``, only the rows of servers of that name."""
     lines = text.splitlines()
     header = _header_index(lines)
     names = lines[header][2:].split()
+    at = {column: i for i, column in enumerate(names)}
     rows = []
     for line in lines[header + 1 :]:
-        if not line.strip():
-            continue
+        if server is not None and f" {server} " not in line:
+            continue  # cheap: most rows of a large backend are other servers
         fields = line.split()
+        if not fields:
+            continue
         if len(fields) != len(names):
             raise ValueError(f"{len(fields)} fields for {len(names)} columns: {line!r}")
-        row = dict(zip(names, fields, strict=True))
+        if server is not None and fields[at["srv_name"]] != server:
+            continue
+        port = fields[at["srv_port"]]
         rows.append(
             ServerState(
-                backend=row["be_name"],
-                server=row["srv_name"],
-                address=row["srv_addr"],
-                port=int(row["srv_port"]) if row["srv_port"].isdigit() else None,
-                op_state=int(row["srv_op_state"]),
-                admin_state=int(row["srv_admin_state"]),
-                check_state=int(row["srv_check_state"]),
+                backend=fields[at["be_name"]],
+                server=fields[at["srv_name"]],
+                address=fields[at["srv_addr"]],
+                port=int(port) if port.isdigit() else None,
+                op_state=int(fields[at["srv_op_state"]]),
+                admin_state=int(fields[at["srv_admin_state"]]),
+                check_state=int(fields[at["srv_check_state"]]),
+                server_id=int(fields[at["srv_id"]]),
             )
         )
     return rows
@@ -209,18 +220,29 @@ def parse_stat(text: str) -> list[StatRow]:
     """Parse a ``show stat`` CSV reply by its ``# pxname,svname,...`` header; servers only."""
     lines = text.splitlines()
     header = _header_index(lines)
-    reader = csv.DictReader([lines[header][2:], *lines[header + 1 :]])
-    return [
-        StatRow(
-            backend=row["pxname"],
-            server=row["svname"],
-            status=row["status"],
-            scur=int(row["scur"] or 0),
-            check_status=row["check_status"],
+    names = lines[header][2:].split(",")
+    at = {
+        name: names.index(name)
+        for name in ("pxname", "svname", "status", "scur", "check_status", "sid")
+    }
+    addr = names.index("addr") if "addr" in names else None
+    rows = []
+    for fields in csv.reader(line for line in lines[header + 1 :] if line.strip()):
+        fields += [""] * (len(names) - len(fields))
+        if fields[at["svname"]] in ("FRONTEND", "BACKEND"):
+            continue
+        rows.append(
+            StatRow(
+                backend=fields[at["pxname"]],
+                server=fields[at["svname"]],
+                status=fields[at["status"]],
+                scur=int(fields[at["scur"]] or 0),
+                check_status=fields[at["check_status"]],
+                server_id=int(fields[at["sid"]] or 0),
+                address=fields[addr] if addr is not None else "",
+            )
         )
-        for row in reader
-        if row.get("svname") not in (None, "FRONTEND", "BACKEND")
-    ]
+    return rows
 
 
 def parse_info_pid(text: str) -> int:
@@ -305,24 +327,37 @@ class HAProxyClient:
         target = self._server(backend, server)
         self._expect_empty(f"shutdown sessions server {target}", backend=backend, server=server)
 
-    def servers_state(self, backend: str | None = None) -> list[ServerState]:
-        """Every server of ``backend`` (or of all backends) as ``show servers state`` has it."""
+    def servers_state(
+        self, backend: str | None = None, *, server: str | None = None
+    ) -> list[ServerState]:
+        """Every server of ``backend`` (or of all backends) as ``show servers state`` has
+        it; with ``server``, only those of that name."""
         command = "show servers state"
         if backend is not None:
             command += " " + check_name("backend", backend)
         reply = self._send(command)
         if not _has_header(reply):
             raise self._refusal(reply, command=command, backend=backend, server=None)
-        return self._parsed(parse_servers_state, reply, command)
+        return self._parsed(partial(parse_servers_state, server=server), reply, command)
 
-    def stat(self, backend: str | None = None, *, worker: int | None = None) -> list[StatRow]:
+    def stat(
+        self,
+        backend: str | None = None,
+        *,
+        worker: int | None = None,
+        server_id: int | None = None,
+    ) -> list[StatRow]:
         """Server rows of ``show stat`` for ``backend`` (or all backends).
 
-        With ``worker``, this client is a master CLI and asks that worker (``@!<pid>``);
-        a worker that has exited has no rows.
+        With ``server_id`` (and a backend), only that server's row, or none if the
+        backend has no such id: ``show stat <backend> 4 <sid>`` (2.6 takes a numeric
+        sid only; a name or an unknown id gives the header alone). With ``worker``, this
+        client is a master CLI and asks that worker (``@!<pid>``); a worker that has
+        exited has no rows.
         """
         proxy = "-1" if backend is None else check_name("backend", backend)
-        command = f"show stat {proxy} 4 -1"  # type 4: servers only
+        sid = -1 if server_id is None or backend is None else int(server_id)
+        command = f"show stat {proxy} 4 {sid}"  # type 4: servers only
         if worker is not None:
             command = f"@!{int(worker)} {command}"
         reply = self._send(command)

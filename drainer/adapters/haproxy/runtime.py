@@ -1,9 +1,16 @@
 """The ``type: haproxy`` adapter: one LoadBalancer per HAProxy instance, via the runtime API.
 
 Invariants:
-- Every call re-reads ``show servers state``, so discovery by address follows HAProxy's
-  configuration and a reload (which forgets every state set through the API) is seen
-  by the next call.
+- Each read costs the same whatever the backend's size. ``drain()``, ``take_out()`` and
+  ``put_back()`` read ``show servers state`` (of the configured backend, only the
+  server's rows parsed; of every backend when the node is found by address), and keep
+  the servers found, with their ids and the worker PID read before them. ``state()``
+  then reads one ``show stat <backend> 4 <sid>`` row per server and ``show info``
+  after them; it finds the servers again (so discovery by address follows HAProxy's
+  configuration) when that PID is another (a reload, which forgets every state set
+  through the API and may renumber servers) or a row names another server or address
+  (changed at runtime). A row whose status is DOWN or NOLB hides a drain: then the
+  admin state is read from ``show servers state`` too.
 - ``sessions`` never reads 0 while a worker may still hold a session to the node. A
   reload (master-worker, SIGUSR2) hands the stats socket to a new worker, while the old
   one goes on finishing its requests out of the socket's sight. So ``drain()`` and
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Literal, Self, TypeVar
@@ -177,15 +185,20 @@ class HAProxyLoadBalancer(LoadBalancer):
         )
         digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
         self._worker_path = state_dir / f"haproxy-{digest}.json"
+        self._found: tuple[int, list[ServerState]] | None = None  # see _read_turn
 
     def state(self) -> LBView:
-        mine = self._servers()
-        rows = {(r.backend, r.server): r for r in self._client.stat(self._config.backend)}
-        missing = StatRow(backend="", server="", status="?", scur=0, check_status="")
-        pairs = [(s, rows.get((s.backend, s.server), missing)) for s in mine]
-        if all(s.maint for s in mine):
+        mine, rows, now = self._read_turn()
+        pairs = list(zip(mine, rows, strict=True))
+        if any(_admin_from_status(r.status) is None for r in rows):
+            # DOWN or NOLB: the status hides a drain, the admin bits tell (rare: the
+            # node's server down while not in maint, e.g. waiting for HAProxy's check)
+            now_state = {(s.backend, s.server): s for s in self._servers()}
+            pairs = [(now_state.get((s.backend, s.server), s), r) for s, r in pairs]
+        flags = [_admin_from_status(r.status) or (s.maint, s.drain) for s, r in pairs]
+        if all(maint for maint, _ in flags):
             status = LBStatus.OUT
-        elif all(s.maint or s.drain or r.status.startswith("DRAIN") for s, r in pairs):
+        elif all(maint or drain for maint, drain in flags):
             status = LBStatus.DRAINING
         else:
             status = LBStatus.IN_SERVICE
@@ -193,21 +206,52 @@ class HAProxyLoadBalancer(LoadBalancer):
             f"{s.backend}/{s.server} {r.status} scur={r.scur} check={r.check_status or '-'}"
             for s, r in pairs
         )
-        sessions = sum(r.scur for _, r in pairs)
+        sessions = sum(r.scur for r in rows)
         if self._master is not None:
-            sessions, old = self._sessions_in_every_worker(self._master, mine)
+            sessions, old = self._sessions_in_every_worker(self._master, mine, answering=now)
             detail += "".join(f"; old worker {pid} scur={n}" for pid, n in old.items() if n)
-        elif (drained_in := self._remembered_worker()) is not None:
-            # Read last: if the drain's worker still answers, no reload came between
-            # the drain and the reads above (a socket never goes back to an old worker).
-            now = self._client.worker_pid()
-            if now != drained_in:
-                sessions = max(sessions, 1)
-                detail += (
-                    f"; reloaded since the drain (worker {drained_in}, now {now}):"
-                    " an old worker may still serve it"
-                )
+        elif (drained_in := self._remembered_worker()) is not None and now != drained_in:
+            # `now` was read after the rows: if the drain's worker still answered then,
+            # no reload came between the drain and the reads (a socket never goes back
+            # to an old worker).
+            sessions = max(sessions, 1)
+            detail += (
+                f"; reloaded since the drain (worker {drained_in}, now {now}):"
+                " an old worker may still serve it"
+            )
         return LBView(status=status, sessions=sessions, detail=detail)
+
+    def _read_turn(self) -> tuple[list[ServerState], list[StatRow], int]:
+        """The node's servers and their ``show stat`` rows, one row per server, and the
+        worker PID read after them. The servers (names, ids) are those found at the last
+        ``show servers state`` read; they are found again when the PID read after the
+        rows is not the one read before that (a reload: ids may change), or when a row
+        does not name the server found (a server deleted or readdressed at runtime)."""
+        for _ in range(2):
+            pid, mine = self._found or self._find()
+            rows = [self._row(s) for s in mine]
+            now = self._client.worker_pid()
+            if now == pid and all(
+                r is not None and self._same(s, r) for s, r in zip(mine, rows, strict=True)
+            ):
+                return mine, [r for r in rows if r is not None], now
+            self._found = None
+        where = self._client.address
+        raise TransientAdapterError(
+            f"{where} changed while it was read (reloaded, or servers changed at runtime);"
+            " reading again next turn"
+        )
+
+    def _row(self, s: ServerState) -> StatRow | None:
+        rows = self._client.stat(s.backend, server_id=s.server_id)
+        return rows[0] if len(rows) == 1 else None
+
+    def _same(self, s: ServerState, r: StatRow) -> bool:
+        if (r.backend, r.server) != (s.backend, s.server):
+            return False
+        if self._config.address is None or not r.address:
+            return True
+        return bool(servers_at([replace(s, address=_host(r.address))], self._config.address))
 
     def drain(self) -> None:
         mine = self._servers()
@@ -294,10 +338,15 @@ class HAProxyLoadBalancer(LoadBalancer):
         return f"refusing to drain {self._node}: " + "; ".join(refusals)
 
     def _sessions_in_every_worker(
-        self, master: HAProxyClient, mine: list[ServerState]
+        self, master: HAProxyClient, mine: list[ServerState], *, answering: int | None = None
     ) -> tuple[int, dict[int, int]]:
-        """The node's sessions summed over every worker ``master`` lists; and per old worker."""
-        answering = self._client.worker_pid()
+        """The node's sessions summed over every worker ``master`` lists; and per old worker.
+
+        Each worker is asked for the node's rows by server id; a worker started from
+        another configuration (an old one, after a reload) may give the id to another
+        server or none, and is then asked for its whole backend."""
+        if answering is None:
+            answering = self._client.worker_pid()
         processes = master.processes()
         if answering not in processes.all:
             raise PermanentAdapterError(
@@ -305,17 +354,22 @@ class HAProxyLoadBalancer(LoadBalancer):
                 f" list worker {answering}, which answers there (`masters` must follow the"
                 " order of `instances`)"
             )
-        wanted = {(s.backend, s.server) for s in mine}
-        counts = {
-            pid: sum(
-                r.scur
-                for r in master.stat(self._config.backend, worker=pid)
-                if (r.backend, r.server) in wanted
-            )
-            for pid in processes.all
-        }
+        counts = {pid: self._sessions_in(master, pid, mine) for pid in processes.all}
         old = {pid: counts[pid] for pid in processes.old_workers}
         return sum(counts.values()), old
+
+    def _sessions_in(self, master: HAProxyClient, pid: int, mine: list[ServerState]) -> int:
+        wanted = {(s.backend, s.server) for s in mine}
+        rows = [
+            r
+            for s in mine
+            for r in master.stat(s.backend, worker=pid, server_id=s.server_id)
+            if (r.backend, r.server) == (s.backend, s.server)
+        ]
+        if len(rows) < len(mine):  # exited (no rows at all), or ids differ there
+            every = master.stat(self._config.backend, worker=pid)
+            rows = [r for r in every if (r.backend, r.server) in wanted]
+        return sum(r.scur for r in rows)
 
     def _remembered_worker(self) -> int | None:
         path = self._worker_path
@@ -344,7 +398,16 @@ class HAProxyLoadBalancer(LoadBalancer):
             ) from exc
 
     def _servers(self) -> list[ServerState]:
-        return self._select(self._client.servers_state(self._config.backend))
+        return self._find()[1]
+
+    def _find(self) -> tuple[int, list[ServerState]]:
+        """The node's servers as ``show servers state`` has them now, and the worker PID
+        read before them; kept for the turns that follow (``_read_turn``)."""
+        pid = self._client.worker_pid()
+        config = self._config
+        mine = self._select(self._client.servers_state(config.backend, server=config.server))
+        self._found = (pid, mine)
+        return pid, mine
 
     def _select(self, states: list[ServerState]) -> list[ServerState]:
         config, where = self._config, self._client.address
@@ -361,6 +424,25 @@ class HAProxyLoadBalancer(LoadBalancer):
                 f"server {config.server} not found in backend {config.backend} on {where}"
             )
         return found
+
+
+def _admin_from_status(status: str) -> tuple[bool, bool] | None:
+    """(maint, drain) as ``show stat``'s status shows them, or None when it cannot: HAProxy
+    2.6 writes MAINT for any maintenance and DRAIN for a drained server that is up, but
+    DOWN or NOLB for a drained one that is not."""
+    if status.startswith("MAINT"):
+        return True, False
+    if status.startswith("DRAIN"):
+        return False, True
+    if status.startswith(("UP", "no check")):
+        return False, False
+    return None
+
+
+def _host(addr: str) -> str:
+    """The IP of ``show stat``'s ``addr`` column (``10.0.0.4:80``, ``[::1]:80``)."""
+    host = addr.rpartition(":")[0] if addr.count(":") == 1 or addr.startswith("[") else addr
+    return host.removeprefix("[").removesuffix("]")
 
 
 def same_server(one: HAProxyConfig, other: HAProxyConfig) -> bool:
