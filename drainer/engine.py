@@ -71,7 +71,8 @@ def build_lbs(
     config: Config, node: str, *, plugins: Mapping[str, AnyAdapterPlugin] | None = None
 ) -> dict[str, LoadBalancer]:
     """One LoadBalancer per configured instance (``plugins``: the registered adapters)."""
-    plugins = adapter_plugins() if plugins is None else plugins
+    if plugins is None:
+        plugins = adapter_plugins({entry.type for entry in config.load_balancers})
     context = AdapterContext(node=node, state_dir=config.state_dir)
     lbs: dict[str, LoadBalancer] = {}
     for i, entry in enumerate(config.load_balancers):
