@@ -12,6 +12,7 @@ odd about an event is logged once, as a warning, while the event is listed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -226,7 +227,10 @@ class AzureSource:
         transport: httpx.BaseTransport | None = None,
         attempts: int = 3,
     ) -> None:
-        self._client = httpx.Client(
+        # made at the first request: a command that asks nothing (`drainer status` with
+        # node.name set) builds no SSL context
+        self._new_client = functools.partial(
+            httpx.Client,
             base_url=config.endpoint,
             headers={"Metadata": "true"},
             timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 1.0)),
@@ -234,6 +238,7 @@ class AzureSource:
             follow_redirects=False,
             transport=transport,
         )
+        self._made: httpx.Client | None = None
         self._endpoint = config.endpoint
         self._said: set[str] = set()  # the warnings about the events listed last time
         stopping = stopping or threading.Event()
@@ -245,6 +250,12 @@ class AzureSource:
             sleep=self._pause,
             retry_error_callback=self._give_up,
         )
+
+    @property
+    def _client(self) -> httpx.Client:
+        if self._made is None:
+            self._made = self._new_client()
+        return self._made
 
     def _pause(self, seconds: float) -> None:
         self._stopping.wait(seconds)  # returns at once on shutdown
@@ -310,7 +321,8 @@ class AzureSource:
         )
 
     def close(self) -> None:
-        self._client.close()
+        if self._made is not None:
+            self._made.close()
 
 
 def create(config: AzureConfig, stopping: threading.Event) -> AzureSource:
