@@ -12,7 +12,6 @@ odd about an event is logged once, as a warning, while the event is listed.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -20,9 +19,8 @@ import re
 import threading
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -36,6 +34,9 @@ from drainer._types import HttpUrl
 from drainer.errors import PayloadError, SourceError
 from drainer.model import Damaged, EventStatus, EventType, Listing, MaintenanceEvent
 from drainer.sources.base import SourceConfig, SourcePlugin
+
+if TYPE_CHECKING:  # imported at the first request: `config check` and `status` need none
+    import httpx
 
 API_VERSION = "2020-07-01"
 COMPUTE_API_VERSION = "2021-02-01"
@@ -228,16 +229,9 @@ class AzureSource:
         attempts: int = 3,
     ) -> None:
         # made at the first request: a command that asks nothing (`drainer status` with
-        # node.name set) builds no SSL context
-        self._new_client = functools.partial(
-            httpx.Client,
-            base_url=config.endpoint,
-            headers={"Metadata": "true"},
-            timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 1.0)),
-            trust_env=False,
-            follow_redirects=False,
-            transport=transport,
-        )
+        # node.name set) imports no httpx and builds no SSL context
+        self._config = config
+        self._transport = transport
         self._made: httpx.Client | None = None
         self._endpoint = config.endpoint
         self._said: set[str] = set()  # the warnings about the events listed last time
@@ -254,7 +248,17 @@ class AzureSource:
     @property
     def _client(self) -> httpx.Client:
         if self._made is None:
-            self._made = self._new_client()
+            import httpx
+
+            timeout = self._config.timeout
+            self._made = httpx.Client(
+                base_url=self._config.endpoint,
+                headers={"Metadata": "true"},
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
+                trust_env=False,
+                follow_redirects=False,
+                transport=self._transport,
+            )
         return self._made
 
     def _pause(self, seconds: float) -> None:
@@ -265,6 +269,8 @@ class AzureSource:
         raise SourceError(f"metadata service at {self._endpoint}: {exc}") from exc
 
     def _request(self, method: str, path: str, version: str, body: Any = None) -> httpx.Response:
+        import httpx
+
         def once() -> httpx.Response:
             try:
                 reply = self._client.request(
