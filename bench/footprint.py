@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
-"""What the sidecar costs while idle, and how fast it reacts to an event.
+"""What the CLI and the sidecar cost, and how fast the sidecar reacts to an event.
 
-Starts the fake metadata service and `drainer run` (mock load balancer, 1 s poll,
-metrics on) as a subprocess, then prints:
-- resident memory and CPU use of the idle sidecar over --idle seconds,
+Prints:
+- the start time of `drainer --help`, `drainer config check` and `drainer status`
+  (mock load balancer, no sidecar running), median of --runs runs, next to
+  `python -c pass` in the same run;
+- the CPU of one HTTP health check: a client made per check (the one-shot
+  `check_health`) against the daemon's `HealthCheck`, which keeps one client.
+
+Then starts the fake metadata service and `drainer run` (mock load balancer, 1 s poll,
+metrics on) as a subprocess, and prints:
+- resident memory, CPU use and wakeups (voluntary context switches, all threads) of the
+  idle sidecar over --idle seconds,
 - the time from an event appearing in the metadata service to the adapter's drain call
   (read from the mock's own call log), median and p99 over --events events.
 Loopback only; bounded by the counts given.
 
-    python bench/footprint.py [--idle 30] [--events 25]
+    python bench/footprint.py [--runs 11] [--idle 30] [--events 25]
 """
 
 from __future__ import annotations
@@ -40,11 +48,78 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread: how often the process went to sleep."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
+def start_ms(argv: list[str], runs: int) -> float:
+    """Median wall time of a command, from fork to exit, in ms."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def cli_starts(tmp: Path, runs: int) -> None:
+    (tmp / "boot_id").write_text("boot-1\n")
+    config = {
+        "node": {"name": "web-1", "boot_id_path": str(tmp / "boot_id")},
+        "state_dir": str(tmp / "state"),
+        "source": {"poll_interval": "1s"},  # the IMDS address by default: status asks nothing
+        "health": {"tcp": {"port": 9}},
+        "load_balancers": [{"type": "mock", "path": str(tmp / "mock.json")}],
+    }
+    path = tmp / "cli.yaml"
+    path.write_text(json.dumps(config))
+    drainer = [sys.executable, "-m", "drainer"]
+    base = start_ms([sys.executable, "-c", "pass"], runs)
+    print(f"CLI start, median of {runs} runs (python -c pass: {base:.0f} ms):")
+    for label, argv in [
+        ("--help", [*drainer, "--help"]),
+        ("config check", [*drainer, "config", "check", "-c", str(path)]),
+        ("status", [*drainer, "status", "-c", str(path)]),
+    ]:
+        ms = start_ms(argv, runs)
+        print(f"  drainer {label:<13} {ms:4.0f} ms ({ms - base:+.0f} ms over python -c pass)")
+
+
+def health_cpu(checks: int = 50) -> None:
+    from drainer.config import HealthConfig
+    from drainer.health import HealthCheck, check_health
+
+    web = WebServer(free_port(), name="web-1").start()
+    try:
+        config = HealthConfig.model_validate({"http": {"url": f"http://127.0.0.1:{web.port}/"}})
+        check = HealthCheck()
+        for label, one in [("a client per check", check_health), ("one client kept", check)]:
+            one(config)  # imports done
+            t0 = time.process_time()
+            for _ in range(checks):
+                assert one(config)[0]
+            ms = (time.process_time() - t0) / checks * 1000
+            print(f"one HTTP health check, {label}: {ms:.1f} ms CPU (mean of {checks})")
+        check.close()
+    finally:
+        web.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=11, help="runs per CLI command")
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle measurement")
     parser.add_argument("--events", type=int, default=25, help="events to time (>= 20)")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="drainer-bench-") as tmp_dir:
+        cli_starts(Path(tmp_dir), args.runs)
+    health_cpu()
 
     with (
         tempfile.TemporaryDirectory(prefix="drainer-bench-") as tmp_dir,
@@ -69,15 +144,18 @@ def main() -> int:
         )
         try:
             time.sleep(5.0)  # imports done, first polls made
-            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+            cpu0, woke0, t0 = cpu_seconds(proc.pid), wakeups(proc.pid), time.monotonic()
             peak = 0.0
             while time.monotonic() - t0 < args.idle:
                 peak = max(peak, rss_mib(proc.pid))
                 time.sleep(1.0)
-            cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
+            elapsed = time.monotonic() - t0
+            cpu = (cpu_seconds(proc.pid) - cpu0) / elapsed * 100
+            woke = (wakeups(proc.pid) - woke0) / elapsed
             print(
                 f"idle, 1 s poll, over {args.idle:.0f} s: "
-                f"RSS {rss_mib(proc.pid):.1f} MiB (peak {peak:.1f} MiB), CPU {cpu:.2f} %"
+                f"RSS {rss_mib(proc.pid):.1f} MiB (peak {peak:.1f} MiB), CPU {cpu:.2f} %, "
+                f"{woke:.1f} wakeups/s"
             )
 
             def drains() -> list[float]:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+LOCK_TIMEOUT = 30.0  # seconds a command waits for the state lock before giving up
 
 
 def make_private_dir(path: Path) -> None:

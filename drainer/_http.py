@@ -8,7 +8,9 @@ subclass names the methods it answers and gets each of them in ``_serve(method)`
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import socket
 import socketserver
 import sys
 import threading
@@ -67,19 +69,34 @@ class Http11Handler(Handler):
 
 
 class ServerThread(Generic[ServerT]):
-    """``server.serve_forever`` in a thread of its own, from construction until ``stop()``."""
+    """``server.serve_forever`` in a thread of its own, from construction until ``stop()``.
+
+    ``poll_interval=None``: no periodic wakeup; the thread sleeps in ``accept`` until a
+    client comes, and ``stop()`` wakes it by shutting the listening socket down (Linux)."""
 
     def __init__(
-        self, server: ServerT, *, name: str, poll_interval: float, daemon: bool | None = None
+        self,
+        server: ServerT,
+        *,
+        name: str,
+        poll_interval: float | None,
+        daemon: bool | None = None,
     ) -> None:
         self.server = server
+        self._idle = poll_interval is None
+        self._stopping = False
         self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": poll_interval},
+            target=self._serve_idle if self._idle else server.serve_forever,
+            kwargs={} if self._idle else {"poll_interval": poll_interval},
             name=name,
             daemon=daemon,
         )
         self._thread.start()
+
+    def _serve_idle(self) -> None:
+        self.server.timeout = None
+        while not self._stopping:
+            self.server.handle_request()  # returns after one client, or at stop()
 
     @property
     def port(self) -> int:
@@ -87,7 +104,13 @@ class ServerThread(Generic[ServerT]):
 
     def stop(self, *, join_timeout: float) -> None:
         """Stop serving, close the socket, then wait for the thread."""
-        self.server.shutdown()
+        if self._idle:
+            self._stopping = True
+            with contextlib.suppress(OSError):
+                self.server.socket.shutdown(socket.SHUT_RDWR)  # accept returns at once
+            self._thread.join(timeout=join_timeout)
+        else:
+            self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=join_timeout)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import httpx
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PlainSerializer
 
 from drainer.model import format_duration, parse_duration
@@ -37,6 +36,8 @@ PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 def http_url(url: str) -> str:
     """An http(s) URL with a host, refused when the configuration is read rather than by
     every request made with it."""
+    import httpx  # here: a configuration without URLs (and `drainer --help`) never loads it
+
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:

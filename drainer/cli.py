@@ -16,38 +16,34 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from drainer import logs
-from drainer.config import Config, dump_config, load_config
-from drainer.core import (
-    ManualDrain,
-    ManualUndrain,
-    Phase,
-    Record,
-    relevant,
-    salvage,
-)
-from drainer.daemon import run as run_daemon
+from drainer._files import LOCK_TIMEOUT
 from drainer.errors import ConfigError, DrainerError, SourceError
-from drainer.model import LBView, MaintenanceEvent
-from drainer.node import Node, assemble
-from drainer.preflight import check_setup
-from drainer.status import event_lines, event_rows, status_data, status_lines
-from drainer.store import LOCK_TIMEOUT
+
+# Each command imports what it uses, so that `drainer --help` and `config check` load
+# neither the core, the adapters nor the HTTP client they do not need.
+if TYPE_CHECKING:
+    from drainer.config import Config
+    from drainer.core import Record
+    from drainer.model import LBView, MaintenanceEvent
+    from drainer.node import Node
 
 app = typer.Typer(
     add_completion=True,
+    rich_markup_mode=None,  # plain help: rich's import alone took longer than the rest
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="Take this node out of its load balancers before cloud maintenance, "
     "and put it back once it is healthy.",
 )
-config_app = typer.Typer(no_args_is_help=True, help="Check or show a configuration.")
+config_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Check or show a configuration."
+)
 app.add_typer(config_app, name="config")
 
 DEFAULT_CONFIG = Path("/etc/drainer/drainer.yaml")
@@ -73,6 +69,8 @@ _options_seen = _Options()
 
 def _version(shown: bool) -> None:
     if shown:
+        from importlib.metadata import PackageNotFoundError, version
+
         try:
             number = version("drainer")
         except PackageNotFoundError:
@@ -130,6 +128,8 @@ def _fail(exc: Exception, code: int) -> None:
 
 
 def _load(path: Path) -> Config:
+    from drainer.config import load_config
+
     config = load_config(path)
     if _options_seen.log_format is None:
         logs.setup(config.log_format, debug=_options_seen.debug)
@@ -142,6 +142,8 @@ def _say(message: str) -> None:
 
 @contextmanager
 def _node(path: Path) -> Iterator[Node]:
+    from drainer.node import assemble
+
     node = assemble(_load(path), threading.Event())
     node.engine.store.lock_timeout = _options_seen.lock_timeout
     node.engine.store.on_wait = _say
@@ -157,6 +159,8 @@ def _node(path: Path) -> Iterator[Node]:
 @app.command()
 def run(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Run the sidecar: watch for maintenance events and handle them."""
+    from drainer.daemon import run as run_daemon
+
     with _errors():
         code = run_daemon(_load(config), config_path=config)
     raise typer.Exit(code)
@@ -207,6 +211,8 @@ def drain(
     ] = False,
 ) -> None:
     """Take this node out of every load balancer and keep it out until `undrain`."""
+    from drainer.core import ManualDrain, Phase
+
     if timeout is not None and not wait:
         raise typer.BadParameter(
             "only means something with --wait (drain --wait --timeout SECONDS)",
@@ -248,6 +254,8 @@ def _truthful(node: Node, recorded: str) -> None:
 def _maintenance(node: Node) -> tuple[list[MaintenanceEvent], str]:
     """The events for this node that are pending or under way, from the record and from
     the metadata service; the second item is why the service could not say ("" if it did)."""
+    from drainer.core import relevant, salvage
+
     record = node.engine.store.load()
     found: dict[str, MaintenanceEvent] = {}
     if record.event is not None:
@@ -296,6 +304,8 @@ def undrain(
     """Put this node back into every load balancer (health-checked first unless --force).
 
     Refused while a maintenance event for this node is pending or started."""
+    from drainer.core import ManualUndrain, Phase
+
     with _errors(), _node(config) as node:
         if not force:
             _refuse_during_maintenance(node)
@@ -327,6 +337,8 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
     finished a turn lately, so nothing watches for maintenance (checked first);
     1 needs a person: held as unhealthy, a load balancer unreachable, or meant to be out
     and not out (also: the status could not be read); 2 bad usage or configuration."""
+    from drainer.status import status_data, status_lines
+
     with _errors(), _node(config) as node:
         data = status_data(node)
     if as_json:
@@ -342,6 +354,8 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
 @app.command()
 def events(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
     """List the maintenance events the metadata service shows now."""
+    from drainer.status import event_lines, event_rows
+
     with _errors(), _node(config) as node:
         rows = event_rows(node)
     if as_json:
@@ -358,6 +372,8 @@ def events(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
 def check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Check the setup live: metadata service, load balancers, health check, state
     directory. One line per check; exit 1 if one fails, 2 on a bad configuration."""
+    from drainer.preflight import check_setup
+
     with _errors():
         checks = check_setup(_load(config))
     for item in checks:
@@ -374,6 +390,8 @@ def check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
 @config_app.command("check")
 def config_check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Validate a configuration file (exit 2 naming every problem)."""
+    from drainer.config import load_config
+
     with _errors():
         load_config(config)
     typer.echo(f"{config}: ok")
@@ -382,6 +400,8 @@ def config_check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
 @config_app.command("show")
 def config_show(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Print the effective configuration, defaults included."""
+    from drainer.config import dump_config, load_config
+
     with _errors():
         typer.echo(dump_config(load_config(config)), nl=False)
 

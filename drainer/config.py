@@ -28,7 +28,7 @@ from drainer.adapters.base import AdapterConfig
 from drainer.core import Policy, Reaction, Rule
 from drainer.errors import ConfigError
 from drainer.model import EventType
-from drainer.plugins import adapter_plugins, source_plugin
+from drainer.plugins import adapter_names, adapter_plugins, source_plugin
 from drainer.sources.base import SourceConfig
 
 __all__ = [
@@ -215,15 +215,17 @@ def parse_config(raw: Any, *, origin: str = "<config>") -> Config:
         except ValidationError as exc:
             problems += format_errors(exc, ("source",))
     lbs: list[AdapterConfig] = []
-    plugins = adapter_plugins()
     entries = raw.get("load_balancers")
     if isinstance(entries, list):
+        # only the configured adapters are imported and their models built
+        types = [item.get("type") for item in entries if isinstance(item, dict)]
+        plugins = adapter_plugins(t for t in types if isinstance(t, str))
         for i, item in enumerate(entries):
             kind = item.get("type") if isinstance(item, dict) else None
             if not isinstance(item, dict):
                 problems.append(f"load_balancers[{i}]: must be a mapping")
             elif kind not in plugins:
-                known = ", ".join(sorted(plugins))
+                known = ", ".join(adapter_names())
                 problems.append(f"load_balancers[{i}].type: unknown type {kind!r} (known: {known})")
             else:
                 try:

@@ -24,6 +24,7 @@ What the loop does besides turning:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -49,7 +50,6 @@ __all__ = ["Runner", "assemble", "loop", "run"]
 log = logging.getLogger("drainer")
 
 LB_METRICS_EVERY = 15.0  # seconds: read the load balancers for the metrics when idle
-WAKE = 0.5  # seconds: the longest the loop sleeps without looking at its flags
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -156,8 +156,9 @@ class Runner:
 
     def _between(self, until: float) -> None:
         """Wait for the next poll; while the node should be out, re-check its load
-        balancers every ``drain.recheck_interval`` meanwhile. Wakes at least every
-        ``WAKE`` seconds, so a stop flag set without ``wake`` is seen soon too."""
+        balancers every ``drain.recheck_interval`` meanwhile. A stop or a reload sets
+        ``wake`` with its flag, so the loop sleeps until something is due (a flag set
+        without ``wake`` is seen at the next poll)."""
         every = self.node.config.drain.recheck_interval
         due = time.monotonic() + every
         while not self.stopping.is_set() and not self.reload.is_set():
@@ -169,7 +170,7 @@ class Runner:
                 if self.node.engine.should_recheck():
                     self._recheck()
                     continue
-            self.wake.wait(min(until, due, now + WAKE) - now)
+            self.wake.wait(min(until, due) - now)
             self.wake.clear()
 
     def _recheck(self) -> None:
@@ -272,6 +273,37 @@ def _check_writable(state_dir: Path) -> None:
         ) from exc
 
 
+def _wait(runner: Runner, stopping: threading.Event) -> None:
+    """Run ``runner`` in the worker thread; the main thread sleeps until a stop signal or
+    the worker's end, with no periodic wakeup: both write to a pipe that the main thread
+    reads (the signal through ``signal.set_wakeup_fd``; the handler itself takes no lock
+    the main thread could hold). Then the worker gets a second to finish its turn."""
+    ended = threading.Event()
+    readable, writable = os.pipe()
+    os.set_blocking(writable, False)
+
+    def work() -> None:
+        try:
+            runner.loop()
+        finally:
+            ended.set()
+            with contextlib.suppress(OSError):  # the main thread stopped reading
+                os.write(writable, b"\0")
+
+    previous = signal.set_wakeup_fd(writable, warn_on_full_buffer=False)
+    worker = threading.Thread(target=work, name="drainer-loop", daemon=True)
+    try:
+        worker.start()
+        while not ended.is_set() and not stopping.is_set():
+            os.read(readable, 64)
+        worker.join(timeout=1.0)
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(readable)
+        if not worker.is_alive():  # else it may still write when its turn ends
+            os.close(writable)
+
+
 def run(config: Config, *, config_path: Path | None = None) -> int:
     stopping = threading.Event()
     runner: Runner | None = None
@@ -316,12 +348,8 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
                 ", ".join(node.lbs),
             )
             notifier.send("READY=1", status_line(record), f"MAINPID={os.getpid()}")
-            worker = threading.Thread(target=runner.loop, name="drainer-loop", daemon=True)
-            worker.start()
-            while worker.is_alive() and not stopping.is_set():
-                stopping.wait(0.5)
+            _wait(runner, stopping)
             notifier.send("STOPPING=1")
-            worker.join(timeout=1.0)
         finally:
             (runner.node if runner else node).close()
     finally:

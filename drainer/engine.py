@@ -49,7 +49,7 @@ from drainer.core import (
     wants_recheck,
 )
 from drainer.errors import AdapterError, ConfigError, SourceError, StateError
-from drainer.health import check_health
+from drainer.health import HealthCheck
 from drainer.metrics import Metrics
 from drainer.model import LBView, Listing
 from drainer.plugins import adapter_plugins
@@ -71,7 +71,8 @@ def build_lbs(
     config: Config, node: str, *, plugins: Mapping[str, AnyAdapterPlugin] | None = None
 ) -> dict[str, LoadBalancer]:
     """One LoadBalancer per configured instance (``plugins``: the registered adapters)."""
-    plugins = adapter_plugins() if plugins is None else plugins
+    if plugins is None:
+        plugins = adapter_plugins({entry.type for entry in config.load_balancers})
     context = AdapterContext(node=node, state_dir=config.state_dir)
     lbs: dict[str, LoadBalancer] = {}
     for i, entry in enumerate(config.load_balancers):
@@ -100,7 +101,8 @@ class Engine:
     health: HealthConfig
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], float] = time.time
-    check: Callable[[HealthConfig], tuple[bool, str]] = check_health
+    # one HTTP client for the engine's life (the daemon's: until a reload replaces it)
+    check: Callable[[HealthConfig], tuple[bool, str]] = field(default_factory=HealthCheck)
     follow_disk: bool = False  # the daemon: log and count what other processes changed
     _errors: dict[str, str] = field(default_factory=dict)
     # The last refusal of a drain, take-out or put-back, per load balancer (cleared by a

@@ -177,8 +177,9 @@ class Metrics:
             server = server_class((host, port), _Handler, self)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"metrics.listen: cannot listen on {listen}: {exc}") from exc
+        # no polling: the listener wakes for a client or at close(), not twice a second
         self._listener = ServerThread(
-            server, name="drainer-metrics", poll_interval=0.5, daemon=True
+            server, name="drainer-metrics", poll_interval=None, daemon=True
         )
         return self._listener.port
 

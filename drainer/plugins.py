@@ -9,6 +9,7 @@ that names the group, the name and what is known.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 from typing import TypeVar
 
@@ -16,7 +17,7 @@ from drainer.adapters.base import AdapterPlugin, AnyAdapterPlugin
 from drainer.errors import ConfigError
 from drainer.sources.base import AnySourcePlugin, SourcePlugin
 
-__all__ = ["adapter_plugins", "source_names", "source_plugin"]
+__all__ = ["adapter_names", "adapter_plugins", "source_names", "source_plugin"]
 
 ADAPTERS = "drainer.adapters"
 SOURCES = "drainer.sources"
@@ -32,9 +33,21 @@ def _load(group: str, ep: EntryPoint, kind: type[P]) -> P:
     return plugin
 
 
-def adapter_plugins() -> dict[str, AnyAdapterPlugin]:
-    """Every adapter registered under ``drainer.adapters``, by type name."""
-    return {ep.name: _load(ADAPTERS, ep, AdapterPlugin) for ep in entry_points(group=ADAPTERS)}
+def adapter_plugins(names: Iterable[str] | None = None) -> dict[str, AnyAdapterPlugin]:
+    """The adapters registered under ``drainer.adapters``, by type name: every one, or
+    only those in ``names`` (only they are imported; a name no entry point has is left
+    out, for the caller to name with ``adapter_names``)."""
+    wanted = None if names is None else set(names)
+    return {
+        ep.name: _load(ADAPTERS, ep, AdapterPlugin)
+        for ep in entry_points(group=ADAPTERS)
+        if wanted is None or ep.name in wanted
+    }
+
+
+def adapter_names() -> list[str]:
+    """The type names registered under ``drainer.adapters``, sorted (none is imported)."""
+    return sorted(ep.name for ep in entry_points(group=ADAPTERS))
 
 
 def source_names() -> list[str]:

@@ -31,7 +31,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from drainer._files import FileLock, LockTimeout, make_private_dir, write_atomically
+from drainer._files import (
+    LOCK_TIMEOUT,
+    FileLock,
+    LockTimeout,
+    make_private_dir,
+    write_atomically,
+)
 from drainer.core import DrainResult, Phase, Record
 from drainer.errors import StateError
 from drainer.model import MaintenanceEvent
@@ -39,7 +45,6 @@ from drainer.model import MaintenanceEvent
 VERSION = 1
 LOCK = "lock"
 NAMES = "node-names.json"
-LOCK_TIMEOUT = 30.0  # seconds a command waits for the state lock before giving up
 LOCK_NOTICE = 1.0  # seconds of waiting before saying so
 
 log = logging.getLogger("drainer")

@@ -19,9 +19,8 @@ import re
 import threading
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -35,6 +34,9 @@ from drainer._types import HttpUrl
 from drainer.errors import PayloadError, SourceError
 from drainer.model import Damaged, EventStatus, EventType, Listing, MaintenanceEvent
 from drainer.sources.base import SourceConfig, SourcePlugin
+
+if TYPE_CHECKING:  # imported at the first request: `config check` and `status` need none
+    import httpx
 
 API_VERSION = "2020-07-01"
 COMPUTE_API_VERSION = "2021-02-01"
@@ -226,14 +228,11 @@ class AzureSource:
         transport: httpx.BaseTransport | None = None,
         attempts: int = 3,
     ) -> None:
-        self._client = httpx.Client(
-            base_url=config.endpoint,
-            headers={"Metadata": "true"},
-            timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 1.0)),
-            trust_env=False,
-            follow_redirects=False,
-            transport=transport,
-        )
+        # made at the first request: a command that asks nothing (`drainer status` with
+        # node.name set) imports no httpx and builds no SSL context
+        self._config = config
+        self._transport = transport
+        self._made: httpx.Client | None = None
         self._endpoint = config.endpoint
         self._said: set[str] = set()  # the warnings about the events listed last time
         stopping = stopping or threading.Event()
@@ -246,6 +245,22 @@ class AzureSource:
             retry_error_callback=self._give_up,
         )
 
+    @property
+    def _client(self) -> httpx.Client:
+        if self._made is None:
+            import httpx
+
+            timeout = self._config.timeout
+            self._made = httpx.Client(
+                base_url=self._config.endpoint,
+                headers={"Metadata": "true"},
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
+                trust_env=False,
+                follow_redirects=False,
+                transport=self._transport,
+            )
+        return self._made
+
     def _pause(self, seconds: float) -> None:
         self._stopping.wait(seconds)  # returns at once on shutdown
 
@@ -254,6 +269,8 @@ class AzureSource:
         raise SourceError(f"metadata service at {self._endpoint}: {exc}") from exc
 
     def _request(self, method: str, path: str, version: str, body: Any = None) -> httpx.Response:
+        import httpx
+
         def once() -> httpx.Response:
             try:
                 reply = self._client.request(
@@ -310,7 +327,8 @@ class AzureSource:
         )
 
     def close(self) -> None:
-        self._client.close()
+        if self._made is not None:
+            self._made.close()
 
 
 def create(config: AzureConfig, stopping: threading.Event) -> AzureSource:
