@@ -40,10 +40,13 @@ class Unrecorded:
 class Note:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / NAME
+        self._allocated = False  # the last read saw the whole file: prepare has nothing to do
 
     def prepare(self) -> None:
         """Allocate the file while there is room (keeping what it holds); OSError when
-        there is none."""
+        there is none. Nothing to do (no system call) after a read saw it whole."""
+        if self._allocated:
+            return
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             size = os.fstat(fd).st_size
@@ -77,12 +80,14 @@ class Note:
 
     def read(self) -> Unrecorded | None:
         """The note, or None when the file is blank or absent."""
+        self._allocated = False
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError:
             return Unrecorded(lbs=None, at=0.0, draining=False, manual=False)
+        self._allocated = len(raw) >= SIZE
         text = raw.decode("utf-8", "replace").strip(" \0\n")
         if not text:
             return None
