@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Installs what drainer's tests, demo and benchmarks need on a fresh machine:
-# Debian's haproxy and nginx (apt-get, when missing), then drainer and its test
+# Debian's haproxy, nginx, prometheus (promtool), etcd-server, etcd-client,
+# cloud-init and systemd (systemd-analyze), with apt-get when missing, then drainer and its test
 # dependencies in ./.venv. test.sh and bench/run call it; it is safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# tool -> the Debian package that provides it
+packages=(haproxy:haproxy nginx:nginx promtool:prometheus prometheus:prometheus
+  etcd:etcd-server etcdctl:etcd-client cloud-init:cloud-init systemd-analyze:systemd)
 missing=()
-for tool in haproxy nginx; do
-  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
+for pair in "${packages[@]}"; do
+  tool=${pair%%:*} pkg=${pair#*:}
+  if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
+    case " ${missing[*]-} " in *" $pkg "*) ;; *) missing+=("$pkg") ;; esac
+  fi
 done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
