@@ -39,7 +39,6 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 
 from drainer.model import (
     Approve,
@@ -49,6 +48,7 @@ from drainer.model import (
     LBStatus,
     LBView,
     MaintenanceEvent,
+    StrEnum,
 )
 
 

@@ -11,7 +11,18 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
+
+
+class StrEnum(str, Enum):
+    """``enum.StrEnum`` as Python 3.11 has it (drainer runs on 3.10 too): ``str()`` and
+    ``format()`` give the value."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(self, spec)
 
 
 class _AnyCase(StrEnum):

@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import threading
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -59,7 +59,27 @@ class _Retryable(Exception):
 
 
 _OVER = frozenset({"completed", "canceled"})  # statuses that mean the event is no more
-_FRACTION = re.compile(r"(\.\d{6})\d+")  # more digits than datetime keeps
+# ISO 8601 as IMDS and .NET write it; normalised for datetime.fromisoformat, which on
+# Python 3.10 takes neither "Z", nor a fraction of other than 3 or 6 digits, nor "+0000".
+_ISO = re.compile(
+    r"(?P<stamp>\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2})?)"
+    r"(?:[.,](?P<fraction>\d+))?\s*(?P<zone>[Zz]|[+-]\d{2}(?::?\d{2})?)?"
+)
+
+
+def _iso(text: str) -> str:
+    match = _ISO.fullmatch(text)
+    if match is None:
+        return text  # fromisoformat says what it cannot read
+    out = match["stamp"].replace("t", "T")
+    if match["fraction"]:
+        out += "." + match["fraction"][:6].ljust(6, "0")  # datetime keeps microseconds
+    zone = match["zone"] or ""
+    if zone in ("Z", "z"):
+        zone = "+00:00"
+    elif zone and ":" not in zone:
+        zone = f"{zone[:3]}:{zone[3:] or '00'}"
+    return out + zone
 
 
 def _time(text: str) -> float:
@@ -68,9 +88,9 @@ def _time(text: str) -> float:
         # parsedate ignores the weekday: Microsoft's own sample has a wrong one.
         moment = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
-        moment = datetime.fromisoformat(_FRACTION.sub(r"\1", text.strip()))
+        moment = datetime.fromisoformat(_iso(text.strip()))
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
 
 

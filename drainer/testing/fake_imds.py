@@ -97,7 +97,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from email.message import Message
 from email.utils import format_datetime
 from typing import Any, cast
@@ -215,7 +215,7 @@ class _Event:
     def to_json(self, api_version: str, quirks: frozenset[str] = frozenset()) -> dict[str, Any]:
         not_before = ""
         if self.status != _STARTED:
-            moment = datetime.fromtimestamp(self.not_before, UTC)
+            moment = datetime.fromtimestamp(self.not_before, timezone.utc)
             if "iso_not_before" in quirks:
                 not_before = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
             else:

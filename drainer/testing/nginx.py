@@ -19,7 +19,10 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+
 
 from drainer.testing.clock import wait_until
 from drainer.testing.ports import free_port
