@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,22 @@ def test_the_wheel_carries_every_file_of_configs_and_deploy(staged: Path) -> Non
     (site,) = staged.glob("opt/drainer/lib/python3*/site-packages")
     for name in names:
         assert (site / "drainer" / "_share" / name).read_bytes() == (ROOT / name).read_bytes()
+
+
+def test_the_wheel_declares_its_license_pythons_and_urls(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as whl:
+        (metadata,) = [n for n in whl.namelist() if n.endswith(".dist-info/METADATA")]
+        text = whl.read(metadata).decode()
+        (license_file,) = [n for n in whl.namelist() if n.endswith("/LICENSE")]
+        assert whl.read(license_file) == (ROOT / "LICENSE").read_bytes()
+    assert "License: Apache-2.0" in text
+    assert "Classifier: License :: OSI Approved :: Apache Software License" in text
+    assert "Classifier: Programming Language :: Python :: 3.10" in text
+    assert "Requires-Python: >=3.10" in text
+    assert "Project-URL: Homepage, " in text
+    license_text = (ROOT / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0, January 2004" in license_text
+    assert license_text.rstrip().endswith("limitations under the License.")
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ instance, and writes a configuration that ``drainer config check`` accepts."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import stat
@@ -128,3 +129,9 @@ def test_a_placeholder_the_script_does_not_know_is_named(render: Path, tmp_path:
     assert "hostname" in done.stderr
     assert "${computer_name}" in done.stderr
     assert not (tmp_path / "out.yaml").exists()
+
+
+def test_the_render_script_is_python_310() -> None:
+    """It runs with the VM's own python3: Ubuntu 22.04's is 3.10."""
+    script = written("/usr/local/sbin/drainer-render-config")["content"]
+    ast.parse(script, feature_version=(3, 10))
