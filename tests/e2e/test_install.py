@@ -2,7 +2,8 @@
 ``deploy/install.sh`` into a staging root (``DESTDIR``: no user, no systemctl), then
 ``systemd-analyze verify`` on the unit in that root, where the binaries it runs exist,
 and ``systemd-analyze security --offline=yes`` on the unit file. Neither needs a running
-systemd: ``verify`` loads the unit into a test-mode manager that reads ``--root``.
+systemd: ``verify`` loads the unit into a test-mode manager that reads ``--root`` (which
+must hold systemd's own units too, or it fails on ``sysinit.target not found``).
 
 The staged venv gets drainer from the wheel (``--no-deps``); its dependencies come from
 this project's venv through a ``.pth`` file, as nothing is downloaded in the tests.
@@ -221,6 +222,26 @@ def test_systemd_analyze_verify_passes_on_the_installed_unit(staged: Path) -> No
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.stdout + verified.stderr == ""
+
+
+@needs_analyze
+def test_the_serve_unit_runs_the_same_install(staged: Path) -> None:
+    """drainer serve's unit (deploy/nginx/) runs drainer from /opt/drainer too."""
+    text = (ROOT / "deploy/nginx/drainer-serve.service").read_text()
+    # not the wrapper in /usr/local/bin, which would run it as the sidecar's user
+    assert unit_settings(text)["ExecStart"][0].startswith("/opt/drainer/bin/drainer serve ")
+    unit = staged / "etc/systemd/system/drainer-serve.service"
+    unit.write_text(text)
+    try:
+        verified = subprocess.run(
+            [str(ANALYZE), "verify", "--man=no", f"--root={staged}", unit.name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        unit.unlink()
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 @needs_analyze
