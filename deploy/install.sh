@@ -38,7 +38,8 @@ if [ $# -gt 0 ]; then
         }
     fi
     # shellcheck disable=SC2086  # PIP_OPTIONS: several options, split on purpose
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check ${PIP_OPTIONS:-} "$1"
+    "$venv/bin/python" -m pip install --upgrade --quiet --disable-pip-version-check \
+        ${PIP_OPTIONS:-} "$1"
 fi
 drainer=$venv/bin/drainer
 if [ ! -x "$drainer" ]; then
