@@ -212,14 +212,18 @@ def test_install_without_a_package_or_a_venv_says_what_to_give(tmp_path: Path) -
 # -- systemd-analyze -----------------------------------------------------------------------------
 
 
-@needs_analyze
-def test_systemd_analyze_verify_passes_on_the_installed_unit(staged: Path) -> None:
-    verified = subprocess.run(
-        [str(ANALYZE), "verify", "--man=no", f"--root={staged}", "drainer.service"],
+def verify(root: Path, unit: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ANALYZE), "verify", "--man=no", f"--root={root}", unit],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+@needs_analyze
+def test_systemd_analyze_verify_passes_on_the_installed_unit(staged: Path) -> None:
+    verified = verify(staged, "drainer.service")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.stdout + verified.stderr == ""
 
@@ -233,12 +237,7 @@ def test_the_serve_unit_runs_the_same_install(staged: Path) -> None:
     unit = staged / "etc/systemd/system/drainer-serve.service"
     unit.write_text(text)
     try:
-        verified = subprocess.run(
-            [str(ANALYZE), "verify", "--man=no", f"--root={staged}", unit.name],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        verified = verify(staged, unit.name)
     finally:
         unit.unlink()
     assert verified.returncode == 0, verified.stdout + verified.stderr
@@ -252,12 +251,7 @@ def test_systemd_analyze_verify_fails_on_a_binary_the_install_lacks(
     unit = staged / "etc/systemd/system/drainer-elsewhere.service"
     unit.write_text(UNIT.read_text().replace("/opt/drainer/bin/", "/usr/local/bin/nothere/"))
     try:
-        verified = subprocess.run(
-            [str(ANALYZE), "verify", "--man=no", f"--root={staged}", unit.name],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        verified = verify(staged, unit.name)
     finally:
         unit.unlink()
     assert verified.returncode != 0
