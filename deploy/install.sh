@@ -9,7 +9,7 @@
 # 1. a venv in /opt/drainer (python3 >= 3.10; Debian/Ubuntu: apt-get install python3-venv)
 #    with drainer in it;
 # 2. a system user and group `drainer`, added to the group `haproxy` when it exists
-#    (a local HAProxy admin socket is `mode 660 level admin` for that group);
+#    (Debian's /run/haproxy is set-group-id haproxy: its admin.sock is the group's);
 # 3. /usr/local/bin/drainer, which runs the command line as that user;
 # 4. /etc/drainer/drainer.yaml (root:drainer 0640) from configs/drainer.yaml when there
 #    is none: edit it, then `drainer check`;
