@@ -406,6 +406,26 @@ def config_show(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         typer.echo(dump_config(load_config(config)), nl=False)
 
 
+@app.command("print")
+def print_file(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="A path, a file name or an alias (systemd-unit, config...)."),
+    ] = None,
+) -> None:
+    """Print a file shipped with drainer (unit, example configs, deploy files); list them
+    when no NAME is given."""
+    from drainer import share
+
+    with _errors():
+        if name is None:
+            aliases = {path: alias for alias, path in share.ALIASES.items()}
+            for path in share.names():
+                typer.echo(f"{path}  ({aliases[path]})" if path in aliases else path)
+            return
+        typer.echo(share.find(name).read_text(), nl=False)
+
+
 # -- demo and the fake metadata service ------------------------------------------------------
 
 
