@@ -76,6 +76,7 @@ def send_once(client: httpx.Client, webhook: Webhook, notice: Notice, *, timeout
     """One attempt: POST the notice's body to ``webhook`` within ``timeout`` seconds."""
     import httpx
 
+    _hide([webhook])
     try:
         headers = webhook.resolved_headers()
     except ValueError as exc:  # a secret file may appear (a mount), an env var not: retry
@@ -97,6 +98,31 @@ def send_once(client: httpx.Client, webhook: Webhook, notice: Notice, *, timeout
 
 class _Again(Exception):
     pass
+
+
+class _Redact(logging.Filter):
+    """httpx logs each request's URL (at INFO, to whoever configured the root logger): a
+    webhook's is shown by its label, since a Slack URL's path is the secret."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels: dict[str, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and self.labels:
+            record.args = tuple(
+                f"{self.labels[str(arg)]}/..." if str(arg) in self.labels else arg
+                for arg in record.args
+            )
+        return True
+
+
+_REDACT = _Redact()
+logging.getLogger("httpx").addFilter(_REDACT)
+
+
+def _hide(webhooks: list[Webhook]) -> None:
+    _REDACT.labels.update((w.url, w.label) for w in webhooks)
 
 
 class Outbox:
