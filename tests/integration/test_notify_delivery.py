@@ -5,7 +5,7 @@ What is proven: a failing receiver sees the retries and gets the notice once it
 recovers; a stalled one never holds up a turn of the engine (the whole drain runs while
 the first notice is still unanswered); a notice is given up after ``retry_for``; secrets
 reach the receiver and no log line; the Slack body; the alerts and when they are sent.
-tests/e2e/test_notify.py does the restart with ``drainer run`` as a process.
+tests/e2e/test_notify_daemon.py does the restart with ``drainer run`` as a process.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from receiver import Receiver
 
 from drainer.config import Config, HealthConfig, parse_config
-from drainer.core import Phase
+from drainer.core import Phase, Record
 from drainer.engine import Engine
 from drainer.errors import PermanentAdapterError, SourceError
 from drainer.metrics import Metrics
@@ -302,3 +302,25 @@ def test_an_approval_failing_is_an_alert_once(
     assert alert["alert"] == "approving event e1 failed: HTTP 500 from the metadata service"
     wait_until(lambda: node.outbox.pending() == [], what="an empty outbox")
     assert len(receiver.delivered) == 1
+
+
+class Broken:
+    def changed(self, old: Record, new: Record) -> None:
+        raise RuntimeError("a bug in a watcher")
+
+    def alert(self, record: Record, message: str) -> None:
+        raise RuntimeError("a bug in a watcher")
+
+
+def test_a_failing_watcher_never_stops_a_drain(
+    tmp_path: Path, receiver: Receiver, make_node: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = make_node(make_config(tmp_path, {"url": receiver.url, "on": ["draining"]}))
+    node.engine.watchers.insert(0, Broken())
+    node.source.publish(maintenance("e1", status=EventStatus.STARTED))
+    with caplog.at_level(logging.ERROR, logger="drainer"):
+        assert node.turn() is Phase.DRAINING
+        assert node.turn() is Phase.IN_MAINTENANCE
+    assert "telling Broken of a transition failed" in caplog.text
+    (sent,) = receiver.wait_delivered(1)  # the watchers after it are still told
+    assert sent["phase"] == "draining"

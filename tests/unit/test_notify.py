@@ -1,7 +1,7 @@
 """Notifications in-process: the ``notify:`` section, the notice and its bodies, the
 outbox's queue and its file. Delivery goes through ``httpx.MockTransport`` here; the
 real HTTP receiver (failing, stalling, recovering) is in
-tests/integration/test_notify_delivery.py and tests/e2e/test_notify.py.
+tests/integration/test_notify_delivery.py and tests/e2e/test_notify_daemon.py.
 """
 
 from __future__ import annotations
