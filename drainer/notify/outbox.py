@@ -224,6 +224,13 @@ class Outbox:
     # -- the worker --------------------------------------------------------------------
 
     def start(self) -> Outbox:
+        """Start the worker; say now which webhook's secret cannot be read (each of its
+        notices would fail until it can)."""
+        for i, webhook in enumerate(self._config.webhooks):
+            try:
+                webhook.resolved_headers()
+            except ValueError as exc:
+                log.error("notify.webhooks[%d] (%s): %s", i, webhook.label, exc)
         self._thread = threading.Thread(target=self._work, name="drainer-notify", daemon=True)
         self._thread.start()
         return self

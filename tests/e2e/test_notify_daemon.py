@@ -176,3 +176,22 @@ def test_a_webhook_added_by_a_reload_is_told(world: World, receiver: Receiver) -
     world.fake.schedule("Reboot", [NODE], status="Started")
     (draining,) = receiver.wait_delivered(1)
     assert (draining["phase"], draining["node"]) == ("draining", NODE)
+
+
+def test_an_operators_drain_and_undrain_are_told_by_the_daemon(
+    world: World, receiver: Receiver
+) -> None:
+    world.configure(notify={"webhooks": [{"url": receiver.url}]})
+    world.start()
+    world.wait_polls(2)
+    done = world.cli("drain", "--wait")
+    assert done.returncode == 0, done.stderr
+    first = receiver.wait_delivered(1)[0]
+    assert (first["previous_phase"], first["manual"]) == ("in_service", True)
+    assert first["phase"] in ("draining", "held")
+    done = world.cli("undrain")
+    assert done.returncode == 0, done.stderr
+    world.wait_phase("in_service")
+    world.wait(
+        lambda: any(b["phase"] == "in_service" for b in receiver.bodies()), "told: in service"
+    )

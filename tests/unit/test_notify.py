@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from drainer.config import dump_config, parse_config
+from drainer.config import dump_config, load_config, parse_config
 from drainer.core import Phase, Record
 from drainer.errors import ConfigError
 from drainer.metrics import Metrics
@@ -296,3 +296,30 @@ def test_a_letter_whose_webhook_is_gone_fails_once_started(tmp_path: Path) -> No
     finally:
         box.close()
     assert box.pending() == []
+
+
+def test_a_notify_section_survives_config_show(tmp_path: Path) -> None:
+    loaded = config(
+        {
+            "webhooks": [
+                {"url": URL, "headers": {"A": {"env": "X"}, "B": "b"}, "on": ["held"]},
+            ],
+            "retry_for": "2m",
+        }
+    )
+    path = tmp_path / "again.yaml"
+    path.write_text(dump_config(loaded))
+    assert load_config(path) == loaded
+
+
+def test_a_secret_that_cannot_be_read_is_said_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hook = {"url": URL, "headers": {"Authorization": {"file": str(tmp_path / "nope")}}}
+    box = outbox(tmp_path, {"webhooks": [hook]})
+    with caplog.at_level(logging.ERROR, logger="drainer"):
+        box.start()
+    box.close()
+    assert (
+        "notify.webhooks[0] (http://127.0.0.1:9): header Authorization: cannot read" in caplog.text
+    )
