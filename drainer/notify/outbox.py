@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from drainer._files import write_atomically
 from drainer.core import Record
@@ -57,8 +57,7 @@ def url_key(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:24]
 
 
-@dataclass(frozen=True)
-class Letter:
+class Letter(NamedTuple):
     """One notice for one webhook (named by ``url_key`` of its URL)."""
 
     webhook: str

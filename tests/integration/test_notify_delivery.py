@@ -89,6 +89,11 @@ class Node:
         record, _ = self.engine.turn(self.source.events())
         return record.phase
 
+    def maintenance(self) -> Phase:
+        """A Reboot under way for this VM, and the turn that sees it."""
+        self.source.publish(maintenance("e1", status=EventStatus.STARTED))
+        return self.turn()
+
     def until(self, phase: Phase, every: float = 2.0) -> None:
         for _ in range(50):
             if self.turn(advance=every) is phase:
@@ -114,8 +119,7 @@ def test_a_failing_receiver_sees_the_retries_then_gets_the_notice(
 ) -> None:
     receiver.status = 500
     node = make_node(make_config(tmp_path, {"url": receiver.url, "on": ["draining"]}))
-    node.source.publish(maintenance("e1", status=EventStatus.STARTED))
-    assert node.turn() is Phase.DRAINING
+    assert node.maintenance() is Phase.DRAINING
     wait_until(lambda: receiver.arrived >= 3, what="three attempts")
     assert receiver.delivered == []
     receiver.status = 200  # recovers
@@ -132,8 +136,7 @@ def test_a_stalled_receiver_never_delays_the_drain(
 ) -> None:
     receiver.stall()
     node = make_node(make_config(tmp_path, {"url": receiver.url}, timeout="30s"))
-    node.source.publish(maintenance("e1", status=EventStatus.STARTED))
-    assert node.turn() is Phase.DRAINING
+    assert node.maintenance() is Phase.DRAINING
     wait_until(lambda: receiver.waiting == 1, what="the first notice held by the receiver")
     # the whole maintenance runs while that notice is still unanswered
     assert node.turn() is Phase.IN_MAINTENANCE
@@ -161,8 +164,7 @@ def test_an_attempt_that_stalls_past_its_timeout_is_tried_again(
 ) -> None:
     receiver.stall()
     node = make_node(make_config(tmp_path, {"url": receiver.url}, timeout="200ms"))
-    node.source.publish(maintenance("e1", status=EventStatus.STARTED))
-    node.turn()
+    node.maintenance()
     wait_until(lambda: receiver.arrived >= 2, what="a second attempt after the timeout")
     receiver.release()
     (first, *_) = receiver.wait_delivered(1)
@@ -176,8 +178,7 @@ def test_a_notice_is_given_up_after_retry_for(
     config = make_config(tmp_path, {"url": receiver.url, "on": ["draining"]}, retry_for="300ms")
     with caplog.at_level(logging.INFO, logger="drainer"):
         node = make_node(config)
-        node.source.publish(maintenance("e1", status=EventStatus.STARTED))
-        node.turn()
+        node.maintenance()
         wait_until(lambda: count(node.metrics, "failed") == 1, what="given up")
     assert receiver.arrived >= 2 and receiver.delivered == []
     assert node.outbox.pending() == []
@@ -189,8 +190,7 @@ def test_a_notice_is_given_up_after_retry_for(
 def test_a_4xx_is_not_retried(tmp_path: Path, receiver: Receiver, make_node: Any) -> None:
     receiver.status = 404
     node = make_node(make_config(tmp_path, {"url": receiver.url, "on": ["draining"]}))
-    node.source.publish(maintenance("e1", status=EventStatus.STARTED))
-    node.turn()
+    node.maintenance()
     wait_until(lambda: count(node.metrics, "failed") == 1, what="refused")
     assert receiver.arrived == 1
 
@@ -215,8 +215,7 @@ def test_secret_headers_reach_the_receiver_and_no_log_line(
     receiver.status = 500
     with caplog.at_level(logging.DEBUG):  # every logger, httpx's too
         node = make_node(make_config(tmp_path, hook))
-        node.source.publish(maintenance("e1", status=EventStatus.STARTED))
-        node.turn()
+        node.maintenance()
         wait_until(lambda: receiver.arrived >= 2, what="a retry")
         receiver.status = 200
         receiver.wait_delivered(1)
@@ -235,8 +234,7 @@ def test_the_slack_format(tmp_path: Path, receiver: Receiver, make_node: Any) ->
     node = make_node(
         make_config(tmp_path, {"url": receiver.url, "format": "slack", "on": ["draining"]})
     )
-    node.source.publish(maintenance("e1", status=EventStatus.STARTED))
-    node.turn()
+    node.maintenance()
     (sent,) = receiver.wait_delivered(1)
     assert sent == {
         "text": "drainer on web-1: in_service -> draining [Reboot e1]: drain started (out of lb1)"
@@ -246,12 +244,19 @@ def test_the_slack_format(tmp_path: Path, receiver: Receiver, make_node: Any) ->
 # -- alerts -----------------------------------------------------------------------------------
 
 
+def only_one(node: Node, receiver: Receiver) -> Any:
+    """The one notice delivered once the outbox is empty (every turn queued its own)."""
+    receiver.wait_delivered(1)
+    wait_until(lambda: node.outbox.pending() == [], what="an empty outbox")
+    (sent,) = receiver.bodies()
+    return sent
+
+
 def test_held_at_the_health_deadline_is_one_notice_with_its_alert(
     tmp_path: Path, receiver: Receiver, make_node: Any
 ) -> None:
     node = make_node(make_config(tmp_path, {"url": receiver.url, "on": ["held", "alert"]}))
-    node.source.publish(maintenance("e1", status=EventStatus.STARTED))
-    node.turn()
+    node.maintenance()
     node.turn()
     node.healthy = False
     node.source.publish()
@@ -259,15 +264,13 @@ def test_held_at_the_health_deadline_is_one_notice_with_its_alert(
     assert node.turn(advance=6.0) is Phase.RECOVERING
     node.until(Phase.HELD)
     node.turn(advance=2.0)
-    (held,) = receiver.wait_delivered(1)
+    held = only_one(node, receiver)  # no second notice for the alert it carries
     assert (held["type"], held["phase"], held["previous_phase"]) == (
         "transition",
         "held",
         "recovering",
     )
     assert held["alert"].startswith("not healthy 60s after the maintenance")
-    wait_until(lambda: node.outbox.pending() == [], what="an empty outbox")
-    assert len(receiver.delivered) == 1  # no second notice for the same alert
 
 
 def test_a_load_balancer_refusing_is_an_alert_once(
@@ -275,17 +278,14 @@ def test_a_load_balancer_refusing_is_an_alert_once(
 ) -> None:
     node = make_node(make_config(tmp_path, {"url": receiver.url, "on": ["alert"]}))
     node.lb.fail["drain"] = PermanentAdapterError("no such server")
-    node.source.publish(maintenance("e1", status=EventStatus.STARTED))
-    node.turn()
+    node.maintenance()
     node.turn(advance=1.0)
-    (alert,) = receiver.wait_delivered(1)
+    alert = only_one(node, receiver)
     assert (alert["type"], alert["alert"], alert["phase"]) == (
         "alert",
         "lb1: drain: no such server",
         "draining",
     )
-    wait_until(lambda: node.outbox.pending() == [], what="an empty outbox")
-    assert len(receiver.delivered) == 1
 
 
 def test_an_approval_failing_is_an_alert_once(
@@ -298,10 +298,8 @@ def test_an_approval_failing_is_an_alert_once(
     for _ in range(3):  # retried every minute, failing the same way
         node.turn(advance=61.0)
     assert node.source.calls.count("approve") >= 2
-    (alert,) = receiver.wait_delivered(1)
+    alert = only_one(node, receiver)
     assert alert["alert"] == "approving event e1 failed: HTTP 500 from the metadata service"
-    wait_until(lambda: node.outbox.pending() == [], what="an empty outbox")
-    assert len(receiver.delivered) == 1
 
 
 class Broken:
@@ -317,9 +315,8 @@ def test_a_failing_watcher_never_stops_a_drain(
 ) -> None:
     node = make_node(make_config(tmp_path, {"url": receiver.url, "on": ["draining"]}))
     node.engine.watchers.insert(0, Broken())
-    node.source.publish(maintenance("e1", status=EventStatus.STARTED))
     with caplog.at_level(logging.ERROR, logger="drainer"):
-        assert node.turn() is Phase.DRAINING
+        assert node.maintenance() is Phase.DRAINING
         assert node.turn() is Phase.IN_MAINTENANCE
     assert "telling Broken of a transition failed" in caplog.text
     (sent,) = receiver.wait_delivered(1)  # the watchers after it are still told
