@@ -172,9 +172,8 @@ class Outbox:
             self._config = config
 
     def changed(self, old: Record, new: Record) -> None:
-        notice = transition_notice(
-            old, new, node=self.node, lbs=self.lbs, at=self._clock(), id=_new_id()
-        )
+        at = new.since or self._clock()  # when it happened, seen now or by another process
+        notice = transition_notice(old, new, node=self.node, lbs=self.lbs, at=at, id=_new_id())
         self._last_alert = notice.alert or self._last_alert
         self.submit(notice)
 
@@ -234,7 +233,7 @@ class Outbox:
         self._thread.start()
         return self
 
-    def close(self, timeout: float = 1.0) -> None:
+    def close(self, timeout: float = 0.25) -> None:
         """Stop the worker; an attempt under way may finish within ``timeout``, else its
         letter stays on disk, sent again by the next process."""
         with self._lock:

@@ -45,6 +45,7 @@ def test_a_held_notice_survives_the_reboot_that_interrupted_its_delivery(
     (tmp_path / "token").write_text(SECRET + "\n")
     port = free_port()
     world.configure(
+        source={"gone_after": "300ms"},  # the maintenance is over once unlisted this long
         health={"deadline": "1s"},
         metrics={"listen": f"127.0.0.1:{port}"},
         notify={
