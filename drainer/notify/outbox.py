@@ -281,7 +281,7 @@ class Outbox:
         trigger = letter.notice.trigger
         if webhook is None:
             log.warning(
-                "notification: a %s notice's webhook is no longer configured; dropped it", trigger
+                "notification (%s): its webhook is no longer configured; dropped it", trigger
             )
             return "failed"
         client = self._http()
@@ -301,8 +301,9 @@ class Outbox:
                     if outcome.again:
                         if tries == 1:
                             log.warning(
-                                "notification to %s failed (%s): retrying for up to %gs",
+                                "notification to %s (%s) failed (%s): retrying for up to %gs",
                                 webhook.label,
+                                trigger,
                                 outcome.detail,
                                 config.retry_for,
                             )
@@ -312,24 +313,24 @@ class Outbox:
                 return None
             detail = str(exc.last_attempt.exception())
             log.error(
-                "notification to %s given up after %d attempts in %gs: %s (a %s notice)",
+                "notification to %s (%s) given up after %d attempts in %gs: %s",
                 webhook.label,
+                trigger,
                 tries,
                 config.retry_for,
                 detail,
-                trigger,
             )
             return "failed"
         if not outcome.ok:
             log.error(
-                "notification to %s refused: %s (a %s notice; not retried)",
+                "notification to %s (%s) refused: %s (not retried)",
                 webhook.label,
-                outcome.detail,
                 trigger,
+                outcome.detail,
             )
             return "failed"
         after = f" after {tries} attempts" if tries > 1 else ""
-        log.info("notification delivered to %s: a %s notice%s", webhook.label, trigger, after)
+        log.info("notification delivered to %s (%s)%s", webhook.label, trigger, after)
         return "delivered"
 
     def _pause(self, seconds: float) -> None:
