@@ -426,6 +426,32 @@ def print_file(
         typer.echo(share.find(name).read_text(), nl=False)
 
 
+# -- notify ----------------------------------------------------------------------------------
+
+notify_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Webhook notifications (notify: in the config).",
+)
+app.add_typer(notify_app, name="notify")
+
+
+@notify_app.command("test")
+def notify_test(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Send a test notice to every configured webhook, once, and say how each went
+    (exit 1 if any failed)."""
+    from drainer.notify.outbox import test_webhooks
+
+    with _errors():
+        results = test_webhooks(_load(config))
+    for webhook, outcome in results:
+        typer.echo(f"{webhook.label}: {'delivered' if outcome.ok else 'FAILED'} ({outcome.detail})")
+    failed = sum(not outcome.ok for _, outcome in results)
+    if failed:
+        _say(f"{failed} of {len(results)} webhooks did not take the test notice")
+        raise typer.Exit(1)
+
+
 # -- demo and the fake metadata service ------------------------------------------------------
 
 

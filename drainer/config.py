@@ -28,6 +28,7 @@ from drainer.adapters.base import AdapterConfig
 from drainer.core import Policy, Reaction, Rule
 from drainer.errors import ConfigError
 from drainer.model import EventType
+from drainer.notify.config import NotifyConfig
 from drainer.plugins import adapter_names, adapter_plugins, source_plugin
 from drainer.sources.base import SourceConfig
 
@@ -148,6 +149,7 @@ class Config(_Strict):
     health: HealthConfig
     load_balancers: list[SerializeAsAny[AdapterConfig]] = Field(min_length=1)
     metrics: MetricsConfig = MetricsConfig()
+    notify: NotifyConfig = NotifyConfig()  # webhooks (drainer.notify)
     log_format: Literal["text", "json"] = "text"
 
     def policy(self, *, node_names: frozenset[str], lbs: tuple[str, ...]) -> Policy:

@@ -40,6 +40,7 @@ from drainer.errors import ConfigError, DrainerError, StateError
 from drainer.metrics import Metrics
 from drainer.model import Listing
 from drainer.node import Node, assemble
+from drainer.notify.outbox import Outbox
 from drainer.polling import Pacer, poll
 from drainer.store import Store
 from drainer.systemd import Notifier, status_line
@@ -65,8 +66,12 @@ class Runner:
         stopping: threading.Event,
         config_path: Path | None = None,
         notifier: Notifier | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.node = node
+        self.outbox = outbox  # webhooks, told of every transition and alert
+        if outbox is not None:
+            outbox.follow(node.engine)
         self.stopping = stopping
         self.config_path = config_path
         self.notifier = notifier or Notifier(None)
@@ -232,6 +237,9 @@ class Runner:
             )
         new.engine.follow_disk = True
         new.engine.adopt(old.engine)
+        if self.outbox is not None:
+            self.outbox.configure(new.config.notify)
+            self.outbox.follow(new.engine)
         self.metrics.keep_lbs(new.lbs)
         self.pacer = Pacer(new.config.source.poll_interval, self.pacer.streak)
         self.node = new
@@ -326,12 +334,14 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
     lock = sidecar.acquire(config.state_dir)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
     metrics = Metrics()
+    outbox: Outbox | None = None
     try:
         _check_writable(config.state_dir)
         record = Store(config.state_dir).load()
         metrics.set_phase(record.phase, record.since)
         if config.metrics.listen:
             metrics.serve(config.metrics.listen)
+        outbox = Outbox(config.notify, config.state_dir, metrics).start()
         try:
             node = assemble(config, stopping, patient=True, metrics=metrics)
         except DrainerError:
@@ -340,7 +350,9 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
             raise
         try:
             _serve(node)
-            runner = Runner(node, stopping=stopping, config_path=config_path, notifier=notifier)
+            runner = Runner(
+                node, stopping=stopping, config_path=config_path, notifier=notifier, outbox=outbox
+            )
             log.info(
                 "drainer running for %s: phase %s, load balancers %s",
                 "/".join(sorted(node.engine.policy.node_names)),
@@ -353,6 +365,8 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
         finally:
             (runner.node if runner else node).close()
     finally:
+        if outbox is not None:
+            outbox.close()
         metrics.close()
         notifier.close()
         lock.close()

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from drainer.adapters.base import AdapterContext, AnyAdapterPlugin, LoadBalancer
 from drainer.config import Config, HealthConfig
@@ -91,6 +92,15 @@ def build_lbs(
     return lbs
 
 
+class Watcher(Protocol):
+    """Told of every transition, whoever made it, and of every alert (the daemon's
+    notifications, drainer.notify). Called inside the turn: must not block or raise."""
+
+    def changed(self, old: Record, new: Record) -> None: ...
+
+    def alert(self, record: Record, message: str) -> None: ...
+
+
 @dataclass
 class Engine:
     policy: Policy
@@ -117,6 +127,7 @@ class Engine:
     _noted: bool = False
     _adopted: Unrecorded | None = None  # the note last adopted: never adopted twice
     _seen: Record | None = None  # the record as this engine last loaded or saved it
+    watchers: list[Watcher] = field(default_factory=list)
 
     def views(self) -> dict[str, LBView | None]:
         """Each load balancer's view of the node; None where it could not be read."""
@@ -331,6 +342,7 @@ class Engine:
             return [HealthResult(ok, detail)]
         assert isinstance(action, Alert)
         log.warning("%s", action.message)
+        self._alert(action.message)
         return []
 
     def _on_lbs(self, action: Drain | TakeOut | PutBack) -> list[Input]:
@@ -352,7 +364,10 @@ class Engine:
                     done.append(PutBackDone(name))
             except AdapterError as exc:
                 self.refused[name] = str(exc)
-                self._error("adapter", f"{name}:{verb}", f"{name}: {verb}: {exc}", lb=name)
+                message = f"{name}: {verb}: {exc}"
+                if self._errors.get(f"{name}:{verb}") != message:
+                    self._alert(message)  # a load balancer refusing, once per message
+                self._error("adapter", f"{name}:{verb}", message, lb=name)
             else:
                 self.refused.pop(name, None)
                 if self._errors.pop(f"{name}:{verb}", None):
@@ -382,6 +397,7 @@ class Engine:
     def _changed_elsewhere(self, old: Record, new: Record) -> None:
         """Another process (``drainer drain``, ``undrain``) changed the record since this
         engine last saw it: say so in this process's log and metrics."""
+        self._tell(old, new)
         self.metrics.set_phase(new.phase, new.since)
         if new.phase is old.phase and new.manual == old.manual:
             return
@@ -398,6 +414,7 @@ class Engine:
 
     def _observe(self, old: Record, new: Record) -> None:
         self._seen = new
+        self._tell(old, new)
         if new.event is not None and (
             old.event is None or old.event.event_id != new.event.event_id
         ):
@@ -417,3 +434,22 @@ class Engine:
         about = f" [{event.type_name} {event.event_id}]" if event else ""
         level = logging.WARNING if new.phase is Phase.HELD and not new.manual else logging.INFO
         log.log(level, "%s: %s%s", new.phase.value, new.note, about, extra=extra)
+
+    # -- watchers (notifications) ----------------------------------------------------------
+
+    def _tell(self, old: Record, new: Record) -> None:
+        if new.phase is old.phase:
+            return
+        for watcher in self.watchers:
+            try:
+                watcher.changed(old, new)
+            except Exception:  # a notification must never stop a drain
+                log.exception("telling %s of a transition failed", type(watcher).__name__)
+
+    def _alert(self, message: str) -> None:
+        record = self._seen or Record()
+        for watcher in self.watchers:
+            try:
+                watcher.alert(record, message)
+            except Exception:
+                log.exception("telling %s of an alert failed", type(watcher).__name__)

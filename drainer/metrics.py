@@ -141,6 +141,21 @@ class Metrics:
         )
         for phase in Phase:
             self.phase.labels(phase.value).set(0)
+        # webhook notifications (drainer.notify): each result is there from the start
+        self.notifications = Counter(
+            "drainer_notifications",
+            "Webhook notifications, by how they ended: delivered, failed (refused or"
+            " given up after retrying), dropped (the queue was full)",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("delivered", "failed", "dropped"):
+            self.notifications.labels(result)
+        self.notification_queue = Gauge(
+            "drainer_notification_queue",
+            "Notifications waiting to be delivered",
+            registry=self.registry,
+        )
 
     def set_phase(self, phase: Phase, since: float | None = None) -> None:
         for each in Phase:

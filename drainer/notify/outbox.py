@@ -1,0 +1,438 @@
+"""The outbox: notices waiting for their webhooks, delivered by one worker thread.
+
+Nothing here may delay a drain. The engine's turn only builds a notice and queues it
+(``changed``, ``alert``): a short lock and the write of a small file, never a network
+call. One worker thread (``drainer-notify``) sends the queue in order, each attempt with
+``notify.timeout``, retrying with exponential backoff (tenacity) for ``notify.retry_for``
+while the answer is worth retrying (no answer, 408, 429, 5xx); any 2xx is delivered,
+another 4xx fails at once. The queue holds ``notify.queue_size`` letters (one notice for
+one webhook); a full queue drops the oldest waiting one, counted and logged.
+
+On disk: ``<state_dir>/notifications.json`` holds every letter not yet delivered (the
+one being sent first), rewritten atomically at each change, so what a crash, a SIGTERM
+or a reboot interrupts is sent by the next ``drainer run``. A letter names its webhook by
+a hash of the URL (a Slack URL is itself a secret): one no longer configured is dropped
+at restart. Delivery is at least once: a letter sent just before a crash is sent again
+with the same notice id.
+
+Metrics: ``drainer_notifications_total{result="delivered|failed|dropped"}`` and
+``drainer_notification_queue``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from drainer._files import write_atomically
+from drainer.core import Record
+from drainer.metrics import Metrics, build_version
+from drainer.notify.config import NotifyConfig, Webhook
+from drainer.notify.notice import Notice, alert_notice, body, transition_notice
+
+if TYPE_CHECKING:
+    import httpx
+
+    from drainer.config import Config
+    from drainer.engine import Engine
+
+__all__ = ["FILE", "Letter", "Outbox", "Outcome", "send_once", "test_webhooks"]
+
+log = logging.getLogger("drainer")
+
+FILE = "notifications.json"
+
+
+def url_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:24]
+
+
+class Letter(NamedTuple):
+    """One notice for one webhook (named by ``url_key`` of its URL)."""
+
+    webhook: str
+    notice: Notice
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    again: bool  # worth another attempt
+    detail: str  # the status, or why it failed; never a header or the URL's path
+
+
+def send_once(client: httpx.Client, webhook: Webhook, notice: Notice, *, timeout: float) -> Outcome:
+    """One attempt: POST the notice's body to ``webhook`` within ``timeout`` seconds."""
+    import httpx
+
+    _hide([webhook])
+    try:
+        headers = webhook.resolved_headers()
+    except ValueError as exc:  # a secret file may appear (a mount), an env var not: retry
+        return Outcome(False, True, str(exc))
+    headers.setdefault("User-Agent", f"drainer/{build_version()}")
+    try:
+        reply = client.post(
+            webhook.url, json=body(notice, webhook.format), headers=headers, timeout=timeout
+        )
+    except httpx.HTTPError as exc:
+        detail = str(exc).replace(webhook.url, webhook.label) or "no answer"
+        return Outcome(False, True, f"{type(exc).__name__}: {detail}")
+    status = f"HTTP {reply.status_code} {reply.reason_phrase}".rstrip()
+    if reply.is_success:
+        return Outcome(True, False, status)
+    again = reply.status_code in (408, 429) or reply.status_code >= 500
+    return Outcome(False, again, status)
+
+
+class _Again(Exception):
+    pass
+
+
+class _Redact(logging.Filter):
+    """httpx logs each request's URL (at INFO, to whoever configured the root logger): a
+    webhook's is shown by its label, since a Slack URL's path is the secret."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels: dict[str, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and self.labels:
+            record.args = tuple(
+                f"{self.labels[str(arg)]}/..." if str(arg) in self.labels else arg
+                for arg in record.args
+            )
+        return True
+
+
+_REDACT = _Redact()
+logging.getLogger("httpx").addFilter(_REDACT)
+
+
+def _hide(webhooks: list[Webhook]) -> None:
+    _REDACT.labels.update((w.url, w.label) for w in webhooks)
+
+
+class Outbox:
+    """The engine's watcher (``follow``) and the queue behind it; ``start`` the worker,
+    ``close`` to stop it (what is left stays on disk for the next process)."""
+
+    def __init__(
+        self,
+        config: NotifyConfig,
+        state_dir: Path,
+        metrics: Metrics,
+        *,
+        backoff: tuple[float, float] = (1.0, 60.0),  # first and longest wait between attempts
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = state_dir / FILE
+        self.metrics = metrics
+        self.node = ""
+        self.lbs: tuple[str, ...] = ()
+        self._config = config
+        self._backoff = backoff
+        self._transport = transport
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._waiting: deque[Letter] = deque()
+        self._flight: Letter | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: httpx.Client | None = None
+        self._last_alert = ""
+        self._dropped = 0
+        self._write_error = ""
+        self._load()
+
+    # -- the engine's side: never blocks on the network ----------------------------------
+
+    def follow(self, engine: Engine) -> None:
+        """Be told of ``engine``'s transitions and alerts (again after a reload)."""
+        self.node = sorted(engine.policy.node_names)[0]
+        self.lbs = tuple(engine.lbs)
+        engine.watchers.append(self)
+
+    def configure(self, config: NotifyConfig) -> None:
+        """A reloaded configuration: letters to a webhook no longer there fail when due."""
+        with self._lock:
+            self._config = config
+
+    def changed(self, old: Record, new: Record) -> None:
+        at = new.since or self._clock()  # when it happened, seen now or by another process
+        notice = transition_notice(old, new, node=self.node, lbs=self.lbs, at=at, id=_new_id())
+        self._last_alert = notice.alert or self._last_alert
+        self.submit(notice)
+
+    def alert(self, record: Record, message: str) -> None:
+        # the same alert again (a transition just carried it, an approval failing every
+        # minute) is not sent again
+        if message == self._last_alert:
+            return
+        self._last_alert = message
+        self.submit(
+            alert_notice(
+                record, message, node=self.node, lbs=self.lbs, at=self._clock(), id=_new_id()
+            )
+        )
+
+    def submit(self, notice: Notice) -> None:
+        """Queue ``notice`` for every webhook whose ``on`` names it (a test: for all)."""
+        with self._lock:
+            hooks = [
+                w for w in self._config.webhooks if notice.kind == "test" or notice.trigger in w.on
+            ]
+            if not hooks:
+                return
+            for webhook in hooks:
+                while len(self._waiting) >= self._config.queue_size:
+                    lost = self._waiting.popleft()
+                    self._dropped += 1
+                    self.metrics.notifications.labels("dropped").inc()
+                    log.warning(
+                        "notification queue full (%d): dropped the oldest, a %s notice of %s"
+                        " (%d dropped so far)",
+                        self._config.queue_size,
+                        lost.notice.trigger,
+                        _iso_short(lost.notice.at),
+                        self._dropped,
+                    )
+                self._waiting.append(Letter(url_key(webhook.url), notice))
+            self._persist()
+            self._wake.notify()
+
+    def pending(self) -> list[Letter]:
+        """What is not delivered yet, the letter being sent first."""
+        with self._lock:
+            return self._letters()
+
+    # -- the worker --------------------------------------------------------------------
+
+    def start(self) -> Outbox:
+        """Start the worker; say now which webhook's secret cannot be read (each of its
+        notices would fail until it can)."""
+        for i, webhook in enumerate(self._config.webhooks):
+            try:
+                webhook.resolved_headers()
+            except ValueError as exc:
+                log.error("notify.webhooks[%d] (%s): %s", i, webhook.label, exc)
+        self._thread = threading.Thread(target=self._work, name="drainer-notify", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float = 0.25) -> None:
+        """Stop the worker; an attempt under way may finish within ``timeout``, else its
+        letter stays on disk, sent again by the next process."""
+        with self._lock:
+            self._stopping.set()
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._client is not None and (self._thread is None or not self._thread.is_alive()):
+            self._client.close()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._stopping.is_set():
+                    self._wake.wait()
+                if self._stopping.is_set():
+                    return
+                letter = self._flight = self._waiting.popleft()
+            try:
+                result = self._deliver(letter)
+            except Exception:  # a bug of ours must not end notifications for good
+                log.exception("notification: unexpected error; the notice is given up")
+                result = "failed"
+            with self._lock:
+                if result is None:  # stopped: the letter stays first on disk
+                    return
+                self._flight = None
+                self._persist()
+            self.metrics.notifications.labels(result).inc()
+
+    def _deliver(self, letter: Letter) -> str | None:
+        """The result for the metric (delivered, failed), or None when stopped first."""
+        from tenacity import (
+            RetryError,
+            Retrying,
+            retry_if_exception_type,
+            stop_after_delay,
+            stop_when_event_set,
+            wait_exponential,
+        )
+
+        with self._lock:
+            config = self._config
+        webhook = next((w for w in config.webhooks if url_key(w.url) == letter.webhook), None)
+        trigger = letter.notice.trigger
+        if webhook is None:
+            log.warning(
+                "notification (%s): its webhook is no longer configured; dropped it", trigger
+            )
+            return "failed"
+        client = self._http()
+        tries = 0
+        first, longest = self._backoff
+        retrying = Retrying(
+            stop=stop_after_delay(config.retry_for) | stop_when_event_set(self._stopping),
+            wait=wait_exponential(multiplier=first, min=first, max=longest),
+            retry=retry_if_exception_type(_Again),
+            sleep=self._pause,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    tries += 1
+                    outcome = send_once(client, webhook, letter.notice, timeout=config.timeout)
+                    if outcome.again:
+                        if tries == 1:
+                            log.warning(
+                                "notification to %s (%s) failed (%s): retrying for up to %gs",
+                                webhook.label,
+                                trigger,
+                                outcome.detail,
+                                config.retry_for,
+                            )
+                        raise _Again(outcome.detail)
+        except RetryError as exc:
+            if self._stopping.is_set():
+                return None
+            detail = str(exc.last_attempt.exception())
+            log.error(
+                "notification to %s (%s) given up after %d attempts in %gs: %s",
+                webhook.label,
+                trigger,
+                tries,
+                config.retry_for,
+                detail,
+            )
+            return "failed"
+        if not outcome.ok:
+            log.error(
+                "notification to %s (%s) refused: %s (not retried)",
+                webhook.label,
+                trigger,
+                outcome.detail,
+            )
+            return "failed"
+        after = f" after {tries} attempts" if tries > 1 else ""
+        log.info("notification delivered to %s (%s)%s", webhook.label, trigger, after)
+        return "delivered"
+
+    def _pause(self, seconds: float) -> None:
+        self._stopping.wait(seconds)  # a stop cuts the wait between attempts short
+
+    def _http(self) -> httpx.Client:
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.Client(transport=self._transport)
+        return self._client
+
+    # -- on disk -------------------------------------------------------------------------
+
+    def _letters(self) -> list[Letter]:
+        return ([self._flight] if self._flight else []) + list(self._waiting)
+
+    def _persist(self) -> None:
+        letters = self._letters()
+        self.metrics.notification_queue.set(len(letters))
+        data = {
+            "version": 1,
+            "pending": [{"webhook": x.webhook, "notice": x.notice.to_json()} for x in letters],
+        }
+        try:
+            if letters or self.path.exists():
+                write_atomically(self.path, json.dumps(data, indent=1) + "\n")
+        except OSError as exc:
+            if self._write_error != str(exc):
+                log.error(
+                    "cannot keep the undelivered notifications in %s: %s; they are sent"
+                    " while this process runs, and lost if it stops first",
+                    self.path,
+                    exc.strerror or exc,
+                )
+            self._write_error = str(exc)
+        else:
+            self._write_error = ""
+
+    def _load(self) -> None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("cannot read the undelivered notifications in %s: %s", self.path, exc)
+            return
+        try:
+            data = json.loads(text)
+            letters = [
+                Letter(str(item["webhook"]), Notice.from_json(item["notice"]))
+                for item in data["pending"]
+            ]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error(
+                "the undelivered notifications in %s cannot be read (%s): not sent", self.path, exc
+            )
+            return
+        keep = letters[-self._config.queue_size :]
+        if len(keep) < len(letters):
+            self.metrics.notifications.labels("dropped").inc(len(letters) - len(keep))
+        self._waiting.extend(keep)
+        self.metrics.notification_queue.set(len(keep))
+        if keep:
+            log.info("%d notifications left undelivered by the last run: sending them", len(keep))
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _iso_short(seconds: float) -> str:
+    return time.strftime("%H:%M:%SZ", time.gmtime(seconds))
+
+
+def test_webhooks(
+    config: Config, *, transport: httpx.BaseTransport | None = None
+) -> list[tuple[Webhook, Outcome]]:
+    """``drainer notify test``: one test notice to every webhook, one attempt each (no
+    retry, no queue: the answer is the one an operator needs to see)."""
+    import httpx
+
+    from drainer.errors import ConfigError, StateError
+    from drainer.store import Store, remembered_names
+
+    notify = config.notify
+    if not notify.webhooks:
+        raise ConfigError("notify.webhooks: none configured; add one (see the README)")
+    names = remembered_names(config.state_dir) if config.node.name is None else None
+    node = config.node.name or (sorted(names)[0] if names else socket.gethostname())
+    try:
+        phase = Store(config.state_dir).load().phase.value
+    except StateError:
+        phase = "unknown"
+    notice = Notice(
+        id=_new_id(),
+        kind="test",
+        node=node,
+        phase=phase,
+        note="drainer notify test",
+        load_balancers=tuple(lb.name or lb.type for lb in config.load_balancers),
+        at=time.time(),
+    )
+    with httpx.Client(transport=transport) as client:
+        return [(w, send_once(client, w, notice, timeout=notify.timeout)) for w in notify.webhooks]

@@ -1,0 +1,325 @@
+"""Notifications in-process: the ``notify:`` section, the notice and its bodies, the
+outbox's queue and its file. Delivery goes through ``httpx.MockTransport`` here; the
+real HTTP receiver (failing, stalling, recovering) is in
+tests/integration/test_notify_delivery.py and tests/e2e/test_notify_daemon.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from drainer.config import dump_config, load_config, parse_config
+from drainer.core import Phase, Record
+from drainer.errors import ConfigError
+from drainer.metrics import Metrics
+from drainer.notify.config import TRIGGERS, NotifyConfig, Webhook
+from drainer.notify.notice import Notice, alert_notice, body, transition_notice
+from drainer.notify.outbox import FILE, Outbox, send_once, url_key
+from drainer.testing import maintenance, wait_until
+
+BASE: dict[str, Any] = {
+    "health": {"tcp": {"port": 8080}},
+    "load_balancers": [{"type": "mock", "name": "lb1"}],
+}
+URL = "http://127.0.0.1:9/hook"
+
+
+def config(notify: dict[str, Any], tmp_path: Path | None = None) -> Any:
+    raw = {**BASE, "notify": notify}
+    if tmp_path is not None:
+        raw["state_dir"] = str(tmp_path)
+    return parse_config(raw, origin="drainer.yaml")
+
+
+def count(metrics: Metrics, result: str) -> float:
+    value = metrics.registry.get_sample_value("drainer_notifications_total", {"result": result})
+    return value or 0.0
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def test_the_triggers_are_the_core_phases_and_alert() -> None:
+    assert set(TRIGGERS) == {p.value for p in Phase} | {"alert"}
+
+
+def test_a_webhook_is_configured_with_headers_triggers_and_format() -> None:
+    notify = config(
+        {
+            "webhooks": [
+                {
+                    "url": URL,
+                    "headers": {"X-Team": "web", "Authorization": {"env": "TOKEN"}},
+                    "on": ["held", "alert"],
+                    "format": "slack",
+                }
+            ],
+            "timeout": "2s",
+            "retry_for": "1m",
+        }
+    ).notify
+    hook = notify.webhooks[0]
+    assert (hook.on, hook.format, notify.timeout, notify.retry_for) == (
+        ["held", "alert"],
+        "slack",
+        2.0,
+        60.0,
+    )
+    assert hook.label == "http://127.0.0.1:9"  # never the path: a Slack URL's is a token
+    assert config({}).notify == NotifyConfig()  # no webhook: nothing is sent
+
+
+@pytest.mark.parametrize(
+    ("hook", "message"),
+    [
+        ({"url": URL, "on": ["drainedd"]}, "notify.webhooks[0].on: unknown 'drainedd'"),
+        ({"url": URL, "on": []}, "notify.webhooks[0].on: name at least one of"),
+        ({"url": URL, "fromat": "slack"}, "notify.webhooks[0].fromat: unknown key"),
+        ({"url": URL, "format": "teams"}, "notify.webhooks[0].format:"),
+        ({"url": "ftp://x/"}, "notify.webhooks[0].url: not an http(s) URL"),
+        ({"url": URL, "headers": {"A": {"file": "/x", "env": "Y"}}}, "set exactly one of"),
+        ({"url": URL, "headers": {"A": {}}}, "notify.webhooks[0].headers.A.secret"),
+        ({"url": URL, "headers": {"A": {"fil": "/x"}}}, "headers.A.secret.fil: unknown key"),
+    ],
+)
+def test_a_wrong_webhook_is_named_by_its_key_path(hook: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config({"webhooks": [hook]})
+    assert message in str(caught.value)
+    assert str(caught.value).startswith("drainer.yaml: ")
+
+
+def test_a_secret_header_is_read_when_sent_and_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret_file = tmp_path / "token"
+    secret_file.write_text("s3cret-from-file\n")
+    monkeypatch.setenv("DRAINER_TEST_TOKEN", "s3cret-from-env")
+    loaded = config(
+        {
+            "webhooks": [
+                {
+                    "url": URL,
+                    "headers": {
+                        "Authorization": {"file": str(secret_file)},
+                        "X-Key": {"env": "DRAINER_TEST_TOKEN"},
+                    },
+                }
+            ]
+        }
+    )
+    shown = dump_config(loaded)
+    assert "s3cret" not in shown and str(secret_file) in shown
+    headers = loaded.notify.webhooks[0].resolved_headers()
+    assert headers == {"Authorization": "s3cret-from-file", "X-Key": "s3cret-from-env"}
+
+    monkeypatch.delenv("DRAINER_TEST_TOKEN")
+    with pytest.raises(ValueError, match="header X-Key: the environment variable"):
+        loaded.notify.webhooks[0].resolved_headers()
+
+
+# -- the notice ---------------------------------------------------------------------------
+
+
+def held_pair() -> tuple[Record, Record]:
+    event = maintenance("e-1", not_before=1_800_000_000.0)
+    old = Record(phase=Phase.RECOVERING, event=event, owned=frozenset({"lb1"}))
+    new = replace(old, phase=Phase.HELD, note="health deadline passed", alert="not healthy")
+    return old, new
+
+
+def test_a_transition_notice_has_the_documented_json_body() -> None:
+    old, new = held_pair()
+    notice = transition_notice(old, new, node="web-1", lbs=("lb1", "lb2"), at=1.5, id="n-1")
+    assert body(notice, "json") == {
+        "id": "n-1",
+        "type": "transition",
+        "node": "web-1",
+        "phase": "held",
+        "previous_phase": "recovering",
+        "note": "health deadline passed",
+        "alert": "not healthy",
+        "manual": False,
+        "event": {
+            "id": "e-1",
+            "type": "Reboot",
+            "status": "Scheduled",
+            "not_before": "2027-01-15T08:00:00.000Z",
+        },
+        "load_balancers": ["lb1", "lb2"],
+        "out_of": ["lb1"],
+        "timestamp": "1970-01-01T00:00:01.500Z",
+    }
+    # an alert the record already had is not the transition's
+    again = transition_notice(
+        new, replace(new, phase=Phase.RECOVERING), node="w", lbs=(), at=0, id="x"
+    )
+    assert again.alert == ""
+
+
+def test_the_slack_body_is_one_text() -> None:
+    old, new = held_pair()
+    notice = transition_notice(old, new, node="web-1", lbs=("lb1",), at=0, id="n")
+    assert body(notice, "slack") == {
+        "text": "drainer on web-1: recovering -> held [Reboot e-1]: health deadline passed"
+        " (out of lb1)\nnot healthy"
+    }
+    alert = alert_notice(new, "lb1: drain: refused", node="web-1", lbs=(), at=0, id="a")
+    assert body(alert, "slack") == {
+        "text": "drainer on web-1 (held) [Reboot e-1]: lb1: drain: refused"
+    }
+
+
+def test_a_notice_survives_its_json() -> None:
+    old, new = held_pair()
+    notice = transition_notice(old, new, node="web-1", lbs=("lb1",), at=3.25, id="n")
+    assert Notice.from_json(json.loads(json.dumps(notice.to_json()))) == notice
+    with pytest.raises(ValueError):
+        Notice.from_json({**notice.to_json(), "kind": "gossip"})
+
+
+# -- the outbox: queue and file -------------------------------------------------------------
+
+
+def outbox(tmp_path: Path, notify: dict[str, Any], **kwargs: Any) -> Outbox:
+    return Outbox(config(notify).notify, tmp_path, Metrics(), **kwargs)
+
+
+def notice(phase: Phase, id: str = "n") -> Notice:
+    old, new = Record(), Record(phase=phase)
+    return transition_notice(old, new, node="web-1", lbs=("lb1",), at=0, id=id)
+
+
+def test_a_webhook_gets_only_what_its_on_names(tmp_path: Path) -> None:
+    box = outbox(tmp_path, {"webhooks": [{"url": URL, "on": ["held"]}, {"url": URL + "2"}]})
+    box.submit(notice(Phase.DRAINING))
+    box.submit(notice(Phase.HELD))
+    got = [(letter.webhook == url_key(URL), letter.notice.phase) for letter in box.pending()]
+    assert got == [(False, "draining"), (True, "held"), (False, "held")]
+
+
+def test_a_full_queue_drops_the_oldest_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    box = outbox(tmp_path, {"webhooks": [{"url": URL}], "queue_size": 2})
+    with caplog.at_level(logging.WARNING, logger="drainer"):
+        for i in range(5):
+            box.submit(notice(Phase.DRAINING, id=f"n{i}"))
+    assert [letter.notice.id for letter in box.pending()] == ["n3", "n4"]
+    assert count(box.metrics, "dropped") == 3
+    assert box.metrics.registry.get_sample_value("drainer_notification_queue") == 2
+    assert "notification queue full (2): dropped the oldest" in caplog.text
+    assert "(3 dropped so far)" in caplog.text
+
+
+def test_what_is_queued_is_on_disk_and_read_back_by_the_next_process(tmp_path: Path) -> None:
+    hooks = {"webhooks": [{"url": URL}]}
+    first = outbox(tmp_path, hooks)
+    first.submit(notice(Phase.DRAINING, id="a"))
+    first.submit(notice(Phase.HELD, id="b"))
+    saved = json.loads((tmp_path / FILE).read_text())
+    assert [item["notice"]["id"] for item in saved["pending"]] == ["a", "b"]
+    assert URL not in (tmp_path / FILE).read_text()  # a hash names the webhook
+    assert (tmp_path / FILE).stat().st_mode & 0o777 == 0o600
+
+    second = outbox(tmp_path, hooks)  # a restart: never started, nothing sent
+    assert [letter.notice for letter in second.pending()] == [
+        letter.notice for letter in first.pending()
+    ]
+
+
+def test_a_damaged_outbox_file_is_reported_and_not_sent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / FILE).write_text("{not json")
+    with caplog.at_level(logging.ERROR, logger="drainer"):
+        box = outbox(tmp_path, {"webhooks": [{"url": URL}]})
+    assert box.pending() == []
+    assert "cannot be read" in caplog.text
+
+
+def mock_transport(answers: list[int], seen: list[httpx.Request]) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(answers.pop(0) if len(answers) > 1 else answers[0])
+
+    return httpx.MockTransport(handle)
+
+
+def test_delivered_letters_leave_the_file_and_are_counted(tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+    box = outbox(
+        tmp_path,
+        {"webhooks": [{"url": URL}]},
+        transport=mock_transport([503, 503, 204], seen),
+        backoff=(0.001, 0.002),
+    )
+    box.submit(notice(Phase.DRAINING))
+    box.start()
+    try:
+        wait_until(lambda: count(box.metrics, "delivered") == 1, what="delivered")
+    finally:
+        box.close()
+    assert len(seen) == 3  # two 503s retried, the 204 counts as delivered
+    assert json.loads((tmp_path / FILE).read_text())["pending"] == []
+    assert count(box.metrics, "failed") == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "again"),
+    [(200, False), (299, False), (404, False), (408, True), (429, True), (502, True)],
+)
+def test_which_answers_are_retried(status: int, again: bool) -> None:
+    hook = Webhook(url=URL)
+    with httpx.Client(transport=mock_transport([status], [])) as client:
+        outcome = send_once(client, hook, notice(Phase.HELD), timeout=1.0)
+    assert (outcome.ok, outcome.again) == (200 <= status < 300, again)
+    assert outcome.detail.startswith(f"HTTP {status}")
+
+
+def test_a_letter_whose_webhook_is_gone_fails_once_started(tmp_path: Path) -> None:
+    first = outbox(tmp_path, {"webhooks": [{"url": URL}]})
+    first.submit(notice(Phase.HELD))
+    box = outbox(
+        tmp_path, {"webhooks": [{"url": URL + "-new"}]}, transport=mock_transport([200], [])
+    )
+    box.start()
+    try:
+        wait_until(lambda: count(box.metrics, "failed") == 1, what="given up")
+    finally:
+        box.close()
+    assert box.pending() == []
+
+
+def test_a_notify_section_survives_config_show(tmp_path: Path) -> None:
+    loaded = config(
+        {
+            "webhooks": [
+                {"url": URL, "headers": {"A": {"env": "X"}, "B": "b"}, "on": ["held"]},
+            ],
+            "retry_for": "2m",
+        }
+    )
+    path = tmp_path / "again.yaml"
+    path.write_text(dump_config(loaded))
+    assert load_config(path) == loaded
+
+
+def test_a_secret_that_cannot_be_read_is_said_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hook = {"url": URL, "headers": {"Authorization": {"file": str(tmp_path / "nope")}}}
+    box = outbox(tmp_path, {"webhooks": [hook]})
+    with caplog.at_level(logging.ERROR, logger="drainer"):
+        box.start()
+    box.close()
+    assert (
+        "notify.webhooks[0] (http://127.0.0.1:9): header Authorization: cannot read" in caplog.text
+    )
