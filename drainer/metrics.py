@@ -21,7 +21,14 @@ from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
 
 from drainer._http import Handler, Server, ServerThread
@@ -176,6 +183,9 @@ class Metrics:
 
     def serve(self, listen: str) -> int:
         """Serve /metrics, /healthz and /readyz on ``listen`` in a thread; the port."""
+        # no *_created series (a child's creation time): no rule reads them, and with every
+        # label value created at start they would double the counters a scrape carries
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         try:
             host, port = split_host_port(listen, default_host="127.0.0.1")
             server_class = _Server6 if ":" in host else Server
@@ -216,7 +226,7 @@ class Metrics:
             "drainer_out_of_service_seconds",
             "Time out of service per maintenance, observed when the node is back in service",
             ["type"],
-            buckets=(30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200, 14400),
+            buckets=(60, 300, 600, 1200, 1800, 3600, 7200),
             registry=self.registry,
         )
         self.lb_info = Gauge(

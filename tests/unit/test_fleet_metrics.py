@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from drainer.adapters.base import AdapterConfig
@@ -20,7 +21,7 @@ from drainer.engine import Engine, build_lbs
 from drainer.metrics import Metrics
 from drainer.model import EventStatus, EventType
 from drainer.store import Store
-from drainer.testing import FakeClock, MemoryLoadBalancer, MemorySource, maintenance
+from drainer.testing import FakeClock, MemoryLoadBalancer, MemorySource, free_port, maintenance
 
 LB = "lb1"
 
@@ -176,3 +177,16 @@ def test_each_load_balancer_is_described_with_its_backend(
         for s in family.samples
     )
     assert described == expected  # and "gone", described before, is no more
+
+
+def test_a_scrape_carries_no_created_series() -> None:
+    """Every label value exists from the start; their creation times would double the
+    counters of every scrape, and no rule reads them."""
+    metrics = Metrics()
+    port = metrics.serve(f"127.0.0.1:{free_port()}")
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+    finally:
+        metrics.close()
+    assert 'drainer_events_total{type="Freeze"} 0.0' in text
+    assert "_created" not in text
