@@ -151,6 +151,10 @@ class Record:
     missing_since: float | None = None  # when ``event`` was first found unlisted
     missing_polls: int = 0  # documents in a row without ``event``
     doubt: bool = False  # polls failed or the incarnation went back since ``event`` was listed
+    # For the metrics of a maintenance that spans a reboot: since when the node is out of
+    # service (0: in service) and the type of the last event it was out for ("": none).
+    out_since: float = 0.0
+    out_for: str = ""
 
 
 # Inputs -------------------------------------------------------------------------------
@@ -521,7 +525,20 @@ def _enter(record: Record, phase: Phase, now: float, note: str, **changes: objec
     if record.phase is Phase.DRAINING and phase is Phase.RECOVERING:
         changes["drain_result"] = DrainResult.CANCELLED
     assert record.phase is not Phase.DRAINING or "drain_result" in changes, "how it ended?"
+    changes.update(_out_of_service(record, phase, now, changes.get("event", record.event)))
     return replace(record, phase=phase, since=now, note=note, **changes)  # type: ignore[arg-type]
+
+
+def _out_of_service(record: Record, phase: Phase, now: float, event: object) -> dict[str, object]:
+    """``out_since`` and ``out_for`` for a move of ``record`` to ``phase``."""
+    if phase is Phase.IN_SERVICE:
+        return {"out_since": 0.0, "out_for": ""}
+    changes: dict[str, object] = {}
+    if record.phase is Phase.IN_SERVICE or not record.out_since:
+        changes["out_since"] = now
+    if isinstance(event, MaintenanceEvent):
+        changes["out_for"] = event.event_type.value
+    return changes
 
 
 # Transitions --------------------------------------------------------------------------

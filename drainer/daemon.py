@@ -339,6 +339,7 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
         _check_writable(config.state_dir)
         record = Store(config.state_dir).load()
         metrics.set_phase(record.phase, record.since)
+        metrics.set_record(record)
         if config.metrics.listen:
             metrics.serve(config.metrics.listen)
         outbox = Outbox(config.notify, config.state_dir, metrics).start()

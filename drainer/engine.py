@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from drainer.adapters.base import AdapterContext, AnyAdapterPlugin, LoadBalancer
+from drainer.adapters.base import AdapterConfig, AdapterContext, AnyAdapterPlugin, LoadBalancer
 from drainer.config import Config, HealthConfig
 from drainer.core import (
     Action,
@@ -69,9 +69,14 @@ def read_boot_id(path: Path) -> str:
 
 
 def build_lbs(
-    config: Config, node: str, *, plugins: Mapping[str, AnyAdapterPlugin] | None = None
+    config: Config,
+    node: str,
+    *,
+    plugins: Mapping[str, AnyAdapterPlugin] | None = None,
+    entries: dict[str, AdapterConfig] | None = None,
 ) -> dict[str, LoadBalancer]:
-    """One LoadBalancer per configured instance (``plugins``: the registered adapters)."""
+    """One LoadBalancer per configured instance (``plugins``: the registered adapters);
+    ``entries``, when given, receives each one's configuration entry by name."""
     if plugins is None:
         plugins = adapter_plugins({entry.type for entry in config.load_balancers})
     context = AdapterContext(node=node, state_dir=config.state_dir)
@@ -89,6 +94,8 @@ def build_lbs(
                     f"load_balancers[{i}]: the name {lb.name!r} is used twice; set `name`"
                 )
             lbs[lb.name] = lb
+            if entries is not None:
+                entries[lb.name] = entry
     return lbs
 
 
@@ -399,6 +406,7 @@ class Engine:
         engine last saw it: say so in this process's log and metrics."""
         self._tell(old, new)
         self.metrics.set_phase(new.phase, new.since)
+        self.metrics.set_record(new, old)
         if new.phase is old.phase and new.manual == old.manual:
             return
         extra = {"phase": new.phase.value, "note": new.note}
@@ -419,6 +427,7 @@ class Engine:
             old.event is None or old.event.event_id != new.event.event_id
         ):
             self.metrics.events.labels(new.event.event_type.value).inc()
+        self.metrics.set_record(new, old)
         if new.phase is old.phase:
             return
         self.metrics.set_phase(new.phase, new.since)

@@ -17,17 +17,28 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
 
 from drainer._http import Handler, Server, ServerThread
 from drainer._net import split_host_port
-from drainer.core import Phase
+from drainer.core import DrainResult, Phase, Record
 from drainer.errors import ConfigError
-from drainer.model import LBStatus, LBView
+from drainer.model import EventType, LBStatus, LBView
+
+if TYPE_CHECKING:
+    from drainer.adapters.base import AdapterConfig
 
 
 def build_version() -> str:
@@ -156,6 +167,7 @@ class Metrics:
             "Notifications waiting to be delivered",
             registry=self.registry,
         )
+        self._fleet_metrics()
 
     def set_phase(self, phase: Phase, since: float | None = None) -> None:
         for each in Phase:
@@ -186,6 +198,9 @@ class Metrics:
 
     def serve(self, listen: str) -> int:
         """Serve /metrics, /healthz and /readyz on ``listen`` in a thread; the port."""
+        # no *_created series (a child's creation time): no rule reads them, and with every
+        # label value created at start they would double the counters a scrape carries
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         try:
             host, port = split_host_port(listen, default_host="127.0.0.1")
             server_class = _Server6 if ":" in host else Server
@@ -202,6 +217,81 @@ class Metrics:
         if self._listener is not None:
             self._listener.stop(join_timeout=1.0)
             self._listener = None
+
+    # -- for fleet alerts and dashboards (deploy/prometheus, deploy/grafana) -------------
+
+    def _fleet_metrics(self) -> None:
+        self.out_since = Gauge(
+            "drainer_out_of_service_since_timestamp_seconds",
+            "When the node last left service (0: in service)",
+            registry=self.registry,
+        )
+        self.out_for = Gauge(
+            "drainer_out_for_event",
+            "1 for the type of the last event the node is out for, 0 for the others",
+            ["type"],
+            registry=self.registry,
+        )
+        self.manual = Gauge(
+            "drainer_manual_drain",
+            "1 while the node is out by an operator's drainer drain, else 0",
+            registry=self.registry,
+        )
+        self.out_seconds = Histogram(
+            "drainer_out_of_service_seconds",
+            "Time out of service per maintenance, observed when the node is back in service",
+            ["type"],
+            buckets=(60, 300, 600, 1200, 1800, 3600, 7200),
+            registry=self.registry,
+        )
+        self.lb_info = Gauge(
+            "drainer_lb_info",
+            "1 for each configured load balancer: its adapter type and backend",
+            ["lb", "type", "backend"],
+            registry=self.registry,
+        )
+        # every label value a rule or a panel reads exists from the start, at 0, so that
+        # increase() sees the first one (a series born at 1 shows no increase)
+        for kind in EventType:
+            self.events.labels(kind.value)
+            self.out_for.labels(kind.value).set(0)
+            self.out_seconds.labels(kind.value)
+        self.out_seconds.labels(NO_EVENT)
+        for result in DrainResult:
+            self.drains.labels(result.value)
+        for error in ERROR_KINDS:
+            self.errors.labels(error)
+
+    def set_record(self, new: Record, old: Record | None = None) -> None:
+        """What the record says beyond its phase; ``old``: the record before a move,
+        to observe the time out of service when the node is back."""
+        self.out_since.set(new.out_since)
+        for kind in EventType:
+            self.out_for.labels(kind.value).set(1 if kind.value == new.out_for else 0)
+        self.manual.set(1 if new.manual and new.phase is not Phase.IN_SERVICE else 0)
+        if old is not None and old.out_since and new.phase is Phase.IN_SERVICE:
+            out = max(0.0, new.since - old.out_since)
+            self.out_seconds.labels(old.out_for or NO_EVENT).observe(out)
+
+    def describe_lbs(self, entries: Mapping[str, AdapterConfig]) -> None:
+        """``drainer_lb_info`` for the load balancers configured now, by name."""
+        self.lb_info.clear()
+        for name, entry in entries.items():
+            self.lb_info.labels(name, entry.type, backend_of(entry)).set(1)
+
+
+NO_EVENT = "none"  # the type of a time out of service without an event (a manual drain)
+ERROR_KINDS = ("adapter", "approve", "internal", "payload", "source", "state")
+
+
+def backend_of(entry: AdapterConfig) -> str:
+    """The pool the node is in at one load balancer: its backend, upstream, or the
+    load balancer of ``drainer serve``; else the entry's name or type."""
+    for key in ("backend", "upstream", "load_balancer"):
+        value = getattr(entry, key, None)
+        if isinstance(value, str) and value:
+            return value
+    return entry.name or entry.type
 
 
 def _label_sets(gauge: Gauge) -> set[tuple[str, ...]]:

@@ -10,7 +10,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from drainer.adapters.base import LoadBalancer
+from drainer.adapters.base import AdapterConfig, LoadBalancer
 from drainer.config import Config
 from drainer.engine import Engine, build_lbs, read_boot_id
 from drainer.errors import DrainerError, SourceError, StateError
@@ -92,7 +92,8 @@ def assemble(
     source = build_source(config, stopping)
     try:
         names = names or node_names(config, source, stopping, patient=patient)
-        lbs = build_lbs(config, sorted(names)[0])
+        entries: dict[str, AdapterConfig] = {}
+        lbs = build_lbs(config, sorted(names)[0], entries=entries)
     except BaseException:
         source.close()
         raise
@@ -105,4 +106,5 @@ def assemble(
         health=config.health,
         metrics=metrics or Metrics(),
     )
+    engine.metrics.describe_lbs(entries)
     return Node(config=config, engine=engine, source=source, lbs=lbs)

@@ -9,6 +9,8 @@
   wait on real time, a free loopback port.
 - ``start_haproxy``/``start_haproxy_in_front`` and ``Nginx``: a real HAProxy and a real
   nginx on loopback, stopped by PID.
+- ``drainer.testing.prometheus.Prometheus``: a real Prometheus scraping sidecars, with
+  PromQL over its HTTP API (imported from its module: only the fleet tests need it).
 - ``WebServer``, ``WebProcess``, ``LoadClient``, ``BlackHole`` (the lab): web servers
   playing a VM's application, a bounded load client, an address that answers nothing.
 
