@@ -15,10 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import threading
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import (
@@ -33,6 +30,7 @@ from tenacity import (
 from drainer._types import HttpUrl
 from drainer.errors import PayloadError, SourceError
 from drainer.model import Damaged, EventStatus, EventType, Listing, MaintenanceEvent
+from drainer.sources._times import parse_time
 from drainer.sources.base import SourceConfig, SourcePlugin
 
 if TYPE_CHECKING:  # imported at the first request: `config check` and `status` need none
@@ -59,39 +57,6 @@ class _Retryable(Exception):
 
 
 _OVER = frozenset({"completed", "canceled"})  # statuses that mean the event is no more
-# ISO 8601 as IMDS and .NET write it; normalised for datetime.fromisoformat, which on
-# Python 3.10 takes neither "Z", nor a fraction of other than 3 or 6 digits, nor "+0000".
-_ISO = re.compile(
-    r"(?P<stamp>\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2})?)"
-    r"(?:[.,](?P<fraction>\d+))?\s*(?P<zone>[Zz]|[+-]\d{2}(?::?\d{2})?)?"
-)
-
-
-def _iso(text: str) -> str:
-    match = _ISO.fullmatch(text)
-    if match is None:
-        return text  # fromisoformat says what it cannot read
-    out = match["stamp"].replace("t", "T")
-    if match["fraction"]:
-        out += "." + match["fraction"][:6].ljust(6, "0")  # datetime keeps microseconds
-    zone = match["zone"] or ""
-    if zone in ("Z", "z"):
-        zone = "+00:00"
-    elif zone and ":" not in zone:
-        zone = f"{zone[:3]}:{zone[3:] or '00'}"
-    return out + zone
-
-
-def _time(text: str) -> float:
-    """RFC 1123 or ISO 8601 (any offset, ``Z``, fractional seconds); no offset means UTC."""
-    try:
-        # parsedate ignores the weekday: Microsoft's own sample has a wrong one.
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        moment = datetime.fromisoformat(_iso(text.strip()))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
 
 
 def _not_before(item: dict[str, Any], problems: list[str]) -> float | None:
@@ -101,7 +66,7 @@ def _not_before(item: dict[str, Any], problems: list[str]) -> float | None:
         return None
     if isinstance(text, str):
         try:
-            return _time(text)
+            return parse_time(text)
         except (ValueError, OverflowError, OSError):
             pass
     problems.append(f"NotBefore {text!r} is not a time drainer can read: taken as due now")
