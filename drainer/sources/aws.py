@@ -282,6 +282,7 @@ class AwsSource:
         self._names: tuple[str, ...] = ()
         self._launch = ""  # digest of the instance id and its last start
         self._noticed = False  # the last poll listed a notice that has no id of its own
+        self._key = ""  # the ids of the notices listed now end with this
         self._said: set[str] = set()
         self._stopping = stopping or threading.Event()
         self._retrying = Retrying(
@@ -438,7 +439,9 @@ class AwsSource:
         lifecycle = self._text(LIFECYCLE_PATH)
         noticed = spot is not None or rebalance is not None or lifecycle is not None
         if noticed:
-            launch = self._launch if self._noticed and self._launch else self._launch_key()
+            if not self._noticed:  # kept while notices stand, whatever a later read says
+                self._key = self._launch_key()
+            launch = self._key
             if spot is not None:
                 events.append(parse_spot(_loads(spot.text), launch, names))
             if rebalance is not None:

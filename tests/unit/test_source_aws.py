@@ -387,3 +387,16 @@ def test_odd_events_are_warned_about_once(fake: FakeAWS, caplog: pytest.LogCaptu
         source.events()
     assert caplog.text.count("not an object") == 1
     assert json.loads(json.dumps(fake.snapshot()))["lifecycle"] == "Warmed:Running"
+
+
+def test_a_notice_keeps_its_id_when_the_identity_document_reads_again_later(
+    fake: FakeAWS, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.spot("terminate")
+    fake.inject("503", path="/latest/dynamic/instance-identity/document")
+    source = source_for(fake, attempts=1)
+    with caplog.at_level(logging.WARNING, logger="drainer"):
+        (first,) = source.events().events
+    assert "cannot read the instance identity document" in caplog.text
+    (again,) = source.events().events  # the document is readable now
+    assert again.event_id == first.event_id
