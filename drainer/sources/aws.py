@@ -44,18 +44,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import field_validator
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_exponential,
-)
 
 from drainer._types import Duration, HttpUrl
 from drainer.errors import PayloadError, SourceError
 from drainer.model import EventStatus, EventType, Listing, MaintenanceEvent
+from drainer.sources._metadata import MetadataHTTP, Retryable
 from drainer.sources._times import parse_time
 from drainer.sources.base import SourceConfig, SourcePlugin
 
@@ -120,10 +113,6 @@ class AwsConfig(SourceConfig):
         if not 1 <= value <= MAX_TOKEN_TTL:
             raise ValueError("must be between 1s and 6h (IMDS refuses other token lives)")
         return value
-
-
-class _Retryable(Exception):
-    """429, 5xx or a transport failure: worth another try within this poll."""
 
 
 def _digest(*parts: str) -> str:
@@ -273,8 +262,13 @@ class AwsSource:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
-        self._transport = transport
-        self._made: httpx.Client | None = None
+        self._http = MetadataHTTP(
+            config.endpoint,
+            config.timeout,
+            stopping=stopping,
+            transport=transport,
+            attempts=attempts,
+        )
         self._clock = clock
         self._token: str | None = None
         self._token_until = 0.0  # renew at this clock() time
@@ -284,36 +278,6 @@ class AwsSource:
         self._noticed = False  # the last poll listed a notice that has no id of its own
         self._key = ""  # the ids of the notices listed now end with this
         self._said: set[str] = set()
-        self._stopping = stopping or threading.Event()
-        self._retrying = Retrying(
-            stop=stop_after_attempt(attempts) | stop_when_event_set(self._stopping),
-            wait=wait_exponential(multiplier=0.25, max=2.0),
-            retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
-            sleep=self._pause,
-            retry_error_callback=self._give_up,
-        )
-
-    @property
-    def _client(self) -> httpx.Client:
-        if self._made is None:
-            import httpx
-
-            timeout = self._config.timeout
-            self._made = httpx.Client(
-                base_url=self._config.endpoint,
-                timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
-                trust_env=False,
-                follow_redirects=False,
-                transport=self._transport,
-            )
-        return self._made
-
-    def _pause(self, seconds: float) -> None:
-        self._stopping.wait(seconds)  # returns at once on shutdown
-
-    def _give_up(self, state: RetryCallState) -> Any:
-        exc = state.outcome.exception() if state.outcome else None
-        raise SourceError(f"metadata service at {self._config.endpoint}: {exc}") from exc
 
     # IMDSv2 tokens
 
@@ -324,14 +288,14 @@ class AwsSource:
         ttl = int(self._config.token_ttl)
         now = self._clock()
         try:
-            reply = self._client.put(TOKEN_PATH, headers={TTL_HEADER: str(ttl)})
+            reply = self._http.client.put(TOKEN_PATH, headers={TTL_HEADER: str(ttl)})
         except httpx.HTTPError as exc:
             problem = f"PUT {TOKEN_PATH}: {type(exc).__name__}: {exc}"
             if isinstance(exc, httpx.TimeoutException):
                 problem += " (in a container, the instance's HttpPutResponseHopLimit must be 2)"
             return self._no_token(problem, retry=True)
         if reply.status_code == 429 or reply.status_code >= 500:
-            raise _Retryable(f"PUT {TOKEN_PATH}: HTTP {reply.status_code}")
+            raise Retryable(f"PUT {TOKEN_PATH}: HTTP {reply.status_code}")
         if reply.status_code != 200 or not reply.text.strip():
             return self._no_token(f"PUT {TOKEN_PATH}: HTTP {reply.status_code}", retry=False)
         echoed = reply.headers.get(TTL_HEADER, "")
@@ -348,7 +312,7 @@ class AwsSource:
             return None
         hint = "; IMDSv1 is not used unless source.imdsv1 is true"
         if retry:
-            raise _Retryable(problem + hint)
+            raise Retryable(problem + hint)
         raise SourceError(f"metadata service at {self._config.endpoint}: {problem}{hint}")
 
     def _current_token(self) -> str | None:
@@ -363,35 +327,25 @@ class AwsSource:
 
     def _get(self, path: str) -> httpx.Response | None:
         """200: the answer; 404: None. A 401 drops the token and tries once more."""
-        import httpx
 
-        def send(token: str | None) -> httpx.Response:
+        def send() -> httpx.Response:
+            token = self._current_token()
             headers = {TOKEN_HEADER: token} if token is not None else {}
-            try:
-                return self._client.get(path, headers=headers)
-            except httpx.HTTPError as exc:
-                raise _Retryable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+            return self._http.send("GET", path, headers=headers)
 
         def once() -> httpx.Response | None:
-            token = self._current_token()
-            reply = send(token)
+            reply = send()
             if reply.status_code == 401:
                 self._token, self._v1_until = None, 0.0  # expired or revoked: a new one
-                reply = send(self._current_token())
-            if reply.status_code == 429 or reply.status_code >= 500:
-                raise _Retryable(f"GET {path}: HTTP {reply.status_code}")
+                reply = send()
             if reply.status_code == 404:
                 return None
             if reply.status_code != 200:
                 self._token = None if reply.status_code == 401 else self._token
-                raise SourceError(
-                    f"metadata service at {self._config.endpoint}: GET {path}: "
-                    f"HTTP {reply.status_code}: {reply.text[:200]}"
-                )
+                raise self._http.refused("GET", path, reply)
             return reply
 
-        result: httpx.Response | None = self._retrying(once)
-        return result
+        return self._http.retry(once)
 
     def _text(self, path: str) -> str | None:
         reply = self._get(path)
@@ -469,8 +423,7 @@ class AwsSource:
         )
 
     def close(self) -> None:
-        if self._made is not None:
-            self._made.close()
+        self._http.close()
 
 
 def _loads(text: str) -> Any:

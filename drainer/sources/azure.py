@@ -18,18 +18,10 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_exponential,
-)
-
 from drainer._types import HttpUrl
-from drainer.errors import PayloadError, SourceError
+from drainer.errors import PayloadError
 from drainer.model import Damaged, EventStatus, EventType, Listing, MaintenanceEvent
+from drainer.sources._metadata import MetadataHTTP
 from drainer.sources._times import parse_time
 from drainer.sources.base import SourceConfig, SourcePlugin
 
@@ -50,10 +42,6 @@ class AzureConfig(SourceConfig):
 
     type: str = "azure"
     endpoint: HttpUrl = "http://169.254.169.254"  # refused when read, not by every poll
-
-
-class _Retryable(Exception):
-    """429, 5xx or a transport failure: worth another try within this poll."""
 
 
 _OVER = frozenset({"completed", "canceled"})  # statuses that mean the event is no more
@@ -213,67 +201,24 @@ class AzureSource:
         transport: httpx.BaseTransport | None = None,
         attempts: int = 3,
     ) -> None:
-        # made at the first request: a command that asks nothing (`drainer status` with
-        # node.name set) imports no httpx and builds no SSL context
-        self._config = config
-        self._transport = transport
-        self._made: httpx.Client | None = None
-        self._endpoint = config.endpoint
-        self._said: set[str] = set()  # the warnings about the events listed last time
-        stopping = stopping or threading.Event()
-        self._stopping = stopping
-        self._retrying = Retrying(
-            stop=stop_after_attempt(attempts) | stop_when_event_set(stopping),
-            wait=wait_exponential(multiplier=0.25, max=2.0),
-            retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
-            sleep=self._pause,
-            retry_error_callback=self._give_up,
+        self._http = MetadataHTTP(
+            config.endpoint,
+            config.timeout,
+            headers={"Metadata": "true"},
+            stopping=stopping,
+            transport=transport,
+            attempts=attempts,
         )
-
-    @property
-    def _client(self) -> httpx.Client:
-        if self._made is None:
-            import httpx
-
-            timeout = self._config.timeout
-            self._made = httpx.Client(
-                base_url=self._config.endpoint,
-                headers={"Metadata": "true"},
-                timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
-                trust_env=False,
-                follow_redirects=False,
-                transport=self._transport,
-            )
-        return self._made
-
-    def _pause(self, seconds: float) -> None:
-        self._stopping.wait(seconds)  # returns at once on shutdown
-
-    def _give_up(self, state: RetryCallState) -> Any:
-        exc = state.outcome.exception() if state.outcome else None
-        raise SourceError(f"metadata service at {self._endpoint}: {exc}") from exc
+        self._said: set[str] = set()  # the warnings about the events listed last time
 
     def _request(self, method: str, path: str, version: str, body: Any = None) -> httpx.Response:
-        import httpx
-
         def once() -> httpx.Response:
-            try:
-                reply = self._client.request(
-                    method, path, params={"api-version": version}, json=body
-                )
-            except httpx.HTTPError as exc:
-                raise _Retryable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-            if reply.status_code == 429 or reply.status_code >= 500:
-                raise _Retryable(f"{method} {path}: HTTP {reply.status_code}")
+            reply = self._http.send(method, path, params={"api-version": version}, json=body)
             if reply.status_code != 200:
-                raise SourceError(
-                    f"metadata service at {self._endpoint}: {method} {path}: "
-                    f"HTTP {reply.status_code}: {reply.text[:200]}"
-                )
+                raise self._http.refused(method, path, reply)
             return reply
 
-        result: httpx.Response = self._retrying(once)
-        return result
+        return self._http.retry(once)
 
     def _json(self, reply: httpx.Response) -> Any:
         try:
@@ -312,8 +257,7 @@ class AzureSource:
         )
 
     def close(self) -> None:
-        if self._made is not None:
-            self._made.close()
+        self._http.close()
 
 
 def create(config: AzureConfig, stopping: threading.Event) -> AzureSource:
