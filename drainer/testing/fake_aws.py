@@ -78,7 +78,7 @@ from email.message import Message
 from typing import Any
 from urllib.parse import urlsplit
 
-from drainer._http import Handler, Served, Server
+from drainer.testing._fake import FakeService, Reply, check_quirks
 
 __all__ = [
     "CODES",
@@ -183,36 +183,28 @@ class _Fault:
     path: str | None
 
 
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain"
-    headers: tuple[tuple[str, str], ...] = ()
-    drop: bool = False
+def _text(status: int, text: str) -> Reply:
+    return Reply(status, text.encode(), "text/plain")
 
 
-def _text(status: int, text: str) -> _Reply:
-    return _Reply(status, text.encode())
+def _json(payload: object, *, indent: str | None = "\t") -> Reply:
+    return Reply(200, json.dumps(payload, indent=indent).encode(), "application/json")
 
 
-def _json(payload: object, *, indent: str | None = "\t") -> _Reply:
-    return _Reply(200, json.dumps(payload, indent=indent).encode(), "application/json")
-
-
-def _error(status: int) -> _Reply:
+def _error(status: int) -> Reply:
     title = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
-    return _Reply(status, _page(status, title.get(status, "Error")), "text/html")
+    return Reply(status, _page(status, title.get(status, "Error")), "text/html")
 
 
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-class FakeAWS(Served[Server["FakeAWS"]]):
+class FakeAWS(FakeService):
     """A fake EC2 IMDS on ``url``; see the module docstring for its HTTP and control API."""
 
     _thread_name = "fake-aws"
+    server_version = "EC2ws"
 
     def __init__(
         self,
@@ -234,7 +226,7 @@ class FakeAWS(Served[Server["FakeAWS"]]):
         self._hostname = local_hostname
         self._tokens_mode = tokens
         self._clock = clock
-        self._initial_quirks = self._checked_quirks(dict.fromkeys(quirks, True))
+        self._initial_quirks = check_quirks(dict.fromkeys(quirks, True), QUIRKS)
         self._lock = threading.Lock()
         self._stopping_event = threading.Event()
         self._scheduled: dict[str, _Scheduled] = {}
@@ -245,28 +237,6 @@ class FakeAWS(Served[Server["FakeAWS"]]):
         self._faults: deque[_Fault] = deque()
         self._quirks: frozenset[str] = frozenset()
         self._reset_locked()
-
-    # Lifecycle of the server (drainer._http.Served: start, stop, with, url)
-
-    def _server(self) -> Server[FakeAWS]:
-        self._stopping_event = threading.Event()
-        return Server((self._host, self._port), _Handler, self)
-
-    def _stopping(self) -> None:
-        self._stopping_event.set()  # requests still sleeping in "slow" wake up
-
-    def serve_forever(self) -> None:
-        """Serve until KeyboardInterrupt or stop() from another thread (for a CLI)."""
-        if self._running is None:
-            self.start()
-        stopping = self._stopping_event
-        try:
-            while not stopping.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
 
     # Scripting maintenance
 
@@ -383,7 +353,7 @@ class FakeAWS(Served[Server["FakeAWS"]]):
             self._faults.append(_Fault(kind, count, float(delay), path))
 
     def set_quirks(self, **flags: bool) -> None:
-        changes = self._checked_quirks(flags)
+        changes = check_quirks(flags, QUIRKS)
         with self._lock:
             self._quirks = frozenset(
                 name for name in QUIRKS if changes.get(name, name in self._quirks)
@@ -410,16 +380,6 @@ class FakeAWS(Served[Server["FakeAWS"]]):
             self._reset_locked()
 
     # State, always under self._lock
-
-    @staticmethod
-    def _checked_quirks(flags: dict[str, Any]) -> dict[str, bool]:
-        unknown = sorted(set(flags) - set(QUIRKS))
-        if unknown:
-            raise ValueError(f"unknown quirks: {', '.join(unknown)} (known: {', '.join(QUIRKS)})")
-        for name, on in flags.items():
-            if not isinstance(on, bool):
-                raise ValueError(f"quirk {name} must be true or false, got {on!r}")
-        return dict(flags)
 
     def _reset_locked(self) -> None:
         self._scheduled = {}
@@ -459,7 +419,7 @@ class FakeAWS(Served[Server["FakeAWS"]]):
 
     # HTTP, called by the request handler's threads
 
-    def _handle(self, method: str, target: str, headers: Message, body: bytes) -> _Reply:
+    def _handle(self, method: str, target: str, headers: Message, body: bytes) -> Reply:
         path = urlsplit(target).path
         if path.startswith("/fake/"):
             return self._control(method, path, body)
@@ -486,9 +446,9 @@ class FakeAWS(Served[Server["FakeAWS"]]):
             case "404":
                 return _error(404)
             case "malformed":
-                return _Reply(200, b'[{"Code": "system-reboot", "State": ', "application/json")
+                return Reply(200, b'[{"Code": "system-reboot", "State": ', "application/json")
             case "drop":
-                return _Reply(0, drop=True)
+                return Reply(0, drop=True)
         with self._lock:
             return self._metadata_locked(path)
 
@@ -498,7 +458,7 @@ class FakeAWS(Served[Server["FakeAWS"]]):
         expiry = self._tokens.get(token)
         return self._tokens_mode == "none" or expiry is None or self._clock() >= expiry
 
-    def _put_token(self, method: str, headers: Message) -> _Reply:
+    def _put_token(self, method: str, headers: Message) -> Reply:
         if self._tokens_mode == "none":
             return _error(404)
         if method != "PUT":
@@ -512,16 +472,16 @@ class FakeAWS(Served[Server["FakeAWS"]]):
         with self._lock:
             self._token_puts += 1
             self._tokens[token] = self._clock() + int(ttl)
-        return _Reply(200, token.encode(), headers=((TTL_HEADER, ttl),))
+        return Reply(200, token.encode(), "text/plain", headers=((TTL_HEADER, ttl),))
 
-    def _metadata_locked(self, path: str) -> _Reply:
+    def _metadata_locked(self, path: str) -> Reply:
         now = self._clock()
         if path == _SCHEDULED:
             events = [e.to_json() for e in self._scheduled.values()]
             if not events and "scheduled_404" in self._quirks:
                 return _error(404)
             # as AWS's documentation prints it
-            return _Reply(
+            return Reply(
                 200,
                 json.dumps(events, indent=2, separators=(",", " : ")).encode(),
                 "application/json",
@@ -563,19 +523,19 @@ class FakeAWS(Served[Server["FakeAWS"]]):
             "region": "us-east-1",
         }
 
-    def _control(self, method: str, path: str, body: bytes) -> _Reply:
+    def _control(self, method: str, path: str, body: bytes) -> Reply:
         try:
             payload = json.loads(body) if body.strip() else {}
         except ValueError as exc:
-            return _Reply(400, json.dumps({"error": f"body is not JSON: {exc}"}).encode())
+            return Reply(400, json.dumps({"error": f"body is not JSON: {exc}"}).encode())
         try:
             if not isinstance(payload, dict):
                 raise ValueError("body must be a JSON object")
             reply = self._command(method, path.strip("/").split("/")[1:], payload)
         except LookupError as exc:
-            return _Reply(404, json.dumps({"error": str(exc)}).encode(), "application/json")
+            return Reply(404, json.dumps({"error": str(exc)}).encode(), "application/json")
         except (TypeError, ValueError) as exc:
-            return _Reply(400, json.dumps({"error": str(exc)}).encode(), "application/json")
+            return Reply(400, json.dumps({"error": str(exc)}).encode(), "application/json")
         return _json(reply if reply is not None else self.snapshot(), indent=None)
 
     def _command(self, method: str, parts: list[str], args: dict[str, Any]) -> Any:
@@ -623,31 +583,3 @@ def _only(args: dict[str, Any], *keys: str) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown keys: {', '.join(unknown)} (known: {', '.join(keys)})")
     return args
-
-
-class _Handler(Handler, methods=("GET", "PUT", "POST")):
-    server: Server[FakeAWS]
-    server_version = "EC2ws"
-
-    def _serve(self, method: str) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._send(_error(400))
-            return
-        body = self.rfile.read(length)
-        self._send(self.server.app._handle(method, self.path, self.headers, body))
-
-    def _send(self, reply: _Reply) -> None:
-        if reply.drop:
-            self.close_connection = True
-            return
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)

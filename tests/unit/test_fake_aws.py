@@ -53,7 +53,8 @@ def test_a_token_needs_a_ttl_of_1_to_21600_seconds(http: httpx.Client, headers: 
 
 
 def test_token_rules(http: httpx.Client, fake: FakeAWS, clock: FakeClock) -> None:
-    assert http.get("/latest/meta-data/instance-id").status_code == 401  # IMDSv2 only
+    refused = http.get("/latest/meta-data/instance-id")
+    assert refused.status_code == 401 and refused.headers["server"] == "EC2ws"  # IMDSv2 only
     assert http.get("/latest/api/token").status_code == 405
     forwarded = {TTL: "60", "X-Forwarded-For": "10.0.0.1"}
     assert http.put("/latest/api/token", headers=forwarded).status_code == 403
