@@ -292,7 +292,9 @@ class AwsSource:
         except httpx.HTTPError as exc:
             problem = f"PUT {TOKEN_PATH}: {type(exc).__name__}: {exc}"
             if isinstance(exc, httpx.TimeoutException):
-                problem += " (in a container, the instance's HttpPutResponseHopLimit must be 2)"
+                problem += (
+                    " (in a container, the instance's HttpPutResponseHopLimit must be at least 2)"
+                )
             return self._no_token(problem, retry=True)
         if reply.status_code == 429 or reply.status_code >= 500:
             raise Retryable(f"PUT {TOKEN_PATH}: HTTP {reply.status_code}")
@@ -310,9 +312,9 @@ class AwsSource:
             log.warning("IMDSv2 token refused (%s): using IMDSv1 for a minute", problem)
             self._v1_until = self._clock() + 60.0
             return None
-        hint = "; IMDSv1 is not used unless source.imdsv1 is true"
         if retry:
-            raise Retryable(problem + hint)
+            raise Retryable(problem)
+        hint = "; IMDSv1 is not used unless source.imdsv1 is true"
         raise SourceError(f"metadata service at {self._config.endpoint}: {problem}{hint}")
 
     def _current_token(self) -> str | None:

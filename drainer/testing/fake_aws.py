@@ -48,7 +48,9 @@ Control API (JSON in, JSON out, no token)::
 Faults (``inject``) hit the next metadata GETs, first in, first out (only GETs of
 ``path`` when one is given): "503" (a burst: ``count`` of them), "401" (as for an
 expired token), "404", "slow" (wait ``delay`` seconds, then answer), "malformed"
-(invalid JSON with a 200), "drop" (close the connection without an answer).
+(invalid JSON with a 200), "drop" (close the connection without an answer). With
+``path="/latest/api/token"`` they hit the token PUTs instead ("slow" or "drop" is how
+a hop limit of 1 looks from a container: no answer).
 ``expire_tokens()`` makes every token given so far fail with 401, as a TTL ending would.
 
 Quirks (off by default; ``FakeAWS(quirks=...)``, ``set_quirks`` or ``POST /fake/quirks``):
@@ -410,7 +412,9 @@ class FakeAWS(FakeService):
         return None if self._rebalance is None else {"noticeTime": rfc3339(self._rebalance)}
 
     def _take_fault_locked(self, path: str) -> _Fault | None:
-        fault = next((f for f in self._faults if f.path in (None, path)), None)
+        """The next fault for a request of ``path``; a token PUT's only if named."""
+        wanted = (path,) if path == _TOKEN else (None, path)
+        fault = next((f for f in self._faults if f.path in wanted), None)
         if fault is not None:
             fault.remaining -= 1
             if fault.remaining == 0:
@@ -426,7 +430,9 @@ class FakeAWS(FakeService):
         if path != "/" and path.endswith("/"):
             path = path.rstrip("/")  # IMDS ignores a trailing slash
         if path == _TOKEN:
-            return self._put_token(method, headers)
+            with self._lock:
+                fault = self._take_fault_locked(_TOKEN) if method == "PUT" else None
+            return self._faulty(fault) or self._put_token(method, headers)
         if method != "GET":
             return _error(405)
         with self._lock:
@@ -436,6 +442,14 @@ class FakeAWS(FakeService):
                 self._unauthorized += 1
                 return _error(401)
             fault = self._take_fault_locked(path)
+        faulty = self._faulty(fault)
+        if faulty is not None:
+            return faulty
+        with self._lock:
+            return self._metadata_locked(path)
+
+    def _faulty(self, fault: _Fault | None) -> Reply | None:
+        """The answer ``fault`` makes (None: the normal one, maybe after a "slow" wait)."""
         if fault is not None and fault.kind == "slow":
             self._stopping_event.wait(fault.delay)
         match fault.kind if fault is not None else None:
@@ -449,8 +463,7 @@ class FakeAWS(FakeService):
                 return Reply(200, b'[{"Code": "system-reboot", "State": ', "application/json")
             case "drop":
                 return Reply(0, drop=True)
-        with self._lock:
-            return self._metadata_locked(path)
+        return None
 
     def _denied_locked(self, token: str | None) -> bool:
         if token is None:

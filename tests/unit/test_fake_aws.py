@@ -191,3 +191,11 @@ def test_the_control_api(http: httpx.Client, fake: FakeAWS) -> None:
 def test_programming_errors_are_value_errors(fake: FakeAWS, call, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=message):
         call(fake)
+
+
+def test_token_faults_hit_only_the_put(http: httpx.Client, fake: FakeAWS) -> None:
+    fake.inject("503", path="/latest/api/token")
+    fake.inject("404")
+    assert http.put("/latest/api/token", headers={TTL: "60"}).status_code == 503
+    value = token(http)  # the GET fault was not spent on the PUTs
+    assert http.get(SCHEDULED, headers={TOKEN: value}).status_code == 404

@@ -400,3 +400,22 @@ def test_a_notice_keeps_its_id_when_the_identity_document_reads_again_later(
     assert "cannot read the instance identity document" in caplog.text
     (again,) = source.events().events  # the document is readable now
     assert again.event_id == first.event_id
+
+
+def test_a_503_burst_on_the_token_put_is_retried(fake: FakeAWS) -> None:
+    fake.inject("503", count=2, path="/latest/api/token")
+    assert source_for(fake).events().events == ()
+    assert fake.snapshot()["token_puts"] == 1
+
+
+def test_an_unanswered_token_put_names_the_hop_limit(fake: FakeAWS) -> None:
+    fake.inject("slow", count=3, delay=2.0, path="/latest/api/token")
+    with pytest.raises(SourceError, match="HttpPutResponseHopLimit must be at least 2"):
+        source_for(fake, config={"timeout": 0.3}, attempts=1).events()
+    assert fake.snapshot()["requests"] == 0  # and no GET went without a token
+
+
+def test_a_refused_token_put_says_how_to_allow_imdsv1(fake: FakeAWS) -> None:
+    fake.inject("404", path="/latest/api/token")
+    with pytest.raises(SourceError, match=r"HTTP 404; IMDSv1 is not used unless source\.imdsv1"):
+        source_for(fake).events()
