@@ -171,7 +171,10 @@ def test_check_and_status_name_the_instance(aws: AwsWorld) -> None:
     assert "i-1234567890abcdef0" in done.stdout
     shown = aws.cli("config", "show")
     assert "approve: never" in shown.stdout
-    fake(aws).schedule("instance-stop", not_before_in=3600)
+    fake(aws).schedule("instance-stop", not_before_in=14 * 86400)
     listed = aws.cli("events", "--json")
     assert listed.returncode == 0, listed.stderr
     assert "instance-stop" in json.dumps(json.loads(listed.stdout))
+    day = time.strftime("%Y-%m-%d", time.localtime(time.time() + 14 * 86400))
+    shown = aws.cli("events")
+    assert f"instance-stop Scheduled not before {day} " in shown.stdout, shown.stdout
