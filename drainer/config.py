@@ -85,6 +85,7 @@ def _default_rules() -> dict[EventType, EventRule]:
         EventType.FREEZE: EventRule(action=Reaction.DRAIN, min_duration=10.0),
         EventType.PREEMPT: EventRule(action=Reaction.REMOVE),
         EventType.TERMINATE: EventRule(action=Reaction.REMOVE),
+        EventType.REBALANCE: EventRule(action=Reaction.IGNORE),  # a hint, not a notice
         EventType.UNKNOWN: EventRule(action=Reaction.DRAIN),  # a type drainer does not know
     }
 

@@ -334,12 +334,13 @@ def approvable(event: MaintenanceEvent, policy: Policy) -> bool:
 
 
 def drain_due(event: MaintenanceEvent, policy: Policy) -> float | None:
-    """When the drain must start; None means at once."""
+    """When the drain must start; None means at once. A drain that will not be approved,
+    a removal's too, ends ``drain_margin`` before NotBefore: an AWS retirement announced
+    weeks ahead does not take the node out for weeks."""
     if (
         event.status is not EventStatus.SCHEDULED  # started, or a status nobody knows
         or event.not_before is None
         or approvable(event, policy)
-        or reaction(event, policy) is Reaction.REMOVE
     ):
         return None
     return event.not_before - policy.drain_timeout - policy.drain_margin

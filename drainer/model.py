@@ -38,6 +38,9 @@ class EventType(_AnyCase):
     REDEPLOY = "Redeploy"
     PREEMPT = "Preempt"
     TERMINATE = "Terminate"
+    # A cloud's hint that the VM is at higher risk of interruption (AWS's rebalance
+    # recommendation): ignored by default, drained when configured (events.Rebalance).
+    REBALANCE = "Rebalance"
     UNKNOWN = "Unknown"  # a type drainer does not know (yet): the rule events.Unknown applies
 
 
@@ -59,7 +62,9 @@ class MaintenanceEvent:
     duration: int = -1  # seconds of expected impact; 0 none, -1 unknown
     source: str = "Platform"
     description: str = ""
-    raw_type: str = ""  # the EventType as listed, when it is UNKNOWN
+    # the type as listed, when it is UNKNOWN or the cloud names it otherwise (AWS's
+    # "system-reboot" is a REBOOT)
+    raw_type: str = ""
     raw_status: str = ""  # the EventStatus as listed, when it is UNKNOWN
     problems: tuple[str, ...] = ()  # what was odd about the event as listed
 

@@ -135,11 +135,13 @@ def event_lines(rows: list[dict[str, Any]]) -> list[str]:
         return ["no scheduled events"]
     lines = []
     for row in rows:
-        when = (
-            time.strftime("%H:%M:%S", time.localtime(row["not_before"]))
-            if row["not_before"]
-            else "now"
-        )
+        when = "now"
+        if row["not_before"]:
+            # AWS and Google Cloud announce days or weeks ahead: the date too, then
+            far = abs(row["not_before"] - time.time()) > 12 * 3600
+            when = time.strftime(
+                "%Y-%m-%d %H:%M:%S" if far else "%H:%M:%S", time.localtime(row["not_before"])
+            )
         lines.append(
             f"{row['raw_type'] or row['event_type']:<9} {row['raw_status'] or row['status']:<9} "
             f"not before {when}  {row['event_id']}  {','.join(row['resources'])}  "

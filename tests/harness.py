@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import yaml
 
 from drainer._http import Handler, Served, Server
-from drainer.testing import FakeIMDS, wait_until
+from drainer.testing import FakeAWS, FakeIMDS, wait_until
 
 T = TypeVar("T")
 
@@ -311,3 +311,15 @@ class World:
 
     def wait_record(self, predicate: Callable[[dict[str, Any]], bool], what: str) -> None:
         self.wait(lambda: predicate(self.record()), what)
+
+
+class AwsWorld(World):
+    """The same VM on AWS: ``fake`` is a FakeAWS (IMDSv2 only) and ``source.type: aws``.
+    Its names are the fake's instance id and local hostname."""
+
+    def __init__(self, tmp_path: Path, **fake_options: Any) -> None:
+        super().__init__(tmp_path)
+        self.fake.stop()
+        self.fake = FakeAWS(**fake_options).start()  # type: ignore[assignment]
+        self.settings = self.base_config()
+        self.configure(source={"type": "aws"})

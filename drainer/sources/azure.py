@@ -15,24 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import threading
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_exponential,
-)
-
 from drainer._types import HttpUrl
-from drainer.errors import PayloadError, SourceError
+from drainer.errors import PayloadError
 from drainer.model import Damaged, EventStatus, EventType, Listing, MaintenanceEvent
+from drainer.sources._metadata import MetadataHTTP
+from drainer.sources._times import parse_time
 from drainer.sources.base import SourceConfig, SourcePlugin
 
 if TYPE_CHECKING:  # imported at the first request: `config check` and `status` need none
@@ -54,44 +44,7 @@ class AzureConfig(SourceConfig):
     endpoint: HttpUrl = "http://169.254.169.254"  # refused when read, not by every poll
 
 
-class _Retryable(Exception):
-    """429, 5xx or a transport failure: worth another try within this poll."""
-
-
 _OVER = frozenset({"completed", "canceled"})  # statuses that mean the event is no more
-# ISO 8601 as IMDS and .NET write it; normalised for datetime.fromisoformat, which on
-# Python 3.10 takes neither "Z", nor a fraction of other than 3 or 6 digits, nor "+0000".
-_ISO = re.compile(
-    r"(?P<stamp>\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2})?)"
-    r"(?:[.,](?P<fraction>\d+))?\s*(?P<zone>[Zz]|[+-]\d{2}(?::?\d{2})?)?"
-)
-
-
-def _iso(text: str) -> str:
-    match = _ISO.fullmatch(text)
-    if match is None:
-        return text  # fromisoformat says what it cannot read
-    out = match["stamp"].replace("t", "T")
-    if match["fraction"]:
-        out += "." + match["fraction"][:6].ljust(6, "0")  # datetime keeps microseconds
-    zone = match["zone"] or ""
-    if zone in ("Z", "z"):
-        zone = "+00:00"
-    elif zone and ":" not in zone:
-        zone = f"{zone[:3]}:{zone[3:] or '00'}"
-    return out + zone
-
-
-def _time(text: str) -> float:
-    """RFC 1123 or ISO 8601 (any offset, ``Z``, fractional seconds); no offset means UTC."""
-    try:
-        # parsedate ignores the weekday: Microsoft's own sample has a wrong one.
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        moment = datetime.fromisoformat(_iso(text.strip()))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
 
 
 def _not_before(item: dict[str, Any], problems: list[str]) -> float | None:
@@ -101,7 +54,7 @@ def _not_before(item: dict[str, Any], problems: list[str]) -> float | None:
         return None
     if isinstance(text, str):
         try:
-            return _time(text)
+            return parse_time(text)
         except (ValueError, OverflowError, OSError):
             pass
     problems.append(f"NotBefore {text!r} is not a time drainer can read: taken as due now")
@@ -248,67 +201,24 @@ class AzureSource:
         transport: httpx.BaseTransport | None = None,
         attempts: int = 3,
     ) -> None:
-        # made at the first request: a command that asks nothing (`drainer status` with
-        # node.name set) imports no httpx and builds no SSL context
-        self._config = config
-        self._transport = transport
-        self._made: httpx.Client | None = None
-        self._endpoint = config.endpoint
-        self._said: set[str] = set()  # the warnings about the events listed last time
-        stopping = stopping or threading.Event()
-        self._stopping = stopping
-        self._retrying = Retrying(
-            stop=stop_after_attempt(attempts) | stop_when_event_set(stopping),
-            wait=wait_exponential(multiplier=0.25, max=2.0),
-            retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
-            sleep=self._pause,
-            retry_error_callback=self._give_up,
+        self._http = MetadataHTTP(
+            config.endpoint,
+            config.timeout,
+            headers={"Metadata": "true"},
+            stopping=stopping,
+            transport=transport,
+            attempts=attempts,
         )
-
-    @property
-    def _client(self) -> httpx.Client:
-        if self._made is None:
-            import httpx
-
-            timeout = self._config.timeout
-            self._made = httpx.Client(
-                base_url=self._config.endpoint,
-                headers={"Metadata": "true"},
-                timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
-                trust_env=False,
-                follow_redirects=False,
-                transport=self._transport,
-            )
-        return self._made
-
-    def _pause(self, seconds: float) -> None:
-        self._stopping.wait(seconds)  # returns at once on shutdown
-
-    def _give_up(self, state: RetryCallState) -> Any:
-        exc = state.outcome.exception() if state.outcome else None
-        raise SourceError(f"metadata service at {self._endpoint}: {exc}") from exc
+        self._said: set[str] = set()  # the warnings about the events listed last time
 
     def _request(self, method: str, path: str, version: str, body: Any = None) -> httpx.Response:
-        import httpx
-
         def once() -> httpx.Response:
-            try:
-                reply = self._client.request(
-                    method, path, params={"api-version": version}, json=body
-                )
-            except httpx.HTTPError as exc:
-                raise _Retryable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-            if reply.status_code == 429 or reply.status_code >= 500:
-                raise _Retryable(f"{method} {path}: HTTP {reply.status_code}")
+            reply = self._http.send(method, path, params={"api-version": version}, json=body)
             if reply.status_code != 200:
-                raise SourceError(
-                    f"metadata service at {self._endpoint}: {method} {path}: "
-                    f"HTTP {reply.status_code}: {reply.text[:200]}"
-                )
+                raise self._http.refused(method, path, reply)
             return reply
 
-        result: httpx.Response = self._retrying(once)
-        return result
+        return self._http.retry(once)
 
     def _json(self, reply: httpx.Response) -> Any:
         try:
@@ -347,8 +257,7 @@ class AzureSource:
         )
 
     def close(self) -> None:
-        if self._made is not None:
-            self._made.close()
+        self._http.close()
 
 
 def create(config: AzureConfig, stopping: threading.Event) -> AzureSource:

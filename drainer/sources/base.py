@@ -14,9 +14,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from drainer._types import Duration, PositiveDuration
 from drainer.model import Approve, Listing
@@ -50,6 +50,30 @@ class SourceConfig(BaseModel):
     # (a re-enabled metadata service can list nothing for minutes).
     gone_after_doubt: Duration = 120.0
 
+    # Whether the cloud lets the VM start an event early (Azure's StartRequests). A
+    # source whose cloud cannot (AWS, Google Cloud: rescheduling there is an API call
+    # with credentials, not a metadata request) says False: its ``approve`` is then
+    # ``never`` and nothing else, so the core drains in time for NotBefore instead of
+    # waiting for an approval that cannot come.
+    can_approve: ClassVar[bool] = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _never_approved(cls, data: Any) -> Any:
+        if not cls.can_approve and isinstance(data, dict) and "approve" not in data:
+            return {**data, "approve": Approve.NEVER}
+        return data
+
+    @field_validator("approve")
+    @classmethod
+    def _approvable(cls, value: Approve) -> Approve:
+        if not cls.can_approve and value is not Approve.NEVER:
+            raise ValueError(
+                f"this cloud cannot approve an event from the VM: drainer drains in time"
+                f" for NotBefore instead; write never or leave the key out, not {value}"
+            )
+        return value
+
 
 @runtime_checkable
 class EventSource(Protocol):
@@ -60,7 +84,8 @@ class EventSource(Protocol):
         ...
 
     def approve(self, event_id: str) -> None:
-        """Let the event start now. Raises SourceError."""
+        """Let the event start now. Raises SourceError. Never called for a source whose
+        configuration says ``can_approve = False`` (its ``approve`` is ``never``)."""
         ...
 
     def node_names(self) -> frozenset[str]:

@@ -2,6 +2,8 @@
 
 - ``FakeIMDS``: Azure's Scheduled Events and instance metadata over real HTTP, with a
   control API and the real service's quirks (``drainer fake-imds`` serves one).
+- ``FakeAWS``: AWS EC2's instance metadata (IMDSv2 tokens, scheduled events, Spot and
+  rebalance notices, the Auto Scaling lifecycle state) over real HTTP, with faults.
 - ``FakeNginxPlus``: the nginx Plus API's upstream endpoints, built from its documentation.
 - ``MemorySource``, ``MemoryLoadBalancer``: an event source and a load balancer held in
   memory, recording their calls, to drive ``drainer.engine.Engine`` in-process.
@@ -18,6 +20,7 @@ Nothing in drainer's product code imports this package.
 """
 
 from drainer.testing.clock import FakeClock, wait_until
+from drainer.testing.fake_aws import FakeAWS
 from drainer.testing.fake_imds import FakeIMDS
 from drainer.testing.fake_nginx_plus import FakeNginxPlus
 from drainer.testing.haproxy import (
@@ -34,6 +37,7 @@ from drainer.testing.ports import free_port
 
 __all__ = [
     "BlackHole",
+    "FakeAWS",
     "FakeClock",
     "FakeIMDS",
     "FakeNginxPlus",

@@ -103,7 +103,8 @@ from email.utils import format_datetime
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
-from drainer._http import Handler, Served, Server
+from drainer.testing._fake import FakeService, check_quirks
+from drainer.testing._fake import Reply as _Reply
 
 __all__ = [
     "COMPUTE_API_VERSIONS",
@@ -248,13 +249,6 @@ class _Fault:
     delay: float
 
 
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    body: bytes = b""
-    drop: bool = False
-
-
 def _json_reply(status: int, payload: object) -> _Reply:
     return _Reply(status, json.dumps(payload).encode())
 
@@ -289,13 +283,7 @@ def _nested(fields: dict[str, str]) -> dict[str, Any]:
 
 
 def _check_quirks(flags: dict[str, Any]) -> dict[str, bool]:
-    unknown = sorted(set(flags) - set(QUIRKS))
-    if unknown:
-        raise ValueError(f"unknown quirks: {', '.join(unknown)} (known: {', '.join(QUIRKS)})")
-    for name, on in flags.items():
-        if not isinstance(on, bool):
-            raise ValueError(f"quirk {name} must be true or false, got {on!r}")
-    return dict(flags)
+    return check_quirks(flags, QUIRKS)
 
 
 def _start_requests(body: bytes) -> list[str] | None:
@@ -344,10 +332,11 @@ def _schedule_args(payload: object) -> dict[str, Any]:
     return {_SCHEDULE_KEYS[key]: value for key, value in payload.items()}
 
 
-class FakeIMDS(Served[Server["FakeIMDS"]]):
+class FakeIMDS(FakeService):
     """A fake IMDS on ``url``; see the module docstring for its HTTP and control API."""
 
     _thread_name = "fake-imds"
+    server_version = "FakeIMDS/1.0"
 
     def __init__(
         self,
@@ -381,28 +370,6 @@ class FakeIMDS(Served[Server["FakeIMDS"]]):
         self._requests = 0
         self._recent: deque[float] = deque()  # times of the metadata requests of the last second
         self._reset_locked()
-
-    # Lifecycle of the server (drainer._http.Served: start, stop, with, url)
-
-    def _server(self) -> Server[FakeIMDS]:
-        self._stopping_event = threading.Event()
-        return Server((self._host, self._port), _Handler, self)
-
-    def _stopping(self) -> None:
-        self._stopping_event.set()  # requests still sleeping in "slow" wake up
-
-    def serve_forever(self) -> None:
-        """Serve until KeyboardInterrupt or stop() from another thread (for a CLI)."""
-        if self._running is None:
-            self.start()
-        stopping = self._stopping_event
-        try:
-            while not stopping.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
 
     # Scripting maintenance
 
@@ -742,29 +709,3 @@ class FakeIMDS(Served[Server["FakeIMDS"]]):
         if not _is_number(delay):
             raise ValueError(f"delay must be a number, got {delay!r}")
         self.inject(payload["kind"], count=count, delay=delay)
-
-
-class _Handler(Handler, methods=("GET", "POST")):
-    server: Server[FakeIMDS]
-    server_version = "FakeIMDS/1.0"
-
-    def _serve(self, method: str) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._send(_error(400, "bad Content-Length"))
-            return
-        body = self.rfile.read(length)
-        self._send(self.server.app._handle(method, self.path, self.headers, body))
-
-    def _send(self, reply: _Reply) -> None:
-        if reply.drop:
-            self.close_connection = True
-            return
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)

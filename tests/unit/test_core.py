@@ -983,3 +983,15 @@ def test_how_a_drain_ended_is_a_field_not_the_note() -> None:
     assert late.drain_result is DrainResult.DEADLINE
     assert gone.drain_result is DrainResult.CANCELLED and gone.phase is Phase.RECOVERING
     assert manual.drain_result is DrainResult.DRAINED and manual.phase is Phase.HELD
+
+
+def test_a_removal_that_will_not_be_approved_drains_in_time_for_not_before() -> None:
+    # AWS announces a retirement weeks ahead and cannot approve: out in time, not for weeks
+    policy = replace(POLICY, approve=Approve.NEVER)
+    retire = event(EventType.TERMINATE, not_before=NOW + 14 * 86400)
+    new, actions = run(Record(boot_id=BOOT), tick(retire, lbs=both(IN)), policy=policy)
+    assert new.phase is Phase.IN_SERVICE and actions == []
+    due = drain_due(retire, policy)
+    assert due == NOW + 14 * 86400 - 300 - 30
+    later, actions = run(new, tick(retire, lbs=both(IN)), now=due, policy=policy)
+    assert later.phase is Phase.DRAINING and actions == [Drain(LBS)]

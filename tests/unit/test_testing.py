@@ -13,6 +13,7 @@ from drainer.testing import FakeClock, MemoryLoadBalancer, MemorySource, wait_un
 def test_the_kit_exports_exactly_its_names() -> None:
     assert sorted(drainer.testing.__all__) == [
         "BlackHole",
+        "FakeAWS",
         "FakeClock",
         "FakeIMDS",
         "FakeNginxPlus",
