@@ -21,10 +21,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from drainer._types import Duration, HttpUrl, PositiveDuration
 from drainer.errors import DrainerError
 
-__all__ = ["Admission", "BudgetError", "Holder", "Pool", "max_out"]
+__all__ = ["Admission", "BudgetError", "EtcdConfig", "Holder", "Pool", "Slots", "max_out"]
 
 
 class BudgetError(DrainerError):
@@ -77,3 +82,41 @@ class Admission:
     lease: str = ""
     full: tuple[str, ...] = ()
     holders: tuple[Holder, ...] = ()
+
+
+class Slots(Protocol):
+    """One node's slots, as the engine uses them (``EtcdSlots``)."""
+
+    pools: tuple[Pool, ...]
+
+    def take(self, event_id: str, event_type: str, *, force: bool) -> Admission: ...
+    def holds(self) -> bool: ...
+    def keepalive(self, lease: str) -> bool: ...
+    def release(self, lease: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class EtcdConfig(BaseModel):
+    """The ``budget.etcd`` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoints: list[HttpUrl] = Field(min_length=1)
+    prefix: str = "/drainer/v1/"
+    # The slot's lease: long enough for drain, maintenance, boot and health check.
+    lease_ttl: PositiveDuration = 1800.0
+    keepalive_interval: PositiveDuration = 10.0
+    timeout: PositiveDuration = 2.0
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    retry_after: Duration = 2.0  # a voluntary step re-asks this often while it waits
+
+    @field_validator("prefix")
+    @classmethod
+    def _slash(cls, prefix: str) -> str:
+        if not prefix.startswith("/"):
+            raise ValueError("must start with / (e.g. /drainer/v1/)")
+        return prefix if prefix.endswith("/") else prefix + "/"

@@ -34,47 +34,18 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from drainer._types import Duration, HttpUrl, PositiveDuration
-from drainer.budget import Admission, BudgetError, Holder, Pool
+from drainer.budget import Admission, BudgetError, EtcdConfig, Holder, Pool
 
-__all__ = ["EtcdBudget", "EtcdConfig"]
+__all__ = ["EtcdBudget", "EtcdConfig", "EtcdSlots", "lease_id"]
 
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = frozenset({500, 502, 503, 504})  # this member cannot answer: try the next
 _RACES = 20  # admission attempts lost to contenders before giving up for this call
-
-
-class EtcdConfig(BaseModel):
-    """The ``budget.etcd`` section."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    endpoints: list[HttpUrl] = Field(min_length=1)
-    prefix: str = "/drainer/v1/"
-    # The slot's lease: long enough for drain, maintenance, boot and health check.
-    lease_ttl: PositiveDuration = 1800.0
-    keepalive_interval: PositiveDuration = 10.0
-    timeout: PositiveDuration = 2.0
-    username: str | None = None
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    retry_after: Duration = 2.0  # a voluntary step re-asks this often while it waits
-
-    @field_validator("prefix")
-    @classmethod
-    def _slash(cls, prefix: str) -> str:
-        if not prefix.startswith("/"):
-            raise ValueError("must start with / (e.g. /drainer/v1/)")
-        return prefix if prefix.endswith("/") else prefix + "/"
 
 
 def _b64(text: str) -> str:
@@ -397,3 +368,40 @@ def _message(answer: httpx.Response) -> str:
             return str(error.get("message", error))
         return str(body.get("message") or error or body)
     return str(body)[:120]
+
+
+class EtcdSlots:
+    """One node's slots on etcd, as the engine uses them: take (for an event, forced
+    or not), hold (the fence before an approval), keep alive, give back."""
+
+    def __init__(self, budget: EtcdBudget, node: str, pools: Sequence[Pool]) -> None:
+        self.budget = budget
+        self.node = node
+        self.pools = tuple(pools)
+
+    def take(self, event_id: str, event_type: str, *, force: bool) -> Admission:
+        manual = event_type == "manual"
+        kind = "involuntary" if force and not manual else "manual" if manual else "voluntary"
+        lease = lease_id(self.node, event_id or "manual")
+        return self.budget.acquire(
+            self.node,
+            self.pools,
+            lease=lease,
+            kind=kind,
+            event_id=event_id,
+            event_type=event_type,
+            force=force,
+        )
+
+    def holds(self) -> bool:
+        return self.budget.holds(self.node, self.pools)
+
+    def keepalive(self, lease: str) -> bool:
+        """False when the lease is gone (it expired while the sidecar was down)."""
+        return self.budget.keepalive(lease) > 0
+
+    def release(self, lease: str) -> None:
+        self.budget.release(self.node, lease=lease)
+
+    def close(self) -> None:
+        self.budget.close()
