@@ -259,7 +259,8 @@ class EtcdBudget:
             revision, held = self._read([p.name for p in pools])
             holders = tuple(h for hs in held.values() for h in hs)
             missing = [p for p in pools if all(h.node != node for h in held[p.name])]
-            if not missing:
+            if not missing:  # held already: on the lease its keys are attached to
+                lease = next((h.lease for h in holders if h.node == node and h.lease), lease)
                 return Admission(True, lease, holders=holders)
             full = tuple(p.name for p in missing if len(held[p.name]) + 1 > p.max_out)
             if full and not force:

@@ -4,6 +4,7 @@ one drains, approves early and comes back; only then does the other leave."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -113,3 +114,53 @@ def test_a_dead_etcd_never_blocks_the_drain_the_platform_forces(
         assert event not in world.approvals()  # never approved without a slot
     finally:
         world.close()
+
+
+def test_operators_drain_within_the_budget_see_holders_and_release(
+    tmp_path: Path, cluster: EtcdCluster
+) -> None:
+    one, two = fleet(tmp_path, cluster, ["web-1", "web-2"])
+    try:
+        done = one.cli("drain")
+        assert done.returncode == 0, done.stderr
+        refused = two.cli("drain", "--timeout", "1")
+        assert refused.returncode == 1
+        assert "no free slot in app (held by web-1)" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert two.phase() == "in_service"
+        forced = two.cli("drain", "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert "over budget in app" in forced.stderr
+
+        shown = one.cli("budget", "status", "--json")
+        assert shown.returncode == 0, shown.stderr
+        (pool,) = json.loads(shown.stdout)["pools"]
+        holders = {h["node"]: h for h in pool["holders"]}
+        assert pool["pool"] == "app" and pool["free"] == 0
+        assert holders["web-1"]["kind"] == "manual" and not holders["web-1"]["over_budget"]
+        assert holders["web-2"]["over_budget"]
+        assert "web-2  manual" in one.cli("budget", "status").stdout
+
+        undrained = one.cli("undrain")
+        assert undrained.returncode == 0, undrained.stderr
+        after = json.loads(one.cli("budget", "status", "--json").stdout)["pools"][0]
+        assert [h["node"] for h in after["holders"]] == ["web-2"]  # given back in service
+
+        freed = one.cli("budget", "release", "web-2")
+        assert freed.returncode == 0 and "web-2: 1 slot(s) released" in freed.stdout
+        again = one.cli("budget", "release", "web-2")
+        assert again.returncode == 1 and "web-2 holds no slot (holders: none)" in again.stderr
+        assert one.cli("drain").returncode == 0  # a slot again, for the stale read below
+
+        back = two.cli("undrain")
+        assert back.returncode == 0, back.stderr
+        assert two.phase() == "in_service"
+
+        cluster.kill(1)
+        cluster.kill(2)
+        stale = one.cli("budget", "status")
+        assert stale.returncode == 1 and stale.stdout.startswith("STALE")
+        assert "web-1  manual" in stale.stdout
+    finally:
+        for world in (one, two):
+            world.close()
