@@ -144,10 +144,23 @@ class BudgetConfig(_Strict):
     A voluntary drain waits for a slot (never past its latest start); ``pools`` default to
     the load balancers' backends (HAProxy ``backend``, else the load balancer's name)."""
 
-    engine: Literal["etcd"]
-    max_out: int = Field(ge=1)
+    engine: Literal["local", "etcd"] = "local"
+    max_out: int | str  # a count (5) or a share of the pool ("20%", at least one server)
     pools: list[str] | None = None
     etcd: EtcdConfig | None = None
+
+    @field_validator("max_out")
+    @classmethod
+    def _max_out(cls, value: int | str) -> int | str:
+        text = str(value).strip()
+        if text.endswith("%"):
+            number = text[:-1].strip()
+            if not number.replace(".", "", 1).isdigit() or not 0 < float(number) <= 100:
+                raise ValueError(f"a share must be between 0% and 100%, not {value!r}")
+            return text
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"must be a count of at least 1 or a share like 20%, not {value!r}")
+        return int(text)
 
     @field_validator("pools")
     @classmethod
@@ -161,6 +174,12 @@ class BudgetConfig(_Strict):
     def _engine_settings(self) -> BudgetConfig:
         if self.engine == "etcd" and self.etcd is None:
             raise ValueError("engine etcd needs an `etcd:` section with its `endpoints`")
+        if self.engine == "etcd" and isinstance(self.max_out, str):
+            raise ValueError(
+                "engine etcd takes max_out as a count for now (a share needs engine local)"
+            )
+        if self.engine == "local" and self.etcd is not None:
+            raise ValueError("an `etcd:` section needs engine: etcd")
         return self
 
 

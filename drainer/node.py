@@ -84,13 +84,18 @@ class Node:
             self.engine.slots.close()
 
 
-def build_slots(config: Config, node: str) -> Slots | None:
+def build_slots(config: Config, node: str, lbs: dict[str, LoadBalancer]) -> Slots | None:
     """This node's slots of the fleet budget (None: no budget configured)."""
     budget = config.budget
-    if budget is None or budget.etcd is None:
+    if budget is None:
         return None
+    if budget.etcd is None:
+        from drainer.budget.local import LocalSlots
+
+        return LocalSlots(lbs, budget.max_out, budget.pools or ())
     from drainer.budget.etcd import EtcdBudget, EtcdSlots  # httpx: only with a budget
 
+    assert isinstance(budget.max_out, int)  # the configuration refuses a share for etcd
     pools = [Pool(name, budget.max_out) for name in config.pools()]
     return EtcdSlots(EtcdBudget(budget.etcd), node, pools)
 
@@ -110,7 +115,7 @@ def assemble(
     except BaseException:
         source.close()
         raise
-    slots = build_slots(config, sorted(names)[0])
+    slots = build_slots(config, sorted(names)[0], lbs)
     engine = Engine(
         slots=slots,
         slot_retry=config.budget.etcd.retry_after if config.budget and config.budget.etcd else 2.0,

@@ -17,8 +17,13 @@ if TYPE_CHECKING:
 
 def connect(config: Config) -> EtcdBudget:
     """The budget's engine as configured; ConfigError when none is."""
-    if config.budget is None or config.budget.etcd is None:
-        raise ConfigError("no budget is configured (add a `budget:` section with engine etcd)")
+    if config.budget is None:
+        raise ConfigError("no budget is configured (add a `budget:` section)")
+    if config.budget.etcd is None:
+        raise ConfigError(
+            "engine local keeps no holders (each node counts the servers its load balancers"
+            " show out): `drainer status` shows this node; holders need engine etcd"
+        )
     from drainer.budget.etcd import EtcdBudget
 
     return EtcdBudget(config.budget.etcd)
@@ -30,7 +35,7 @@ def status_data(config: Config, *, now: float | None = None) -> dict[str, Any]:
     the last data a member had)."""
     budget = connect(config)
     now = time.time() if now is None else now
-    assert config.budget is not None
+    assert config.budget is not None and isinstance(config.budget.max_out, int)
     try:
         names = sorted(set(config.pools()) | set(budget.pools()))
         held, stale = budget.holders(names, stale_ok=True)
