@@ -56,7 +56,7 @@ from drainer.core import (
 from drainer.errors import AdapterError, ConfigError, SourceError, StateError
 from drainer.health import HealthCheck
 from drainer.metrics import Metrics
-from drainer.model import LBView, Listing
+from drainer.model import LBView, Listing, MaintenanceEvent
 from drainer.plugins import adapter_plugins
 from drainer.sources.base import EventSource
 from drainer.store import Store
@@ -405,6 +405,24 @@ class Engine:
             return f"the budget cannot confirm this node's slot: {exc}"
         return "this node's budget slot is gone (released or expired): not approved"
 
+    def _warn_batch(self, event: MaintenanceEvent) -> None:
+        """An event naming more VMs than a pool may have out: say so as soon as it is
+        seen (the platform takes them together whatever the budget says)."""
+        pools = self.slots.pools if self.slots is not None else ()
+        if not pools or len(event.resources) <= min(p.max_out for p in pools):
+            return
+        allowed = min(p.max_out for p in pools)
+        self.metrics.errors.labels("budget_batch").inc()
+        log.warning(
+            "event %s names %d VMs, more than the %d the budget lets %s have out at once:"
+            " drains at their latest start will go over budget",
+            event.event_id,
+            len(event.resources),
+            allowed,
+            ", ".join(p.name for p in pools),
+            extra={"event_id": event.event_id},
+        )
+
     def keep_slot(self, record: Record) -> Input | None:
         """Keep the slot's lease alive (the daemon calls it every keep-alive interval);
         a lease that expired while the sidecar was down is taken again, forced (the node
@@ -493,6 +511,7 @@ class Engine:
             old.event is None or old.event.event_id != new.event.event_id
         ):
             self.metrics.events.labels(new.event.event_type.value).inc()
+            self._warn_batch(new.event)
         if new.phase is old.phase:
             return
         self.metrics.set_phase(new.phase, new.since)
