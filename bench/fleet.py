@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import tempfile
 import threading
 import time
@@ -157,7 +158,12 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: EtcdCluster | None) -
             web.stop()
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so that every `finally` stops what it started
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupted)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sidecars", type=int, default=200)
     parser.add_argument("--domain", type=int, default=40)
