@@ -45,6 +45,10 @@ config_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode=None, help="Check or show a configuration."
 )
 app.add_typer(config_app, name="config")
+budget_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="The fleet budget: holders, release."
+)
+app.add_typer(budget_app, name="budget")
 
 DEFAULT_CONFIG = Path("/etc/drainer/drainer.yaml")
 MAX_WAIT = 86400.0  # seconds: a day; longer (or inf) is a typo, and overflowed the countdown
@@ -203,28 +207,36 @@ def drain(
             "--timeout",
             min=0,
             max=MAX_WAIT,
-            help="With --wait: seconds to wait at most (default: drain.timeout + 5).",
+            help="With --wait: seconds to wait at most (default: drain.timeout + 5); with a"
+            " budget also: seconds to wait for a slot (default 60).",
         ),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Drain even below min_in_service.")
+        bool,
+        typer.Option("--force", help="Drain even below min_in_service or without a budget slot."),
     ] = False,
 ) -> None:
     """Take this node out of every load balancer and keep it out until `undrain`."""
     from drainer.core import ManualDrain, Phase
 
-    if timeout is not None and not wait:
-        raise typer.BadParameter(
-            "only means something with --wait (drain --wait --timeout SECONDS)",
-            param_hint="--timeout",
-        )
     with _errors(), _node(config) as node:
+        if timeout is not None and not wait and node.engine.slots is None:
+            raise typer.BadParameter(
+                "only means something with --wait or a budget (drain --wait --timeout SECONDS)",
+                param_hint="--timeout",
+            )
         if not force:
             for lb in node.lbs.values():
                 reason = lb.check_manual_drain()
                 if reason:
                     raise DrainerError(f"{lb.name}: {reason} (use --force to drain anyway)")
-        node.engine.turn(None, ManualDrain())
+        slot = ""
+        if node.engine.slots is not None and node.engine.store.load().phase is Phase.IN_SERVICE:
+            from drainer.budget.operate import slot_for_manual_drain
+
+            limit = 60.0 if timeout is None else timeout
+            slot = slot_for_manual_drain(node.engine.slots, timeout=limit, force=force, say=_say)
+        node.engine.turn(None, ManualDrain(slot=slot))
         record, _ = node.engine.turn(None)  # act at once on what the request decided
         _truthful(node, "the drain is recorded and the daemon keeps trying")
         typer.echo(f"drain requested: {record.phase.value}")
@@ -450,6 +462,37 @@ def notify_test(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     if failed:
         _say(f"{failed} of {len(results)} webhooks did not take the test notice")
         raise typer.Exit(1)
+
+
+# -- budget --------------------------------------------------------------------------------
+
+
+@budget_app.command("status")
+def budget_status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
+    """Holders of every pool: node, kind, age, over-budget marks (STALE without quorum)."""
+    from drainer.budget.operate import status_data, status_lines
+
+    with _errors():
+        data = status_data(_load(config))
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        for line in status_lines(data):
+            typer.echo(line)
+    raise typer.Exit(1 if data["stale"] else 0)
+
+
+@budget_app.command("release")
+def budget_release(
+    node_name: Annotated[str, typer.Argument(metavar="NODE", help="The node to free.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Free every slot NODE holds now (a node gone for good; its lease would free them)."""
+    from drainer.budget.operate import release
+
+    with _errors():
+        freed = release(_load(config), node_name)
+    typer.echo(f"{node_name}: {freed} slot(s) released")
 
 
 # -- demo and the fake metadata service ------------------------------------------------------

@@ -25,6 +25,7 @@ from pydantic import (
 from drainer._net import split_host_port
 from drainer._types import Duration, HttpUrl, PositiveDuration, exactly_one
 from drainer.adapters.base import AdapterConfig
+from drainer.budget import EtcdConfig
 from drainer.core import Policy, Reaction, Rule
 from drainer.errors import ConfigError
 from drainer.model import EventType
@@ -140,6 +141,50 @@ class MetricsConfig(_Strict):
         return None if listen is None else check_listen(listen)
 
 
+class BudgetConfig(_Strict):
+    """The fleet budget: at most ``max_out`` servers of each pool out of service at once.
+    A voluntary drain waits for a slot (never past its latest start); ``pools`` default to
+    the load balancers' backends (HAProxy ``backend``, else the load balancer's name)."""
+
+    engine: Literal["local", "etcd"] = "local"
+    max_out: int | str  # a count (5) or a share of the pool ("20%", at least one server)
+    pools: list[str] | None = None
+    etcd: EtcdConfig | None = None
+
+    @field_validator("max_out")
+    @classmethod
+    def _max_out(cls, value: int | str) -> int | str:
+        text = str(value).strip()
+        if text.endswith("%"):
+            number = text[:-1].strip()
+            if not number.replace(".", "", 1).isdigit() or not 0 < float(number) <= 100:
+                raise ValueError(f"a share must be between 0% and 100%, not {value!r}")
+            return text
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"must be a count of at least 1 or a share like 20%, not {value!r}")
+        return int(text)
+
+    @field_validator("pools")
+    @classmethod
+    def _names(cls, pools: list[str] | None) -> list[str] | None:
+        for name in pools or []:
+            if not name or "/" in name:
+                raise ValueError(f"a pool name must be non-empty and without '/': {name!r}")
+        return pools
+
+    @model_validator(mode="after")
+    def _engine_settings(self) -> BudgetConfig:
+        if self.engine == "etcd" and self.etcd is None:
+            raise ValueError("engine etcd needs an `etcd:` section with its `endpoints`")
+        if self.engine == "etcd" and isinstance(self.max_out, str):
+            raise ValueError(
+                "engine etcd takes max_out as a count for now (a share needs engine local)"
+            )
+        if self.engine == "local" and self.etcd is not None:
+            raise ValueError("an `etcd:` section needs engine: etcd")
+        return self
+
+
 class Config(_Strict):
     node: NodeConfig = NodeConfig()
     state_dir: Path = Path("/var/lib/drainer")
@@ -151,6 +196,7 @@ class Config(_Strict):
     load_balancers: list[SerializeAsAny[AdapterConfig]] = Field(min_length=1)
     metrics: MetricsConfig = MetricsConfig()
     notify: NotifyConfig = NotifyConfig()  # webhooks (drainer.notify)
+    budget: BudgetConfig | None = None
     log_format: Literal["text", "json"] = "text"
 
     def policy(self, *, node_names: frozenset[str], lbs: tuple[str, ...]) -> Policy:
@@ -168,7 +214,15 @@ class Config(_Strict):
             health_deadline=self.health.deadline,
             gone_after=self.source.gone_after,
             gone_after_doubt=self.source.gone_after_doubt,
+            budget=self.budget is not None,
         )
+
+    def pools(self) -> list[str]:
+        """The budget's pools: as configured, or each load balancer's backend."""
+        if self.budget is not None and self.budget.pools:
+            return list(self.budget.pools)
+        names = [getattr(lb, "backend", None) or lb.name or lb.type for lb in self.load_balancers]
+        return sorted(set(names))
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

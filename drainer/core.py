@@ -121,6 +121,7 @@ class Policy:
     approve_retry: float = 60.0
     gone_after: float = 5.0  # an event the node is out for is over once unlisted this long
     gone_after_doubt: float = 120.0  # ...this long after failed polls or an incarnation reset
+    budget: bool = False  # a fleet budget gates voluntary drains (slots: TakeSlot)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,6 +156,12 @@ class Record:
     # service (0: in service) and the type of the last event it was out for ("": none).
     out_since: float = 0.0
     out_for: str = ""
+    # The fleet budget: the lease of the slot this node holds ("" none), whether it was
+    # taken over budget (a drain the platform forced: never approved), why a voluntary
+    # drain waits for one ("" when it does not).
+    slot: str = ""
+    over_budget: bool = False
+    slot_wait: str = ""
 
 
 # Inputs -------------------------------------------------------------------------------
@@ -197,7 +204,7 @@ class ApproveFailed:
 
 @dataclass(frozen=True)
 class ManualDrain:
-    pass
+    slot: str = ""  # the budget slot the CLI took for it (the lease); "" none
 
 
 @dataclass(frozen=True)
@@ -214,8 +221,27 @@ class Recheck:
     lbs: Mapping[str, LBView | None]
 
 
+@dataclass(frozen=True)
+class SlotTaken:
+    """The budget gave this node its slots (``lease`` holds them). ``lbs``: the views of
+    the turn that asked, for the drain the slot lets start."""
+
+    lease: str
+    over_budget: bool = False
+    lbs: Mapping[str, LBView | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SlotRefused:
+    """No slot now: none free, or the budget could not answer (never a free slot)."""
+
+    detail: str
+
+
 Input = (
     Tick
+    | SlotTaken
+    | SlotRefused
     | HealthResult
     | PutBackDone
     | Approved
@@ -248,6 +274,7 @@ class PutBack:
 @dataclass(frozen=True)
 class ApproveEvent:
     event_id: str
+    slot: str = ""  # the budget slot to confirm still held first ("" no budget)
 
 
 @dataclass(frozen=True)
@@ -260,7 +287,22 @@ class Alert:
     message: str
 
 
-Action = Drain | TakeOut | PutBack | ApproveEvent | CheckHealth | Alert
+@dataclass(frozen=True)
+class TakeSlot:
+    """Ask the budget for this node's slots; ``force``: the platform takes the VM anyway,
+    so take them even when full (marked over budget)."""
+
+    event_id: str
+    event_type: str
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseSlot:
+    lease: str
+
+
+Action = Drain | TakeOut | PutBack | ApproveEvent | CheckHealth | Alert | TakeSlot | ReleaseSlot
 Result = tuple[Record, list[Action]]
 
 
@@ -374,6 +416,20 @@ def wants_recheck(record: Record, policy: Policy) -> bool:
 def is_due(event: MaintenanceEvent, now: float, policy: Policy) -> bool:
     due = drain_due(event, policy)
     return due is None or now >= due
+
+
+def waits_for_slot(event: MaintenanceEvent, now: float, policy: Policy) -> bool:
+    """Whether the drain for ``event`` waits for a budget slot: a voluntary one (a
+    scheduled Reboot, Redeploy or Freeze) before its latest start, NotBefore minus the
+    drain timeout and margin. A removal, a started event, a Preempt or Terminate, and any
+    drain at its latest start never wait: the platform takes the VM anyway."""
+    if not policy.budget or reaction(event, policy) is not Reaction.DRAIN:
+        return False
+    if event.event_type in (EventType.PREEMPT, EventType.TERMINATE, EventType.UNKNOWN):
+        return False
+    if event.status is not EventStatus.SCHEDULED or event.not_before is None:
+        return False
+    return now < event.not_before - policy.drain_timeout - policy.drain_margin
 
 
 def _pick(candidates: list[MaintenanceEvent], policy: Policy) -> MaintenanceEvent | None:
@@ -547,6 +603,42 @@ def _out_of_service(record: Record, phase: Phase, now: float, event: object) -> 
 
 def step(record: Record, given: Input, now: float, policy: Policy) -> Result:
     """Advance ``record`` by one input; the caller saves the record, then runs the actions."""
+    new, actions = _step(record, given, now, policy)
+    return _budget(record, new, actions, given, policy)
+
+
+def _budget(
+    old: Record, new: Record, actions: list[Action], given: Input, policy: Policy
+) -> Result:
+    """The budget's side of every step: a node out of service without a slot registers
+    the slot it takes anyway (forced: over budget if full), again on every tick until the
+    budget has it; a node in service with no event left gives its slot back."""
+    if not policy.budget:
+        return new, actions
+    if new.phase is Phase.IN_SERVICE:
+        if new.event is None and (new.slot or new.slot_wait):
+            release = [ReleaseSlot(new.slot)] if new.slot else []
+            return replace(new, slot="", over_budget=False, slot_wait=""), [*actions, *release]
+        return new, actions
+    new = replace(new, slot_wait="") if new.slot_wait else new
+    if not new.slot and (old.phase is Phase.IN_SERVICE or isinstance(given, Tick)):
+        event = new.event
+        take = TakeSlot(
+            event.event_id if event else "",
+            event.type_name if event else "manual",
+            force=True,
+        )
+        return new, [*actions, take]
+    return new, actions
+
+
+def _step(record: Record, given: Input, now: float, policy: Policy) -> Result:
+    if isinstance(given, SlotTaken):
+        return _slot_taken(record, given, now, policy)
+    if isinstance(given, SlotRefused):
+        if record.phase is not Phase.IN_SERVICE or record.event is None:
+            return record, []
+        return replace(record, slot_wait=given.detail), []
     if isinstance(given, Tick):
         return _tick(record, given, now, policy)
     if isinstance(given, HealthResult):
@@ -568,7 +660,7 @@ def step(record: Record, given: Input, now: float, policy: Policy) -> Result:
             Alert(f"approving event {given.event_id} failed: {given.detail}")
         ]
     if isinstance(given, ManualDrain):
-        return _manual_drain(record, now, policy)
+        return _manual_drain(record, given, now, policy)
     if isinstance(given, Recheck):
         return _recheck(record, given, now, policy)
     return _manual_undrain(record, now, policy)
@@ -629,9 +721,10 @@ def _recheck(record: Record, given: Recheck, now: float, policy: Policy) -> Resu
     return record, _reassert_out(record, tick)
 
 
-def _manual_drain(record: Record, now: float, policy: Policy) -> Result:
+def _manual_drain(record: Record, given: ManualDrain, now: float, policy: Policy) -> Result:
     if record.phase is Phase.IN_SERVICE:
-        return _start_drain(replace(record, manual=True), {}, now, policy, "manual drain")
+        record = replace(record, manual=True, slot=record.slot or given.slot)
+        return _start_drain(record, {}, now, policy, "manual drain")
     if record.phase is Phase.RECOVERING:
         # Partly put back, maybe: own every load balancer again and let the next tick
         # drain wherever the node is in service (a drain where it is out would move it
@@ -809,10 +902,34 @@ def _in_service(
         if record.event is None or record.event.event_id != event.event_id:
             return _follow(record, event), []
         return replace(record, event=event), []
+    record = _follow(record, event)
+    if not record.slot and waits_for_slot(event, now, policy):
+        wait = record.slot_wait or "asking the budget for a slot"
+        return replace(record, slot_wait=wait), [TakeSlot(event.event_id, event.type_name)]
+    return _start_drain(record, tick.lbs, now, policy, _drain_note(record, event, now, policy))
+
+
+def _drain_note(record: Record, event: MaintenanceEvent, now: float, policy: Policy) -> str:
     note = "drain started"
     if event.problems:
         note += f" ({'; '.join(event.problems)})"
-    return _start_drain(_follow(record, event), tick.lbs, now, policy, note)
+    if policy.budget and not record.slot and record.slot_wait:
+        note += "; no budget slot by its latest start: drained anyway"
+    return note
+
+
+def _slot_taken(record: Record, given: SlotTaken, now: float, policy: Policy) -> Result:
+    record = replace(record, slot=given.lease, over_budget=given.over_budget, slot_wait="")
+    if given.over_budget:
+        message = "drained over the fleet budget: every slot was taken"
+        record = replace(record, alert=message)
+    event = record.event
+    if record.phase is not Phase.IN_SERVICE or event is None or not is_due(event, now, policy):
+        return record, [Alert(record.alert)] if given.over_budget else []
+    note = "drain started (budget slot taken)"
+    if event.problems:
+        note += f" ({'; '.join(event.problems)})"
+    return _start_drain(record, given.lbs, now, policy, note)
 
 
 def _draining(
@@ -981,13 +1098,15 @@ def _maybe_approve(record: Record, now: float, policy: Policy) -> Result:
     event = record.event
     if event is None or not approvable(event, policy):
         return record, []
+    if policy.budget and (not record.slot or record.over_budget):
+        return record, []  # early only within the budget; the platform starts it at NotBefore
     if record.missing_since is not None:  # unlisted, maybe over: approved once listed again
         return record, []
     if record.approved_at is not None and now - record.approved_at < policy.approve_retry:
         return record, []
     # approved_at is set only once the approval went through (Approved): a crash
     # between saving and sending must not delay the next try by approve_retry.
-    return record, [ApproveEvent(event.event_id)]
+    return record, [ApproveEvent(event.event_id, record.slot)]
 
 
 def _maybe_check_health(record: Record, now: float, policy: Policy) -> Result:

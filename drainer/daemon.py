@@ -36,6 +36,7 @@ from types import FrameType
 from drainer import sidecar
 from drainer.adapters.base import preflight
 from drainer.config import Config, load_config
+from drainer.core import Record
 from drainer.errors import ConfigError, DrainerError, StateError
 from drainer.metrics import Metrics
 from drainer.model import Listing
@@ -81,6 +82,7 @@ class Runner:
         self._trouble = ""  # the state problem last logged ("" none)
         self._status = ""
         self._lb_metrics_at = 0.0
+        self._slot_kept_at = 0.0
         node.engine.follow_disk = True
 
     @property
@@ -121,6 +123,7 @@ class Runner:
             log.exception("unexpected error in a turn; continuing")
             return
         now = time.time()
+        record = self._keep_slot(record, now)
         if views:
             self._lb_metrics_at = now
         elif now - self._lb_metrics_at >= LB_METRICS_EVERY:
@@ -145,6 +148,24 @@ class Runner:
         status = status_line(record)
         self.notifier.send("WATCHDOG=1", *([status] if status != self._status else []))
         self._status = status
+
+    def _keep_slot(self, record: Record, now: float) -> Record:
+        """Keep the budget slot's lease alive every ``keepalive_interval`` (after a reboot
+        too: the lease id is in the record); one that expired is registered again."""
+        budget = self.node.config.budget
+        if not record.slot or budget is None or budget.etcd is None:
+            return record
+        if now - self._slot_kept_at < budget.etcd.keepalive_interval:
+            return record
+        self._slot_kept_at = now
+        given = self.node.engine.keep_slot(record)
+        if given is None:
+            return record
+        try:
+            return self.node.engine.turn(None, given)[0]
+        except DrainerError as exc:
+            log.error("%s", exc)
+            return record
 
     def _state_trouble(self, message: str) -> None:
         """Log once that the state cannot be used, and once that it can again (not at every

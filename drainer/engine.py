@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from drainer.adapters.base import AdapterConfig, AdapterContext, AnyAdapterPlugin, LoadBalancer
+from drainer.budget import BudgetError, Slots
 from drainer.config import Config, HealthConfig
 from drainer.core import (
     Action,
@@ -42,7 +43,11 @@ from drainer.core import (
     PutBackDone,
     Recheck,
     Record,
+    ReleaseSlot,
+    SlotRefused,
+    SlotTaken,
     TakeOut,
+    TakeSlot,
     Tick,
     adopt_unrecorded,
     step,
@@ -52,7 +57,7 @@ from drainer.core import (
 from drainer.errors import AdapterError, ConfigError, SourceError, StateError
 from drainer.health import HealthCheck
 from drainer.metrics import Metrics
-from drainer.model import LBView, Listing
+from drainer.model import LBView, Listing, MaintenanceEvent
 from drainer.plugins import adapter_plugins
 from drainer.sources.base import EventSource
 from drainer.store import Store
@@ -121,6 +126,13 @@ class Engine:
     # one HTTP client for the engine's life (the daemon's: until a reload replaces it)
     check: Callable[[HealthConfig], tuple[bool, str]] = field(default_factory=HealthCheck)
     follow_disk: bool = False  # the daemon: log and count what other processes changed
+    # The fleet budget (None: none configured); a voluntary drain re-asks it at most
+    # every ``slot_retry`` seconds while it waits.
+    slots: Slots | None = None
+    slot_retry: float = 2.0
+    _slot_asked: float = -1e18
+    _slot_refusal: str = ""
+    _turn_views: Mapping[str, LBView | None] = field(default_factory=dict)
     _errors: dict[str, str] = field(default_factory=dict)
     # The last refusal of a drain, take-out or put-back, per load balancer (cleared by a
     # success): the CLI reports it instead of claiming an action that did not happen.
@@ -167,6 +179,7 @@ class Engine:
                 damaged = listing.damaged if listing is not None else ()
                 if wants_lb_views(record, events, self.policy, damaged):
                     views = self.views()
+                self._turn_views = views
                 incarnation = listing.incarnation if listing is not None else None
                 given = Tick(self.boot_id, events, views, incarnation, damaged)
             inputs: deque[Input] = deque([given])
@@ -331,7 +344,13 @@ class Engine:
     def _run(self, action: Action) -> list[Input]:
         if isinstance(action, Drain | TakeOut | PutBack):
             return self._on_lbs(action)
+        if isinstance(action, TakeSlot | ReleaseSlot):
+            return self._on_slot(action)
         if isinstance(action, ApproveEvent):
+            refused = self._fence(action)
+            if refused:
+                self.metrics.errors.labels("approve").inc()
+                return [ApproveFailed(action.event_id, refused)]
             try:
                 self.source.approve(action.event_id)
             except SourceError as exc:
@@ -351,6 +370,96 @@ class Engine:
         log.warning("%s", action.message)
         self._alert(action.message)
         return []
+
+    # -- the fleet budget ---------------------------------------------------------------
+
+    def _on_slot(self, action: TakeSlot | ReleaseSlot) -> list[Input]:
+        if self.slots is None:
+            return []
+        if isinstance(action, ReleaseSlot):
+            try:
+                self.slots.release(action.lease)
+            except BudgetError as exc:  # the lease frees it when it expires
+                self._error("budget", "budget:release", f"budget: cannot give the slot back: {exc}")
+            else:
+                log.info("budget: slot given back", extra={"phase": "in_service"})
+            return []
+        now = self.clock()
+        if not action.force and now - self._slot_asked < self.slot_retry:
+            return [SlotRefused(self._slot_refusal)]
+        self._slot_asked = now
+        try:
+            admission = self.slots.take(action.event_id, action.event_type, force=action.force)
+        except BudgetError as exc:
+            self._error("budget", "budget", f"budget: {exc}")
+            self._slot_refusal = f"the budget cannot answer: {exc}"
+            return [SlotRefused(self._slot_refusal)]
+        self._errors.pop("budget", None)
+        self.metrics.set_budget({p.name: p.max_out for p in self.slots.pools}, admission.holders)
+        if not admission.admitted:
+            self.metrics.budget_waits.inc()
+            held = ", ".join(sorted({h.node for h in admission.holders})) or "none"
+            refusal = f"no free slot in {', '.join(admission.full)} (held by {held})"
+            if refusal != self._slot_refusal:
+                log.info("budget: waiting: %s", refusal)
+            self._slot_refusal = refusal
+            return [SlotRefused(refusal)]
+        over = bool(admission.full)
+        if over:
+            self.metrics.budget_over.inc()
+            log.warning("budget: over budget in %s: drained anyway", ", ".join(admission.full))
+        else:
+            log.info("budget: slot taken for %s", action.event_id or "a manual drain")
+        self._slot_refusal = ""
+        return [SlotTaken(admission.lease, over_budget=over, lbs=self._turn_views)]
+
+    def _fence(self, action: ApproveEvent) -> str:
+        """Why the approval must not go out ("" it may): the slot it relies on is gone."""
+        if self.slots is None or not action.slot:
+            return ""
+        try:
+            if self.slots.holds():
+                return ""
+        except BudgetError as exc:
+            return f"the budget cannot confirm this node's slot: {exc}"
+        return "this node's budget slot is gone (released or expired): not approved"
+
+    def _warn_batch(self, event: MaintenanceEvent) -> None:
+        """An event naming more VMs than a pool may have out: say so as soon as it is
+        seen (the platform takes them together whatever the budget says)."""
+        pools = self.slots.pools if self.slots is not None else ()
+        if not pools or len(event.resources) <= min(p.max_out for p in pools):
+            return
+        allowed = min(p.max_out for p in pools)
+        self.metrics.errors.labels("budget_batch").inc()
+        log.warning(
+            "event %s names %d VMs, more than the %d the budget lets %s have out at once:"
+            " drains at their latest start will go over budget",
+            event.event_id,
+            len(event.resources),
+            allowed,
+            ", ".join(p.name for p in pools),
+            extra={"event_id": event.event_id},
+        )
+
+    def keep_slot(self, record: Record) -> Input | None:
+        """Keep the slot's lease alive (the daemon calls it every keep-alive interval);
+        a lease that expired while the sidecar was down is taken again, forced (the node
+        is out already), and fed back as ``SlotTaken``."""
+        if self.slots is None or not record.slot:
+            return None
+        try:
+            if self.slots.keepalive(record.slot):
+                return None
+            log.warning("budget: the slot's lease expired; registering the node again")
+            event = record.event
+            admission = self.slots.take(
+                event.event_id if event else "", event.type_name if event else "manual", force=True
+            )
+        except BudgetError as exc:
+            self._error("budget", "budget:keepalive", f"budget: keep-alive: {exc}")
+            return None
+        return SlotTaken(admission.lease, over_budget=bool(admission.full))
 
     def _on_lbs(self, action: Drain | TakeOut | PutBack) -> list[Input]:
         done: list[Input] = []
@@ -427,6 +536,7 @@ class Engine:
             old.event is None or old.event.event_id != new.event.event_id
         ):
             self.metrics.events.labels(new.event.event_type.value).inc()
+            self._warn_batch(new.event)
         self.metrics.set_record(new, old)
         if new.phase is old.phase:
             return

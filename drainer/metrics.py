@@ -17,6 +17,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections import Counter as Counter_
 from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
@@ -39,6 +40,9 @@ from drainer.model import EventType, LBStatus, LBView
 
 if TYPE_CHECKING:
     from drainer.adapters.base import AdapterConfig
+
+if TYPE_CHECKING:
+    from drainer.budget import Holder
 
 
 def build_version() -> str:
@@ -150,6 +154,22 @@ class Metrics:
         self.errors = Counter(
             "drainer_errors", "Errors met, by kind", ["kind"], registry=self.registry
         )
+        self.budget_slots = Gauge(
+            "drainer_budget_slots",
+            "Slots of each budget pool held and free, as this node last read them",
+            ["pool", "state"],
+            registry=self.registry,
+        )
+        self.budget_waits = Counter(
+            "drainer_budget_waits",
+            "Times a voluntary drain asked the budget for a slot and found none free",
+            registry=self.registry,
+        )
+        self.budget_over = Counter(
+            "drainer_budget_over_budget",
+            "Drains that took a slot over budget (the platform takes the VM anyway)",
+            registry=self.registry,
+        )
         for phase in Phase:
             self.phase.labels(phase.value).set(0)
         # webhook notifications (drainer.notify): each result is there from the start
@@ -184,6 +204,13 @@ class Metrics:
         self.lb_sessions.labels(name).set(view.sessions)
         for status in LBStatus:
             self.lb_status.labels(name, status.value).set(1 if status is view.status else 0)
+
+    def set_budget(self, max_out: Mapping[str, int], holders: Iterable[Holder]) -> None:
+        """Each pool's slots as one read of the budget showed them."""
+        held = Counter_(h.pool for h in holders)
+        for pool, allowed in max_out.items():
+            self.budget_slots.labels(pool, "held").set(held[pool])
+            self.budget_slots.labels(pool, "free").set(max(0, allowed - held[pool]))
 
     def keep_lbs(self, names: Iterable[str]) -> None:
         """Drop the series of load balancers no longer configured (after a reload)."""

@@ -165,6 +165,20 @@ class LBView:
     detail: str = ""  # one line for ``drainer status``: the server's state as the LB shows it
 
 
+@dataclass(frozen=True)
+class PoolView:
+    """A pool (backend) the node's server belongs to, as one load balancer sees it: how
+    many servers it has, and how many of the others get new connections."""
+
+    name: str
+    size: int
+    others_serving: int
+
+    @property
+    def others_out(self) -> int:
+        return self.size - 1 - self.others_serving
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 MAX_DURATION = 8760 * 3600.0  # a year: longer is a typo, and would overflow times
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}

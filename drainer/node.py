@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from drainer.adapters.base import AdapterConfig, LoadBalancer
+from drainer.budget import Pool, Slots
 from drainer.config import Config
 from drainer.engine import Engine, build_lbs, read_boot_id
 from drainer.errors import DrainerError, SourceError, StateError
@@ -79,6 +80,24 @@ class Node:
         for lb in self.lbs.values():
             lb.close()
         self.source.close()
+        if self.engine.slots is not None:
+            self.engine.slots.close()
+
+
+def build_slots(config: Config, node: str, lbs: dict[str, LoadBalancer]) -> Slots | None:
+    """This node's slots of the fleet budget (None: no budget configured)."""
+    budget = config.budget
+    if budget is None:
+        return None
+    if budget.etcd is None:
+        from drainer.budget.local import LocalSlots
+
+        return LocalSlots(lbs, budget.max_out, budget.pools or ())
+    from drainer.budget.etcd import EtcdBudget, EtcdSlots  # httpx: only with a budget
+
+    assert isinstance(budget.max_out, int)  # the configuration refuses a share for etcd
+    pools = [Pool(name, budget.max_out) for name in config.pools()]
+    return EtcdSlots(EtcdBudget(budget.etcd), node, pools)
 
 
 def assemble(
@@ -97,7 +116,10 @@ def assemble(
     except BaseException:
         source.close()
         raise
+    slots = build_slots(config, sorted(names)[0], lbs)
     engine = Engine(
+        slots=slots,
+        slot_retry=config.budget.etcd.retry_after if config.budget and config.budget.etcd else 2.0,
         policy=config.policy(node_names=names, lbs=tuple(lbs)),
         lbs=lbs,
         store=Store(config.state_dir),

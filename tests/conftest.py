@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from harness import World
+from lbprocs import Lab
 
 
 @pytest.fixture
@@ -18,3 +19,12 @@ def world(tmp_path: Path) -> Iterator[World]:
         yield w
     finally:
         w.close()
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    started = Lab()
+    try:
+        yield started
+    finally:
+        started.close()

@@ -4,16 +4,19 @@
 until ``release()``, so a test controls exactly how many sessions are open.
 ``silent_listener()`` is a TCP port whose kernel accepts connections that nobody ever
 answers: a hung CLI. ``canned_cli()`` answers every command with one fixed reply.
+``Lab`` starts HAProxies, backends and held requests for one test (the ``lab`` fixture).
 """
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
 
 from drainer._http import Http11Handler, Served, Server
+from drainer.testing import HAProxy, WebServer, start_haproxy
 
 
 class _Handler(Http11Handler, methods=("GET",)):
@@ -87,3 +90,43 @@ def canned_cli(reply: bytes) -> Iterator[str]:
         yield f"tcp://127.0.0.1:{sock.getsockname()[1]}"
         sock.shutdown(socket.SHUT_RDWR)
     thread.join(timeout=5)
+
+
+class Lab:
+    """Starts HAProxies, backends and held requests; ``close()`` ends each, newest first."""
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+
+    def haproxy(self, body: str, **options: Any) -> HAProxy:
+        haproxy = start_haproxy(body, **options)
+        self._undo.append(haproxy.stop)
+        return haproxy
+
+    def again(self, haproxy: HAProxy) -> HAProxy:
+        back = haproxy.start_again()
+        self._undo.append(back.stop)
+        return back
+
+    def backend(self, port: int = 0) -> HttpBackend:
+        backend = HttpBackend(port)
+        self._undo.append(backend.stop)
+        return backend
+
+    def web(self, port: int, name: str) -> WebServer:
+        web = WebServer(port, name=name).start()
+        self._undo.append(web.stop)
+        return web
+
+    def hold(self, front: int, backend: HttpBackend) -> socket.socket:
+        """A request to ``/slow`` through HAProxy's frontend, open until ``release()``."""
+        conn = socket.create_connection(("127.0.0.1", front), timeout=5)
+        self._undo.append(conn.close)
+        conn.sendall(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert backend.slow_started.acquire(timeout=5), "the held request did not arrive"
+        return conn
+
+    def close(self) -> None:
+        for undo in reversed(self._undo):
+            with suppress(Exception):
+                undo()

@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 from pydantic import BaseModel, ConfigDict
 
 from drainer.adapters.checks import Check, answer, attempt, preflight
-from drainer.model import LBStatus, LBView
+from drainer.model import LBStatus, LBView, PoolView
 
 __all__ = [
     "AdapterConfig",
@@ -102,6 +102,12 @@ class LoadBalancer(Protocol):
     def close(self) -> None:
         """Release sockets and threads; the node's state at the load balancer is kept."""
         return
+
+    def pools(self) -> list[PoolView]:
+        """The pools the node's server belongs to, with their size and how many other
+        servers serve: what the ``local`` budget counts. Empty when the adapter cannot
+        tell (by default)."""
+        return []
 
     def check_manual_drain(self) -> str | None:
         """Why ``drainer drain`` (asked by a person, not a maintenance) should be refused,

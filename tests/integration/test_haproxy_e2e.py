@@ -36,15 +36,13 @@ from typing import Any
 
 import pytest
 from harness import NODE, Daemon, World
-from lbprocs import HttpBackend
+from lbprocs import HttpBackend, Lab
 
 from drainer.testing import (
     HAProxy,
-    WebServer,
     free_port,
     haproxy_available,
     haproxy_cli,
-    start_haproxy,
     wait_until,
 )
 
@@ -146,55 +144,6 @@ def changes(values: list[Any]) -> list[Any]:
 
 
 # -- processes the tests start --------------------------------------------------------------
-
-
-class Lab:
-    """Starts HAProxies, backends and held requests; ``close()`` ends each, newest first."""
-
-    def __init__(self) -> None:
-        self._undo: list[Callable[[], None]] = []
-
-    def haproxy(self, body: str, **options: Any) -> HAProxy:
-        haproxy = start_haproxy(body, **options)
-        self._undo.append(haproxy.stop)
-        return haproxy
-
-    def again(self, haproxy: HAProxy) -> HAProxy:
-        back = haproxy.start_again()
-        self._undo.append(back.stop)
-        return back
-
-    def backend(self, port: int = 0) -> HttpBackend:
-        backend = HttpBackend(port)
-        self._undo.append(backend.stop)
-        return backend
-
-    def web(self, port: int, name: str) -> WebServer:
-        web = WebServer(port, name=name).start()
-        self._undo.append(web.stop)
-        return web
-
-    def hold(self, front: int, backend: HttpBackend) -> socket.socket:
-        """A request to ``/slow`` through HAProxy's frontend, open until ``release()``."""
-        conn = socket.create_connection(("127.0.0.1", front), timeout=5)
-        self._undo.append(conn.close)
-        conn.sendall(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
-        assert backend.slow_started.acquire(timeout=5), "the held request did not arrive"
-        return conn
-
-    def close(self) -> None:
-        for undo in reversed(self._undo):
-            with suppress(Exception):
-                undo()
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    started = Lab()
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def use_haproxy(world: World, *instances: HAProxy | str, **options: Any) -> list[str]:

@@ -10,12 +10,14 @@ Each ``turn`` is what one poll of ``drainer run`` does; a reboot or a crash is a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
+from drainer.budget import Admission, BudgetError, Holder, Pool
 from drainer.config import Config, HealthConfig, parse_config
 from drainer.core import Phase, Record
 from drainer.engine import Engine
@@ -312,3 +314,132 @@ def test_a_failed_poll_is_not_the_event_being_gone(node: Node) -> None:
         record, _ = engine.turn(None)
         assert record.phase is Phase.DRAINED
     assert node.lb.calls == ["drain", "take_out"]
+
+
+# -- the fleet budget ------------------------------------------------------------------------
+# A refusal or an engine error keeps a voluntary drain waiting (and is counted), the
+# approval is fenced by a re-read of the slot, a lease that expired while the sidecar was
+# down is taken again, an event naming more VMs than the budget allows is reported at once.
+
+
+@dataclass
+class FakeSlots:
+    """A budget of one pool whose answers the test sets."""
+
+    pools: tuple[Pool, ...] = (Pool("app", 1),)
+    free: bool = False
+    error: str = ""
+    held: bool = True
+    alive: bool = True
+    taken: list[tuple[str, bool]] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+
+    def take(self, event_id: str, event_type: str, *, force: bool) -> Admission:
+        self.taken.append((event_id, force))
+        if self.error:
+            raise BudgetError(self.error)
+        if self.free or force:
+            return Admission(True, "L1", full=() if self.free else ("app",))
+        return Admission(False, full=("app",), holders=(Holder("app", "web-9"),))
+
+    def holds(self) -> bool:
+        if self.error:
+            raise BudgetError(self.error)
+        return self.held
+
+    def keepalive(self, lease: str) -> bool:
+        return self.alive
+
+    def release(self, lease: str) -> None:
+        self.released.append(lease)
+
+    def close(self) -> None:
+        return
+
+
+def budgeted(node: Node, slots: FakeSlots) -> Engine:
+    engine = node.engine()
+    engine.policy = replace(engine.policy, budget=True)
+    engine.slots = slots
+    engine.slot_retry = 0.0
+    return engine
+
+
+def errors(engine: Engine, kind: str) -> float:
+    value = engine.metrics.registry.get_sample_value("drainer_errors_total", {"kind": kind})
+    return value or 0.0
+
+
+def test_refused_or_unanswered_the_drain_waits_and_says_why(node: Node) -> None:
+    slots = FakeSlots()
+    engine = budgeted(node, slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.IN_SERVICE
+    assert node.saved().slot_wait == "no free slot in app (held by web-9)"
+    slots.error = "etcd: no endpoint answered"
+    assert turn(node, engine) is Phase.IN_SERVICE
+    assert "the budget cannot answer: etcd: no endpoint answered" in node.saved().slot_wait
+    assert errors(engine, "budget") == 1
+    assert node.lb.calls == []
+    slots.error, slots.free = "", True
+    assert turn(node, engine) is Phase.DRAINING and node.saved().slot == "L1"
+    waits = engine.metrics.registry.get_sample_value("drainer_budget_waits_total")
+    assert waits == 1
+
+
+def test_the_approval_is_fenced_by_the_slot(node: Node) -> None:
+    slots = FakeSlots(free=True, held=False)
+    engine = budgeted(node, slots)
+    node.lb.sessions = 0
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    turn(node, engine)
+    assert turn(node, engine) is Phase.DRAINED
+    assert node.source.approvals == []
+    assert "budget slot is gone" in node.saved().alert
+    slots.held = True
+    node.clock.advance(61)  # approve_retry
+    turn(node, engine)
+    assert node.source.approvals == ["e1"]
+
+
+def test_a_lease_gone_while_down_is_taken_again_forced(node: Node) -> None:
+    slots = FakeSlots(free=True)
+    engine = budgeted(node, slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    turn(node, engine)
+    record = node.saved()
+    assert record.slot == "L1"
+    slots.alive, slots.free = False, False
+    given = engine.keep_slot(record)
+    assert given is not None and slots.taken[-1] == ("e1", True)
+    after, _ = engine.turn(None, given)
+    assert after.slot == "L1" and after.over_budget
+
+
+def test_an_event_naming_more_vms_than_the_budget_is_reported_at_once(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = budgeted(node, FakeSlots())
+    batch = replace(
+        maintenance("e1", not_before=node.clock.now + 900), resources=(NODE, "web-2", "web-3")
+    )
+    node.source.publish(batch)
+    with caplog.at_level(logging.WARNING, logger="drainer"):
+        turn(node, engine)
+    assert "event e1 names 3 VMs, more than the 1 the budget lets app have out" in caplog.text
+    assert errors(engine, "budget_batch") == 1
+
+
+def test_back_in_service_gives_the_slot_back(node: Node, tmp_path: Path) -> None:
+    slots = FakeSlots(free=True)
+    engine = budgeted(node, slots)
+    node.lb.sessions = 0
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    turn(node, engine)
+    turn(node, engine)
+    node.source.publish()
+    for _ in range(10):
+        node.clock.advance(3)
+        if turn(node, engine) is Phase.IN_SERVICE:
+            break
+    assert node.saved().phase is Phase.IN_SERVICE and slots.released == ["L1"]

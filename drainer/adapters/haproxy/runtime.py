@@ -64,7 +64,7 @@ from drainer.adapters.haproxy.client import (
     servers_at,
 )
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
-from drainer.model import LBStatus, LBView
+from drainer.model import LBStatus, LBView, PoolView
 
 _T = TypeVar("_T")
 
@@ -319,6 +319,17 @@ class HAProxyLoadBalancer(LoadBalancer):
         )
         self._client.check_admin(backend, absent)
         return f"{self._client.address} accepts `set server` (level admin)"
+
+    def pools(self) -> list[PoolView]:
+        """Each backend holding the node: its servers, and the others that serve."""
+        states = self._client.servers_state(self._config.backend)
+        mine = self._select(states)
+        out = []
+        for backend in sorted({s.backend for s in mine}):
+            own = {s.server for s in mine if s.backend == backend}
+            size = sum(1 for s in states if s.backend == backend)
+            out.append(PoolView(backend, size, in_service_count(states, backend, excluding=own)))
+        return out
 
     def check_manual_drain(self) -> str | None:
         """None if draining the node leaves ``min_in_service`` servers in each backend.

@@ -1,0 +1,122 @@
+"""A drain budget: at most N (or P %) of a pool out of service at once, fleet-wide.
+
+A *pool* is a set of servers that share capacity (by default, a backend of the node's
+load balancers). A node that leaves voluntarily first takes a *slot* in every pool it
+belongs to, all or nothing, and gives them back once it is in service again; the slot
+covers drain, maintenance, reboot, health check and put-back.
+
+The rules every engine keeps:
+- an engine that cannot answer raises ``BudgetError``: an error, a timeout or a lost
+  quorum is never a free slot;
+- admission is all-or-nothing across pools and safe under races: many contenders for
+  few slots never over-admit;
+- a forced admission (the platform takes the VM anyway) is recorded as over budget,
+  never refused.
+
+``drainer.budget.etcd`` keeps the slots on etcd, with leases that outlive a reboot.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from drainer._types import Duration, HttpUrl, PositiveDuration
+from drainer.errors import DrainerError
+
+__all__ = ["Admission", "BudgetError", "EtcdConfig", "Holder", "Pool", "Slots", "max_out"]
+
+
+class BudgetError(DrainerError):
+    """The budget's engine could not answer (unreachable, timed out, no quorum, refused).
+    Never read as a free slot: voluntary steps wait."""
+
+
+_PERCENT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
+
+
+def max_out(spec: int | str, size: int) -> int:
+    """How many of a pool of ``size`` servers may be out: ``spec`` is a count (``5``)
+    or a percentage of the pool (``"20%"``, at least one server)."""
+    if isinstance(spec, int):
+        return spec
+    match = _PERCENT.fullmatch(spec)
+    if match is None:
+        return int(spec)  # the configuration validated it: a count written as text
+    return max(1, math.floor(float(match[1]) * size / 100))
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A pool this node belongs to, with how many of its servers may be out at once."""
+
+    name: str
+    max_out: int
+
+
+@dataclass(frozen=True)
+class Holder:
+    """One node holding a slot of one pool, as the engine stores it."""
+
+    pool: str
+    node: str
+    kind: str = "voluntary"  # voluntary | involuntary | manual
+    since: float = 0.0
+    event_id: str = ""
+    event_type: str = ""
+    over_budget: bool = False
+    lease: str = ""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The answer to a request for slots: ``admitted`` with the ``lease`` that holds
+    them, or not, with the pools that had no free slot and each pool's holders."""
+
+    admitted: bool
+    lease: str = ""
+    full: tuple[str, ...] = ()
+    holders: tuple[Holder, ...] = ()
+
+
+class Slots(Protocol):
+    """One node's slots, as the engine uses them (``EtcdSlots``)."""
+
+    pools: tuple[Pool, ...]
+
+    def take(self, event_id: str, event_type: str, *, force: bool) -> Admission: ...
+    def holds(self) -> bool: ...
+    def keepalive(self, lease: str) -> bool: ...
+    def release(self, lease: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class EtcdConfig(BaseModel):
+    """The ``budget.etcd`` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoints: list[HttpUrl] = Field(min_length=1)
+    prefix: str = "/drainer/v1/"
+    # The slot's lease: long enough for drain, maintenance, boot and health check.
+    lease_ttl: PositiveDuration = 1800.0
+    keepalive_interval: PositiveDuration = 10.0
+    timeout: PositiveDuration = 2.0
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    retry_after: Duration = 2.0  # a voluntary step re-asks this often while it waits
+
+    @field_validator("prefix")
+    @classmethod
+    def _slash(cls, prefix: str) -> str:
+        if not prefix.startswith("/"):
+            raise ValueError("must start with / (e.g. /drainer/v1/)")
+        return prefix if prefix.endswith("/") else prefix + "/"

@@ -1,0 +1,191 @@
+"""The drain budget on a real 3-member etcd cluster (Debian's etcd-server) on loopback:
+races, a member killed, quorum lost and regained, a holder killed with -9, a holder
+that reboots and keeps its slot, an operator's release."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from drainer.budget import Admission, BudgetError, Pool
+from drainer.budget.etcd import EtcdBudget, EtcdConfig, lease_id
+from drainer.testing.clock import wait_until
+from drainer.testing.etcd import EtcdCluster, etcd_available
+
+pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd is not installed")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EtcdCluster]:
+    with EtcdCluster(3) as running:
+        yield running
+
+
+def budget(cluster: EtcdCluster, prefix: str, **settings: object) -> EtcdBudget:
+    config = EtcdConfig.model_validate(
+        {"endpoints": cluster.endpoints, "prefix": prefix, "timeout": "1s", **settings}
+    )
+    return EtcdBudget(config)
+
+
+def admit(b: EtcdBudget, node: str, pools: list[Pool], **kw: object) -> Admission:
+    return b.acquire(node, pools, lease=lease_id(node, "test"), **kw)  # type: ignore[arg-type]
+
+
+def test_many_contenders_never_over_admit(cluster: EtcdCluster) -> None:
+    pools = [Pool("app", 5)]
+    results: dict[str, bool] = {}
+
+    def contend(node: str) -> None:
+        b = budget(cluster, "/race/")
+        try:
+            results[node] = admit(b, node, pools).admitted
+        finally:
+            b.close()
+
+    threads = [threading.Thread(target=contend, args=(f"vm{i}",)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    held, stale = budget(cluster, "/race/").holders(["app"])
+    assert sum(results.values()) == 5
+    assert sorted(h.node for h in held["app"]) == sorted(n for n, ok in results.items() if ok)
+    assert not stale
+
+
+def test_admission_is_all_or_nothing_across_pools(cluster: EtcdCluster) -> None:
+    b = budget(cluster, "/all/")
+    assert admit(b, "vm1", [Pool("a", 1)]).admitted
+    refused = admit(b, "vm2", [Pool("a", 1), Pool("b", 1)])
+    assert not refused.admitted and refused.full == ("a",)
+    held, _ = b.holders(["a", "b"])
+    assert [h.node for h in held["a"]] == ["vm1"] and held["b"] == []
+    assert not b.holds("vm2", [Pool("b", 1)])
+
+
+def test_a_second_acquire_is_the_same_slot_and_force_marks_over_budget(
+    cluster: EtcdCluster,
+) -> None:
+    b = budget(cluster, "/again/")
+    first = admit(b, "vm1", [Pool("app", 1)])
+    assert first.admitted and admit(b, "vm1", [Pool("app", 1)]).admitted
+    assert not admit(b, "vm2", [Pool("app", 1)]).admitted
+    forced = admit(b, "vm2", [Pool("app", 1)], force=True, kind="involuntary")
+    assert forced.admitted and forced.full == ("app",)
+    held, _ = b.holders(["app"])
+    by_node = {h.node: h for h in held["app"]}
+    assert set(by_node) == {"vm1", "vm2"}
+    assert by_node["vm2"].over_budget and by_node["vm2"].kind == "involuntary"
+    assert not by_node["vm1"].over_budget
+
+
+def test_release_frees_the_slot_and_revokes_the_lease(cluster: EtcdCluster) -> None:
+    b = budget(cluster, "/release/")
+    lease = lease_id("vm1", "test")
+    assert admit(b, "vm1", [Pool("app", 1), Pool("api", 1)]).admitted
+    assert b.release("vm1", lease=lease) == 2
+    assert b.ttl(lease) is None
+    assert admit(b, "vm2", [Pool("app", 1), Pool("api", 1)]).admitted
+
+
+def test_one_member_killed_the_budget_still_answers(cluster: EtcdCluster) -> None:
+    b = budget(cluster, "/one-down/")
+    cluster.kill(0)  # the first endpoint: every call must move on to the next
+    try:
+        assert admit(b, "vm1", [Pool("app", 1)]).admitted
+        assert not admit(b, "vm2", [Pool("app", 1)]).admitted
+    finally:
+        cluster.start(0)
+        cluster.wait_healthy()
+
+
+def test_lost_quorum_is_never_a_free_slot_and_stale_reads_say_so(cluster: EtcdCluster) -> None:
+    b = budget(cluster, "/quorum/")
+    assert admit(b, "vm1", [Pool("app", 2)]).admitted
+    cluster.kill(1)
+    cluster.kill(2)
+    try:
+        with pytest.raises(BudgetError, match="no endpoint answered"):
+            admit(b, "vm2", [Pool("app", 2)])
+        with pytest.raises(BudgetError):
+            b.holds("vm1", [Pool("app", 2)])
+        held, stale = b.holders(["app"], stale_ok=True)
+        assert stale and [h.node for h in held["app"]] == ["vm1"]
+    finally:
+        cluster.start(1)
+        cluster.start(2)
+        cluster.wait_healthy()
+    assert admit(b, "vm2", [Pool("app", 2)]).admitted
+    assert b.holds("vm1", [Pool("app", 2)])
+
+
+HOLDER = """
+import sys, time
+from drainer.budget import Pool
+from drainer.budget.etcd import EtcdBudget, EtcdConfig, lease_id
+b = EtcdBudget(EtcdConfig(endpoints=sys.argv[1].split(","), prefix="/killed/", lease_ttl=2))
+assert b.acquire("vm1", [Pool("app", 1)], lease=lease_id("vm1", "killed")).admitted
+print("held", flush=True)
+while True:
+    b.keepalive(lease_id("vm1", "killed"))
+    time.sleep(0.5)
+"""
+
+
+def test_a_holder_killed_with_sigkill_frees_its_slot_when_the_lease_expires(
+    cluster: EtcdCluster,
+) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, ",".join(cluster.endpoints)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    b = budget(cluster, "/killed/")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        time.sleep(3)  # longer than the TTL: kept alive, the slot stays taken
+        assert not admit(b, "vm2", [Pool("app", 1)]).admitted
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        wait_until(
+            lambda: admit(b, "vm2", [Pool("app", 1)]).admitted,
+            timeout=15,
+            interval=0.2,
+            what="vm1's slot freed by its lease after SIGKILL",
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_rebooted_holder_resumes_keepalives_on_its_lease_and_keeps_the_slot(
+    cluster: EtcdCluster,
+) -> None:
+    before = budget(cluster, "/reboot/", lease_ttl="3s")
+    lease = lease_id("vm1", "reboot")
+    assert before.acquire("vm1", [Pool("app", 1)], lease=lease).admitted
+    before.close()  # the sidecar stops for the reboot; the lease id is in its record
+    time.sleep(1.5)
+    after = budget(cluster, "/reboot/", lease_ttl="3s")  # a new process after boot
+    for _ in range(6):  # 3 s of keep-alives: longer than the TTL
+        assert after.keepalive(lease) > 0
+        time.sleep(0.5)
+    assert after.holds("vm1", [Pool("app", 1)])
+    assert not after.acquire("vm2", [Pool("app", 1)], lease=lease_id("vm2", "r")).admitted
+
+
+def test_an_expired_lease_reads_as_gone(cluster: EtcdCluster) -> None:
+    b = budget(cluster, "/expired/", lease_ttl="1s")
+    lease = lease_id("vm1", "expired")
+    assert b.acquire("vm1", [Pool("app", 1)], lease=lease).admitted
+    wait_until(lambda: b.ttl(lease) is None, timeout=10, interval=0.3, what="lease expiry")
+    assert b.keepalive(lease) == 0
+    assert not b.holds("vm1", [Pool("app", 1)])
