@@ -16,8 +16,8 @@ metadata server's hanging GET (``wait_for_change``, ``last_etag``, a bounded
 ``timeout_sec``): a change is seen within milliseconds, and since each GET names the
 ETag of the value already seen, a change between two GETs is never missed. ``events()``
 then answers from what the watchers saw, without a request; ``upcoming-maintenance`` is
-read at most once a minute (every poll while a window is listed). Without ``watch``
-(the CLI) every key is read when asked.
+read every ``upcoming_interval`` (a minute; at every poll while a window is listed).
+Without ``watch`` (the CLI) every key is read when asked.
 
 Failures, by what is known afterwards:
 
@@ -59,7 +59,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from drainer._types import HttpUrl, PositiveDuration
+from drainer._types import Duration, HttpUrl, PositiveDuration
 from drainer.errors import PayloadError, SourceError
 from drainer.model import Approve, EventStatus, EventType, Listing, MaintenanceEvent
 from drainer.sources.azure import _time
@@ -78,7 +78,6 @@ NAME_KEYS = ("instance/name", "instance/hostname")
 HEADER = {"Metadata-Flavor": "Google"}
 WARNING = 60.0  # seconds between maintenance-event's change and the maintenance
 PREEMPT_NOTICE = 30.0  # seconds between preempted=TRUE and the power-off
-UPCOMING_EVERY = 60.0  # seconds between two reads of upcoming-maintenance when none is listed
 _WATCHED = (MAINTENANCE, PREEMPTED)
 _NOTHING_YET = "no notifications have been received yet"
 
@@ -91,6 +90,9 @@ class GcpConfig(SourceConfig):
     endpoint: HttpUrl = "http://169.254.169.254"  # metadata.google.internal, without DNS
     approve: Approve = Approve.NEVER
     watch_timeout: PositiveDuration = 30.0  # timeout_sec of each hanging GET
+    # upcoming-maintenance gives days of notice: read this often while none is listed
+    # (at every poll while one is)
+    upcoming_interval: Duration = 60.0
 
     @field_validator("approve")
     @classmethod
@@ -455,7 +457,8 @@ class GcpSource:
 
     def _upcoming_event(self, names: tuple[str, ...], now: float) -> MaintenanceEvent | None:
         last = self._upcoming
-        if last is not None and last[1] is None and now - last[0] < UPCOMING_EVERY:
+        every = self._config.upcoming_interval
+        if last is not None and last[1] is None and now - last[0] < every:
             return None
         try:
             answer = self._get(UPCOMING, alt="json")
