@@ -45,7 +45,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +89,10 @@ class GcpConfig(SourceConfig):
     type: str = "gcp"
     endpoint: HttpUrl = "http://169.254.169.254"  # metadata.google.internal, without DNS
     approve: Approve = Approve.NEVER
+    # The server answers 503 for moments during a migration, right when a notice ends;
+    # nothing documented lists "NONE" for minutes the way a re-enabled Azure IMDS lists
+    # no events: a short doubt (Azure's is 2 min) puts a node back soon after.
+    gone_after_doubt: Duration = 15.0
     watch_timeout: PositiveDuration = 30.0  # timeout_sec of each hanging GET
     # upcoming-maintenance gives days of notice: read this often while none is listed
     # (at every poll while one is)
@@ -153,17 +157,12 @@ def _unreadable(key: str, why: str, names: tuple[str, ...]) -> MaintenanceEvent:
     )
 
 
-def _started(event: MaintenanceEvent, now: float) -> MaintenanceEvent:
-    if event.not_before is not None and now >= event.not_before:
-        return replace(event, status=EventStatus.STARTED)
-    return event
-
-
 def parse_maintenance_event(
     seen: Seen, names: tuple[str, ...], now: float
 ) -> MaintenanceEvent | None:
     """``instance/maintenance-event``: None for ``NONE``; a live migration is a Freeze,
-    a terminate-and-restart a Reboot, both starting 60 s after the value changed."""
+    a terminate-and-restart a Reboot, both starting 60 s after the value changed: less
+    than any drain, so listed as due now (no NotBefore), and Started after 60 s."""
     answer = seen.answer
     if answer.status != 200:
         return _unreadable(MAINTENANCE, f"HTTP {answer.status}: {answer.text[:80]!r}", names)
@@ -177,16 +176,15 @@ def parse_maintenance_event(
     if value.upper() not in kinds:
         return _unreadable(MAINTENANCE, f"unknown value {value[:80]!r}", names)
     kind, meaning = kinds[value.upper()]
-    event = MaintenanceEvent(
+    starts = seen.since + WARNING
+    return MaintenanceEvent(
         event_id=f"{MAINTENANCE}:{value.upper()}@{_stamp(seen.since)}",
         event_type=kind,
-        status=EventStatus.SCHEDULED,
+        status=EventStatus.STARTED if now >= starts else EventStatus.SCHEDULED,
         resources=names,
-        not_before=seen.since + WARNING,
         source="Platform",
-        description=f"{value.upper()}: {meaning}",
+        description=f"{value.upper()}: {meaning}, from about {_stamp(starts)}",
     )
-    return _started(event, now)
 
 
 def parse_preempted(seen: Seen, names: tuple[str, ...], now: float) -> MaintenanceEvent | None:
