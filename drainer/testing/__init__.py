@@ -2,6 +2,9 @@
 
 - ``FakeIMDS``: Azure's Scheduled Events and instance metadata over real HTTP, with a
   control API and the real service's quirks (``drainer fake-imds`` serves one).
+- ``FakeGCP``: Google Compute Engine's metadata server (maintenance-event, preempted,
+  upcoming-maintenance; hanging GETs with ETags), with a control API and faults
+  (``drainer fake-imds --cloud gcp`` serves one).
 - ``FakeNginxPlus``: the nginx Plus API's upstream endpoints, built from its documentation.
 - ``MemorySource``, ``MemoryLoadBalancer``: an event source and a load balancer held in
   memory, recording their calls, to drive ``drainer.engine.Engine`` in-process.
@@ -16,6 +19,7 @@ Nothing in drainer's product code imports this package.
 """
 
 from drainer.testing.clock import FakeClock, wait_until
+from drainer.testing.fake_gcp import FakeGCP
 from drainer.testing.fake_imds import FakeIMDS
 from drainer.testing.fake_nginx_plus import FakeNginxPlus
 from drainer.testing.haproxy import (
@@ -33,6 +37,7 @@ from drainer.testing.ports import free_port
 __all__ = [
     "BlackHole",
     "FakeClock",
+    "FakeGCP",
     "FakeIMDS",
     "FakeNginxPlus",
     "HAProxy",

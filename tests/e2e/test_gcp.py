@@ -9,16 +9,26 @@ finding the cloud. Waits poll what is on disk, with bounded deadlines; nothing i
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from harness import NODE, World
+from harness import DRAINER, NODE, World
 
-from drainer.testing import free_port, haproxy_available, haproxy_cli, start_haproxy_in_front
+from drainer.testing import (
+    free_port,
+    haproxy_available,
+    haproxy_cli,
+    start_haproxy_in_front,
+    wait_until,
+)
 from drainer.testing.fake_gcp import MAINTENANCE, FakeGCP
 from drainer.testing.lab import WebServer
+
+GOOGLE = {"Metadata-Flavor": "Google"}
 
 
 @pytest.fixture
@@ -283,3 +293,67 @@ def test_auto_with_no_cloud_fails_clearly(world: World, gce: FakeGCP) -> None:
     log = world.log_path.read_text()
     assert code == 1, log
     assert "no cloud metadata service answered" in log and "Traceback" not in log
+
+
+def test_the_demo_on_google_cloud() -> None:
+    result = subprocess.run(
+        [*DRAINER, "demo", "--cloud", "gcp", "--mock"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    steps = [
+        "maintenance-event: TERMINATE_ON_HOST_MAINTENANCE",
+        "draining:",
+        "drained:",
+        "recovering: rebooted",
+        "in_service: back in service",
+    ]
+    positions = [out.index(step) for step in steps]
+    assert positions == sorted(positions), out
+    assert "approved" not in out
+
+
+def test_fake_imds_serves_google_cloud(tmp_path: Path) -> None:
+    port = free_port()
+    log = (tmp_path / "fake.log").open("wb")
+    proc = subprocess.Popen(
+        [*DRAINER, "fake-imds", "--cloud", "gcp", "--port", str(port), "--name", "vm-7"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        name = wait_until(
+            lambda: (
+                httpx.get(
+                    f"{url}/computeMetadata/v1/instance/name", headers={"Metadata-Flavor": "Google"}
+                ).text
+            ),
+            what="the fake answering",
+            ignore=(httpx.HTTPError,),
+        )
+        assert name == "vm-7"
+        body = {"value": "MIGRATE_ON_HOST_MAINTENANCE"}
+        assert httpx.post(f"{url}/fake/maintenance", json=body).status_code == 200
+        reply = httpx.get(f"{url}/computeMetadata/v1/{MAINTENANCE}", headers=GOOGLE)
+        assert reply.text == "MIGRATE_ON_HOST_MAINTENANCE"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_fake_imds_refuses_an_unknown_cloud() -> None:
+    done = subprocess.run(
+        [*DRAINER, "fake-imds", "--cloud", "openstack"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2 and "azure" in done.stderr and "gcp" in done.stderr
