@@ -14,6 +14,7 @@ def test_the_kit_exports_exactly_its_names() -> None:
     assert sorted(drainer.testing.__all__) == [
         "BlackHole",
         "FakeClock",
+        "FakeGCP",
         "FakeIMDS",
         "FakeNginxPlus",
         "HAProxy",
