@@ -9,7 +9,7 @@ from the mock's own call log, which stamps each call), withdraws the notice and 
 for the node to be back in service. Prints the median, p90 and max per source.
 
 - azure: a Started Reboot in Scheduled Events, seen at the next poll (--poll-interval);
-- aws: a Spot interruption notice (`spot/instance-action`), seen at the next poll
+- aws: a scheduled instance-reboot a minute ahead (due at once), seen at the next poll
   (only when this drainer has the AWS source and its fake);
 - gcp: `maintenance-event` turning MIGRATE_ON_HOST_MAINTENANCE, seen by the hanging
   GET (the poll interval does not matter: expected in milliseconds).
@@ -83,12 +83,14 @@ class _Aws(_Notice):
     def __init__(self, fake: Any) -> None:
         super().__init__(fake)
         self.source = {"type": "aws", "endpoint": fake.url}
+        self.event_id = ""
 
     def show(self) -> None:
-        self.fake.spot("terminate")
+        # a minute ahead: less than drain.timeout + margin, so due at once
+        self.event_id = self.fake.schedule("instance-reboot", not_before_in=60)
 
     def withdraw(self) -> None:
-        self.fake.clear_spot()
+        self.fake.complete(self.event_id)
 
 
 def _fake(cloud: str) -> tuple[AbstractContextManager[Any], Callable[[Any], _Notice]] | None:
@@ -101,7 +103,7 @@ def _fake(cloud: str) -> tuple[AbstractContextManager[Any], Callable[[Any], _Not
         fake_aws = importlib.import_module("drainer.testing.fake_aws")
     except ModuleNotFoundError:
         return None
-    return fake_aws.FakeAWS(), _Aws
+    return fake_aws.FakeAWS(local_hostname=NODE), _Aws
 
 
 def measure(cloud: str, *, events: int = 15, poll_interval: float = 1.0) -> list[float] | None:
@@ -117,7 +119,6 @@ def measure(cloud: str, *, events: int = 15, poll_interval: float = 1.0) -> list
         (tmp / "boot_id").write_text("boot-1\n")
         web = WebServer(free_port(), name=NODE).start()
         mock = tmp / "mock.json"
-        removal = cloud == "aws"  # a Spot interruption removes the node: undrain after it
         config = {
             "node": {"name": NODE, "boot_id_path": str(tmp / "boot_id")},
             "state_dir": str(tmp / "state"),
@@ -128,9 +129,8 @@ def measure(cloud: str, *, events: int = 15, poll_interval: float = 1.0) -> list
         }
         path = tmp / "drainer.yaml"
         path.write_text(json.dumps(config))
-        drainer = [sys.executable, "-m", "drainer"]
         proc = subprocess.Popen(
-            [*drainer, "run", "-c", str(path)],
+            [sys.executable, "-m", "drainer", "run", "-c", str(path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -165,13 +165,6 @@ def measure(cloud: str, *, events: int = 15, poll_interval: float = 1.0) -> list
                 )
                 latencies.append(drains()[-1] - visible)
                 notice.withdraw()
-                if removal:
-                    subprocess.run(
-                        [*drainer, "undrain", "--force", "-c", str(path)],
-                        capture_output=True,
-                        check=True,
-                        timeout=60,
-                    )
                 wait_until(in_service, timeout=30.0, interval=0.01, what=f"{cloud}: in service")
         finally:
             proc.terminate()

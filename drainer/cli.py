@@ -416,6 +416,7 @@ class Cloud(StrEnum):
     """The clouds whose fake metadata service drainer ships (demo, fake-imds)."""
 
     AZURE = "azure"
+    AWS = "aws"
     GCP = "gcp"
 
 
@@ -461,6 +462,15 @@ def _fake_service(cloud: Cloud, host: str, port: int, name: str) -> FakeIMDS | F
         from drainer.testing.fake_gcp import FakeGCP
 
         return FakeGCP(host=host, port=port, instance={"instance/name": name})
+    if cloud is Cloud.AWS:
+        from importlib import import_module
+
+        try:  # the AWS fake ships with the AWS source
+            fake_aws = import_module("drainer.testing.fake_aws")
+        except ModuleNotFoundError as exc:
+            raise DrainerError("fake-imds: this drainer has no fake AWS metadata service") from exc
+        fake: FakeIMDS | FakeGCP = fake_aws.FakeAWS(host=host, port=port, local_hostname=name)
+        return fake
     from drainer.testing.fake_imds import FakeIMDS
 
     fake = FakeIMDS(host=host, port=port)
@@ -476,7 +486,8 @@ def fake_imds(
     cloud: CloudOpt = Cloud.AZURE,
 ) -> None:
     """Serve a fake cloud metadata service (maintenance notices + a control API under
-    /fake/) for tests: Azure's Scheduled Events, or Google Cloud's metadata server."""
+    /fake/) for tests: Azure's Scheduled Events, AWS's IMDS or Google Cloud's metadata
+    server (--name: the VM name, AWS's local-hostname, GCE's instance name)."""
     with _errors():
         try:
             fake = _fake_service(cloud, host, port, name)

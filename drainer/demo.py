@@ -9,12 +9,13 @@ on a real VM.
 
 ``--cloud`` picks whose maintenance: Azure (a Reboot, approved once drained), Google
 Cloud (``TERMINATE_ON_HOST_MAINTENANCE``, 60 s of notice seen through the hanging GET,
-no approval) or AWS (a scheduled system-reboot, no approval); each cloud's fake metadata
-service plays it.
+no approval) or AWS (a scheduled system-reboot 45 s ahead, drained in time for it, no
+approval); each cloud's fake metadata service plays it.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import tempfile
 import threading
@@ -28,7 +29,7 @@ from drainer.adapters.haproxy.client import HAProxyClient
 from drainer.config import adapter_plugins, parse_config
 from drainer.core import Phase
 from drainer.daemon import assemble, loop
-from drainer.errors import AdapterError
+from drainer.errors import AdapterError, DrainerError
 from drainer.store import Store
 from drainer.testing.fake_gcp import FakeGCP
 from drainer.testing.fake_imds import FakeIMDS
@@ -152,9 +153,39 @@ class _Gcp:
         self.say.say("gcp", "the maintenance is over: maintenance-event reads NONE")
 
 
-def _cloud(name: str, stack: ExitStack, say: Timeline) -> _Azure | _Gcp:
+class _Aws:
+    """AWS's part: a system-reboot 45 s ahead; nothing to approve, so drained in time."""
+
+    def __init__(self, stack: ExitStack, say: Timeline) -> None:
+        try:  # the AWS fake ships with the AWS source
+            fake_aws = importlib.import_module("drainer.testing.fake_aws")
+        except ModuleNotFoundError as exc:
+            raise DrainerError("demo: this drainer has no fake AWS metadata service") from exc
+        self.fake = stack.enter_context(fake_aws.FakeAWS(local_hostname=VM))
+        self.say = say
+        self.event_id = ""
+
+    def source(self) -> dict[str, Any]:
+        return {"type": "aws", "endpoint": self.fake.url, "poll_interval": "0.5s"}
+
+    def notice(self, store: Store) -> None:
+        self.event_id = self.fake.schedule("system-reboot", not_before_in=45)
+        self.say.say("aws", f"system-reboot {self.event_id} scheduled, NotBefore in 45 s")
+        _wait(store, Phase.DRAINED, Phase.IN_MAINTENANCE)
+        self.say.say("aws", "drained in time for NotBefore (AWS cannot approve from the VM)")
+
+    def rebooting(self) -> None:
+        self.fake.complete(self.event_id)  # listed as completed once the reboot is done
+
+    def over(self) -> None:
+        self.say.say("aws", "the maintenance is over: the event is completed")
+
+
+def _cloud(name: str, stack: ExitStack, say: Timeline) -> _Azure | _Aws | _Gcp:
     if name == "gcp":
         return _Gcp(stack, say)
+    if name == "aws":
+        return _Aws(stack, say)
     return _Azure(stack, say)
 
 
