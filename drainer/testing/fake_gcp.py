@@ -74,7 +74,7 @@ from email.message import Message
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from drainer._http import Handler, Served, Server
+from drainer.testing._fake import FakeService, Reply
 
 __all__ = [
     "FAULT_KINDS",
@@ -138,25 +138,22 @@ class _Fault:
     key: str | None
 
 
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    body: bytes = b""
-    etag: str = ""
-    content_type: str = "application/text"
-    drop: bool = False
-
-
 def _rfc3339(moment: float) -> str:
     return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _text(status: int, text: str, etag: str = "") -> _Reply:
-    return _Reply(status, text.encode(), etag)
+def _reply(status: int, body: bytes, etag: str = "", kind: str = "application/text") -> Reply:
+    """An answer as the metadata server gives it: ``Metadata-Flavor: Google``, an ETag."""
+    headers = (("Metadata-Flavor", "Google"), *((("ETag", etag),) if etag else ()))
+    return Reply(status, body, content_type=kind, headers=headers)
 
 
-def _json(status: int, payload: object) -> _Reply:
-    return _Reply(status, json.dumps(payload).encode(), content_type="application/json")
+def _text(status: int, text: str, etag: str = "") -> Reply:
+    return _reply(status, text.encode(), etag)
+
+
+def _json(status: int, payload: object) -> Reply:
+    return _reply(status, json.dumps(payload).encode(), kind="application/json")
 
 
 def _etag(key: str, version: int) -> str:
@@ -169,10 +166,11 @@ def _number(value: object, name: str) -> float:
     return float(value)
 
 
-class FakeGCP(Served[Server["FakeGCP"]]):
+class FakeGCP(FakeService):
     """A fake metadata server on ``url``; see the module docstring for its API."""
 
     _thread_name = "fake-gcp"
+    server_version = "Metadata Server for VM"
 
     def __init__(
         self,
@@ -197,29 +195,12 @@ class FakeGCP(Served[Server["FakeGCP"]]):
         self._waiting = 0
         self._reset_locked()
 
-    # Lifecycle (drainer._http.Served: start, stop, with, url)
-
-    def _server(self) -> Server[FakeGCP]:
-        self._stopping_event = threading.Event()
-        return Server((self._host, self._port), _Handler, self)
+    # Lifecycle (testing._fake.FakeService: start, stop, with, url, serve_forever)
 
     def _stopping(self) -> None:
-        self._stopping_event.set()
+        super()._stopping()
         with self._changed:
             self._changed.notify_all()  # hanging GETs answer now
-
-    def serve_forever(self) -> None:
-        """Serve until KeyboardInterrupt or stop() from another thread (for a CLI)."""
-        if self._running is None:
-            self.start()
-        stopping = self._stopping_event
-        try:
-            while not stopping.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
 
     # Scripting maintenance
 
@@ -351,7 +332,7 @@ class FakeGCP(Served[Server["FakeGCP"]]):
                 return fault
         return None
 
-    def _answer_locked(self, key: str, alt: str) -> _Reply:
+    def _answer_locked(self, key: str, alt: str) -> Reply:
         etag = self._etag_locked(key)
         if key == UPCOMING:
             doc = self._upcoming_locked()
@@ -359,15 +340,15 @@ class FakeGCP(Served[Server["FakeGCP"]]):
                 return _text(404, "Not Found")
             if isinstance(doc, str):
                 return _text(200, doc, etag)
-            return _Reply(200, json.dumps(doc).encode(), etag, "application/json")
+            return _reply(200, json.dumps(doc).encode(), etag, "application/json")
         value = self._values[key]
         if alt == "json":
-            return _Reply(200, json.dumps(value).encode(), etag, "application/json")
+            return _reply(200, json.dumps(value).encode(), etag, "application/json")
         return _text(200, value, etag)
 
     # HTTP, called by the request handler's threads
 
-    def _handle(self, method: str, target: str, headers: Message, body: bytes) -> _Reply:
+    def _handle(self, method: str, target: str, headers: Message, body: bytes) -> Reply:
         parts = urlsplit(target)
         if parts.path.startswith("/fake/"):
             return self._control(method, parts.path, body)
@@ -397,7 +378,7 @@ class FakeGCP(Served[Server["FakeGCP"]]):
                 case "404":
                     return _text(404, "Not Found")
                 case "drop":
-                    return _Reply(0, drop=True)
+                    return Reply(0, drop=True)
                 case "slow":
                     self._stopping_event.wait(fault.delay)
         if query.get("wait_for_change", "").lower() == "true":
@@ -405,7 +386,7 @@ class FakeGCP(Served[Server["FakeGCP"]]):
         with self._changed:
             return self._answer_locked(key, query.get("alt", ""))
 
-    def _hang(self, key: str, query: dict[str, str]) -> _Reply:
+    def _hang(self, key: str, query: dict[str, str]) -> Reply:
         timeout: float | None = None
         if "timeout_sec" in query:
             try:
@@ -427,7 +408,7 @@ class FakeGCP(Served[Server["FakeGCP"]]):
                 self._waiting -= 1
             return self._answer_locked(key, query.get("alt", ""))
 
-    def _control(self, method: str, path: str, body: bytes) -> _Reply:
+    def _control(self, method: str, path: str, body: bytes) -> Reply:
         try:
             payload = json.loads(body) if body.strip() else {}
         except ValueError as exc:
@@ -490,32 +471,3 @@ class FakeGCP(Served[Server["FakeGCP"]]):
             status=payload.get("status"),
             can_reschedule=bool(payload.get("can_reschedule", True)),
         )
-
-
-class _Handler(Handler, methods=("GET", "POST", "PUT", "DELETE")):
-    server: Server[FakeGCP]
-    server_version = "Metadata Server for VM"
-
-    def _serve(self, method: str) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._send(_text(400, "bad Content-Length"))
-            return
-        body = self.rfile.read(length)
-        self._send(self.server.app._handle(method, self.path, self.headers, body))
-
-    def _send(self, reply: _Reply) -> None:
-        if reply.drop:
-            self.close_connection = True
-            return
-        self.send_response(reply.status)
-        self.send_header("Metadata-Flavor", "Google")
-        self.send_header("Content-Type", reply.content_type)
-        if reply.etag:
-            self.send_header("ETag", reply.etag)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
