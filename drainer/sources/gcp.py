@@ -50,19 +50,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pydantic import field_validator
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_exponential,
-)
 
 from drainer._types import Duration, HttpUrl, PositiveDuration
 from drainer.errors import PayloadError, SourceError
 from drainer.model import Approve, EventStatus, EventType, Listing, MaintenanceEvent
-from drainer.sources.azure import _time
+from drainer.sources._metadata import MetadataHTTP
+from drainer.sources.azure import _time  # after the aws merge: sources._times.parse_time
 from drainer.sources.base import SourceConfig, SourcePlugin
 
 if TYPE_CHECKING:
@@ -114,10 +107,6 @@ class GcpConfig(SourceConfig):
         if value < 1 or value > 3600:
             raise ValueError("must be between 1s and 1h (the server's timeout_sec)")
         return value
-
-
-class _Retryable(Exception):
-    """429, 5xx or a transport failure: worth another try."""
 
 
 @dataclass(frozen=True)
@@ -287,87 +276,59 @@ class GcpSource:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
-        self._transport = transport
         self._clock = clock
         self._stopping = stopping or threading.Event()
         self._closed = threading.Event()
         self._lock = threading.Lock()
-        self._clients: list[httpx.Client] = []
-        self._local = threading.local()  # one client per thread
         self._seen: dict[str, Seen] = {}
         self._errors: dict[str, str] = {}  # why a watched key cannot be read now
         self._watchers: list[threading.Thread] = []
         self._names: tuple[str, ...] = ()
         self._upcoming: tuple[float, MaintenanceEvent | None] | None = None  # read at, event
         self._said: set[str] = set()
-        self._retrying = Retrying(
-            stop=stop_after_attempt(attempts)
-            | stop_when_event_set(self._closed)
-            | stop_when_event_set(self._stopping),
-            wait=wait_exponential(multiplier=0.1, max=1.0),
-            retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
-            sleep=self._pause,
-            retry_error_callback=self._give_up,
-            reraise=False,
-        )
+
+        def http() -> MetadataHTTP:
+            made = MetadataHTTP(
+                config.endpoint,
+                config.timeout,
+                headers=HEADER,
+                stopping=self._stopping,
+                transport=transport,
+                attempts=attempts,
+            )
+            with self._lock:
+                self._clients.append(made)
+            return made
+
+        self._clients: list[MetadataHTTP] = []
+        self._http = http  # one client per thread: the loop's, and each watcher's
+        self._own = http()
 
     # -- HTTP ----------------------------------------------------------------------------
 
-    def _pause(self, seconds: float) -> None:
-        self._closed.wait(seconds)  # returns at once on close
-
-    def _client(self) -> httpx.Client:
-        client: httpx.Client | None = getattr(self._local, "client", None)
-        if client is None:
-            import httpx
-
-            timeout = self._config.timeout
-            client = httpx.Client(
-                base_url=self._config.endpoint,
-                headers=HEADER,
-                timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
-                trust_env=False,
-                follow_redirects=False,
-                transport=self._transport,
-            )
-            self._local.client = client
-            with self._lock:
-                self._clients.append(client)
-        return client
-
-    def _give_up(self, state: RetryCallState) -> Any:
-        exc = state.outcome.exception() if state.outcome else None
-        raise SourceError(f"metadata server at {self._config.endpoint}: {exc}") from exc
-
-    def _get(self, key: str, *, etag: str | None = None, **params: str) -> Answer:
+    def _get(
+        self, key: str, *, via: MetadataHTTP | None = None, etag: str | None = None, **params: str
+    ) -> Answer:
         """One key, retried on 429/5xx/transport failures; ``etag``: a hanging GET that
         returns when the value's ETag is no longer ``etag`` (or at ``watch_timeout``)."""
         import httpx
 
-        timeout: float | httpx.Timeout | None = None
+        client = via or self._own
+        options: dict[str, Any] = {"params": params}
         if etag is not None:
             wait = int(self._config.watch_timeout)
-            params = {**params, "wait_for_change": "true", "timeout_sec": str(wait)}
+            options["params"] = {**params, "wait_for_change": "true", "timeout_sec": str(wait)}
             if etag:
-                params["last_etag"] = etag
-            timeout = httpx.Timeout(wait + self._config.timeout, connect=1.0)
+                options["params"]["last_etag"] = etag
+            options["timeout"] = httpx.Timeout(wait + self._config.timeout, connect=1.0)
 
         def once() -> Answer:
             if self._closed.is_set():
                 raise SourceError("the source is closed")
-            try:
-                kwargs: dict[str, Any] = {"params": params}
-                if timeout is not None:
-                    kwargs["timeout"] = timeout
-                reply = self._client().get(PREFIX + key, **kwargs)
-            except httpx.HTTPError as exc:
-                raise _Retryable(f"GET {key}: {type(exc).__name__}: {exc}") from exc
-            if reply.status_code == 429 or reply.status_code >= 500:
-                raise _Retryable(f"GET {key}: HTTP {reply.status_code}")
+            reply = client.send("GET", PREFIX + key, **options)
             return Answer(reply.status_code, reply.text, reply.headers.get("ETag", ""))
 
-        result: Answer = self._retrying.copy()(once)  # a copy: watchers run in parallel
-        return result
+        return client.retry(once)
 
     # -- what was seen -------------------------------------------------------------------
 
@@ -410,9 +371,10 @@ class GcpSource:
     def _watch(self, key: str, changed: Callable[[], None]) -> None:
         etag: str | None = None  # None: read at once; then wait for a change from etag
         pause = 0.5
+        http = self._http()
         while not (self._closed.is_set() or self._stopping.is_set()):
             try:
-                answer = self._get(key, etag=etag)
+                answer = self._get(key, via=http, etag=etag)
             except SourceError as exc:
                 if self._closed.is_set() or self._stopping.is_set():
                     return
@@ -513,7 +475,7 @@ class GcpSource:
         for client in clients:
             try:
                 client.close()
-            except Exception:  # a watcher's request in flight: it ends with the process
+            except Exception:  # a watcher's request in flight: it ends by watch_timeout
                 log.debug("closing a metadata client failed", exc_info=True)
 
 

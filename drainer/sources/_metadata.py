@@ -1,0 +1,114 @@
+"""What every metadata-service source shares: one HTTP client and the retries of a poll.
+
+The client is made at the first request (a command that asks nothing, such as
+``drainer status`` with ``node.name`` set, imports no httpx and builds no SSL context)
+and goes straight to the endpoint: proxy variables ignored, redirects not followed
+(metadata services reject proxied requests), a short connect timeout. ``retry`` runs
+one attempt again while it raises ``Retryable`` (429, 5xx, a transport failure), with
+backoff, at most ``attempts`` times and never past shutdown; then it raises
+SourceError naming the endpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_when_event_set,
+    wait_exponential,
+)
+
+from drainer.errors import SourceError
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["MetadataHTTP", "Retryable"]
+
+T = TypeVar("T")
+
+
+class Retryable(Exception):
+    """429, 5xx or a transport failure: worth another try within this poll."""
+
+
+class MetadataHTTP:
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float,
+        *,
+        headers: Mapping[str, str] | None = None,
+        stopping: threading.Event | None = None,
+        transport: httpx.BaseTransport | None = None,
+        attempts: int = 3,
+    ) -> None:
+        self.endpoint = endpoint
+        self._timeout = timeout
+        self._headers = dict(headers or {})
+        self._transport = transport
+        self._made: httpx.Client | None = None
+        self._stopping = stopping or threading.Event()
+        self._retrying = Retrying(
+            stop=stop_after_attempt(attempts) | stop_when_event_set(self._stopping),
+            wait=wait_exponential(multiplier=0.25, max=2.0),
+            retry=retry_if_exception_type(Retryable),
+            sleep=self._pause,
+            retry_error_callback=self._give_up,
+        )
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._made is None:
+            import httpx
+
+            self._made = httpx.Client(
+                base_url=self.endpoint,
+                headers=self._headers,
+                timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 1.0)),
+                trust_env=False,
+                follow_redirects=False,
+                transport=self._transport,
+            )
+        return self._made
+
+    def send(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """One request; Retryable on a transport failure, a 429 or a 5xx, else the reply."""
+        import httpx
+
+        try:
+            reply = self.client.request(method, path, **options)
+        except httpx.HTTPError as exc:
+            raise Retryable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if reply.status_code == 429 or reply.status_code >= 500:
+            raise Retryable(f"{method} {path}: HTTP {reply.status_code}")
+        return reply
+
+    def refused(self, method: str, path: str, reply: httpx.Response) -> SourceError:
+        """The error for an answer that is neither a success nor worth another try."""
+        return SourceError(
+            f"metadata service at {self.endpoint}: {method} {path}: "
+            f"HTTP {reply.status_code}: {reply.text[:200]}"
+        )
+
+    def retry(self, once: Callable[[], T]) -> T:
+        """``once()``, again while it raises Retryable; SourceError when that lasts."""
+        result: T = self._retrying(once)
+        return result
+
+    def _pause(self, seconds: float) -> None:
+        self._stopping.wait(seconds)  # returns at once on shutdown
+
+    def _give_up(self, state: RetryCallState) -> Any:
+        exc = state.outcome.exception() if state.outcome else None
+        raise SourceError(f"metadata service at {self.endpoint}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._made is not None:
+            self._made.close()
