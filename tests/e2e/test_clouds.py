@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -28,40 +30,54 @@ def test_an_unknown_cloud_is_refused_naming_the_known_ones() -> None:
         assert all(cloud in done.stderr for cloud in ("azure", "aws", "gcp")), done.stderr
 
 
-def test_fake_imds_for_aws(tmp_path: Path) -> None:
+@contextmanager
+def fake_imds(cloud: str, tmp_path: Path) -> Iterator[str]:
+    """``drainer fake-imds --cloud CLOUD --name vm-3`` as a process; yields its URL."""
     port = free_port()
+    with (tmp_path / "fake.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [*DRAINER, "fake-imds", "--cloud", cloud, "--port", str(port), "--name", "vm-3"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def answered(request: Callable[[], httpx.Response]) -> httpx.Response:
+    return wait_until(request, what="the fake answering", ignore=(httpx.HTTPError,))
+
+
+def test_fake_imds_for_google_cloud(tmp_path: Path) -> None:
+    google = {"Metadata-Flavor": "Google"}
+    with fake_imds("gcp", tmp_path) as url:
+        name = answered(
+            lambda: httpx.get(f"{url}/computeMetadata/v1/instance/name", headers=google)
+        )
+        assert name.text == "vm-3" and name.headers["Metadata-Flavor"] == "Google"
+        body = {"value": "MIGRATE_ON_HOST_MAINTENANCE"}
+        assert httpx.post(f"{url}/fake/maintenance", json=body).status_code == 200
+        reply = httpx.get(f"{url}/computeMetadata/v1/instance/maintenance-event", headers=google)
+        assert reply.text == "MIGRATE_ON_HOST_MAINTENANCE"
+
+
+def test_fake_imds_for_aws(tmp_path: Path) -> None:
     if not HAS_AWS:
-        done = drainer("fake-imds", "--cloud", "aws", "--port", str(port), timeout=30)
+        done = drainer("fake-imds", "--cloud", "aws", "--port", str(free_port()), timeout=30)
         assert done.returncode == 1
         assert "no fake AWS metadata service" in done.stderr and "Traceback" not in done.stderr
         return
-    log = (tmp_path / "fake.log").open("wb")
-    proc = subprocess.Popen(
-        [*DRAINER, "fake-imds", "--cloud", "aws", "--port", str(port), "--name", "vm-3"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        token = wait_until(
-            lambda: (
-                httpx.put(
-                    f"{url}/latest/api/token",
-                    headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
-                ).text
-            ),
-            what="the fake answering",
-            ignore=(httpx.HTTPError,),
-        )
+    with fake_imds("aws", tmp_path) as url:
+        ttl = {"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+        token = answered(lambda: httpx.put(f"{url}/latest/api/token", headers=ttl)).text
         reply = httpx.get(
             f"{url}/latest/meta-data/local-hostname", headers={"X-aws-ec2-metadata-token": token}
         )
         assert reply.text == "vm-3"
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        log.close()
 
 
 def test_the_demo_on_aws() -> None:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from harness import DRAINER, NODE, World
 
@@ -23,7 +22,6 @@ from drainer.testing import (
     haproxy_available,
     haproxy_cli,
     start_haproxy_in_front,
-    wait_until,
 )
 from drainer.testing.fake_gcp import MAINTENANCE, FakeGCP
 from drainer.testing.lab import WebServer
@@ -258,18 +256,22 @@ def test_events_lists_the_notice(gworld: World, gce: FakeGCP) -> None:
     assert row["event_id"].startswith(MAINTENANCE) and row["event_type"] == "Reboot"
 
 
-def test_auto_finds_google_cloud(world: World, gce: FakeGCP) -> None:
+def use_auto(world: World, gcp: str, **more: str) -> None:
+    """``source.type: auto`` with nothing at Azure's address, Azure's fake at AWS's (no
+    AWS answer) and ``gcp`` at Google Cloud's."""
     nowhere = f"http://127.0.0.1:{free_port()}"
-    use_gcp(
-        world,
-        gce,
-        type="auto",
-        azure_endpoint=nowhere,
-        aws_endpoint=world.fake.url,  # Azure's fake: not an AWS answer
-        gcp_endpoint=gce.url,
-        poll_interval="200ms",
-        gone_after="1s",
-    )
+    world.settings["source"] = {
+        "type": "auto",
+        "azure_endpoint": nowhere,
+        "aws_endpoint": world.fake.url,
+        "gcp_endpoint": gcp,
+        **more,
+    }
+    world.configure()
+
+
+def test_auto_finds_google_cloud(world: World, gce: FakeGCP) -> None:
+    use_auto(world, gce.url, poll_interval="200ms", gone_after="1s")
     world.start()
     wait_watching(world, gce)
     world.wait(lambda: "this VM runs on Google Cloud" in world.log_path.read_text(), "the log")
@@ -277,17 +279,8 @@ def test_auto_finds_google_cloud(world: World, gce: FakeGCP) -> None:
     world.wait_phase("drained", "in_maintenance")
 
 
-def test_auto_with_no_cloud_fails_clearly(world: World, gce: FakeGCP) -> None:
-    nowhere = f"http://127.0.0.1:{free_port()}"
-    use_gcp(
-        world,
-        gce,
-        type="auto",
-        azure_endpoint=nowhere,
-        aws_endpoint=nowhere,
-        gcp_endpoint=world.fake.url,
-        detect_timeout="500ms",
-    )
+def test_auto_with_no_cloud_fails_clearly(world: World) -> None:
+    use_auto(world, f"http://127.0.0.1:{free_port()}", detect_timeout="500ms")
     daemon = world.start()
     code = daemon.proc.wait(timeout=30)
     log = world.log_path.read_text()
@@ -315,34 +308,3 @@ def test_the_demo_on_google_cloud() -> None:
     positions = [out.index(step) for step in steps]
     assert positions == sorted(positions), out
     assert "approved" not in out
-
-
-def test_fake_imds_serves_google_cloud(tmp_path: Path) -> None:
-    port = free_port()
-    log = (tmp_path / "fake.log").open("wb")
-    proc = subprocess.Popen(
-        [*DRAINER, "fake-imds", "--cloud", "gcp", "--port", str(port), "--name", "vm-7"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        name = wait_until(
-            lambda: (
-                httpx.get(
-                    f"{url}/computeMetadata/v1/instance/name", headers={"Metadata-Flavor": "Google"}
-                ).text
-            ),
-            what="the fake answering",
-            ignore=(httpx.HTTPError,),
-        )
-        assert name == "vm-7"
-        body = {"value": "MIGRATE_ON_HOST_MAINTENANCE"}
-        assert httpx.post(f"{url}/fake/maintenance", json=body).status_code == 200
-        reply = httpx.get(f"{url}/computeMetadata/v1/{MAINTENANCE}", headers=GOOGLE)
-        assert reply.text == "MIGRATE_ON_HOST_MAINTENANCE"
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        log.close()
