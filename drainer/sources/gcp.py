@@ -285,6 +285,7 @@ class GcpSource:
         self._watchers: list[threading.Thread] = []
         self._names: tuple[str, ...] = ()
         self._upcoming: tuple[float, MaintenanceEvent | None] | None = None  # read at, event
+        self._upcoming_error = ""  # why upcoming-maintenance could not be read, as logged
         self._said: set[str] = set()
 
         def http() -> MetadataHTTP:
@@ -425,8 +426,13 @@ class GcpSource:
         except SourceError as exc:
             # days of notice: a failed read keeps what was known, and must not hide
             # maintenance-event's 60 s (a whole failed poll would)
-            log.warning("%s: %s; keeping what was known", UPCOMING, exc)
+            if str(exc) != self._upcoming_error:
+                log.warning("%s: %s; keeping what was known", UPCOMING, exc)
+            self._upcoming_error = str(exc)
             return None if last is None else last[1]
+        if self._upcoming_error:
+            log.info("%s can be read again", UPCOMING)
+            self._upcoming_error = ""
         event = parse_upcoming(answer, names)
         self._upcoming = (now, event)
         return event

@@ -9,6 +9,7 @@ finding the cloud. Waits poll what is on disk, with bounded deadlines; nothing i
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,6 +204,25 @@ def test_sigterm_stops_the_daemon_while_its_gets_hang(gworld: World, gce: FakeGC
     wait_watching(gworld, gce)
     code, _ = daemon.terminate(timeout=5.0)
     assert code == 0
+
+
+def test_the_loop_turns_and_reloads_while_its_gets_hang(gworld: World, gce: FakeGCP) -> None:
+    heartbeat = gworld.state_dir / "heartbeat.json"
+    daemon = gworld.start()
+    wait_watching(gworld, gce)
+    beats: set[str] = set()  # the heartbeat is rewritten at every turn
+
+    def turned() -> bool:
+        beats.add(heartbeat.read_text())
+        return len(beats) >= 3
+
+    gworld.wait(turned, "three turns while the GETs hang")
+    assert gce.snapshot()["waiting"] == 2
+    gworld.configure(drain={"timeout": "4s"})
+    daemon.signal(signal.SIGHUP)
+    gworld.wait(lambda: "configuration reloaded" in gworld.log_path.read_text(), "the reload")
+    gce.set_maintenance("MIGRATE_ON_HOST_MAINTENANCE")
+    gworld.wait_phase("drained", "in_maintenance")  # the new source watches too
 
 
 # -- a real HAProxy --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ source against the fake metadata server over real HTTP (hanging GETs included)."
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -384,3 +385,18 @@ def test_the_control_api(gce: FakeGCP) -> None:
     assert httpx.get(f"{gce.url}/fake/state").json()["values"][MAINTENANCE] == "REBOOT"
     assert post("reset", {}).json()["values"][MAINTENANCE] == "NONE"
     assert post("nothing", {}).status_code == 404
+
+
+def test_a_failing_upcoming_read_is_logged_once(
+    gce: FakeGCP, make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = make(config={"upcoming_interval": 0}, attempts=1)
+    gce.set_upcoming(start_in=86400)
+    (known,) = source.events().events
+    gce.inject("503", count=3, key=UPCOMING)
+    with caplog.at_level(logging.INFO, logger="drainer"):
+        for _ in range(3):
+            assert source.events().events == (known,)  # what was known is kept
+        source.events()
+    assert caplog.text.count("keeping what was known") == 1
+    assert caplog.text.count("can be read again") == 1
