@@ -222,7 +222,7 @@ def test_the_loop_turns_and_reloads_while_its_gets_hang(gworld: World, gce: Fake
     daemon.signal(signal.SIGHUP)
     gworld.wait(lambda: "configuration reloaded" in gworld.log_path.read_text(), "the reload")
     gce.set_maintenance("MIGRATE_ON_HOST_MAINTENANCE")
-    gworld.wait_phase("drained", "in_maintenance")  # the new source watches too
+    gworld.wait_phase("drained", "in_maintenance")  # a notice after the reload drains
 
 
 # -- a real HAProxy --------------------------------------------------------------------------
