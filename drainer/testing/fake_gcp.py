@@ -26,7 +26,7 @@ Metadata API (header ``Metadata-Flavor: Google``; every answer carries it back, 
         when the value's ETag is not E, else when the value changes, or after N seconds
         with the value unchanged (no N: until it changes)
     403  Metadata-Flavor header missing or not "Google", or any X-Forwarded-For
-    404  unknown key                          405  any method but GET
+    404  unknown key                          405  PUT or POST on a key
 
 Control API (JSON in, JSON out, no header needed)::
 
