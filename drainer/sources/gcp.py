@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import field_validator
 
@@ -78,6 +78,10 @@ _NOTHING_YET = "no notifications have been received yet"
 class GcpConfig(SourceConfig):
     """The ``source:`` section for Google Cloud: where the metadata server is and how
     long one hanging GET may wait."""
+
+    # No approval from the VM. With the aws helper's SourceConfig.can_approve this is all
+    # it takes; ``approve``'s default and ``_never`` below say the same until then.
+    can_approve: ClassVar[bool] = False
 
     type: str = "gcp"
     endpoint: HttpUrl = "http://169.254.169.254"  # metadata.google.internal, without DNS
