@@ -24,6 +24,7 @@ import typer
 from drainer import logs
 from drainer._files import LOCK_TIMEOUT
 from drainer.errors import ConfigError, DrainerError, SourceError
+from drainer.model import StrEnum
 
 # Each command imports what it uses, so that `drainer --help` and `config check` load
 # neither the core, the adapters nor the HTTP client they do not need.
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from drainer.core import Record
     from drainer.model import LBView, MaintenanceEvent
     from drainer.node import Node
+    from drainer.testing.fake_aws import FakeAWS
+    from drainer.testing.fake_gcp import FakeGCP
+    from drainer.testing.fake_imds import FakeIMDS
 
 app = typer.Typer(
     add_completion=True,
@@ -498,17 +502,29 @@ def budget_release(
 # -- demo and the fake metadata service ------------------------------------------------------
 
 
+class Cloud(StrEnum):
+    """The clouds whose fake metadata service drainer ships (demo, fake-imds)."""
+
+    AZURE = "azure"
+    AWS = "aws"
+    GCP = "gcp"
+
+
+CloudOpt = Annotated[Cloud, typer.Option("--cloud", help="Whose metadata service.")]
+
+
 @app.command()
 def demo(
     haproxy: Annotated[
         bool, typer.Option("--haproxy/--mock", help="Use a real HAProxy when installed.")
     ] = True,
+    cloud: CloudOpt = Cloud.AZURE,
 ) -> None:
     """Run a whole maintenance on a simulated VM, in under a minute."""
     from drainer.demo import run_demo
 
     with _errors():
-        raise typer.Exit(run_demo(use_haproxy=haproxy))
+        raise typer.Exit(run_demo(use_haproxy=haproxy, cloud=cloud.value))
 
 
 @app.command()
@@ -531,19 +547,35 @@ def serve(
     raise typer.Exit(code)
 
 
+def _fake_service(cloud: Cloud, host: str, port: int, name: str) -> FakeIMDS | FakeGCP | FakeAWS:
+    if cloud is Cloud.GCP:
+        from drainer.testing.fake_gcp import FakeGCP
+
+        return FakeGCP(host=host, port=port, instance={"instance/name": name})
+    if cloud is Cloud.AWS:
+        from drainer.testing.fake_aws import FakeAWS
+
+        return FakeAWS(host=host, port=port, local_hostname=name)
+    from drainer.testing.fake_imds import FakeIMDS
+
+    fake = FakeIMDS(host=host, port=port)
+    fake.set_compute(name=name)
+    return fake
+
+
 @app.command("fake-imds")
 def fake_imds(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8169,
-    name: Annotated[str, typer.Option(help="The VM name the compute endpoint reports.")] = "web-1",
+    name: Annotated[str, typer.Option(help="The VM name the metadata service reports.")] = "web-1",
+    cloud: CloudOpt = Cloud.AZURE,
 ) -> None:
-    """Serve a fake Azure metadata service (Scheduled Events + control API) for tests."""
-    from drainer.testing.fake_imds import FakeIMDS
-
+    """Serve a fake cloud metadata service (maintenance notices + a control API under
+    /fake/) for tests: Azure's Scheduled Events, AWS's IMDS or Google Cloud's metadata
+    server (--name: the VM name, AWS's local-hostname, GCE's instance name)."""
     with _errors():
         try:
-            fake = FakeIMDS(host=host, port=port)
-            fake.set_compute(name=name)
+            fake = _fake_service(cloud, host, port, name)
         except ValueError as exc:
             raise ConfigError(f"fake-imds: {exc}") from exc
         try:

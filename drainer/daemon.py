@@ -9,6 +9,10 @@ What the loop does besides turning:
 
 - **Pace.** The next poll comes one ``poll_interval`` later, slower only while the
   service refuses or times out (``drainer.polling``).
+- **Wake on a change.** A source that can tell of a change as it happens
+  (``sources.base.Watching``: Google Cloud's hanging GET, in the source's own threads)
+  cuts the pause short, so the change is polled within milliseconds; ``events()`` itself
+  never hangs, so the heartbeat, the re-checks, a stop and a reload keep their pace.
 - **Re-check.** While the node should be out, the load balancers are read every
   ``drain.recheck_interval`` between polls, and the drain re-asserted where a reload or
   a restart forgot it; the source is not polled for that.
@@ -43,6 +47,7 @@ from drainer.model import Listing
 from drainer.node import Node, assemble
 from drainer.notify.outbox import Outbox
 from drainer.polling import Pacer, poll
+from drainer.sources.base import Watching
 from drainer.store import Store
 from drainer.systemd import Notifier, status_line
 
@@ -78,12 +83,22 @@ class Runner:
         self.notifier = notifier or Notifier(None)
         self.wake = threading.Event()  # cuts a pause short: a stop or a reload
         self.reload = threading.Event()
+        self.changed = threading.Event()  # the source saw a change: poll now
         self.pacer = Pacer(node.config.source.poll_interval)
         self._trouble = ""  # the state problem last logged ("" none)
         self._status = ""
         self._lb_metrics_at = 0.0
         self._slot_kept_at = 0.0
         node.engine.follow_disk = True
+        self._watch(node)
+
+    def _watch(self, node: Node) -> None:
+        if isinstance(node.source, Watching):
+            node.source.watch(self._on_change)
+
+    def _on_change(self) -> None:
+        self.changed.set()
+        self.wake.set()
 
     @property
     def metrics(self) -> Metrics:
@@ -98,6 +113,7 @@ class Runner:
                 except Exception:  # the node in use goes on
                     log.exception("SIGHUP: the reload failed; going on as before")
             started = time.monotonic()
+            self.changed.clear()  # a change seen during this poll brings the next one
             polled = poll(self.node.source, self.metrics)
             pause = self.pacer.after(polled)
             source = self.node.config.source
@@ -189,7 +205,7 @@ class Runner:
         due = time.monotonic() + every
         while not self.stopping.is_set() and not self.reload.is_set():
             now = time.monotonic()
-            if now >= until:
+            if now >= until or self.changed.is_set():
                 return
             if now >= due:
                 due = now + every
@@ -264,6 +280,7 @@ class Runner:
         self.metrics.keep_lbs(new.lbs)
         self.pacer = Pacer(new.config.source.poll_interval, self.pacer.streak)
         self.node = new
+        self._watch(new)
 
 
 def _serve(node: Node) -> None:

@@ -6,6 +6,11 @@ clients sending requests through it when ``haproxy`` is installed, otherwise the
 and the sidecar itself. The "reboot" stops the sidecar and the web server, changes the
 boot id and starts them again, so the sidecar resumes from its state file as it would
 on a real VM.
+
+``--cloud`` picks whose maintenance: Azure (a Reboot, approved once drained), Google
+Cloud (``TERMINATE_ON_HOST_MAINTENANCE``, 60 s of notice seen through the hanging GET,
+no approval) or AWS (a scheduled system-reboot 45 s ahead, drained in time for it, no
+approval); each cloud's fake metadata service plays it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from drainer.core import Phase
 from drainer.daemon import assemble, loop
 from drainer.errors import AdapterError
 from drainer.store import Store
+from drainer.testing.fake_aws import FakeAWS
+from drainer.testing.fake_gcp import FakeGCP
 from drainer.testing.fake_imds import FakeIMDS
 from drainer.testing.haproxy import haproxy_available, start_haproxy_in_front
 from drainer.testing.lab import LoadClient, WebServer
@@ -82,12 +89,100 @@ def _watch_haproxy(admin: str, say: Timeline, stopping: threading.Event) -> None
             last = now
 
 
-def _wait(store: Store, phase: Phase, timeout: float = 30.0) -> None:
+def _wait(store: Store, *phases: Phase, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while store.load().phase is not phase:
+    while store.load().phase not in phases:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"demo: the node did not reach {phase.value} in {timeout:.0f}s")
+            names = " or ".join(p.value for p in phases)
+            raise TimeoutError(f"demo: the node did not reach {names} in {timeout:.0f}s")
         time.sleep(0.1)
+
+
+class _Azure:
+    """Azure's part: a Reboot scheduled 15 minutes ahead, started early by the approval."""
+
+    def __init__(self, stack: ExitStack, say: Timeline) -> None:
+        self.fake = stack.enter_context(FakeIMDS(rate_limit=None))
+        self.fake.set_compute(name=VM)
+        self.say = say
+        self.event_id = ""
+
+    def source(self) -> dict[str, Any]:
+        return {"endpoint": self.fake.url, "poll_interval": "0.5s", "approve": "sole"}
+
+    def notice(self, store: Store) -> None:
+        self.event_id = self.fake.schedule("Reboot", [VM], not_before_in=900, end_after=None)
+        self.say.say("azure", f"Reboot {self.event_id} scheduled for {VM}, not before 15 minutes")
+        _wait(store, Phase.IN_MAINTENANCE)
+        self.say.say("azure", "the event started early, because drainer approved it once drained")
+
+    def rebooting(self) -> None:
+        pass
+
+    def over(self) -> None:
+        self.fake.end_event(self.event_id)
+        self.say.say("azure", "the maintenance is over: the event is gone from Scheduled Events")
+
+
+class _Gcp:
+    """Google Cloud's part: a terminate-and-restart 60 s ahead; nothing to approve."""
+
+    def __init__(self, stack: ExitStack, say: Timeline) -> None:
+        instance = {"instance/name": VM, "instance/hostname": f"{VM}.c.drainer-demo.internal"}
+        self.fake = stack.enter_context(FakeGCP(instance=instance))
+        self.say = say
+
+    def source(self) -> dict[str, Any]:
+        return {
+            "type": "gcp",
+            "endpoint": self.fake.url,
+            "poll_interval": "0.5s",
+            "gone_after": "2s",
+        }
+
+    def notice(self, store: Store) -> None:
+        self.fake.set_maintenance("TERMINATE_ON_HOST_MAINTENANCE")
+        self.say.say("gcp", "maintenance-event: TERMINATE_ON_HOST_MAINTENANCE, 60 s ahead")
+        _wait(store, Phase.DRAINED, Phase.IN_MAINTENANCE)
+        self.say.say("gcp", "drained within the notice; Compute Engine stops the VM")
+
+    def rebooting(self) -> None:
+        self.fake.set_maintenance("NONE")  # the VM restarts on another host, the key reset
+
+    def over(self) -> None:
+        self.say.say("gcp", "the maintenance is over: maintenance-event reads NONE")
+
+
+class _Aws:
+    """AWS's part: a system-reboot 45 s ahead; nothing to approve, so drained in time."""
+
+    def __init__(self, stack: ExitStack, say: Timeline) -> None:
+        self.fake = stack.enter_context(FakeAWS(local_hostname=VM))
+        self.say = say
+        self.event_id = ""
+
+    def source(self) -> dict[str, Any]:
+        return {"type": "aws", "endpoint": self.fake.url, "poll_interval": "0.5s"}
+
+    def notice(self, store: Store) -> None:
+        self.event_id = self.fake.schedule("system-reboot", not_before_in=45)
+        self.say.say("aws", f"system-reboot {self.event_id} scheduled, NotBefore in 45 s")
+        _wait(store, Phase.DRAINED, Phase.IN_MAINTENANCE)
+        self.say.say("aws", "drained in time for NotBefore (AWS cannot approve from the VM)")
+
+    def rebooting(self) -> None:
+        self.fake.complete(self.event_id)  # listed as completed once the reboot is done
+
+    def over(self) -> None:
+        self.say.say("aws", "the maintenance is over: the event is completed")
+
+
+def _cloud(name: str, stack: ExitStack, say: Timeline) -> _Azure | _Aws | _Gcp:
+    if name == "gcp":
+        return _Gcp(stack, say)
+    if name == "aws":
+        return _Aws(stack, say)
+    return _Azure(stack, say)
 
 
 @contextmanager
@@ -104,13 +199,12 @@ def _quiet_then_timeline() -> Iterator[Timeline]:
         logger.handlers[:], logger.level, logger.propagate = saved
 
 
-def run_demo(*, use_haproxy: bool = True) -> int:
+def run_demo(*, use_haproxy: bool = True, cloud: str = "azure") -> int:
     with ExitStack() as stack, _quiet_then_timeline() as say:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="drainer-demo-")))
         boot = tmp / "boot_id"
         boot.write_text("boot-1\n")
-        fake = stack.enter_context(FakeIMDS(rate_limit=None))
-        fake.set_compute(name=VM)
+        maintenance = _cloud(cloud, stack, say)
         web = WebServer(free_port(), name=VM)
         web.start()
         stack.callback(web.stop)
@@ -146,7 +240,7 @@ def run_demo(*, use_haproxy: bool = True) -> int:
         raw = {
             "node": {"boot_id_path": str(boot)},
             "state_dir": str(tmp / "state"),
-            "source": {"endpoint": fake.url, "poll_interval": "0.5s", "approve": "sole"},
+            "source": maintenance.source(),
             "drain": {"timeout": "20s"},
             "health": {
                 "http": {"url": f"http://127.0.0.1:{web.port}/healthz"},
@@ -160,14 +254,12 @@ def run_demo(*, use_haproxy: bool = True) -> int:
         sidecar = Sidecar(raw)
         time.sleep(1.5)
 
-        event_id = fake.schedule("Reboot", [VM], not_before_in=900, end_after=None)
-        say.say("azure", f"Reboot {event_id} scheduled for {VM}, not before 15 minutes from now")
-        _wait(store, Phase.IN_MAINTENANCE)
-        say.say("azure", "the event started early, because drainer approved it once drained")
+        maintenance.notice(store)
 
         say.say("demo", "the VM reboots: sidecar and web server stop, a new boot id")
         sidecar.stop()
         web.stop()
+        maintenance.rebooting()
         time.sleep(2.0)
         boot.write_text("boot-2\n")
         web = WebServer(web.port, name=VM)
@@ -177,8 +269,7 @@ def run_demo(*, use_haproxy: bool = True) -> int:
         sidecar = Sidecar(raw)
         stack.callback(sidecar.stop)
         time.sleep(2.0)
-        fake.end_event(event_id)
-        say.say("azure", "the maintenance is over: the event is gone from Scheduled Events")
+        maintenance.over()
         _wait(store, Phase.IN_SERVICE)
         time.sleep(1.0)
         if client is not None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from drainer._types import Duration, PositiveDuration
 from drainer.model import Approve, Listing
 
-__all__ = ["AnySourcePlugin", "EventSource", "SourceConfig", "SourcePlugin"]
+__all__ = ["AnySourcePlugin", "EventSource", "SourceConfig", "SourcePlugin", "Watching"]
 
 
 class SourceConfig(BaseModel):
@@ -93,6 +93,19 @@ class EventSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Watching(Protocol):
+    """What a source adds when its cloud can tell it of a change as it happens (Google
+    Cloud's hanging GET): the loop then polls at once instead of at its next interval.
+    Optional; ``events()`` must still answer at any time without blocking for long."""
+
+    def watch(self, changed: Callable[[], None]) -> None:
+        """Start watching in the source's own threads, until ``close()``; call
+        ``changed()`` (quick, from any thread) whenever ``events()`` may answer
+        differently."""
+        ...
 
 
 C = TypeVar("C", bound=SourceConfig)

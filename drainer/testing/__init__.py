@@ -4,6 +4,12 @@
   control API and the real service's quirks (``drainer fake-imds`` serves one).
 - ``FakeAWS``: AWS EC2's instance metadata (IMDSv2 tokens, scheduled events, Spot and
   rebalance notices, the Auto Scaling lifecycle state) over real HTTP, with faults.
+
+
+
+- ``FakeGCP``: Google Compute Engine's metadata server (maintenance-event, preempted,
+  upcoming-maintenance; hanging GETs with ETags), with a control API and faults
+  (``drainer fake-imds --cloud gcp`` serves one).
 - ``FakeNginxPlus``: the nginx Plus API's upstream endpoints, built from its documentation.
 - ``MemorySource``, ``MemoryLoadBalancer``: an event source and a load balancer held in
   memory, recording their calls, to drive ``drainer.engine.Engine`` in-process.
@@ -21,6 +27,7 @@ Nothing in drainer's product code imports this package.
 
 from drainer.testing.clock import FakeClock, wait_until
 from drainer.testing.fake_aws import FakeAWS
+from drainer.testing.fake_gcp import FakeGCP
 from drainer.testing.fake_imds import FakeIMDS
 from drainer.testing.fake_nginx_plus import FakeNginxPlus
 from drainer.testing.haproxy import (
@@ -39,6 +46,7 @@ __all__ = [
     "BlackHole",
     "FakeAWS",
     "FakeClock",
+    "FakeGCP",
     "FakeIMDS",
     "FakeNginxPlus",
     "HAProxy",

@@ -121,7 +121,7 @@ def test_config_check_refuses_a_bogus_source_and_a_listen_address_without_port(
     )
     done = cli(world, "config", "check")
     assert done.returncode == 2
-    assert "source.type: unknown source 'bogus' (known: aws, azure" in done.stderr
+    assert "source.type: unknown source 'bogus' (known: auto, aws, azure, gcp)" in done.stderr
     assert "source.endpoint: not an http(s) URL with a host: '169.254.169.254'" in done.stderr
     assert "metrics.listen: not host:port: 'localhost'" in done.stderr
 

@@ -148,7 +148,8 @@ def test_health_url_must_be_an_http_url(url: str) -> None:
 
 def test_an_unknown_source_type_fails_config_check_naming_the_known_ones() -> None:
     message = errors_of({**MINIMAL, "source": {"type": "bogus"}})
-    assert "drainer.yaml: source.type: unknown source 'bogus' (known: aws, azure" in message
+    known = "(known: auto, aws, azure, gcp)"
+    assert f"drainer.yaml: source.type: unknown source 'bogus' {known}" in message
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,9 @@ def test_the_built_in_plugins_are_found() -> None:
 
 def test_an_unknown_source_names_the_known_ones() -> None:
     with pytest.raises(
-        ConfigError, match=r"source.type: unknown source 'bogus' \(known: aws, azure"
+        ConfigError, match=r"source.type: unknown source 'oci' \(known: auto, aws, azure, gcp\)"
     ):
-        source_plugin("bogus")
+        source_plugin("oci")
 
 
 @pytest.mark.parametrize(("group", "kind"), [(ADAPTERS, AdapterPlugin), (SOURCES, SourcePlugin)])

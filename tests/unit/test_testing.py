@@ -15,6 +15,7 @@ def test_the_kit_exports_exactly_its_names() -> None:
         "BlackHole",
         "FakeAWS",
         "FakeClock",
+        "FakeGCP",
         "FakeIMDS",
         "FakeNginxPlus",
         "HAProxy",
