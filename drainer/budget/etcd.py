@@ -33,7 +33,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -54,6 +55,17 @@ def _b64(text: str) -> str:
 
 def _unb64(text: str) -> str:
     return base64.b64decode(text).decode()
+
+
+@contextmanager
+def _parsing(what: str) -> Iterator[None]:
+    """An answer that is not what etcd sends (a proxy, another version, bad base64) is
+    the budget not answering, never an exception the daemon does not expect."""
+    try:
+        yield
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        raise BudgetError(f"etcd: unexpected answer to {what}: {problem}") from exc
 
 
 def _range_end(prefix: str) -> str:
@@ -132,7 +144,8 @@ class EtcdBudget:
         )
         if answer.status_code != 200:
             raise BudgetError(f"etcd: authentication as {self.config.username} refused")
-        self._token = str(answer.json().get("token", ""))
+        with _parsing("auth/authenticate"):
+            self._token = str(answer.json().get("token", ""))
 
     def call(self, path: str, body: dict[str, Any], *, allow: Iterable[int] = ()) -> Any:
         """POST ``/v3/<path>`` to the first endpoint that answers; a status in ``allow``
@@ -157,7 +170,9 @@ class EtcdBudget:
                 continue
             if answer.status_code == 200:
                 body = _json(answer)
-                stream_error = body.get("error") if isinstance(body, dict) else None
+                if not isinstance(body, dict):
+                    raise BudgetError(f"etcd {path}: answered {str(body)[:80]!r}, not an object")
+                stream_error = body.get("error")
                 if isinstance(stream_error, dict):  # a streaming call's error: no leader
                     failures.append(f"{endpoint}: {stream_error.get('message', stream_error)}")
                     continue
@@ -185,14 +200,15 @@ class EtcdBudget:
     def keepalive(self, lease: str) -> float:
         """Renew ``lease``; its TTL in seconds, 0 when it no longer exists."""
         answer = self.call("lease/keepalive", {"ID": lease})
-        result = answer.get("result", {}) if isinstance(answer, dict) else {}
-        return float(result.get("TTL", 0))  # no TTL: the lease is gone
+        with _parsing("lease/keepalive"):
+            return float(answer.get("result", {}).get("TTL", 0))  # no TTL: the lease is gone
 
     def ttl(self, lease: str) -> float | None:
         """Seconds ``lease`` has left without renewing it; None when it no longer exists
         (0 is a lease about to expire, still renewable)."""
         answer = self.call("lease/timetolive", {"ID": lease})
-        left = float(answer.get("TTL", 0))  # proto3 JSON omits a 0; gone is -1
+        with _parsing("lease/timetolive"):
+            left = float(answer.get("TTL", 0))  # proto3 JSON omits a 0; gone is -1
         return None if left < 0 else left
 
     def revoke(self, lease: str) -> None:
@@ -224,20 +240,23 @@ class EtcdBudget:
         ]
         if serializable:  # a txn is always linearizable: read pool by pool
             answers = [self.call("kv/range", r["request_range"]) for r in ranges]
-            revision = max(int(a.get("header", {}).get("revision", 0)) for a in answers)
+            with _parsing("kv/range"):
+                revision = max(int(a.get("header", {}).get("revision", 0)) for a in answers)
         else:
             txn = self.call("kv/txn", {"compare": [], "success": ranges})
-            revision = int(txn.get("header", {}).get("revision", 0))
-            answers = [r.get("response_range", {}) for r in txn.get("responses", [])]
+            with _parsing("kv/txn"):
+                revision = int(txn.get("header", {}).get("revision", 0))
+                answers = [r.get("response_range", {}) for r in txn.get("responses", [])]
         if len(answers) != len(pools):
             raise BudgetError(f"etcd answered {len(answers)} ranges for {len(pools)} pools")
         held: dict[str, list[Holder]] = {}
-        for pool, answer in zip(pools, answers, strict=True):
-            start = len(self._pool_prefix(pool))
-            held[pool] = [
-                _holder(pool, _unb64(kv["key"])[start:], _unb64(kv.get("value", "")))
-                for kv in answer.get("kvs", [])
-            ]
+        with _parsing("kv/range"):
+            for pool, answer in zip(pools, answers, strict=True):
+                start = len(self._pool_prefix(pool))
+                held[pool] = [
+                    _holder(pool, _unb64(kv["key"])[start:], _unb64(kv.get("value", "")))
+                    for kv in answer.get("kvs", [])
+                ]
         return revision, held
 
     def acquire(
@@ -313,11 +332,12 @@ class EtcdBudget:
             "kv/range",
             {"key": _b64(everything), "range_end": _range_end(everything), "keys_only": True},
         )
-        mine = [
-            kv["key"]
-            for kv in answer.get("kvs", [])
-            if _unb64(kv["key"]).endswith(f"/holders/{node}")
-        ]
+        with _parsing("kv/range"):
+            mine = [
+                kv["key"]
+                for kv in answer.get("kvs", [])
+                if _unb64(kv["key"]).endswith(f"/holders/{node}")
+            ]
         for key in mine:
             self.call("kv/deleterange", {"key": key})
         if lease:
@@ -331,9 +351,11 @@ class EtcdBudget:
             "kv/range",
             {"key": _b64(everything), "range_end": _range_end(everything), "keys_only": True},
         )
-        names = {
-            _unb64(kv["key"])[len(everything) :].split("/", 1)[0] for kv in answer.get("kvs", [])
-        }
+        with _parsing("kv/range"):
+            names = {
+                _unb64(kv["key"])[len(everything) :].split("/", 1)[0]
+                for kv in answer.get("kvs", [])
+            }
         return sorted(names)
 
     def holders(

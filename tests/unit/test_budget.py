@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
+import httpx
 import pytest
 
-from drainer.budget import max_out
-from drainer.budget.etcd import EtcdConfig, _holder, lease_id
+from drainer.budget import BudgetError, Pool, max_out
+from drainer.budget.etcd import EtcdBudget, EtcdConfig, EtcdSlots, _holder, lease_id
 
 
 @pytest.mark.parametrize(
@@ -37,3 +41,45 @@ def test_the_prefix_is_a_folder() -> None:
         EtcdConfig(endpoints=["http://127.0.0.1:2379"], prefix="x/")
     with pytest.raises(ValueError):
         EtcdConfig(endpoints=[])
+
+
+# -- answers that are not what etcd sends: BudgetError, never a crash ----------------------
+# A proxy, a half-upgraded member or a corrupted value must read as "the budget cannot
+# answer" (a voluntary step waits), not as an exception the daemon does not expect.
+
+BAD_ANSWERS = {
+    "a list": b"[1, 2]",
+    "a result that is null": b'{"result": null, "header": {"revision": "3"}}',
+    "a TTL that is not a number": b'{"result": {"TTL": "soon"}, "TTL": "soon"}',
+    "a key that is not base64, or not UTF-8": b'{"header": {"revision": "3"},'
+    b' "kvs": [{"key": "abc"}],'
+    b' "responses": [{"response_range": {"kvs": [{"key": "/w=="}]}}]}',
+    "a kv without its key": b'{"header": {"revision": "3"}, "kvs": [{"value": ""}],'
+    b' "responses": [{"response_range": {"kvs": [{"value": ""}]}}]}',
+    "a revision that is not a number": b'{"header": {"revision": "x"}, "responses":'
+    b' [{"response_range": {}}]}',
+}
+
+
+def _budget_answering(body: bytes) -> EtcdBudget:
+    config = EtcdConfig(endpoints=["http://127.0.0.1:2379"])
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+    return EtcdBudget(config, transport=transport)
+
+
+@pytest.mark.parametrize("body", BAD_ANSWERS.values(), ids=BAD_ANSWERS.keys())
+def test_a_malformed_answer_is_a_budget_error(body: bytes) -> None:
+    budget = _budget_answering(body)
+    slots = EtcdSlots(budget, "vm1", [Pool("app", 1)])
+    calls: list[Callable[[], object]] = [
+        lambda: slots.keepalive("7"),
+        lambda: budget.ttl("7"),
+        lambda: slots.take("e1", "Reboot", force=False),
+        lambda: slots.holds(),
+        lambda: slots.release("7"),
+        lambda: budget.pools(),
+        lambda: budget.holders(["app"], stale_ok=True),
+    ]
+    for call in calls:
+        with contextlib.suppress(BudgetError):
+            call()
