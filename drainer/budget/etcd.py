@@ -279,8 +279,10 @@ class EtcdBudget:
             holders = tuple(h for hs in held.values() for h in hs)
             missing = [p for p in pools if all(h.node != node for h in held[p.name])]
             if not missing:  # held already: on the lease its keys are attached to
-                lease = next((h.lease for h in holders if h.node == node and h.lease), lease)
-                return Admission(True, lease, holders=holders)
+                mine = [h for h in holders if h.node == node]
+                lease = next((h.lease for h in mine if h.lease), lease)
+                over = tuple(h.pool for h in mine if h.over_budget)  # taken forced, full
+                return Admission(True, lease, full=over, holders=holders)
             full = tuple(p.name for p in missing if len(held[p.name]) + 1 > p.max_out)
             if full and not force:
                 return Admission(False, "", full=full, holders=holders)

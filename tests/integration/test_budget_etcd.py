@@ -87,6 +87,18 @@ def test_a_second_acquire_is_the_same_slot_and_force_marks_over_budget(
     assert not by_node["vm1"].over_budget
 
 
+def test_a_slot_found_held_over_budget_is_still_over_budget(cluster: EtcdCluster) -> None:
+    # A forced take whose answer was lost (a timeout, a crash before the record was
+    # saved) is asked again: the node finds its own key, which is over budget; so must
+    # the answer be, or the node approves early over the budget.
+    b = budget(cluster, "/again-over/")
+    assert admit(b, "vm1", [Pool("app", 1)]).admitted
+    assert admit(b, "vm2", [Pool("app", 1), Pool("api", 1)], force=True).full == ("app",)
+    again = admit(b, "vm2", [Pool("app", 1), Pool("api", 1)], force=True)
+    assert again.admitted and "app" in again.full
+    assert admit(b, "vm1", [Pool("app", 1)]).full == ()
+
+
 def test_release_frees_the_slot_and_revokes_the_lease(cluster: EtcdCluster) -> None:
     b = budget(cluster, "/release/")
     lease = lease_id("vm1", "test")
