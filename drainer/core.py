@@ -295,7 +295,7 @@ class TakeSlot:
 
 @dataclass(frozen=True)
 class ReleaseSlot:
-    lease: str
+    lease: str  # "" whatever this node holds (an ask whose answer may have been lost)
 
 
 Action = Drain | TakeOut | PutBack | ApproveEvent | CheckHealth | Alert | TakeSlot | ReleaseSlot
@@ -599,8 +599,10 @@ def _budget(
         return new, actions
     if new.phase is Phase.IN_SERVICE:
         if new.event is None and (new.slot or new.slot_wait):
-            release = [ReleaseSlot(new.slot)] if new.slot else []
-            return replace(new, slot="", over_budget=False, slot_wait=""), [*actions, *release]
+            # slot_wait alone: a refusal may be a lost answer to a take that went
+            # through, so whatever this node holds ("" lease) is given back too
+            release = ReleaseSlot(new.slot)
+            return replace(new, slot="", over_budget=False, slot_wait=""), [*actions, release]
         return new, actions
     new = replace(new, slot_wait="") if new.slot_wait else new
     if not new.slot and (old.phase is Phase.IN_SERVICE or isinstance(given, Tick)):

@@ -96,7 +96,10 @@ def test_an_event_gone_while_waiting_for_a_slot_gives_back_what_it_got() -> None
     record, _ = step(Record(boot_id=BOOT), tick(event(), lbs=both(IN)), NOW, BUDGET)
     record, _ = step(record, SlotRefused("no free slot"), NOW, BUDGET)
     record, actions = step(record, tick(lbs=both(IN)), NOW + 1, BUDGET)
-    assert record.event is None and record.slot_wait == "" and actions == []
+    # A refusal may be an answer lost after the budget granted (a timeout, a crash before
+    # the save): whatever this node may hold for the ask is given back, not left to its
+    # lease (which no one keeps alive, but which runs for lease_ttl).
+    assert record.event is None and record.slot_wait == "" and actions == [ReleaseSlot("")]
     # a slot granted for an event that went meanwhile is given back at once
     record = Record(boot_id=BOOT)
     record, actions = step(record, SlotTaken("L2"), NOW, BUDGET)

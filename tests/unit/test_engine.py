@@ -315,6 +315,7 @@ def test_a_failed_poll_is_not_the_event_being_gone(node: Node) -> None:
         assert record.phase is Phase.DRAINED
     assert node.lb.calls == ["drain", "take_out"]
 
+
 # -- the fleet budget ------------------------------------------------------------------------
 # A refusal or an engine error keeps a voluntary drain waiting (and is counted), the
 # approval is fenced by a re-read of the slot, a lease that expired while the sidecar was
@@ -442,3 +443,17 @@ def test_back_in_service_gives_the_slot_back(node: Node, tmp_path: Path) -> None
         if turn(node, engine) is Phase.IN_SERVICE:
             break
     assert node.saved().phase is Phase.IN_SERVICE and slots.released == ["L1"]
+
+
+def test_an_event_gone_after_an_unanswered_ask_gives_back_what_the_ask_may_hold(
+    node: Node,
+) -> None:
+    # The budget took the slot but its answer was lost (a timeout): the drain waits; the
+    # event is cancelled before the next ask would have found the slot.
+    slots = FakeSlots(error="etcd: no endpoint answered: ReadTimeout")
+    engine = budgeted(node, slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.IN_SERVICE
+    node.source.publish()
+    assert turn(node, engine) is Phase.IN_SERVICE
+    assert slots.released == [""] and node.saved().slot_wait == ""
