@@ -116,6 +116,9 @@ class Engine:
     _slot_asked: float = -1e18
     _slot_refusal: str = ""
     _turn_views: Mapping[str, LBView | None] = field(default_factory=dict)
+    # slots whose release failed: given back again at the next keep-alive while the node
+    # is in service without a slot (else they block the pool until their lease expires)
+    unreleased: set[str] = field(default_factory=set)
     _errors: dict[str, str] = field(default_factory=dict)
     # The last refusal of a drain, take-out or put-back, per load balancer (cleared by a
     # success): the CLI reports it instead of claiming an action that did not happen.
@@ -312,6 +315,7 @@ class Engine:
         self.unsaved, self._unsaved = old.unsaved, old._unsaved
         self._unsaved_over = old._unsaved_over
         self._noted, self._adopted = old._noted, old._adopted
+        self.unreleased = set(old.unreleased)
         self._errors = {k: v for k, v in old._errors.items() if k.partition(":")[0] in self.lbs}
 
     def _load(self) -> Record:
@@ -360,9 +364,11 @@ class Engine:
         if isinstance(action, ReleaseSlot):
             try:
                 self.slots.release(action.lease)
-            except BudgetError as exc:  # the lease frees it when it expires
+            except BudgetError as exc:  # tried again by keep_slot; its lease frees it else
+                self.unreleased.add(action.lease)
                 self._error("budget", "budget:release", f"budget: cannot give the slot back: {exc}")
             else:
+                self.unreleased.discard(action.lease)
                 log.info("budget: slot given back", extra={"phase": "in_service"})
             return []
         now = self.clock()
@@ -385,6 +391,7 @@ class Engine:
                 log.info("budget: waiting: %s", refusal)
             self._slot_refusal = refusal
             return [SlotRefused(refusal)]
+        self.unreleased.clear()  # what this node holds is its slot again: never released
         over = bool(admission.full)
         if over:
             self.metrics.budget_over.inc()
@@ -426,7 +433,12 @@ class Engine:
     def keep_slot(self, record: Record) -> Input | None:
         """Keep the slot's lease alive (the daemon calls it every keep-alive interval);
         a lease that expired while the sidecar was down is taken again, forced (the node
-        is out already), and fed back as ``SlotTaken``."""
+        is out already), and fed back as ``SlotTaken``. A slot whose release failed is
+        given back again while the node is in service without one."""
+        in_service = record.phase is Phase.IN_SERVICE and not record.slot
+        if self.slots is not None and in_service:
+            for lease in sorted(self.unreleased):
+                self._on_slot(ReleaseSlot(lease))
         if self.slots is None or not record.slot:
             return None
         try:

@@ -333,6 +333,7 @@ class FakeSlots:
     alive: bool = True
     taken: list[tuple[str, bool]] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
+    release_error: str = ""
 
     def take(self, event_id: str, event_type: str, *, force: bool) -> Admission:
         self.taken.append((event_id, force))
@@ -352,6 +353,8 @@ class FakeSlots:
 
     def release(self, lease: str) -> None:
         self.released.append(lease)
+        if self.release_error:
+            raise BudgetError(self.release_error)
 
     def close(self) -> None:
         return
@@ -457,3 +460,40 @@ def test_an_event_gone_after_an_unanswered_ask_gives_back_what_the_ask_may_hold(
     node.source.publish()
     assert turn(node, engine) is Phase.IN_SERVICE
     assert slots.released == [""] and node.saved().slot_wait == ""
+
+
+def test_a_slot_not_given_back_is_given_back_at_the_next_keep_alive(node: Node) -> None:
+    # etcd blinked as the node went back in service: the slot must not stay taken for
+    # the rest of its lease (lease_ttl, 30 min) with the node serving again.
+    slots = FakeSlots(free=True, release_error="etcd: no endpoint answered")
+    engine = budgeted(node, slots)
+    node.lb.sessions = 0
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    turn(node, engine)
+    turn(node, engine)
+    node.source.publish()
+    turn_until(node, engine, Phase.IN_SERVICE, every=3)
+    assert slots.released == ["L1"] and node.saved().slot == ""
+    assert engine.keep_slot(node.saved()) is None and slots.released == ["L1", "L1"]
+    slots.release_error = ""
+    engine.keep_slot(node.saved())
+    engine.keep_slot(node.saved())
+    assert slots.released == ["L1", "L1", "L1"]
+
+
+def test_a_slot_not_given_back_is_not_released_once_the_node_holds_it_again(
+    node: Node,
+) -> None:
+    slots = FakeSlots(free=True, release_error="etcd: no endpoint answered")
+    engine = budgeted(node, slots)
+    node.lb.sessions = 0
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    turn(node, engine)
+    turn(node, engine)
+    node.source.publish()
+    turn_until(node, engine, Phase.IN_SERVICE, every=3)
+    slots.release_error = ""
+    node.source.publish(maintenance("e2", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.DRAINING  # the budget answers with the same slot
+    engine.keep_slot(node.saved())
+    assert slots.released == ["L1"]
