@@ -432,9 +432,10 @@ class Engine:
 
     def keep_slot(self, record: Record) -> Input | None:
         """Keep the slot's lease alive (the daemon calls it every keep-alive interval);
-        a lease that expired while the sidecar was down is taken again, forced (the node
-        is out already), and fed back as ``SlotTaken``. A slot whose release failed is
-        given back again while the node is in service without one."""
+        a lease that expired while the sidecar was down, or whose keys are gone, is taken
+        again, forced (the node is out already), and fed back as ``SlotTaken``. A slot
+        whose release failed is given back again while the node is in service without
+        one."""
         in_service = record.phase is Phase.IN_SERVICE and not record.slot
         if self.slots is not None and in_service:
             for lease in sorted(self.unreleased):
@@ -442,9 +443,11 @@ class Engine:
         if self.slots is None or not record.slot:
             return None
         try:
-            if self.slots.keepalive(record.slot):
+            alive = self.slots.keepalive(record.slot)
+            if alive and self.slots.holds():
                 return None
-            log.warning("budget: the slot's lease expired; registering the node again")
+            why = "the slot's keys are gone" if alive else "the slot's lease expired"
+            log.warning("budget: %s; registering the node again", why)
             event = record.event
             admission = self.slots.take(
                 event.event_id if event else "", event.type_name if event else "manual", force=True

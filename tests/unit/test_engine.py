@@ -497,3 +497,16 @@ def test_a_slot_not_given_back_is_not_released_once_the_node_holds_it_again(
     assert turn(node, engine) is Phase.DRAINING  # the budget answers with the same slot
     engine.keep_slot(node.saved())
     assert slots.released == ["L1"]
+
+
+def test_keys_gone_under_a_live_lease_are_registered_again(node: Node) -> None:
+    # The lease lives on but the node's keys went (deleted with etcdctl, or by a release
+    # that raced a manual drain): out of service without a holder, others would be let in.
+    slots = FakeSlots(free=True)
+    engine = budgeted(node, slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    turn(node, engine)
+    assert engine.keep_slot(node.saved()) is None and slots.taken == [("e1", False)]
+    slots.held = False
+    given = engine.keep_slot(node.saved())
+    assert given is not None and slots.taken[-1] == ("e1", True)
