@@ -8,8 +8,12 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from drainer.adapters.base import LoadBalancer
 from drainer.budget import BudgetError, Pool, max_out
 from drainer.budget.etcd import EtcdBudget, EtcdConfig, EtcdSlots, _holder, lease_id
+from drainer.budget.local import LocalSlots
+from drainer.model import PoolView
+from drainer.testing import MemoryLoadBalancer
 
 
 @pytest.mark.parametrize(
@@ -83,3 +87,39 @@ def test_a_malformed_answer_is_a_budget_error(body: bytes) -> None:
     for call in calls:
         with contextlib.suppress(BudgetError):
             call()
+
+
+# -- the local engine counts what its load balancers report, or cannot answer --------------
+
+
+class _Reporting(MemoryLoadBalancer):
+    def __init__(self, *views: PoolView) -> None:
+        super().__init__("haproxy")
+        self.views = list(views)
+
+    def pools(self) -> list[PoolView]:
+        return self.views
+
+
+def test_local_counts_the_others_out() -> None:
+    lbs: dict[str, LoadBalancer] = {"haproxy": _Reporting(PoolView("app", 5, 3))}
+    assert not LocalSlots(lbs, 1).take("e1", "Reboot", force=False).admitted
+    assert LocalSlots(lbs, 2).take("e1", "Reboot", force=False).admitted
+
+
+@pytest.mark.parametrize(
+    ("lb", "pools"),
+    [
+        (MemoryLoadBalancer("nginx"), ()),  # an adapter that cannot count its pool
+        (_Reporting(PoolView("app", 5, 4)), ("ap",)),  # a pool no load balancer reports
+    ],
+    ids=["nothing reported", "a named pool not reported"],
+)
+def test_local_that_sees_no_pool_cannot_answer_rather_than_admit(
+    lb: LoadBalancer, pools: tuple[str, ...]
+) -> None:
+    slots = LocalSlots({"lb": lb}, 1, pools)
+    with pytest.raises(BudgetError, match="engine etcd"):
+        slots.take("e1", "Reboot", force=False)
+    with pytest.raises(BudgetError):
+        slots.holds()
