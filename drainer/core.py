@@ -201,6 +201,7 @@ class ApproveFailed:
 @dataclass(frozen=True)
 class ManualDrain:
     slot: str = ""  # the budget slot the CLI took for it (the lease); "" none
+    over_budget: bool = False  # ...taken with --force while the pool was full
 
 
 @dataclass(frozen=True)
@@ -707,7 +708,8 @@ def _recheck(record: Record, given: Recheck, now: float, policy: Policy) -> Resu
 
 def _manual_drain(record: Record, given: ManualDrain, now: float, policy: Policy) -> Result:
     if record.phase is Phase.IN_SERVICE:
-        record = replace(record, manual=True, slot=record.slot or given.slot)
+        over = record.over_budget if record.slot else given.over_budget
+        record = replace(record, manual=True, slot=record.slot or given.slot, over_budget=over)
         return _start_drain(record, {}, now, policy, "manual drain")
     if record.phase is Phase.RECOVERING:
         # Partly put back, maybe: own every load balancer again and let the next tick

@@ -115,3 +115,11 @@ def test_a_manual_drain_keeps_the_slot_the_cli_took() -> None:
 def test_without_a_budget_nothing_changes() -> None:
     record, actions = step(Record(boot_id=BOOT), tick(event(), lbs=both(IN)), NOW, POLICY)
     assert record.phase is Phase.DRAINING and not any(isinstance(a, TakeSlot) for a in actions)
+
+
+def test_a_manual_drain_forced_over_the_budget_is_over_budget_and_never_approves() -> None:
+    record, _ = step(Record(boot_id=BOOT), ManualDrain(slot="L9", over_budget=True), NOW, BUDGET)
+    assert record.slot == "L9" and record.over_budget
+    held = replace(record, phase=Phase.HELD)
+    record, actions = step(held, tick(event(), lbs=both(OUT)), NOW + 1, BUDGET)
+    assert record.event is not None and not any(isinstance(a, ApproveEvent) for a in actions)
