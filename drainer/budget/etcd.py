@@ -286,6 +286,8 @@ class EtcdBudget:
             full = tuple(p.name for p in missing if len(held[p.name]) + 1 > p.max_out)
             if full and not force:
                 return Admission(False, "", full=full, holders=holders)
+            # held in some pools already: the others go on that lease, the one kept alive
+            lease = next((h.lease for h in holders if h.node == node and h.lease), lease)
             self.grant(lease)
             value = json.dumps(
                 {

@@ -99,6 +99,20 @@ def test_a_slot_found_held_over_budget_is_still_over_budget(cluster: EtcdCluster
     assert admit(b, "vm1", [Pool("app", 1)]).full == ()
 
 
+def test_a_pool_added_to_a_held_slot_goes_on_the_lease_the_node_keeps_alive(
+    cluster: EtcdCluster,
+) -> None:
+    # The node holds "a" (a pool added by a reload, or a take cut short): the key it
+    # adds must live on the lease it keeps alive, not on one that nobody renews.
+    b = budget(cluster, "/partial/")
+    first = b.acquire("vm1", [Pool("a", 1)], lease=lease_id("vm1", "first"))
+    second = b.acquire("vm1", [Pool("a", 1), Pool("b", 1)], lease=lease_id("vm1", "second"))
+    assert second.admitted and second.lease == first.lease
+    b.revoke(first.lease)
+    held, _ = b.holders(["a", "b"])
+    assert held == {"a": [], "b": []}
+
+
 def test_release_frees_the_slot_and_revokes_the_lease(cluster: EtcdCluster) -> None:
     b = budget(cluster, "/release/")
     lease = lease_id("vm1", "test")
