@@ -117,6 +117,7 @@ class EtcdBudget:
             verify=str(config.ca_file) if config.ca_file else True,
             cert=cert,
             transport=transport,
+            trust_env=False,  # a proxy set for the VM's outbound traffic is not for etcd
         )
         self._current = 0
         self._token: str | None = None

@@ -16,6 +16,7 @@ import pytest
 
 from drainer.budget import Admission, BudgetError, Pool
 from drainer.budget.etcd import EtcdBudget, EtcdConfig, lease_id
+from drainer.testing import free_port
 from drainer.testing.clock import wait_until
 from drainer.testing.etcd import EtcdCluster, etcd_available
 
@@ -215,3 +216,16 @@ def test_an_expired_lease_reads_as_gone(cluster: EtcdCluster) -> None:
     wait_until(lambda: b.ttl(lease) is None, timeout=10, interval=0.3, what="lease expiry")
     assert b.keepalive(lease) == 0
     assert not b.holds("vm1", [Pool("app", 1)])
+
+
+def test_a_proxy_in_the_environment_is_not_the_way_to_etcd(
+    cluster: EtcdCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A web VM often has HTTP(S)_PROXY set for its outbound traffic; etcd is reached
+    # directly, like every other client of drainer's (trust_env=False).
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    b = budget(cluster, "/proxy/")
+    assert admit(b, "vm1", [Pool("app", 1)]).admitted
