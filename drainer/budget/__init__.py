@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drainer._types import Duration, HttpUrl, PositiveDuration
 from drainer.errors import DrainerError
@@ -120,3 +120,9 @@ class EtcdConfig(BaseModel):
         if not prefix.startswith("/"):
             raise ValueError("must start with / (e.g. /drainer/v1/)")
         return prefix if prefix.endswith("/") else prefix + "/"
+
+    @model_validator(mode="after")
+    def _client_cert(self) -> EtcdConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (the client certificate)")
+        return self

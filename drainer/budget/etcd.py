@@ -32,6 +32,7 @@ import base64
 import hashlib
 import json
 import logging
+import ssl
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from typing import Any
 import httpx
 
 from drainer.budget import Admission, BudgetError, EtcdConfig, Holder, Pool
+from drainer.errors import ConfigError
 
 __all__ = ["EtcdBudget", "EtcdConfig", "EtcdSlots", "lease_id"]
 
@@ -107,15 +109,21 @@ class EtcdBudget:
     def __init__(self, config: EtcdConfig, *, transport: httpx.BaseTransport | None = None):
         self.config = config
         self.prefix = config.prefix
-        cert = (
-            (str(config.cert_file), str(config.key_file))
-            if config.cert_file and config.key_file
-            else None
-        )
+        verify: ssl.SSLContext | bool = True
+        try:
+            if config.ca_file is not None or config.cert_file is not None:
+                verify = ssl.create_default_context(
+                    cafile=str(config.ca_file) if config.ca_file else None
+                )
+            if config.cert_file is not None and isinstance(verify, ssl.SSLContext):
+                verify.load_cert_chain(str(config.cert_file), str(config.key_file))
+        except OSError as exc:  # ssl.SSLError is one too
+            raise ConfigError(
+                f"budget.etcd: cannot load ca_file, cert_file or key_file: {exc}"
+            ) from exc
         self._client = httpx.Client(
             timeout=config.timeout,
-            verify=str(config.ca_file) if config.ca_file else True,
-            cert=cert,
+            verify=verify,
             transport=transport,
             trust_env=False,  # a proxy set for the VM's outbound traffic is not for etcd
         )

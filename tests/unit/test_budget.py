@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ from drainer.adapters.base import LoadBalancer
 from drainer.budget import BudgetError, Pool, max_out
 from drainer.budget.etcd import EtcdBudget, EtcdConfig, EtcdSlots, _holder, lease_id
 from drainer.budget.local import LocalSlots
+from drainer.errors import ConfigError
 from drainer.model import PoolView
 from drainer.testing import MemoryLoadBalancer
 
@@ -123,3 +125,12 @@ def test_local_that_sees_no_pool_cannot_answer_rather_than_admit(
         slots.take("e1", "Reboot", force=False)
     with pytest.raises(BudgetError):
         slots.holds()
+
+
+def test_tls_files_that_cannot_be_loaded_are_a_configuration_error(tmp_path: Path) -> None:
+    missing = tmp_path / "ca.pem"
+    config = EtcdConfig(endpoints=["https://127.0.0.1:2379"], ca_file=missing)
+    with pytest.raises(ConfigError, match=r"budget\.etcd: cannot load"):
+        EtcdBudget(config)
+    with pytest.raises(ValueError, match="cert_file and key_file go together"):
+        EtcdConfig(endpoints=["https://127.0.0.1:2379"], cert_file=missing)
