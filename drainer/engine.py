@@ -115,6 +115,7 @@ class Engine:
     slot_retry: float = 2.0
     _slot_asked: float = -1e18
     _slot_refusal: str = ""
+    _slot_failed: bool = False  # the last ask got no answer: forced asks wait too
     _turn_views: Mapping[str, LBView | None] = field(default_factory=dict)
     # slots whose release failed: given back again at the next keep-alive while the node
     # is in service without a slot (else they block the pool until their lease expires)
@@ -372,12 +373,17 @@ class Engine:
                 log.info("budget: slot given back", extra={"phase": "in_service"})
             return []
         now = self.clock()
-        if not action.force and now - self._slot_asked < self.slot_retry:
+        # A forced ask (the node is out) goes at once after a refusal, but not at every
+        # poll while the budget does not answer: each try costs timeout x endpoints.
+        patient = not action.force or self._slot_failed
+        if patient and now - self._slot_asked < self.slot_retry:
             return [SlotRefused(self._slot_refusal)]
         self._slot_asked = now
+        self._slot_failed = False
         try:
             admission = self.slots.take(action.event_id, action.event_type, force=action.force)
         except BudgetError as exc:
+            self._slot_failed = True
             self._error("budget", "budget", f"budget: {exc}")
             self._slot_refusal = f"the budget cannot answer: {exc}"
             return [SlotRefused(self._slot_refusal)]

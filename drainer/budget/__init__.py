@@ -112,7 +112,9 @@ class EtcdConfig(BaseModel):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    retry_after: Duration = 2.0  # a voluntary step re-asks this often while it waits
+    # a voluntary step re-asks this often while it waits (a node out, to register its
+    # slot, while etcd does not answer)
+    retry_after: Duration = 2.0
 
     @field_validator("prefix")
     @classmethod

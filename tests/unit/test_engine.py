@@ -510,3 +510,22 @@ def test_keys_gone_under_a_live_lease_are_registered_again(node: Node) -> None:
     slots.held = False
     given = engine.keep_slot(node.saved())
     assert given is not None and slots.taken[-1] == ("e1", True)
+
+
+def test_an_unanswering_budget_is_not_asked_at_every_poll_by_a_node_already_out(
+    node: Node,
+) -> None:
+    # Partitioned from etcd, each ask costs timeout x endpoints; a node out without a
+    # slot re-asks (forced) to register, but not at every 1 s poll: slot_retry applies.
+    slots = FakeSlots(error="etcd: no endpoint answered: ConnectTimeout")
+    engine = budgeted(node, slots)
+    engine.slot_retry = 10.0
+    node.source.publish(maintenance("e1", EventType.PREEMPT, not_before=node.clock.now + 30))
+    assert turn(node, engine) is Phase.DRAINING
+    for _ in range(3):
+        node.clock.advance(1)
+        turn(node, engine)
+    assert slots.taken == [("e1", True)]
+    node.clock.advance(10)
+    turn(node, engine)
+    assert slots.taken == [("e1", True), ("e1", True)]
