@@ -433,18 +433,21 @@ def test_an_event_naming_more_vms_than_the_budget_is_reported_at_once(
     assert errors(engine, "budget_batch") == 1
 
 
-def test_back_in_service_gives_the_slot_back(node: Node, tmp_path: Path) -> None:
-    slots = FakeSlots(free=True)
+def through_a_maintenance(node: Node, slots: FakeSlots) -> Engine:
+    """A Reboot with a free slot, from its event to back in service."""
     engine = budgeted(node, slots)
     node.lb.sessions = 0
     node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
     turn(node, engine)
     turn(node, engine)
     node.source.publish()
-    for _ in range(10):
-        node.clock.advance(3)
-        if turn(node, engine) is Phase.IN_SERVICE:
-            break
+    turn_until(node, engine, Phase.IN_SERVICE, every=3, turns=10)
+    return engine
+
+
+def test_back_in_service_gives_the_slot_back(node: Node, tmp_path: Path) -> None:
+    slots = FakeSlots(free=True)
+    through_a_maintenance(node, slots)
     assert node.saved().phase is Phase.IN_SERVICE and slots.released == ["L1"]
 
 
@@ -462,17 +465,16 @@ def test_an_event_gone_after_an_unanswered_ask_gives_back_what_the_ask_may_hold(
     assert slots.released == [""] and node.saved().slot_wait == ""
 
 
-def test_a_slot_not_given_back_is_given_back_at_the_next_keep_alive(node: Node) -> None:
-    # etcd blinked as the node went back in service: the slot must not stay taken for
-    # the rest of its lease (lease_ttl, 30 min) with the node serving again.
+def back_without_giving_the_slot_back(node: Node) -> tuple[FakeSlots, Engine]:
+    """A whole maintenance, with etcd blinking as the node goes back in service."""
     slots = FakeSlots(free=True, release_error="etcd: no endpoint answered")
-    engine = budgeted(node, slots)
-    node.lb.sessions = 0
-    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
-    turn(node, engine)
-    turn(node, engine)
-    node.source.publish()
-    turn_until(node, engine, Phase.IN_SERVICE, every=3)
+    return slots, through_a_maintenance(node, slots)
+
+
+def test_a_slot_not_given_back_is_given_back_at_the_next_keep_alive(node: Node) -> None:
+    # The slot must not stay taken for the rest of its lease (lease_ttl, 30 min) with
+    # the node serving again.
+    slots, engine = back_without_giving_the_slot_back(node)
     assert slots.released == ["L1"] and node.saved().slot == ""
     assert engine.keep_slot(node.saved()) is None and slots.released == ["L1", "L1"]
     slots.release_error = ""
@@ -484,14 +486,7 @@ def test_a_slot_not_given_back_is_given_back_at_the_next_keep_alive(node: Node) 
 def test_a_slot_not_given_back_is_not_released_once_the_node_holds_it_again(
     node: Node,
 ) -> None:
-    slots = FakeSlots(free=True, release_error="etcd: no endpoint answered")
-    engine = budgeted(node, slots)
-    node.lb.sessions = 0
-    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
-    turn(node, engine)
-    turn(node, engine)
-    node.source.publish()
-    turn_until(node, engine, Phase.IN_SERVICE, every=3)
+    slots, engine = back_without_giving_the_slot_back(node)
     slots.release_error = ""
     node.source.publish(maintenance("e2", not_before=node.clock.now + 900))
     assert turn(node, engine) is Phase.DRAINING  # the budget answers with the same slot
