@@ -158,7 +158,8 @@ HOLDER = """
 import sys, time
 from drainer.budget import Pool
 from drainer.budget.etcd import EtcdBudget, EtcdConfig, lease_id
-b = EtcdBudget(EtcdConfig(endpoints=sys.argv[1].split(","), prefix="/killed/", lease_ttl=2))
+b = EtcdBudget(EtcdConfig(endpoints=sys.argv[1].split(","), prefix="/killed/", lease_ttl=2,
+    keepalive_interval=1))
 assert b.acquire("vm1", [Pool("app", 1)], lease=lease_id("vm1", "killed")).admitted
 print("held", flush=True)
 while True:
@@ -196,12 +197,13 @@ def test_a_holder_killed_with_sigkill_frees_its_slot_when_the_lease_expires(
 def test_a_rebooted_holder_resumes_keepalives_on_its_lease_and_keeps_the_slot(
     cluster: EtcdCluster,
 ) -> None:
-    before = budget(cluster, "/reboot/", lease_ttl="3s")
+    before = budget(cluster, "/reboot/", lease_ttl="3s", keepalive_interval="1s")
     lease = lease_id("vm1", "reboot")
     assert before.acquire("vm1", [Pool("app", 1)], lease=lease).admitted
     before.close()  # the sidecar stops for the reboot; the lease id is in its record
     time.sleep(1.5)
-    after = budget(cluster, "/reboot/", lease_ttl="3s")  # a new process after boot
+    # a new process after boot
+    after = budget(cluster, "/reboot/", lease_ttl="3s", keepalive_interval="1s")
     for _ in range(6):  # 3 s of keep-alives: longer than the TTL
         assert after.keepalive(lease) > 0
         time.sleep(0.5)
@@ -210,7 +212,7 @@ def test_a_rebooted_holder_resumes_keepalives_on_its_lease_and_keeps_the_slot(
 
 
 def test_an_expired_lease_reads_as_gone(cluster: EtcdCluster) -> None:
-    b = budget(cluster, "/expired/", lease_ttl="1s")
+    b = budget(cluster, "/expired/", lease_ttl="1s", keepalive_interval="0.5s")
     lease = lease_id("vm1", "expired")
     assert b.acquire("vm1", [Pool("app", 1)], lease=lease).admitted
     wait_until(lambda: b.ttl(lease) is None, timeout=10, interval=0.3, what="lease expiry")

@@ -134,3 +134,11 @@ def test_tls_files_that_cannot_be_loaded_are_a_configuration_error(tmp_path: Pat
         EtcdBudget(config)
     with pytest.raises(ValueError, match="cert_file and key_file go together"):
         EtcdConfig(endpoints=["https://127.0.0.1:2379"], cert_file=missing)
+
+
+def test_a_lease_renewed_less_often_than_it_lives_is_refused() -> None:
+    # Renewed every 10 s, a 5 s lease lapses between renewals: the slot looks free to
+    # everyone else, and the node registers again, over and over.
+    with pytest.raises(ValueError, match="keepalive_interval"):
+        EtcdConfig(endpoints=["http://127.0.0.1:2379"], lease_ttl=5, keepalive_interval=10)
+    EtcdConfig(endpoints=["http://127.0.0.1:2379"], lease_ttl=30, keepalive_interval=10)
