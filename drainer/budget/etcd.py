@@ -136,9 +136,11 @@ class EtcdBudget:
 
     # -- the gateway ---------------------------------------------------------------------
 
-    def _authenticate(self, endpoint: str) -> None:
+    def _authenticate(self, endpoint: str) -> str:
+        """Log in at ``endpoint``; why this member cannot answer ("" logged in): the
+        next one may (a member without quorum refuses logins too)."""
         if self.config.username is None:
-            return
+            return ""
         password = ""
         if self.config.password_file is not None:
             try:
@@ -151,10 +153,13 @@ class EtcdBudget:
             f"{endpoint}/v3/auth/authenticate",
             json={"name": self.config.username, "password": password},
         )
+        if answer.status_code in _RETRY_STATUS:
+            return f"{endpoint}: login: HTTP {answer.status_code} {_message(answer)}"
         if answer.status_code != 200:
             raise BudgetError(f"etcd: authentication as {self.config.username} refused")
         with _parsing("auth/authenticate"):
             self._token = str(answer.json().get("token", ""))
+        return ""
 
     def call(self, path: str, body: dict[str, Any], *, allow: Iterable[int] = ()) -> Any:
         """POST ``/v3/<path>`` to the first endpoint that answers; a status in ``allow``
@@ -164,15 +169,19 @@ class EtcdBudget:
         for step in range(len(endpoints)):
             index = (self._current + step) % len(endpoints)
             endpoint = endpoints[index]
+            unavailable = ""
             try:
                 if self.config.username is not None and self._token is None:
-                    self._authenticate(endpoint)
-                answer = self._post(endpoint, path, body)
-                if answer.status_code == 401 and self.config.username is not None:
-                    self._authenticate(endpoint)
+                    unavailable = self._authenticate(endpoint)
+                if not unavailable:
                     answer = self._post(endpoint, path, body)
+                if not unavailable and answer.status_code == 401 and self.config.username:
+                    unavailable = self._authenticate(endpoint)
+                    answer = answer if unavailable else self._post(endpoint, path, body)
             except httpx.HTTPError as exc:
-                failures.append(f"{endpoint}: {type(exc).__name__}: {exc}")
+                unavailable = f"{endpoint}: {type(exc).__name__}: {exc}"
+            if unavailable:
+                failures.append(unavailable)
                 continue
             if answer.status_code in _RETRY_STATUS:
                 failures.append(f"{endpoint}: HTTP {answer.status_code} {_message(answer)}")

@@ -142,3 +142,21 @@ def test_a_lease_renewed_less_often_than_it_lives_is_refused() -> None:
     with pytest.raises(ValueError, match="keepalive_interval"):
         EtcdConfig(endpoints=["http://127.0.0.1:2379"], lease_ttl=5, keepalive_interval=10)
     EtcdConfig(endpoints=["http://127.0.0.1:2379"], lease_ttl=30, keepalive_interval=10)
+
+
+def test_authentication_refused_by_a_member_without_quorum_moves_on_to_the_next() -> None:
+    # A member cut off from the others answers 503 to everything, authentication too;
+    # the next endpoint has a leader and must be asked.
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.port == 2379:
+            return httpx.Response(503, json={"error": "etcdserver: no leader"})
+        if request.url.path == "/v3/auth/authenticate":
+            return httpx.Response(200, json={"token": "t"})
+        assert request.headers["Authorization"] == "t"
+        return httpx.Response(200, json={"header": {"revision": "3"}, "result": {"TTL": "30"}})
+
+    config = EtcdConfig(
+        endpoints=["http://127.0.0.1:2379", "http://127.0.0.1:22379"], username="drainer"
+    )
+    budget = EtcdBudget(config, transport=httpx.MockTransport(answer))
+    assert budget.keepalive("7") == 30
