@@ -605,8 +605,12 @@ def _budget(
             release = ReleaseSlot(new.slot)
             return replace(new, slot="", over_budget=False, slot_wait=""), [*actions, release]
         return new, actions
+    if new.phase is Phase.RECOVERING and new.undrain:
+        return new, actions  # an operator puts it back: nothing to register
     new = replace(new, slot_wait="") if new.slot_wait else new
-    if not new.slot and (old.phase is Phase.IN_SERVICE or isinstance(given, Tick)):
+    if new.slot:
+        return new, actions
+    if old.phase is Phase.IN_SERVICE or isinstance(given, Tick):
         event = new.event
         take = TakeSlot(
             event.event_id if event else "",

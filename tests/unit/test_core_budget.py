@@ -13,6 +13,7 @@ from drainer.core import (
     ApproveEvent,
     Drain,
     ManualDrain,
+    ManualUndrain,
     Phase,
     PutBackDone,
     Record,
@@ -123,3 +124,18 @@ def test_a_manual_drain_forced_over_the_budget_is_over_budget_and_never_approves
     held = replace(record, phase=Phase.HELD)
     record, actions = step(held, tick(event(), lbs=both(OUT)), NOW + 1, BUDGET)
     assert record.event is not None and not any(isinstance(a, ApproveEvent) for a in actions)
+
+
+def test_an_undrain_of_a_node_in_service_takes_no_slot() -> None:
+    # `drainer undrain` on a node that is in service (or waiting for a slot) puts it
+    # back: nothing is out, so nothing registers, let alone over budget.
+    waiting = replace(Record(boot_id=BOOT), event=event(), slot_wait="no free slot in app")
+    for record in (Record(boot_id=BOOT), waiting):
+        record, actions = step(record, ManualUndrain(), NOW, BUDGET)
+        assert not any(isinstance(a, TakeSlot) for a in actions), actions
+        record, actions = step(record, tick(lbs=both(IN)), NOW + 1, BUDGET)
+        assert not any(isinstance(a, TakeSlot) for a in actions), actions
+    # back in service, what the wait may have been granted is given back
+    record, actions = step(record, PutBackDone("lb-a"), NOW + 2, BUDGET)
+    record, actions = step(record, PutBackDone("lb-b"), NOW + 2, BUDGET)
+    assert record.phase is Phase.IN_SERVICE and ReleaseSlot("") in actions
