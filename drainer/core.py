@@ -367,9 +367,12 @@ def relevant(
 def approvable(event: MaintenanceEvent, policy: Policy) -> bool:
     if event.status is not EventStatus.SCHEDULED:
         return False
+    sole = _folded(event.resources) <= _folded(policy.node_names)
     if policy.approve is Approve.ALWAYS:
-        return True
-    return policy.approve is Approve.SOLE and _folded(event.resources) <= _folded(policy.node_names)
+        # Under a budget the other VMs the event names may be waiting in service for a
+        # slot: an approval would start their maintenance undrained.
+        return sole or not policy.budget
+    return policy.approve is Approve.SOLE and sole
 
 
 def drain_due(event: MaintenanceEvent, policy: Policy) -> float | None:

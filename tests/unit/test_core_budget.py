@@ -10,6 +10,7 @@ from test_core import BOOT, IN, NOW, OUT, POLICY, at, both, event, tick
 
 from drainer.core import (
     Alert,
+    Approve,
     ApproveEvent,
     Drain,
     ManualDrain,
@@ -139,3 +140,25 @@ def test_an_undrain_of_a_node_in_service_takes_no_slot() -> None:
     record, actions = step(record, PutBackDone("lb-a"), NOW + 2, BUDGET)
     record, actions = step(record, PutBackDone("lb-b"), NOW + 2, BUDGET)
     assert record.phase is Phase.IN_SERVICE and ReleaseSlot("") in actions
+
+
+def test_an_event_naming_other_vms_is_not_approved_early_while_they_may_wait() -> None:
+    # approve: always, an update-domain event naming web-1 and web-2. Under a budget
+    # web-2 may be waiting in service for a slot: approving starts the maintenance for
+    # both, web-2 would go down undrained. Such an event is handled as approve: sole
+    # does: drained at its latest start by every VM it names, never approved.
+    always = replace(BUDGET, approve=Approve.ALWAYS)
+    batch = event(resources=("web-1", "web-2"))
+    record, actions = step(Record(boot_id=BOOT), tick(batch, lbs=both(IN)), NOW, always)
+    assert record.phase is Phase.IN_SERVICE and actions == []
+    record, actions = step(record, tick(batch, lbs=both(IN)), LATEST, always)
+    assert record.phase is Phase.DRAINING and TakeSlot("E1", "Reboot", force=True) in actions
+    record, _ = step(record, SlotTaken("L1"), LATEST, always)
+    record, actions = step(record, tick(batch, lbs=both(OUT)), LATEST + 1, always)
+    assert record.phase is Phase.DRAINED and record.slot == "L1"
+    assert not any(isinstance(a, ApproveEvent) for a in actions)
+    # this VM's own event is approved early, as before
+    record, _ = step(Record(boot_id=BOOT), tick(event(), lbs=both(IN)), NOW, always)
+    record, _ = step(record, SlotTaken("L1", lbs=both(IN)), NOW, always)
+    _, actions = step(record, tick(event(), lbs=both(OUT)), NOW + 1, always)
+    assert ApproveEvent("E1", "L1") in actions
