@@ -511,8 +511,12 @@ class Engine:
 
     def _changed_elsewhere(self, old: Record, new: Record) -> None:
         """Another process (``drainer drain``, ``undrain``) changed the record since this
-        engine last saw it: say so in this process's log and metrics."""
+        engine last saw it: say so in this process's log and metrics. A slot that process
+        gave back is given back here too (its release may have failed, and that process
+        has exited with the retry)."""
         self.metrics.set_phase(new.phase, new.since)
+        if old.slot and not new.slot and new.phase is Phase.IN_SERVICE:
+            self.unreleased.add(old.slot)
         if new.phase is old.phase and new.manual == old.manual:
             return
         extra = {"phase": new.phase.value, "note": new.note}

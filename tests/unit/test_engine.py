@@ -19,7 +19,7 @@ import pytest
 
 from drainer.budget import Admission, BudgetError, Holder, Pool
 from drainer.config import Config, HealthConfig, parse_config
-from drainer.core import Phase, Record
+from drainer.core import ManualUndrain, Phase, Record
 from drainer.engine import Engine
 from drainer.errors import PermanentAdapterError, TransientAdapterError
 from drainer.metrics import Metrics
@@ -524,3 +524,21 @@ def test_an_unanswering_budget_is_not_asked_at_every_poll_by_a_node_already_out(
     node.clock.advance(10)
     turn(node, engine)
     assert slots.taken == [("e1", True), ("e1", True)]
+
+
+def test_a_slot_the_cli_could_not_give_back_is_given_back_by_the_daemon(node: Node) -> None:
+    # `drainer undrain` brings the node back in its own process; etcd blinks as that
+    # process gives the slot back, and the process exits: the daemon, which sees the
+    # record change under it, gives the slot back at its next keep-alive.
+    daemon_slots = FakeSlots(free=True)
+    daemon = budgeted(node, daemon_slots)
+    daemon.follow_disk = True
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, daemon) is Phase.DRAINING and node.saved().slot == "L1"
+    cli_slots = FakeSlots(release_error="etcd: no endpoint answered")
+    cli = budgeted(node, cli_slots)
+    record, _ = cli.turn(None, ManualUndrain())
+    assert record.phase is Phase.IN_SERVICE and cli_slots.released == ["L1"]
+    assert turn(node, daemon) is Phase.IN_SERVICE
+    daemon.keep_slot(node.saved())
+    assert daemon_slots.released == ["L1"]
