@@ -124,16 +124,12 @@ class EtcdConfig(BaseModel):
         return prefix if prefix.endswith("/") else prefix + "/"
 
     @model_validator(mode="after")
-    def _renewed_in_time(self) -> EtcdConfig:
+    def _consistent(self) -> EtcdConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (the client certificate)")
         if self.keepalive_interval * 2 > self.lease_ttl:
             raise ValueError(
                 f"keepalive_interval ({self.keepalive_interval:g}s) must be at most half of"
                 f" lease_ttl ({self.lease_ttl:g}s), or the lease lapses between renewals"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _client_cert(self) -> EtcdConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (the client certificate)")
         return self
