@@ -234,13 +234,15 @@ def drain(
                 reason = lb.check_manual_drain()
                 if reason:
                     raise DrainerError(f"{lb.name}: {reason} (use --force to drain anyway)")
-        slot = ""
+        slot, over = "", False
         if node.engine.slots is not None and node.engine.store.load().phase is Phase.IN_SERVICE:
             from drainer.budget.operate import slot_for_manual_drain
 
             limit = 60.0 if timeout is None else timeout
-            slot = slot_for_manual_drain(node.engine.slots, timeout=limit, force=force, say=_say)
-        node.engine.turn(None, ManualDrain(slot=slot))
+            slot, over = slot_for_manual_drain(
+                node.engine.slots, timeout=limit, force=force, say=_say
+            )
+        node.engine.turn(None, ManualDrain(slot=slot, over_budget=over))
         record, _ = node.engine.turn(None)  # act at once on what the request decided
         _truthful(node, "the drain is recorded and the daemon keeps trying")
         typer.echo(f"drain requested: {record.phase.value}")

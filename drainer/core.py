@@ -205,6 +205,7 @@ class ApproveFailed:
 @dataclass(frozen=True)
 class ManualDrain:
     slot: str = ""  # the budget slot the CLI took for it (the lease); "" none
+    over_budget: bool = False  # ...taken with --force while the pool was full
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,7 @@ class TakeSlot:
 
 @dataclass(frozen=True)
 class ReleaseSlot:
-    lease: str
+    lease: str  # "" whatever this node holds (an ask whose answer may have been lost)
 
 
 Action = Drain | TakeOut | PutBack | ApproveEvent | CheckHealth | Alert | TakeSlot | ReleaseSlot
@@ -370,9 +371,12 @@ def relevant(
 def approvable(event: MaintenanceEvent, policy: Policy) -> bool:
     if event.status is not EventStatus.SCHEDULED:
         return False
+    sole = _folded(event.resources) <= _folded(policy.node_names)
     if policy.approve is Approve.ALWAYS:
-        return True
-    return policy.approve is Approve.SOLE and _folded(event.resources) <= _folded(policy.node_names)
+        # Under a budget the other VMs the event names may be waiting in service for a
+        # slot: an approval would start their maintenance undrained.
+        return sole or not policy.budget
+    return policy.approve is Approve.SOLE and sole
 
 
 def drain_due(event: MaintenanceEvent, policy: Policy) -> float | None:
@@ -617,11 +621,17 @@ def _budget(
         return new, actions
     if new.phase is Phase.IN_SERVICE:
         if new.event is None and (new.slot or new.slot_wait):
-            release = [ReleaseSlot(new.slot)] if new.slot else []
-            return replace(new, slot="", over_budget=False, slot_wait=""), [*actions, *release]
+            # slot_wait alone: a refusal may be a lost answer to a take that went
+            # through, so whatever this node holds ("" lease) is given back too
+            release = ReleaseSlot(new.slot)
+            return replace(new, slot="", over_budget=False, slot_wait=""), [*actions, release]
         return new, actions
+    if new.phase is Phase.RECOVERING and new.undrain:
+        return new, actions  # an operator puts it back: nothing to register
     new = replace(new, slot_wait="") if new.slot_wait else new
-    if not new.slot and (old.phase is Phase.IN_SERVICE or isinstance(given, Tick)):
+    if new.slot:
+        return new, actions
+    if old.phase is Phase.IN_SERVICE or isinstance(given, Tick):
         event = new.event
         take = TakeSlot(
             event.event_id if event else "",
@@ -723,7 +733,8 @@ def _recheck(record: Record, given: Recheck, now: float, policy: Policy) -> Resu
 
 def _manual_drain(record: Record, given: ManualDrain, now: float, policy: Policy) -> Result:
     if record.phase is Phase.IN_SERVICE:
-        record = replace(record, manual=True, slot=record.slot or given.slot)
+        over = record.over_budget if record.slot else given.over_budget
+        record = replace(record, manual=True, slot=record.slot or given.slot, over_budget=over)
         return _start_drain(record, {}, now, policy, "manual drain")
     if record.phase is Phase.RECOVERING:
         # Partly put back, maybe: own every load balancer again and let the next tick

@@ -169,7 +169,9 @@ class Runner:
         """Keep the budget slot's lease alive every ``keepalive_interval`` (after a reboot
         too: the lease id is in the record); one that expired is registered again."""
         budget = self.node.config.budget
-        if not record.slot or budget is None or budget.etcd is None:
+        if budget is None or budget.etcd is None:
+            return record
+        if not record.slot and not self.node.engine.unreleased:
             return record
         if now - self._slot_kept_at < budget.etcd.keepalive_interval:
             return record

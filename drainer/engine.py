@@ -132,7 +132,11 @@ class Engine:
     slot_retry: float = 2.0
     _slot_asked: float = -1e18
     _slot_refusal: str = ""
+    _slot_failed: bool = False  # the last ask got no answer: forced asks wait too
     _turn_views: Mapping[str, LBView | None] = field(default_factory=dict)
+    # slots whose release failed: given back again at the next keep-alive while the node
+    # is in service without a slot (else they block the pool until their lease expires)
+    unreleased: set[str] = field(default_factory=set)
     _errors: dict[str, str] = field(default_factory=dict)
     # The last refusal of a drain, take-out or put-back, per load balancer (cleared by a
     # success): the CLI reports it instead of claiming an action that did not happen.
@@ -330,6 +334,7 @@ class Engine:
         self.unsaved, self._unsaved = old.unsaved, old._unsaved
         self._unsaved_over = old._unsaved_over
         self._noted, self._adopted = old._noted, old._adopted
+        self.unreleased = set(old.unreleased)
         self._errors = {k: v for k, v in old._errors.items() if k.partition(":")[0] in self.lbs}
 
     def _load(self) -> Record:
@@ -379,18 +384,25 @@ class Engine:
         if isinstance(action, ReleaseSlot):
             try:
                 self.slots.release(action.lease)
-            except BudgetError as exc:  # the lease frees it when it expires
+            except BudgetError as exc:  # tried again by keep_slot; its lease frees it else
+                self.unreleased.add(action.lease)
                 self._error("budget", "budget:release", f"budget: cannot give the slot back: {exc}")
             else:
+                self.unreleased.discard(action.lease)
                 log.info("budget: slot given back", extra={"phase": "in_service"})
             return []
         now = self.clock()
-        if not action.force and now - self._slot_asked < self.slot_retry:
+        # A forced ask (the node is out) goes at once after a refusal, but not at every
+        # poll while the budget does not answer: each try costs timeout x endpoints.
+        patient = not action.force or self._slot_failed
+        if patient and now - self._slot_asked < self.slot_retry:
             return [SlotRefused(self._slot_refusal)]
         self._slot_asked = now
+        self._slot_failed = False
         try:
             admission = self.slots.take(action.event_id, action.event_type, force=action.force)
         except BudgetError as exc:
+            self._slot_failed = True
             self._error("budget", "budget", f"budget: {exc}")
             self._slot_refusal = f"the budget cannot answer: {exc}"
             return [SlotRefused(self._slot_refusal)]
@@ -404,6 +416,7 @@ class Engine:
                 log.info("budget: waiting: %s", refusal)
             self._slot_refusal = refusal
             return [SlotRefused(refusal)]
+        self.unreleased.clear()  # what this node holds is its slot again: never released
         over = bool(admission.full)
         if over:
             self.metrics.budget_over.inc()
@@ -444,14 +457,22 @@ class Engine:
 
     def keep_slot(self, record: Record) -> Input | None:
         """Keep the slot's lease alive (the daemon calls it every keep-alive interval);
-        a lease that expired while the sidecar was down is taken again, forced (the node
-        is out already), and fed back as ``SlotTaken``."""
+        a lease that expired while the sidecar was down, or whose keys are gone, is taken
+        again, forced (the node is out already), and fed back as ``SlotTaken``. A slot
+        whose release failed is given back again while the node is in service without
+        one."""
+        in_service = record.phase is Phase.IN_SERVICE and not record.slot
+        if self.slots is not None and in_service:
+            for lease in sorted(self.unreleased):
+                self._on_slot(ReleaseSlot(lease))
         if self.slots is None or not record.slot:
             return None
         try:
-            if self.slots.keepalive(record.slot):
+            alive = self.slots.keepalive(record.slot)
+            if alive and self.slots.holds():
                 return None
-            log.warning("budget: the slot's lease expired; registering the node again")
+            why = "the slot's keys are gone" if alive else "the slot's lease expired"
+            log.warning("budget: %s; registering the node again", why)
             event = record.event
             admission = self.slots.take(
                 event.event_id if event else "", event.type_name if event else "manual", force=True
@@ -512,10 +533,14 @@ class Engine:
 
     def _changed_elsewhere(self, old: Record, new: Record) -> None:
         """Another process (``drainer drain``, ``undrain``) changed the record since this
-        engine last saw it: say so in this process's log and metrics."""
+        engine last saw it: say so in this process's log and metrics. A slot that process
+        gave back is given back here too (its release may have failed, and that process
+        has exited with the retry)."""
         self._tell(old, new)
         self.metrics.set_phase(new.phase, new.since)
         self.metrics.set_record(new, old)
+        if old.slot and not new.slot and new.phase is Phase.IN_SERVICE:
+            self.unreleased.add(old.slot)
         if new.phase is old.phase and new.manual == old.manual:
             return
         extra = {"phase": new.phase.value, "note": new.note}

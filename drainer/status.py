@@ -68,6 +68,13 @@ def status_data(node: Node) -> dict[str, Any]:
         "health": {"consecutive_ok": record.health_ok, "last": record.health_detail},
         "alert": record.alert,
         "note": record.note,
+        "budget": {
+            "slot": record.slot,
+            "over_budget": record.over_budget,
+            "waiting": record.slot_wait,
+        }
+        if node.engine.policy.budget
+        else None,
         "needs_attention": needs_attention(record, views),
         "sidecar": sidecar,
     }
@@ -107,6 +114,12 @@ def status_lines(data: dict[str, Any]) -> list[str]:
             f"health: {data['health']['consecutive_ok']} ok in a row; "
             f"last: {data['health']['last'] or '-'}"
         )
+    budget = data.get("budget")
+    if budget and budget["waiting"]:
+        lines.append(f"budget: waiting for a slot: {budget['waiting']}")
+    elif budget and budget["slot"]:
+        over = " (OVER BUDGET: not approved early)" if budget["over_budget"] else ""
+        lines.append(f"budget: slot held{over}")
     if data["alert"]:
         lines.append(f"ALERT:  {data['alert']}")
     return lines

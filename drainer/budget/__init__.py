@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drainer._types import Duration, HttpUrl, PositiveDuration
 from drainer.errors import DrainerError
@@ -112,7 +112,9 @@ class EtcdConfig(BaseModel):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    retry_after: Duration = 2.0  # a voluntary step re-asks this often while it waits
+    # a voluntary step re-asks this often while it waits (a node out, to register its
+    # slot, while etcd does not answer)
+    retry_after: Duration = 2.0
 
     @field_validator("prefix")
     @classmethod
@@ -120,3 +122,14 @@ class EtcdConfig(BaseModel):
         if not prefix.startswith("/"):
             raise ValueError("must start with / (e.g. /drainer/v1/)")
         return prefix if prefix.endswith("/") else prefix + "/"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EtcdConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (the client certificate)")
+        if self.keepalive_interval * 2 > self.lease_ttl:
+            raise ValueError(
+                f"keepalive_interval ({self.keepalive_interval:g}s) must be at most half of"
+                f" lease_ttl ({self.lease_ttl:g}s), or the lease lapses between renewals"
+            )
+        return self

@@ -32,13 +32,16 @@ import base64
 import hashlib
 import json
 import logging
+import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 
 from drainer.budget import Admission, BudgetError, EtcdConfig, Holder, Pool
+from drainer.errors import ConfigError
 
 __all__ = ["EtcdBudget", "EtcdConfig", "EtcdSlots", "lease_id"]
 
@@ -54,6 +57,17 @@ def _b64(text: str) -> str:
 
 def _unb64(text: str) -> str:
     return base64.b64decode(text).decode()
+
+
+@contextmanager
+def _parsing(what: str) -> Iterator[None]:
+    """An answer that is not what etcd sends (a proxy, another version, bad base64) is
+    the budget not answering, never an exception the daemon does not expect."""
+    try:
+        yield
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        raise BudgetError(f"etcd: unexpected answer to {what}: {problem}") from exc
 
 
 def _range_end(prefix: str) -> str:
@@ -95,16 +109,23 @@ class EtcdBudget:
     def __init__(self, config: EtcdConfig, *, transport: httpx.BaseTransport | None = None):
         self.config = config
         self.prefix = config.prefix
-        cert = (
-            (str(config.cert_file), str(config.key_file))
-            if config.cert_file and config.key_file
-            else None
-        )
+        verify: ssl.SSLContext | bool = True
+        try:
+            if config.ca_file is not None or config.cert_file is not None:
+                verify = ssl.create_default_context(
+                    cafile=str(config.ca_file) if config.ca_file else None
+                )
+            if config.cert_file is not None and isinstance(verify, ssl.SSLContext):
+                verify.load_cert_chain(str(config.cert_file), str(config.key_file))
+        except OSError as exc:  # ssl.SSLError is one too
+            raise ConfigError(
+                f"budget.etcd: cannot load ca_file, cert_file or key_file: {exc}"
+            ) from exc
         self._client = httpx.Client(
             timeout=config.timeout,
-            verify=str(config.ca_file) if config.ca_file else True,
-            cert=cert,
+            verify=verify,
             transport=transport,
+            trust_env=False,  # a proxy set for the VM's outbound traffic is not for etcd
         )
         self._current = 0
         self._token: str | None = None
@@ -115,9 +136,11 @@ class EtcdBudget:
 
     # -- the gateway ---------------------------------------------------------------------
 
-    def _authenticate(self, endpoint: str) -> None:
+    def _authenticate(self, endpoint: str) -> str:
+        """Log in at ``endpoint``; why this member cannot answer ("" logged in): the
+        next one may (a member without quorum refuses logins too)."""
         if self.config.username is None:
-            return
+            return ""
         password = ""
         if self.config.password_file is not None:
             try:
@@ -130,9 +153,13 @@ class EtcdBudget:
             f"{endpoint}/v3/auth/authenticate",
             json={"name": self.config.username, "password": password},
         )
+        if answer.status_code in _RETRY_STATUS:
+            return f"{endpoint}: login: HTTP {answer.status_code} {_message(answer)}"
         if answer.status_code != 200:
             raise BudgetError(f"etcd: authentication as {self.config.username} refused")
-        self._token = str(answer.json().get("token", ""))
+        with _parsing("auth/authenticate"):
+            self._token = str(answer.json().get("token", ""))
+        return ""
 
     def call(self, path: str, body: dict[str, Any], *, allow: Iterable[int] = ()) -> Any:
         """POST ``/v3/<path>`` to the first endpoint that answers; a status in ``allow``
@@ -142,22 +169,28 @@ class EtcdBudget:
         for step in range(len(endpoints)):
             index = (self._current + step) % len(endpoints)
             endpoint = endpoints[index]
+            unavailable = ""
             try:
                 if self.config.username is not None and self._token is None:
-                    self._authenticate(endpoint)
-                answer = self._post(endpoint, path, body)
-                if answer.status_code == 401 and self.config.username is not None:
-                    self._authenticate(endpoint)
+                    unavailable = self._authenticate(endpoint)
+                if not unavailable:
                     answer = self._post(endpoint, path, body)
+                if not unavailable and answer.status_code == 401 and self.config.username:
+                    unavailable = self._authenticate(endpoint)
+                    answer = answer if unavailable else self._post(endpoint, path, body)
             except httpx.HTTPError as exc:
-                failures.append(f"{endpoint}: {type(exc).__name__}: {exc}")
+                unavailable = f"{endpoint}: {type(exc).__name__}: {exc}"
+            if unavailable:
+                failures.append(unavailable)
                 continue
             if answer.status_code in _RETRY_STATUS:
                 failures.append(f"{endpoint}: HTTP {answer.status_code} {_message(answer)}")
                 continue
             if answer.status_code == 200:
                 body = _json(answer)
-                stream_error = body.get("error") if isinstance(body, dict) else None
+                if not isinstance(body, dict):
+                    raise BudgetError(f"etcd {path}: answered {str(body)[:80]!r}, not an object")
+                stream_error = body.get("error")
                 if isinstance(stream_error, dict):  # a streaming call's error: no leader
                     failures.append(f"{endpoint}: {stream_error.get('message', stream_error)}")
                     continue
@@ -185,14 +218,15 @@ class EtcdBudget:
     def keepalive(self, lease: str) -> float:
         """Renew ``lease``; its TTL in seconds, 0 when it no longer exists."""
         answer = self.call("lease/keepalive", {"ID": lease})
-        result = answer.get("result", {}) if isinstance(answer, dict) else {}
-        return float(result.get("TTL", 0))  # no TTL: the lease is gone
+        with _parsing("lease/keepalive"):
+            return float(answer.get("result", {}).get("TTL", 0))  # no TTL: the lease is gone
 
     def ttl(self, lease: str) -> float | None:
         """Seconds ``lease`` has left without renewing it; None when it no longer exists
         (0 is a lease about to expire, still renewable)."""
         answer = self.call("lease/timetolive", {"ID": lease})
-        left = float(answer.get("TTL", 0))  # proto3 JSON omits a 0; gone is -1
+        with _parsing("lease/timetolive"):
+            left = float(answer.get("TTL", 0))  # proto3 JSON omits a 0; gone is -1
         return None if left < 0 else left
 
     def revoke(self, lease: str) -> None:
@@ -224,20 +258,23 @@ class EtcdBudget:
         ]
         if serializable:  # a txn is always linearizable: read pool by pool
             answers = [self.call("kv/range", r["request_range"]) for r in ranges]
-            revision = max(int(a.get("header", {}).get("revision", 0)) for a in answers)
+            with _parsing("kv/range"):
+                revision = max(int(a.get("header", {}).get("revision", 0)) for a in answers)
         else:
             txn = self.call("kv/txn", {"compare": [], "success": ranges})
-            revision = int(txn.get("header", {}).get("revision", 0))
-            answers = [r.get("response_range", {}) for r in txn.get("responses", [])]
+            with _parsing("kv/txn"):
+                revision = int(txn.get("header", {}).get("revision", 0))
+                answers = [r.get("response_range", {}) for r in txn.get("responses", [])]
         if len(answers) != len(pools):
             raise BudgetError(f"etcd answered {len(answers)} ranges for {len(pools)} pools")
         held: dict[str, list[Holder]] = {}
-        for pool, answer in zip(pools, answers, strict=True):
-            start = len(self._pool_prefix(pool))
-            held[pool] = [
-                _holder(pool, _unb64(kv["key"])[start:], _unb64(kv.get("value", "")))
-                for kv in answer.get("kvs", [])
-            ]
+        with _parsing("kv/range"):
+            for pool, answer in zip(pools, answers, strict=True):
+                start = len(self._pool_prefix(pool))
+                held[pool] = [
+                    _holder(pool, _unb64(kv["key"])[start:], _unb64(kv.get("value", "")))
+                    for kv in answer.get("kvs", [])
+                ]
         return revision, held
 
     def acquire(
@@ -260,11 +297,15 @@ class EtcdBudget:
             holders = tuple(h for hs in held.values() for h in hs)
             missing = [p for p in pools if all(h.node != node for h in held[p.name])]
             if not missing:  # held already: on the lease its keys are attached to
-                lease = next((h.lease for h in holders if h.node == node and h.lease), lease)
-                return Admission(True, lease, holders=holders)
+                mine = [h for h in holders if h.node == node]
+                lease = next((h.lease for h in mine if h.lease), lease)
+                over = tuple(h.pool for h in mine if h.over_budget)  # taken forced, full
+                return Admission(True, lease, full=over, holders=holders)
             full = tuple(p.name for p in missing if len(held[p.name]) + 1 > p.max_out)
             if full and not force:
                 return Admission(False, "", full=full, holders=holders)
+            # held in some pools already: the others go on that lease, the one kept alive
+            lease = next((h.lease for h in holders if h.node == node and h.lease), lease)
             self.grant(lease)
             value = json.dumps(
                 {
@@ -313,11 +354,12 @@ class EtcdBudget:
             "kv/range",
             {"key": _b64(everything), "range_end": _range_end(everything), "keys_only": True},
         )
-        mine = [
-            kv["key"]
-            for kv in answer.get("kvs", [])
-            if _unb64(kv["key"]).endswith(f"/holders/{node}")
-        ]
+        with _parsing("kv/range"):
+            mine = [
+                kv["key"]
+                for kv in answer.get("kvs", [])
+                if _unb64(kv["key"]).endswith(f"/holders/{node}")
+            ]
         for key in mine:
             self.call("kv/deleterange", {"key": key})
         if lease:
@@ -331,9 +373,11 @@ class EtcdBudget:
             "kv/range",
             {"key": _b64(everything), "range_end": _range_end(everything), "keys_only": True},
         )
-        names = {
-            _unb64(kv["key"])[len(everything) :].split("/", 1)[0] for kv in answer.get("kvs", [])
-        }
+        with _parsing("kv/range"):
+            names = {
+                _unb64(kv["key"])[len(everything) :].split("/", 1)[0]
+                for kv in answer.get("kvs", [])
+            }
         return sorted(names)
 
     def holders(

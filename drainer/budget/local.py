@@ -39,6 +39,15 @@ class LocalSlots:
                 views += [v for v in lb.pools() if not self.only or v.name in self.only]
             except AdapterError as exc:
                 raise BudgetError(f"{name}: cannot count the pool's servers: {exc}") from exc
+        # Nothing counted is not room: an adapter that cannot report its pool (only
+        # HAProxy's runtime API does), or a pool named in `budget.pools` that no load
+        # balancer reports, would otherwise let every drain go.
+        unseen = sorted(self.only - {v.name for v in views}) or ([] if views else ["any"])
+        if unseen:
+            raise BudgetError(
+                f"no load balancer reports pool {', '.join(unseen)} (engine local counts"
+                " servers through HAProxy's runtime API): fix budget.pools, or use engine etcd"
+            )
         return views
 
     def _full(self) -> tuple[str, ...]:

@@ -105,10 +105,10 @@ def release(config: Config, node: str) -> int:
 
 def slot_for_manual_drain(
     slots: Slots, *, timeout: float, force: bool, say: Callable[[str], None]
-) -> str:
-    """The lease of a slot for an operator's drain: waits up to ``timeout`` for one;
-    refuses then unless ``force`` (taken over budget, or none when the engine cannot
-    answer: the drain is registered by the daemon once it can)."""
+) -> tuple[str, bool]:
+    """The lease of a slot for an operator's drain, and whether it is over budget: waits
+    up to ``timeout`` for one; refuses then unless ``force`` (taken over budget, or none
+    when the engine cannot answer: the drain is registered by the daemon once it can)."""
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -117,13 +117,13 @@ def slot_for_manual_drain(
             if admission.admitted:
                 if admission.full:
                     say(f"budget: over budget in {', '.join(admission.full)} (--force)")
-                return admission.lease
+                return admission.lease, bool(admission.full)
             held = sorted({h.node for h in admission.holders})
             why = f"no free slot in {', '.join(admission.full)} (held by {', '.join(held)})"
         except BudgetError as exc:
             if force:
                 say(f"budget: {exc}; draining anyway (--force)")
-                return ""
+                return "", False
             why = f"the budget cannot answer: {exc}"
         if time.monotonic() >= deadline:
             raise DrainerError(

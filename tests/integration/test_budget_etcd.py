@@ -16,6 +16,7 @@ import pytest
 
 from drainer.budget import Admission, BudgetError, Pool
 from drainer.budget.etcd import EtcdBudget, EtcdConfig, lease_id
+from drainer.testing import free_port
 from drainer.testing.clock import wait_until
 from drainer.testing.etcd import EtcdCluster, etcd_available
 
@@ -87,6 +88,32 @@ def test_a_second_acquire_is_the_same_slot_and_force_marks_over_budget(
     assert not by_node["vm1"].over_budget
 
 
+def test_a_slot_found_held_over_budget_is_still_over_budget(cluster: EtcdCluster) -> None:
+    # A forced take whose answer was lost (a timeout, a crash before the record was
+    # saved) is asked again: the node finds its own key, which is over budget; so must
+    # the answer be, or the node approves early over the budget.
+    b = budget(cluster, "/again-over/")
+    assert admit(b, "vm1", [Pool("app", 1)]).admitted
+    assert admit(b, "vm2", [Pool("app", 1), Pool("api", 1)], force=True).full == ("app",)
+    again = admit(b, "vm2", [Pool("app", 1), Pool("api", 1)], force=True)
+    assert again.admitted and "app" in again.full
+    assert admit(b, "vm1", [Pool("app", 1)]).full == ()
+
+
+def test_a_pool_added_to_a_held_slot_goes_on_the_lease_the_node_keeps_alive(
+    cluster: EtcdCluster,
+) -> None:
+    # The node holds "a" (a pool added by a reload, or a take cut short): the key it
+    # adds must live on the lease it keeps alive, not on one that nobody renews.
+    b = budget(cluster, "/partial/")
+    first = b.acquire("vm1", [Pool("a", 1)], lease=lease_id("vm1", "first"))
+    second = b.acquire("vm1", [Pool("a", 1), Pool("b", 1)], lease=lease_id("vm1", "second"))
+    assert second.admitted and second.lease == first.lease
+    b.revoke(first.lease)
+    held, _ = b.holders(["a", "b"])
+    assert held == {"a": [], "b": []}
+
+
 def test_release_frees_the_slot_and_revokes_the_lease(cluster: EtcdCluster) -> None:
     b = budget(cluster, "/release/")
     lease = lease_id("vm1", "test")
@@ -131,7 +158,8 @@ HOLDER = """
 import sys, time
 from drainer.budget import Pool
 from drainer.budget.etcd import EtcdBudget, EtcdConfig, lease_id
-b = EtcdBudget(EtcdConfig(endpoints=sys.argv[1].split(","), prefix="/killed/", lease_ttl=2))
+b = EtcdBudget(EtcdConfig(endpoints=sys.argv[1].split(","), prefix="/killed/", lease_ttl=2,
+    keepalive_interval=1))
 assert b.acquire("vm1", [Pool("app", 1)], lease=lease_id("vm1", "killed")).admitted
 print("held", flush=True)
 while True:
@@ -169,12 +197,13 @@ def test_a_holder_killed_with_sigkill_frees_its_slot_when_the_lease_expires(
 def test_a_rebooted_holder_resumes_keepalives_on_its_lease_and_keeps_the_slot(
     cluster: EtcdCluster,
 ) -> None:
-    before = budget(cluster, "/reboot/", lease_ttl="3s")
+    before = budget(cluster, "/reboot/", lease_ttl="3s", keepalive_interval="1s")
     lease = lease_id("vm1", "reboot")
     assert before.acquire("vm1", [Pool("app", 1)], lease=lease).admitted
     before.close()  # the sidecar stops for the reboot; the lease id is in its record
     time.sleep(1.5)
-    after = budget(cluster, "/reboot/", lease_ttl="3s")  # a new process after boot
+    # a new process after boot
+    after = budget(cluster, "/reboot/", lease_ttl="3s", keepalive_interval="1s")
     for _ in range(6):  # 3 s of keep-alives: longer than the TTL
         assert after.keepalive(lease) > 0
         time.sleep(0.5)
@@ -183,9 +212,22 @@ def test_a_rebooted_holder_resumes_keepalives_on_its_lease_and_keeps_the_slot(
 
 
 def test_an_expired_lease_reads_as_gone(cluster: EtcdCluster) -> None:
-    b = budget(cluster, "/expired/", lease_ttl="1s")
+    b = budget(cluster, "/expired/", lease_ttl="1s", keepalive_interval="0.5s")
     lease = lease_id("vm1", "expired")
     assert b.acquire("vm1", [Pool("app", 1)], lease=lease).admitted
     wait_until(lambda: b.ttl(lease) is None, timeout=10, interval=0.3, what="lease expiry")
     assert b.keepalive(lease) == 0
     assert not b.holds("vm1", [Pool("app", 1)])
+
+
+def test_a_proxy_in_the_environment_is_not_the_way_to_etcd(
+    cluster: EtcdCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A web VM often has HTTP(S)_PROXY set for its outbound traffic; etcd is reached
+    # directly, like every other client of drainer's (trust_env=False).
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    b = budget(cluster, "/proxy/")
+    assert admit(b, "vm1", [Pool("app", 1)]).admitted

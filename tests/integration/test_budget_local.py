@@ -38,6 +38,8 @@ def test_a_reboot_waits_while_the_backend_has_max_out_servers_out(world: World, 
     world.wait_polls(3)
     assert world.phase() == "in_service" and server(haproxy).in_service
     assert world.approvals() == []
+    # the operator's first look says why the node has not gone yet
+    assert "budget: waiting for a slot: no free slot in app" in world.cli("status").stdout
 
     haproxy_cli(haproxy.admin_socket, "set server app/web2 state ready")
     world.wait(lambda: event in world.approvals(), "drained and approved once web2 is back")

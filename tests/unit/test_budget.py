@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
 import pytest
 
-from drainer.budget import max_out
-from drainer.budget.etcd import EtcdConfig, _holder, lease_id
+from drainer.adapters.base import LoadBalancer
+from drainer.budget import BudgetError, Pool, max_out
+from drainer.budget.etcd import EtcdBudget, EtcdConfig, EtcdSlots, _holder, lease_id
+from drainer.budget.local import LocalSlots
+from drainer.errors import ConfigError
+from drainer.model import PoolView
+from drainer.testing import MemoryLoadBalancer
 
 
 @pytest.mark.parametrize(
@@ -37,3 +47,116 @@ def test_the_prefix_is_a_folder() -> None:
         EtcdConfig(endpoints=["http://127.0.0.1:2379"], prefix="x/")
     with pytest.raises(ValueError):
         EtcdConfig(endpoints=[])
+
+
+# -- answers that are not what etcd sends: BudgetError, never a crash ----------------------
+# A proxy, a half-upgraded member or a corrupted value must read as "the budget cannot
+# answer" (a voluntary step waits), not as an exception the daemon does not expect.
+
+BAD_ANSWERS = {
+    "a list": b"[1, 2]",
+    "a result that is null": b'{"result": null, "header": {"revision": "3"}}',
+    "a TTL that is not a number": b'{"result": {"TTL": "soon"}, "TTL": "soon"}',
+    "a key that is not base64, or not UTF-8": b'{"header": {"revision": "3"},'
+    b' "kvs": [{"key": "abc"}],'
+    b' "responses": [{"response_range": {"kvs": [{"key": "/w=="}]}}]}',
+    "a kv without its key": b'{"header": {"revision": "3"}, "kvs": [{"value": ""}],'
+    b' "responses": [{"response_range": {"kvs": [{"value": ""}]}}]}',
+    "a revision that is not a number": b'{"header": {"revision": "x"}, "responses":'
+    b' [{"response_range": {}}]}',
+}
+
+
+def _budget_answering(body: bytes) -> EtcdBudget:
+    config = EtcdConfig(endpoints=["http://127.0.0.1:2379"])
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+    return EtcdBudget(config, transport=transport)
+
+
+@pytest.mark.parametrize("body", BAD_ANSWERS.values(), ids=BAD_ANSWERS.keys())
+def test_a_malformed_answer_is_a_budget_error(body: bytes) -> None:
+    budget = _budget_answering(body)
+    slots = EtcdSlots(budget, "vm1", [Pool("app", 1)])
+    calls: list[Callable[[], object]] = [
+        lambda: slots.keepalive("7"),
+        lambda: budget.ttl("7"),
+        lambda: slots.take("e1", "Reboot", force=False),
+        lambda: slots.holds(),
+        lambda: slots.release("7"),
+        lambda: budget.pools(),
+        lambda: budget.holders(["app"], stale_ok=True),
+    ]
+    for call in calls:
+        with contextlib.suppress(BudgetError):
+            call()
+
+
+# -- the local engine counts what its load balancers report, or cannot answer --------------
+
+
+class _Reporting(MemoryLoadBalancer):
+    def __init__(self, *views: PoolView) -> None:
+        super().__init__("haproxy")
+        self.views = list(views)
+
+    def pools(self) -> list[PoolView]:
+        return self.views
+
+
+def test_local_counts_the_others_out() -> None:
+    lbs: dict[str, LoadBalancer] = {"haproxy": _Reporting(PoolView("app", 5, 3))}
+    assert not LocalSlots(lbs, 1).take("e1", "Reboot", force=False).admitted
+    assert LocalSlots(lbs, 2).take("e1", "Reboot", force=False).admitted
+
+
+@pytest.mark.parametrize(
+    ("lb", "pools"),
+    [
+        (MemoryLoadBalancer("nginx"), ()),  # an adapter that cannot count its pool
+        (_Reporting(PoolView("app", 5, 4)), ("ap",)),  # a pool no load balancer reports
+    ],
+    ids=["nothing reported", "a named pool not reported"],
+)
+def test_local_that_sees_no_pool_cannot_answer_rather_than_admit(
+    lb: LoadBalancer, pools: tuple[str, ...]
+) -> None:
+    slots = LocalSlots({"lb": lb}, 1, pools)
+    with pytest.raises(BudgetError, match="engine etcd"):
+        slots.take("e1", "Reboot", force=False)
+    with pytest.raises(BudgetError):
+        slots.holds()
+
+
+def test_tls_files_that_cannot_be_loaded_are_a_configuration_error(tmp_path: Path) -> None:
+    missing = tmp_path / "ca.pem"
+    config = EtcdConfig(endpoints=["https://127.0.0.1:2379"], ca_file=missing)
+    with pytest.raises(ConfigError, match=r"budget\.etcd: cannot load"):
+        EtcdBudget(config)
+    with pytest.raises(ValueError, match="cert_file and key_file go together"):
+        EtcdConfig(endpoints=["https://127.0.0.1:2379"], cert_file=missing)
+
+
+def test_a_lease_renewed_less_often_than_it_lives_is_refused() -> None:
+    # Renewed every 10 s, a 5 s lease lapses between renewals: the slot looks free to
+    # everyone else, and the node registers again, over and over.
+    with pytest.raises(ValueError, match="keepalive_interval"):
+        EtcdConfig(endpoints=["http://127.0.0.1:2379"], lease_ttl=5, keepalive_interval=10)
+    EtcdConfig(endpoints=["http://127.0.0.1:2379"], lease_ttl=30, keepalive_interval=10)
+
+
+def test_authentication_refused_by_a_member_without_quorum_moves_on_to_the_next() -> None:
+    # A member cut off from the others answers 503 to everything, authentication too;
+    # the next endpoint has a leader and must be asked.
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.port == 2379:
+            return httpx.Response(503, json={"error": "etcdserver: no leader"})
+        if request.url.path == "/v3/auth/authenticate":
+            return httpx.Response(200, json={"token": "t"})
+        assert request.headers["Authorization"] == "t"
+        return httpx.Response(200, json={"header": {"revision": "3"}, "result": {"TTL": "30"}})
+
+    config = EtcdConfig(
+        endpoints=["http://127.0.0.1:2379", "http://127.0.0.1:22379"], username="drainer"
+    )
+    budget = EtcdBudget(config, transport=httpx.MockTransport(answer))
+    assert budget.keepalive("7") == 30

@@ -19,7 +19,7 @@ import pytest
 
 from drainer.budget import Admission, BudgetError, Holder, Pool
 from drainer.config import Config, HealthConfig, parse_config
-from drainer.core import Phase, Record
+from drainer.core import ManualUndrain, Phase, Record
 from drainer.engine import Engine
 from drainer.errors import PermanentAdapterError, TransientAdapterError
 from drainer.metrics import Metrics
@@ -333,6 +333,7 @@ class FakeSlots:
     alive: bool = True
     taken: list[tuple[str, bool]] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
+    release_error: str = ""
 
     def take(self, event_id: str, event_type: str, *, force: bool) -> Admission:
         self.taken.append((event_id, force))
@@ -352,6 +353,8 @@ class FakeSlots:
 
     def release(self, lease: str) -> None:
         self.released.append(lease)
+        if self.release_error:
+            raise BudgetError(self.release_error)
 
     def close(self) -> None:
         return
@@ -430,16 +433,112 @@ def test_an_event_naming_more_vms_than_the_budget_is_reported_at_once(
     assert errors(engine, "budget_batch") == 1
 
 
-def test_back_in_service_gives_the_slot_back(node: Node, tmp_path: Path) -> None:
-    slots = FakeSlots(free=True)
+def through_a_maintenance(node: Node, slots: FakeSlots) -> Engine:
+    """A Reboot with a free slot, from its event to back in service."""
     engine = budgeted(node, slots)
     node.lb.sessions = 0
     node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
     turn(node, engine)
     turn(node, engine)
     node.source.publish()
-    for _ in range(10):
-        node.clock.advance(3)
-        if turn(node, engine) is Phase.IN_SERVICE:
-            break
+    turn_until(node, engine, Phase.IN_SERVICE, every=3, turns=10)
+    return engine
+
+
+def test_back_in_service_gives_the_slot_back(node: Node, tmp_path: Path) -> None:
+    slots = FakeSlots(free=True)
+    through_a_maintenance(node, slots)
     assert node.saved().phase is Phase.IN_SERVICE and slots.released == ["L1"]
+
+
+def test_an_event_gone_after_an_unanswered_ask_gives_back_what_the_ask_may_hold(
+    node: Node,
+) -> None:
+    # The budget took the slot but its answer was lost (a timeout): the drain waits; the
+    # event is cancelled before the next ask would have found the slot.
+    slots = FakeSlots(error="etcd: no endpoint answered: ReadTimeout")
+    engine = budgeted(node, slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.IN_SERVICE
+    node.source.publish()
+    assert turn(node, engine) is Phase.IN_SERVICE
+    assert slots.released == [""] and node.saved().slot_wait == ""
+
+
+def back_without_giving_the_slot_back(node: Node) -> tuple[FakeSlots, Engine]:
+    """A whole maintenance, with etcd blinking as the node goes back in service."""
+    slots = FakeSlots(free=True, release_error="etcd: no endpoint answered")
+    return slots, through_a_maintenance(node, slots)
+
+
+def test_a_slot_not_given_back_is_given_back_at_the_next_keep_alive(node: Node) -> None:
+    # The slot must not stay taken for the rest of its lease (lease_ttl, 30 min) with
+    # the node serving again.
+    slots, engine = back_without_giving_the_slot_back(node)
+    assert slots.released == ["L1"] and node.saved().slot == ""
+    assert engine.keep_slot(node.saved()) is None and slots.released == ["L1", "L1"]
+    slots.release_error = ""
+    engine.keep_slot(node.saved())
+    engine.keep_slot(node.saved())
+    assert slots.released == ["L1", "L1", "L1"]
+
+
+def test_a_slot_not_given_back_is_not_released_once_the_node_holds_it_again(
+    node: Node,
+) -> None:
+    slots, engine = back_without_giving_the_slot_back(node)
+    slots.release_error = ""
+    node.source.publish(maintenance("e2", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.DRAINING  # the budget answers with the same slot
+    engine.keep_slot(node.saved())
+    assert slots.released == ["L1"]
+
+
+def test_keys_gone_under_a_live_lease_are_registered_again(node: Node) -> None:
+    # The lease lives on but the node's keys went (deleted with etcdctl, or by a release
+    # that raced a manual drain): out of service without a holder, others would be let in.
+    slots = FakeSlots(free=True)
+    engine = budgeted(node, slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    turn(node, engine)
+    assert engine.keep_slot(node.saved()) is None and slots.taken == [("e1", False)]
+    slots.held = False
+    given = engine.keep_slot(node.saved())
+    assert given is not None and slots.taken[-1] == ("e1", True)
+
+
+def test_an_unanswering_budget_is_not_asked_at_every_poll_by_a_node_already_out(
+    node: Node,
+) -> None:
+    # Partitioned from etcd, each ask costs timeout x endpoints; a node out without a
+    # slot re-asks (forced) to register, but not at every 1 s poll: slot_retry applies.
+    slots = FakeSlots(error="etcd: no endpoint answered: ConnectTimeout")
+    engine = budgeted(node, slots)
+    engine.slot_retry = 10.0
+    node.source.publish(maintenance("e1", EventType.PREEMPT, not_before=node.clock.now + 30))
+    assert turn(node, engine) is Phase.DRAINING
+    for _ in range(3):
+        node.clock.advance(1)
+        turn(node, engine)
+    assert slots.taken == [("e1", True)]
+    node.clock.advance(10)
+    turn(node, engine)
+    assert slots.taken == [("e1", True), ("e1", True)]
+
+
+def test_a_slot_the_cli_could_not_give_back_is_given_back_by_the_daemon(node: Node) -> None:
+    # `drainer undrain` brings the node back in its own process; etcd blinks as that
+    # process gives the slot back, and the process exits: the daemon, which sees the
+    # record change under it, gives the slot back at its next keep-alive.
+    daemon_slots = FakeSlots(free=True)
+    daemon = budgeted(node, daemon_slots)
+    daemon.follow_disk = True
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, daemon) is Phase.DRAINING and node.saved().slot == "L1"
+    cli_slots = FakeSlots(release_error="etcd: no endpoint answered")
+    cli = budgeted(node, cli_slots)
+    record, _ = cli.turn(None, ManualUndrain())
+    assert record.phase is Phase.IN_SERVICE and cli_slots.released == ["L1"]
+    assert turn(node, daemon) is Phase.IN_SERVICE
+    daemon.keep_slot(node.saved())
+    assert daemon_slots.released == ["L1"]
