@@ -14,20 +14,21 @@ Low cardinality: labels are phases, event types, results, kinds and load-balance
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any, cast
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
-from prometheus_client.exposition import generate_latest
-
-from drainer._http import Handler, Server, ServerThread
-from drainer._net import split_host_port
 from drainer.core import Phase
-from drainer.errors import ConfigError
 from drainer.model import LBStatus, LBView
+
+# prometheus_client and the HTTP server are imported by the daemon's Metrics only: a CLI
+# command records nothing (NullMetrics) and starts without them
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+
+    from drainer._http import Server, ServerThread
 
 
 def build_version() -> str:
@@ -78,7 +79,23 @@ class Probes:
 
 
 class Metrics:
+    """The daemon's metrics, served by ``serve()``."""
+
+    registry: CollectorRegistry
+    phase: Gauge
+    phase_since: Gauge
+    last_poll: Gauge
+    last_turn: Gauge
+    lb_up: Gauge
+    lb_sessions: Gauge
+    lb_status: Gauge
+    events: Counter
+    drains: Counter
+    errors: Counter
+
     def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
         self.registry = CollectorRegistry()
         self.probes = Probes()
         self._listener: ServerThread[Server[Metrics]] | None = None
@@ -171,16 +188,9 @@ class Metrics:
 
     def serve(self, listen: str) -> int:
         """Serve /metrics, /healthz and /readyz on ``listen`` in a thread; the port."""
-        try:
-            host, port = split_host_port(listen, default_host="127.0.0.1")
-            server_class = _Server6 if ":" in host else Server
-            server = server_class((host, port), _Handler, self)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"metrics.listen: cannot listen on {listen}: {exc}") from exc
-        # no polling: the listener wakes for a client or at close(), not twice a second
-        self._listener = ServerThread(
-            server, name="drainer-metrics", poll_interval=None, daemon=True
-        )
+        from drainer.listener import listen_thread
+
+        self._listener = listen_thread(self, listen)
         return self._listener.port
 
     def close(self) -> None:
@@ -189,36 +199,44 @@ class Metrics:
             self._listener = None
 
 
+class NullMetrics(Metrics):
+    """Records nothing, serves nothing: for a one-shot CLI command, whose process ends
+    before anything could read its metrics. Same interface, no prometheus_client."""
+
+    def __init__(self) -> None:  # Metrics.__init__ would register real metrics
+        discard = cast(Any, _Discard())
+        self.registry = discard
+        self.probes = Probes()
+        self._listener = None
+        self.phase = self.phase_since = self.last_poll = self.last_turn = discard
+        self.lb_up = self.lb_sessions = self.lb_status = discard
+        self.events = self.drains = self.errors = discard
+
+    def keep_lbs(self, names: Iterable[str]) -> None:
+        pass
+
+    def serve(self, listen: str) -> int:
+        raise TypeError("NullMetrics serves nothing: use Metrics")
+
+
+class _Discard:
+    """A gauge or counter, with or without labels, that drops every value."""
+
+    def labels(self, *values: str) -> _Discard:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def remove(self, *values: str) -> None:
+        pass
+
+
 def _label_sets(gauge: Gauge) -> set[tuple[str, ...]]:
     """The label values of every series ``gauge`` has (in the order of its labels)."""
     return {
         tuple(sample.labels.values()) for metric in gauge.collect() for sample in metric.samples
     }
-
-
-class _Server6(Server["Metrics"]):
-    address_family = socket.AF_INET6
-
-
-class _Handler(Handler, methods=("GET", "HEAD")):
-    server: Server[Metrics]
-
-    def _serve(self, method: str) -> None:
-        metrics = self.server.app
-        path = self.path.partition("?")[0]
-        content_type = "text/plain; charset=utf-8"
-        if path == "/metrics":
-            status, body = 200, generate_latest(metrics.registry)
-            content_type = CONTENT_TYPE_LATEST
-        elif path in ("/healthz", "/readyz"):
-            probes = metrics.probes
-            reason = probes.health() if path == "/healthz" else probes.ready()
-            status, body = (503, f"{reason}\n".encode()) if reason else (200, b"ok\n")
-        else:
-            status, body = 404, b"not found: try /metrics, /healthz or /readyz\n"
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if method == "GET":
-            self.wfile.write(body)

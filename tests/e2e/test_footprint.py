@@ -1,0 +1,68 @@
+"""What a command loads: each imports only what it uses, so that a person's commands
+start fast and the sidecar stays small (the figures are in ``bench/footprint.py``).
+
+Each command runs in a fresh interpreter that lists, at exit, the modules it loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# runs the CLI as `python -m drainer ...` would, then writes the loaded modules' names
+LIST_MODULES = """
+import atexit, json, sys
+out, sys.argv = sys.argv[1], ["drainer", *sys.argv[2:]]
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+from drainer.cli import main
+main()
+"""
+
+
+def loaded(tmp_path: Path, *args: str) -> set[str]:
+    out = tmp_path / "modules.json"
+    subprocess.run(
+        [sys.executable, "-c", LIST_MODULES, str(out), *args],
+        capture_output=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    return {name.split(".")[0] for name in json.loads(out.read_text())}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    (tmp_path / "boot_id").write_text("boot-1\n")
+    path = tmp_path / "drainer.yaml"
+    config = {
+        "node": {"name": "web-1", "boot_id_path": str(tmp_path / "boot_id")},
+        "state_dir": str(tmp_path / "state"),
+        "source": {"endpoint": "http://127.0.0.1:9/", "timeout": "200ms"},
+        "health": {"tcp": {"port": 9}},
+        "load_balancers": [{"type": "mock", "path": str(tmp_path / "mock.json")}],
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--help",), ("config", "check", "-c", "CONFIG"), ("status", "-c", "CONFIG")],
+    ids=["help", "config-check", "status"],
+)
+def test_a_cli_command_loads_no_metrics_server_nor_rich(
+    tmp_path: Path, config: Path, args: tuple[str, ...]
+) -> None:
+    modules = loaded(tmp_path, *(str(config) if a == "CONFIG" else a for a in args))
+    assert "drainer" in modules
+    assert not modules & {"prometheus_client", "rich", "http", "httpx"}, modules
+
+
+def test_help_loads_neither_pydantic_nor_the_configuration(tmp_path: Path) -> None:
+    modules = loaded(tmp_path, "--help")
+    assert not modules & {"pydantic", "yaml", "httpx"}, modules
