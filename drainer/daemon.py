@@ -160,7 +160,9 @@ class Runner:
         ``wake`` with its flag, so the loop sleeps until something is due (a flag set
         without ``wake`` is seen at the next poll)."""
         every = self.node.config.drain.recheck_interval
-        due = time.monotonic() + every
+        # The record seen changes only at this thread's turns: in service, nothing is due
+        # before the next poll, and the thread sleeps until then.
+        due = time.monotonic() + every if self.node.engine.should_recheck() else until
         while not self.stopping.is_set() and not self.reload.is_set():
             now = time.monotonic()
             if now >= until:

@@ -9,9 +9,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+
+from drainer.config import load_config
+from drainer.daemon import Runner
+from drainer.node import assemble
 
 # runs the CLI as `python -m drainer ...` would, then writes the loaded modules' names
 LIST_MODULES = """
@@ -66,3 +72,28 @@ def test_a_cli_command_loads_no_metrics_server_nor_rich(
 def test_help_loads_neither_pydantic_nor_the_configuration(tmp_path: Path) -> None:
     modules = loaded(tmp_path, "--help")
     assert not modules & {"pydantic", "yaml", "httpx"}, modules
+
+
+class CountingEvent(threading.Event):
+    """The daemon's ``wake``: counts how often the loop goes to sleep on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def test_the_loop_sleeps_once_between_two_polls_in_service(config: Path) -> None:
+    node = assemble(load_config(config), threading.Event())
+    try:
+        runner = Runner(node, stopping=threading.Event())
+        runner.wake = wake = CountingEvent()
+        node.engine.turn(None)
+        assert not node.engine.should_recheck()
+        runner._between(time.monotonic() + 0.6)  # recheck_interval is 250ms
+        assert wake.waits == 1
+    finally:
+        node.close()
