@@ -140,6 +140,38 @@ def health_cpu(checks: int = 50) -> None:
         web.stop()
 
 
+# What `drainer run` loads, in the order it loads it: the RSS each step adds.
+MEMORY_STEPS = """
+import sys
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+last = rss()
+print(f"  python alone          {last:5.1f} MiB")
+for label, statement in [
+    ("typer (the CLI)", "import drainer.cli"),
+    ("pydantic", "import pydantic; pydantic.TypeAdapter(int)"),
+    ("yaml, tenacity", "import yaml, tenacity"),
+    ("drainer's models, core", "import drainer.config, drainer.daemon"),
+    ("prometheus_client", "import drainer.listener"),
+    ("httpx", "import httpx"),
+    ("an httpx.Client", "httpx.Client(trust_env=False)"),
+]:
+    exec(statement)
+    now = rss()
+    print(f"  + {label:<22} +{now - last:4.1f} MiB (RSS {now:5.1f} MiB)")
+    last = now
+"""
+
+
+def memory_by_library() -> None:
+    print("what drainer run's RSS is made of (imports in its order, one process):")
+    subprocess.run([sys.executable, "-c", MEMORY_STEPS], check=True)
+
+
 def idle(pids: dict[str, int], seconds: float) -> None:
     """RSS, CPU and wakeups of each process over the same ``seconds``."""
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -172,6 +204,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="drainer-bench-") as tmp_dir:
         cli_starts(Path(tmp_dir), args.runs)
     health_cpu()
+    memory_by_library()
 
     with (
         tempfile.TemporaryDirectory(prefix="drainer-bench-") as tmp_dir,
