@@ -21,15 +21,6 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_exponential,
-)
-
 from drainer._types import HttpUrl
 from drainer.errors import PayloadError, SourceError
 from drainer.model import Damaged, EventStatus, EventType, Listing, MaintenanceEvent
@@ -37,6 +28,7 @@ from drainer.sources.base import SourceConfig, SourcePlugin
 
 if TYPE_CHECKING:  # imported at the first request: `config check` and `status` need none
     import httpx
+    from tenacity import RetryCallState, Retrying
 
 API_VERSION = "2020-07-01"
 COMPUTE_API_VERSION = "2021-02-01"
@@ -255,15 +247,29 @@ class AzureSource:
         self._made: httpx.Client | None = None
         self._endpoint = config.endpoint
         self._said: set[str] = set()  # the warnings about the events listed last time
-        stopping = stopping or threading.Event()
-        self._stopping = stopping
-        self._retrying = Retrying(
-            stop=stop_after_attempt(attempts) | stop_when_event_set(stopping),
-            wait=wait_exponential(multiplier=0.25, max=2.0),
-            retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
-            sleep=self._pause,
-            retry_error_callback=self._give_up,
-        )
+        self._stopping = stopping or threading.Event()
+        self._attempts = attempts
+        self._retries: Retrying | None = None  # made at the first request too
+
+    @property
+    def _retrying(self) -> Retrying:
+        if self._retries is None:
+            from tenacity import (
+                Retrying,
+                retry_if_exception,
+                stop_after_attempt,
+                stop_when_event_set,
+                wait_exponential,
+            )
+
+            self._retries = Retrying(
+                stop=stop_after_attempt(self._attempts) | stop_when_event_set(self._stopping),
+                wait=wait_exponential(multiplier=0.25, max=2.0),
+                retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
+                sleep=self._pause,
+                retry_error_callback=self._give_up,
+            )
+        return self._retries
 
     @property
     def _client(self) -> httpx.Client:

@@ -61,12 +61,12 @@ def config(tmp_path: Path) -> Path:
     [("--help",), ("config", "check", "-c", "CONFIG"), ("status", "-c", "CONFIG")],
     ids=["help", "config-check", "status"],
 )
-def test_a_cli_command_loads_no_metrics_server_nor_rich(
+def test_a_cli_command_loads_no_metrics_server_http_client_retrier_nor_rich(
     tmp_path: Path, config: Path, args: tuple[str, ...]
 ) -> None:
     modules = loaded(tmp_path, *(str(config) if a == "CONFIG" else a for a in args))
     assert "drainer" in modules
-    assert not modules & {"prometheus_client", "rich", "http", "httpx"}, modules
+    assert not modules & {"prometheus_client", "rich", "http", "httpx", "tenacity"}, modules
 
 
 def test_help_loads_neither_pydantic_nor_the_configuration(tmp_path: Path) -> None:
