@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from drainer.testing import FakeIMDS, WebServer, free_port, wait_until
@@ -88,17 +89,20 @@ def wakeups(pid: int) -> int:
     return total
 
 
-def start_ms(argv: list[str], runs: int) -> tuple[float, float]:
+def start_ms(
+    argv: list[str], runs: int, before: Callable[[], object] = lambda: None
+) -> tuple[float, float]:
     """Median wall time of a command, from fork to exit, and median CPU time (user +
-    system, which a busy machine disturbs less), in ms."""
+    system, which a busy machine disturbs less), in ms; ``before`` runs before each."""
     times, cpus = [], []
     for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before()
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         times.append(time.perf_counter() - t0)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        cpus.append(after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime)
     return statistics.median(times) * 1000, statistics.median(cpus) * 1000
 
 

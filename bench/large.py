@@ -26,9 +26,7 @@ Loopback only, bounded: about 40 s for the default sizes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -37,6 +35,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from footprint import cpu_seconds, start_ms  # bench/, next to this script
 
 from drainer.adapters.base import AdapterContext
 from drainer.adapters.haproxy.runtime import HAProxyConfig, HAProxyLoadBalancer, create
@@ -75,45 +75,19 @@ def median_ms(
     return statistics.median(times) * 1000
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU time of every thread of ``pid`` in seconds, from schedstat (ns)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
-
-
-def wall_ms(
-    argv: list[str], repeat: int, before: Callable[[], object] = lambda: None
-) -> tuple[float, float]:
-    """The median wall time of a new process running ``argv`` and its median CPU time
-    (user + system: a busy machine disturbs it less), in ms; ``before`` each run."""
-    times, cpus = [], []
-    for _ in range(repeat):
-        before()
-        used = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        times.append(time.perf_counter() - start)
-        now = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime)
-    return statistics.median(times) * 1000, statistics.median(cpus) * 1000
-
-
 def haproxy_ms_per_s(
     proxy: HAProxy, poll: Callable[[], object], seconds: float, interval: float
 ) -> float:
     """HAProxy's CPU per second while ``poll`` runs every ``interval``, minus idle."""
     pid = proxy.proc.pid
-    start = proc_cpu(pid)
+    start = cpu_seconds(pid)
     time.sleep(seconds)
-    idle = proc_cpu(pid) - start
-    start, begin = proc_cpu(pid), time.monotonic()
+    idle = cpu_seconds(pid) - start
+    start, begin = cpu_seconds(pid), time.monotonic()
     while time.monotonic() - begin < seconds:
         poll()
         time.sleep(interval)
-    busy = proc_cpu(pid) - start
+    busy = cpu_seconds(pid) - start
     return max(busy - idle, 0.0) / seconds * 1000
 
 
@@ -222,7 +196,7 @@ def commands(proxy: HAProxy, node: str, sid: str, repeat: int) -> list[tuple[str
         ]
         rows = []
         for label, argv, before in timed:
-            wall, cpu = wall_ms(argv, repeat, before)
+            wall, cpu = start_ms(argv, repeat, before)
             rows += [(label, wall), ("  its CPU (ms)", cpu)]
         ready()
     return rows
