@@ -37,7 +37,7 @@ from drainer import sidecar
 from drainer.adapters.base import preflight
 from drainer.config import Config, load_config
 from drainer.errors import ConfigError, DrainerError, StateError
-from drainer.metrics import Metrics
+from drainer.metrics import Metrics, NullMetrics
 from drainer.model import Listing
 from drainer.node import Node, assemble
 from drainer.polling import Pacer, poll
@@ -327,7 +327,8 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     lock = sidecar.acquire(config.state_dir)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
-    metrics = Metrics()
+    # without a listener nothing would read them: prometheus_client is not even loaded
+    metrics = Metrics() if config.metrics.listen else NullMetrics()
     try:
         _check_writable(config.state_dir)
         record = Store(config.state_dir).load()

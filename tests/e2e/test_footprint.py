@@ -7,6 +7,7 @@ Each command runs in a fresh interpreter that lists, at exit, the modules it loa
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import pytest
 from drainer.config import load_config
 from drainer.daemon import Runner
 from drainer.node import assemble
+from drainer.testing import FakeIMDS, free_port, wait_until
 
 # runs the CLI as `python -m drainer ...` would, then writes the loaded modules' names
 LIST_MODULES = """
@@ -97,3 +99,29 @@ def test_the_loop_sleeps_once_between_two_polls_in_service(config: Path) -> None
         assert wake.waits == 1
     finally:
         node.close()
+
+
+@pytest.mark.parametrize("serve", [False, True], ids=["metrics-off", "metrics-on"])
+def test_drainer_run_loads_prometheus_client_only_to_serve_metrics(
+    tmp_path: Path, config: Path, serve: bool
+) -> None:
+    listen = f"127.0.0.1:{free_port()}" if serve else None
+    out = tmp_path / "modules.json"
+    with FakeIMDS() as fake:
+        document = json.loads(config.read_text())
+        document["source"] = {"endpoint": fake.url, "poll_interval": "1s"}
+        document["metrics"] = {"listen": listen}
+        config.write_text(json.dumps(document))
+        run = subprocess.Popen(
+            [sys.executable, "-c", LIST_MODULES, str(out), "run", "-c", str(config)],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            heartbeat = Path(document["state_dir"]) / "heartbeat.json"
+            wait_until(heartbeat.exists, timeout=30, what="the sidecar's first turn")
+        finally:
+            run.send_signal(signal.SIGTERM)
+            assert run.wait(timeout=30) == 0
+    modules = {name.split(".")[0] for name in json.loads(out.read_text())}
+    assert ("prometheus_client" in modules) is serve
