@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, cast
 from drainer.core import Phase
 from drainer.model import LBStatus, LBView
 
-# prometheus_client and the HTTP server are imported by the daemon's Metrics only: a CLI
-# command records nothing (NullMetrics) and starts without them
+# prometheus_client and the HTTP server are imported where metrics are served only: a CLI
+# command, or a daemon without a listener, records nothing (NullMetrics)
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -200,8 +200,9 @@ class Metrics:
 
 
 class NullMetrics(Metrics):
-    """Records nothing, serves nothing: for a one-shot CLI command, whose process ends
-    before anything could read its metrics. Same interface, no prometheus_client."""
+    """Records nothing, serves nothing: for a CLI command, whose process ends before
+    anything could read its metrics, and a daemon with ``metrics.listen: null``. Same
+    interface, no prometheus_client."""
 
     def __init__(self) -> None:  # Metrics.__init__ would register real metrics
         discard = cast(Any, _Discard())
