@@ -9,12 +9,15 @@ Prints:
   `check_health`) against the daemon's `HealthCheck`, which keeps one client.
 
 Then starts the fake metadata service and `drainer run` (mock load balancer, 1 s poll,
-metrics on) as a subprocess, and prints:
+metrics on) as a subprocess, and next to it the 20-line poller below (the same service at
+the same interval, standard library only), and prints:
 - resident memory, CPU use and wakeups (voluntary context switches, all threads) of the
-  idle sidecar over --idle seconds,
+  idle sidecar and of the poller over the same --idle seconds,
 - the time from an event appearing in the metadata service to the adapter's drain call
   (read from the mock's own call log), median and p99 over --events events.
-Loopback only; bounded by the counts given.
+Loopback only; bounded by the counts given. drainer's modules are compiled first
+(`compileall`), as an installed package is: a checkout run with PYTHONDONTWRITEBYTECODE
+would compile every module at each start.
 
     python bench/footprint.py [--runs 11] [--idle 30] [--events 25]
 """
@@ -22,23 +25,51 @@ Loopback only; bounded by the counts given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from drainer.testing import FakeIMDS, WebServer, free_port, wait_until
 
-TICKS = os.sysconf("SC_CLK_TCK")
+# The reference: what any sidecar must do while idle, and nothing more.
+POLLER = """
+import json, sys, time, urllib.request
+
+url = sys.argv[1] + "/metadata/scheduledevents?api-version=2020-07-01"
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+request = urllib.request.Request(url, headers={"Metadata": "true"})
+seen = set()
+while True:
+    started = time.monotonic()
+    try:
+        with opener.open(request, timeout=5) as reply:
+            events = json.load(reply)["Events"]
+    except (OSError, ValueError) as exc:
+        print("poll failed:", exc, file=sys.stderr)
+        events = []
+    for event in events:
+        if event["EventId"] not in seen:
+            seen.add(event["EventId"])
+            print("event", event["EventId"], event["EventType"], flush=True)
+    time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+"""
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    """CPU time of every thread, in ns from schedstat (utime and stime count 10 ms ticks:
+    too coarse for an idle process)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def rss_mib(pid: int) -> float:
@@ -58,14 +89,21 @@ def wakeups(pid: int) -> int:
     return total
 
 
-def start_ms(argv: list[str], runs: int) -> float:
-    """Median wall time of a command, from fork to exit, in ms."""
-    times = []
+def start_ms(
+    argv: list[str], runs: int, before: Callable[[], object] = lambda: None
+) -> tuple[float, float]:
+    """Median wall time of a command, from fork to exit, and median CPU time (user +
+    system, which a busy machine disturbs less), in ms; ``before`` runs before each."""
+    times, cpus = [], []
     for _ in range(runs):
+        before()
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime)
+    return statistics.median(times) * 1000, statistics.median(cpus) * 1000
 
 
 def cli_starts(tmp: Path, runs: int) -> None:
@@ -80,15 +118,20 @@ def cli_starts(tmp: Path, runs: int) -> None:
     path = tmp / "cli.yaml"
     path.write_text(json.dumps(config))
     drainer = [sys.executable, "-m", "drainer"]
-    base = start_ms([sys.executable, "-c", "pass"], runs)
-    print(f"CLI start, median of {runs} runs (python -c pass: {base:.0f} ms):")
+    base, base_cpu = start_ms([sys.executable, "-c", "pass"], runs)
+    print(
+        f"CLI start, median of {runs} runs (python -c pass: {base:.0f} ms, {base_cpu:.0f} ms CPU):"
+    )
     for label, argv in [
         ("--help", [*drainer, "--help"]),
         ("config check", [*drainer, "config", "check", "-c", str(path)]),
         ("status", [*drainer, "status", "-c", str(path)]),
     ]:
-        ms = start_ms(argv, runs)
-        print(f"  drainer {label:<13} {ms:4.0f} ms ({ms - base:+.0f} ms over python -c pass)")
+        ms, cpu = start_ms(argv, runs)
+        print(
+            f"  drainer {label:<13} {ms:4.0f} ms ({ms - base:+.0f} ms over python -c pass),"
+            f" {cpu:4.0f} ms CPU ({cpu - base_cpu:+.0f})"
+        )
 
 
 def health_cpu(checks: int = 50) -> None:
@@ -111,15 +154,71 @@ def health_cpu(checks: int = 50) -> None:
         web.stop()
 
 
+# What `drainer run` loads, in the order it loads it: the RSS each step adds.
+MEMORY_STEPS = """
+import sys
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+last = rss()
+print(f"  python alone          {last:5.1f} MiB")
+for label, statement in [
+    ("typer (the CLI)", "import drainer.cli"),
+    ("pydantic", "import pydantic; pydantic.TypeAdapter(int)"),
+    ("yaml, tenacity", "import yaml, tenacity"),
+    ("drainer's models, core", "import drainer.config, drainer.daemon"),
+    ("prometheus_client", "import drainer.listener"),
+    ("httpx", "import httpx"),
+    ("an httpx.Client", "httpx.Client(trust_env=False)"),
+]:
+    exec(statement)
+    now = rss()
+    print(f"  + {label:<22} +{now - last:4.1f} MiB (RSS {now:5.1f} MiB)")
+    last = now
+"""
+
+
+def memory_by_library() -> None:
+    print("what drainer run's RSS is made of (imports in its order, one process):")
+    subprocess.run([sys.executable, "-c", MEMORY_STEPS], check=True)
+
+
+def idle(pids: dict[str, int], seconds: float) -> None:
+    """RSS, CPU and wakeups of each process over the same ``seconds``."""
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    woke0 = {name: wakeups(pid) for name, pid in pids.items()}
+    peak = dict.fromkeys(pids, 0.0)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        for name, pid in pids.items():
+            peak[name] = max(peak[name], rss_mib(pid))
+        time.sleep(1.0)
+    elapsed = time.monotonic() - t0
+    print(f"idle, 1 s poll, over {seconds:.0f} s, side by side:")
+    for name, pid in pids.items():
+        cpu = (cpu_seconds(pid) - cpu0[name]) / elapsed * 100
+        woke = (wakeups(pid) - woke0[name]) / elapsed
+        print(
+            f"  {name:<15} RSS {rss_mib(pid):5.1f} MiB (peak {peak[name]:.1f} MiB),"
+            f" CPU {cpu:.2f} %, {woke:.1f} wakeups/s"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=11, help="runs per CLI command")
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle measurement")
-    parser.add_argument("--events", type=int, default=25, help="events to time (>= 20)")
+    parser.add_argument("--events", type=int, default=25, help="events to time (0: none)")
     args = parser.parse_args()
+    drainer_dir = Path(__file__).resolve().parents[1] / "drainer"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(drainer_dir)], check=True)
     with tempfile.TemporaryDirectory(prefix="drainer-bench-") as tmp_dir:
         cli_starts(Path(tmp_dir), args.runs)
     health_cpu()
+    memory_by_library()
 
     with (
         tempfile.TemporaryDirectory(prefix="drainer-bench-") as tmp_dir,
@@ -142,21 +241,12 @@ def main() -> int:
             [sys.executable, "-m", "drainer", "run", "-c", str(tmp / "drainer.yaml")],
             stderr=subprocess.DEVNULL,
         )
+        poller = subprocess.Popen(
+            [sys.executable, "-c", POLLER, fake.url], stdout=subprocess.DEVNULL
+        )
         try:
             time.sleep(5.0)  # imports done, first polls made
-            cpu0, woke0, t0 = cpu_seconds(proc.pid), wakeups(proc.pid), time.monotonic()
-            peak = 0.0
-            while time.monotonic() - t0 < args.idle:
-                peak = max(peak, rss_mib(proc.pid))
-                time.sleep(1.0)
-            elapsed = time.monotonic() - t0
-            cpu = (cpu_seconds(proc.pid) - cpu0) / elapsed * 100
-            woke = (wakeups(proc.pid) - woke0) / elapsed
-            print(
-                f"idle, 1 s poll, over {args.idle:.0f} s: "
-                f"RSS {rss_mib(proc.pid):.1f} MiB (peak {peak:.1f} MiB), CPU {cpu:.2f} %, "
-                f"{woke:.1f} wakeups/s"
-            )
+            idle({"drainer run": proc.pid, "20-line poller": poller.pid}, args.idle)
 
             def drains() -> list[float]:
                 try:
@@ -185,6 +275,8 @@ def main() -> int:
                 fake.end_event(eid)
                 wait_until(in_service, timeout=15.0, interval=0.01, what="in service")
             latencies.sort()
+            if not latencies:
+                return 0
             p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
             print(
                 f"event appears -> adapter drain call, {len(latencies)} events: "
@@ -192,8 +284,9 @@ def main() -> int:
                 f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
             )
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            for each in (proc, poller):
+                each.terminate()
+                each.wait(timeout=10)
             web.stop()
     return 0
 

@@ -10,8 +10,13 @@ commands the answer needs (``show stat <backend> 4 <sid>``: one row):
   then the same adapter again (a daemon's poll), medians of ``--repeat``;
 - a ``drain()`` + ``state()`` cycle on a fresh adapter (``drainer drain``'s reads);
 - CPU of this process per ``state()`` while the node is out (in MAINT);
-- HAProxy's CPU (``/proc/<pid>/stat``) while one sidecar polls ``state()`` every
-  ``--interval``, minus its idle CPU over as long.
+- HAProxy's CPU (every thread's ``schedstat``, in ns) while one sidecar polls
+  ``state()`` every ``--interval``, minus its idle CPU over as long;
+- the wall time of the commands a person types, ``drainer status`` and ``drainer
+  drain``, each a new process, next to ``python -c pass`` and to a 5-line Python socket
+  client sending the one command each needs (a new process too).
+
+drainer's modules are compiled first (``compileall``), as an installed package is.
 
 Loopback only, bounded: about 40 s for the default sizes.
 
@@ -21,19 +26,32 @@ Loopback only, bounded: about 40 s for the default sizes.
 from __future__ import annotations
 
 import argparse
-import os
+import json
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from footprint import cpu_seconds, start_ms  # bench/, next to this script
 
 from drainer.adapters.base import AdapterContext
 from drainer.adapters.haproxy.runtime import HAProxyConfig, HAProxyLoadBalancer, create
 from drainer.testing import HAProxy, haproxy_cli, start_haproxy
 
 BACKEND = "app"
-TICKS = os.sysconf("SC_CLK_TCK")
+DRAINER = [sys.executable, "-m", "drainer"]
+# what `drainer status` and `drainer drain` reduce to: one command on the stats socket
+RAW_CLIENT = """
+import socket, sys
+with socket.socket(socket.AF_UNIX) as sock:
+    sock.connect(sys.argv[1]); sock.sendall(sys.argv[2].encode() + b"\\n")
+    sock.shutdown(socket.SHUT_WR); reply = b"".join(iter(lambda: sock.recv(65536), b""))
+print(reply.decode())
+"""
 
 
 def backend(size: int) -> str:
@@ -57,25 +75,19 @@ def median_ms(
     return statistics.median(times) * 1000
 
 
-def proc_cpu(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def haproxy_ms_per_s(
     proxy: HAProxy, poll: Callable[[], object], seconds: float, interval: float
 ) -> float:
     """HAProxy's CPU per second while ``poll`` runs every ``interval``, minus idle."""
     pid = proxy.proc.pid
-    start = proc_cpu(pid)
+    start = cpu_seconds(pid)
     time.sleep(seconds)
-    idle = proc_cpu(pid) - start
-    start, begin = proc_cpu(pid), time.monotonic()
+    idle = cpu_seconds(pid) - start
+    start, begin = cpu_seconds(pid), time.monotonic()
     while time.monotonic() - begin < seconds:
         poll()
         time.sleep(interval)
-    busy = proc_cpu(pid) - start
+    busy = cpu_seconds(pid) - start
     return max(busy - idle, 0.0) / seconds * 1000
 
 
@@ -143,16 +155,51 @@ def run(size: int, repeat: int, seconds: float, interval: float) -> None:
         rows.append((f"HAProxy CPU, one sidecar at {interval:g}s (ms/s)", haproxy))
         raw = haproxy_ms_per_s(proxy, raw_state, seconds, interval)
         rows.append((f"HAProxy CPU, raw client at {interval:g}s (ms/s)", raw))
-        tick = 1000 / TICKS / seconds
+        reset()
+        rows += commands(proxy, node, sid, repeat)
         print(f"\n{size} servers (node {BACKEND}/{node}), medians of {repeat}:")
         for what, value in rows:
             print(f"  {what:<44} {value:8.1f}" + ("" if "CPU" in what else " ms"))
-        print(f"  (HAProxy CPU is read in clock ticks: a resolution of {tick:.1f} ms/s)")
     finally:
         proxy.stop()
         for path in state_dir.iterdir():
             path.unlink()
         state_dir.rmdir()
+
+
+def commands(proxy: HAProxy, node: str, sid: str, repeat: int) -> list[tuple[str, float]]:
+    """Wall times of `drainer status` and `drainer drain` against the raw client's."""
+    with tempfile.TemporaryDirectory(prefix="large-cli-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        (tmp / "boot_id").write_text("boot-1\n")
+        config = tmp / "drainer.yaml"
+        lb = {"type": "haproxy", "instances": [proxy.admin], "backend": BACKEND, "server": node}
+        node_config = {"name": node, "boot_id_path": str(tmp / "boot_id")}
+        document = {"node": node_config, "state_dir": str(tmp / "state")}
+        document |= {"health": {"tcp": {"port": 9}}, "load_balancers": [lb]}
+        config.write_text(json.dumps(document))
+
+        def ready() -> None:  # the server in service, drainer's record gone
+            haproxy_cli(proxy.admin_socket, f"set server {BACKEND}/{node} state ready")
+            shutil.rmtree(tmp / "state", ignore_errors=True)
+
+        def raw(command: str) -> list[str]:
+            return [sys.executable, "-c", RAW_CLIENT, str(proxy.admin_socket), command]
+
+        drain = f"set server {BACKEND}/{node} state drain"
+        timed = [
+            ("python -c pass", [sys.executable, "-c", "pass"], lambda: None),
+            ("drainer status", [*DRAINER, "status", "-c", str(config)], lambda: None),
+            ("raw client: show stat <be> 4 <sid>", raw(f"show stat {BACKEND} 4 {sid}"), ready),
+            ("drainer drain", [*DRAINER, "drain", "-c", str(config)], ready),
+            ("raw client: set server ... state drain", raw(drain), ready),
+        ]
+        rows = []
+        for label, argv, before in timed:
+            wall, cpu = start_ms(argv, repeat, before)
+            rows += [(label, wall), ("  its CPU (ms)", cpu)]
+        ready()
+    return rows
 
 
 def main() -> int:
@@ -162,6 +209,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per HAProxy CPU reading")
     parser.add_argument("--interval", type=float, default=1.0, help="the sidecar's poll")
     args = parser.parse_args()
+    drainer_dir = Path(__file__).resolve().parents[1] / "drainer"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(drainer_dir)], check=True)
     for size in (int(s) for s in args.sizes.split(",")):
         run(size, args.repeat, args.seconds, args.interval)
     return 0

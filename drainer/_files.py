@@ -135,8 +135,10 @@ class FileLock:
                     told = True
                 sleep(poll)
         with contextlib.suppress(OSError):  # only for the message of whoever waits
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+            mine = f"{os.getpid()}\n".encode()
+            if os.pread(self._fd, 32, 0) != mine:  # a daemon takes it at every turn
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, mine, 0)
 
     def holder(self) -> str:
         try:

@@ -7,6 +7,7 @@ application's configuration (and, through it, the core).
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, PlainSerializer
 
@@ -35,14 +36,16 @@ PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 
 def http_url(url: str) -> str:
     """An http(s) URL with a host, refused when the configuration is read rather than by
-    every request made with it."""
-    import httpx  # here: a configuration without URLs (and `drainer --help`) never loads it
-
+    every request made with it. With the standard library: httpx's import, twice the
+    rest of `config check`, waits for the first request."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError(f"not a URL: {url!r} (a space or control character)")
     try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
+        parsed = urlsplit(url)
+        parsed.port  # noqa: B018 - parsed on access: ValueError if not a port number
+    except ValueError as exc:
         raise ValueError(f"not a URL: {url!r} ({exc})") from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError(f"not an http(s) URL with a host: {url!r}")
     return url
 

@@ -42,7 +42,7 @@ from drainer.adapters.base import preflight
 from drainer.config import Config, load_config
 from drainer.core import Record
 from drainer.errors import ConfigError, DrainerError, StateError
-from drainer.metrics import Metrics
+from drainer.metrics import Metrics, NullMetrics
 from drainer.model import Listing
 from drainer.node import Node, assemble
 from drainer.notify.outbox import Outbox
@@ -204,7 +204,9 @@ class Runner:
         ``wake`` with its flag, so the loop sleeps until something is due (a flag set
         without ``wake`` is seen at the next poll)."""
         every = self.node.config.drain.recheck_interval
-        due = time.monotonic() + every
+        # The record seen changes only at this thread's turns: in service, nothing is due
+        # before the next poll, and the thread sleeps until then.
+        due = time.monotonic() + every if self.node.engine.should_recheck() else until
         while not self.stopping.is_set() and not self.reload.is_set():
             now = time.monotonic()
             if now >= until or self.changed.is_set():
@@ -373,7 +375,8 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     lock = sidecar.acquire(config.state_dir)
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
-    metrics = Metrics()
+    # without a listener nothing would read them: prometheus_client is not even loaded
+    metrics = Metrics() if config.metrics.listen else NullMetrics()
     outbox: Outbox | None = None
     try:
         _check_writable(config.state_dir)

@@ -14,34 +14,23 @@ Low cardinality: labels are phases, event types, results, kinds and load-balance
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import Counter as Counter_
 from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-)
-from prometheus_client.exposition import generate_latest
-
-from drainer._http import Handler, Server, ServerThread
-from drainer._net import split_host_port
 from drainer.core import DrainResult, Phase, Record
-from drainer.errors import ConfigError
 from drainer.model import EventType, LBStatus, LBView
 
+# prometheus_client and the HTTP server are imported where metrics are served only: a CLI
+# command, or a daemon without a listener, records nothing (NullMetrics)
 if TYPE_CHECKING:
-    from drainer.adapters.base import AdapterConfig
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-if TYPE_CHECKING:
+    from drainer._http import Server, ServerThread
+    from drainer.adapters.base import AdapterConfig
     from drainer.budget import Holder
 
 
@@ -93,7 +82,33 @@ class Probes:
 
 
 class Metrics:
+    """The daemon's metrics, served by ``serve()``."""
+
+    registry: CollectorRegistry
+    phase: Gauge
+    phase_since: Gauge
+    last_poll: Gauge
+    last_turn: Gauge
+    lb_up: Gauge
+    lb_sessions: Gauge
+    lb_status: Gauge
+    events: Counter
+    drains: Counter
+    errors: Counter
+    budget_slots: Gauge
+    budget_waits: Counter
+    budget_over: Counter
+    notifications: Counter
+    notification_queue: Gauge
+    out_since: Gauge
+    out_for: Gauge
+    manual: Gauge
+    out_seconds: Histogram
+    lb_info: Gauge
+
     def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
         self.registry = CollectorRegistry()
         self.probes = Probes()
         self._listener: ServerThread[Server[Metrics]] | None = None
@@ -225,19 +240,14 @@ class Metrics:
 
     def serve(self, listen: str) -> int:
         """Serve /metrics, /healthz and /readyz on ``listen`` in a thread; the port."""
+        from prometheus_client import disable_created_metrics
+
+        from drainer.listener import listen_thread
+
         # no *_created series (a child's creation time): no rule reads them, and with every
         # label value created at start they would double the counters a scrape carries
         disable_created_metrics()  # type: ignore[no-untyped-call]
-        try:
-            host, port = split_host_port(listen, default_host="127.0.0.1")
-            server_class = _Server6 if ":" in host else Server
-            server = server_class((host, port), _Handler, self)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"metrics.listen: cannot listen on {listen}: {exc}") from exc
-        # no polling: the listener wakes for a client or at close(), not twice a second
-        self._listener = ServerThread(
-            server, name="drainer-metrics", poll_interval=None, daemon=True
-        )
+        self._listener = listen_thread(self, listen)
         return self._listener.port
 
     def close(self) -> None:
@@ -248,6 +258,8 @@ class Metrics:
     # -- for fleet alerts and dashboards (deploy/prometheus, deploy/grafana) -------------
 
     def _fleet_metrics(self) -> None:
+        from prometheus_client import Gauge, Histogram
+
         self.out_since = Gauge(
             "drainer_out_of_service_since_timestamp_seconds",
             "When the node last left service (0: in service)",
@@ -308,7 +320,9 @@ class Metrics:
 
 
 NO_EVENT = "none"  # the type of a time out of service without an event (a manual drain)
-ERROR_KINDS = ("adapter", "approve", "internal", "payload", "source", "state")
+ERROR_KINDS = (
+    "adapter", "approve", "budget", "budget_batch", "internal", "payload", "source", "state"
+)  # fmt: skip
 
 
 def backend_of(entry: AdapterConfig) -> str:
@@ -328,29 +342,44 @@ def _label_sets(gauge: Gauge) -> set[tuple[str, ...]]:
     }
 
 
-class _Server6(Server["Metrics"]):
-    address_family = socket.AF_INET6
+class NullMetrics(Metrics):
+    """Records nothing, serves nothing: for a CLI command, whose process ends before
+    anything could read its metrics, and a daemon with ``metrics.listen: null``. Same
+    interface, no prometheus_client."""
+
+    def __init__(self) -> None:  # Metrics.__init__ would register real metrics
+        discard = cast(Any, _Discard())
+        self.registry = discard
+        self.probes = Probes()
+        self._listener = None
+        for name in Metrics.__annotations__:
+            if name != "registry":
+                setattr(self, name, discard)
+
+    def keep_lbs(self, names: Iterable[str]) -> None:
+        pass
+
+    def serve(self, listen: str) -> int:
+        raise TypeError("NullMetrics serves nothing: use Metrics")
 
 
-class _Handler(Handler, methods=("GET", "HEAD")):
-    server: Server[Metrics]
+class _Discard:
+    """A gauge, counter or histogram, with or without labels, that drops every value."""
 
-    def _serve(self, method: str) -> None:
-        metrics = self.server.app
-        path = self.path.partition("?")[0]
-        content_type = "text/plain; charset=utf-8"
-        if path == "/metrics":
-            status, body = 200, generate_latest(metrics.registry)
-            content_type = CONTENT_TYPE_LATEST
-        elif path in ("/healthz", "/readyz"):
-            probes = metrics.probes
-            reason = probes.health() if path == "/healthz" else probes.ready()
-            status, body = (503, f"{reason}\n".encode()) if reason else (200, b"ok\n")
-        else:
-            status, body = 404, b"not found: try /metrics, /healthz or /readyz\n"
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if method == "GET":
-            self.wfile.write(body)
+    def labels(self, *values: str) -> _Discard:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+    def remove(self, *values: str) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass

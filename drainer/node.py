@@ -15,7 +15,7 @@ from drainer.budget import Pool, Slots
 from drainer.config import Config
 from drainer.engine import Engine, build_lbs, read_boot_id
 from drainer.errors import DrainerError, SourceError, StateError
-from drainer.metrics import Metrics
+from drainer.metrics import Metrics, NullMetrics
 from drainer.plugins import source_plugin
 from drainer.sources.base import EventSource
 from drainer.store import Store, remember_names, remembered_names
@@ -126,7 +126,7 @@ def assemble(
         source=source,
         boot_id=read_boot_id(config.node.boot_id_path),
         health=config.health,
-        metrics=metrics or Metrics(),
+        metrics=metrics or NullMetrics(),  # a CLI command's: nothing would read them
     )
     engine.metrics.describe_lbs(entries)
     return Node(config=config, engine=engine, source=source, lbs=lbs)

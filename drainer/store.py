@@ -20,6 +20,7 @@ Every file and directory here is created owner-only (0600/0700) whatever the uma
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -94,13 +95,19 @@ def _fits(hint: Any, value: Any) -> bool:
     raise TypeError(f"record field type {hint!r} has no JSON form")  # a new field: teach me
 
 
+@functools.cache
+def _record_hints() -> dict[str, Any]:
+    """Record's field types, evaluated once (its annotations are strings)."""
+    return get_type_hints(Record)
+
+
 def record_from_json(data: Any) -> Record:
     """The Record in ``data``; ValueError naming what does not fit."""
     if not isinstance(data, dict):
         raise ValueError(f"a JSON {type(data).__name__} where an object was expected")
     if data.get("version") != VERSION:
         raise ValueError(f"unknown record version {data.get('version')!r}")
-    hints = get_type_hints(Record)
+    hints = _record_hints()
     values: dict[str, Any] = {}
     for f in fields(Record):
         if f.name not in data:

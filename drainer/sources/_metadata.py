@@ -15,19 +15,11 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_exponential,
-)
-
 from drainer.errors import SourceError
 
 if TYPE_CHECKING:
     import httpx
+    from tenacity import RetryCallState, Retrying
 
 __all__ = ["MetadataHTTP", "Retryable"]
 
@@ -55,13 +47,28 @@ class MetadataHTTP:
         self._transport = transport
         self._made: httpx.Client | None = None
         self._stopping = stopping or threading.Event()
-        self._retrying = Retrying(
-            stop=stop_after_attempt(attempts) | stop_when_event_set(self._stopping),
-            wait=wait_exponential(multiplier=0.25, max=2.0),
-            retry=retry_if_exception_type(Retryable),
-            sleep=self._pause,
-            retry_error_callback=self._give_up,
-        )
+        self._attempts = attempts
+        self._retries: Retrying | None = None  # made at the first retry too: tenacity's import
+
+    @property
+    def _retrying(self) -> Retrying:
+        if self._retries is None:
+            from tenacity import (
+                Retrying,
+                retry_if_exception_type,
+                stop_after_attempt,
+                stop_when_event_set,
+                wait_exponential,
+            )
+
+            self._retries = Retrying(
+                stop=stop_after_attempt(self._attempts) | stop_when_event_set(self._stopping),
+                wait=wait_exponential(multiplier=0.25, max=2.0),
+                retry=retry_if_exception_type(Retryable),
+                sleep=self._pause,
+                retry_error_callback=self._give_up,
+            )
+        return self._retries
 
     @property
     def client(self) -> httpx.Client:

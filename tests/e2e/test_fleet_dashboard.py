@@ -67,6 +67,8 @@ QUIET = {
     "DrainerInternalErrors": "only a bug in drainer counts one",
     "DrainerNotificationsFailing": "no webhook is configured here",
     "DrainerNotificationsQueued": "no webhook is configured here",
+    "DrainerOverBudget": "no budget is configured here (promtool tests it)",
+    "DrainerBudgetUnanswered": "no budget is configured here",
 }
 # Notifications are counted only by builds with drainer/notify.py and a webhook; none is
 # configured here, so their series may be missing (the expressions must still parse).

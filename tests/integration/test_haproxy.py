@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from pydantic import ValidationError
 
 from drainer.adapters.base import AdapterContext, LBStatus, LoadBalancer
 from drainer.adapters.haproxy.client import (
+    FORCED_DRAIN,
+    FORCED_MAINT,
     HAProxyClient,
     OpState,
     Processes,
@@ -37,6 +40,7 @@ from drainer.adapters.haproxy.runtime import (
     PLUGIN,
     HAProxyConfig,
     HAProxyLoadBalancer,
+    admin_from_row,
     create,
     put_back_step,
 )
@@ -798,3 +802,158 @@ def test_a_drained_server_that_is_down_still_reads_draining(
     view = lb.state()
     assert view.detail.startswith("app/web1 DOWN")
     assert view.status is LBStatus.DRAINING
+
+
+# -- the admin state from one show stat row (issue 9: no whole-backend read per action) ---
+
+
+class CountingClient(HAProxyClient):
+    """The runtime API client, counting the commands it sends by their first two words."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.sent: list[str] = []
+
+    def _send(self, command: str) -> str:
+        self.sent.append(" ".join(command.split()[:2]))
+        return super()._send(command)
+
+
+WEB2 = "127.0.0.2:9"  # never contacted: no check
+
+
+def counting_lb(context: AdapterContext, haproxy: HAProxy, **options: Any) -> HAProxyLoadBalancer:
+    config = HAProxyConfig(type="haproxy", instances=[haproxy.admin], **options)
+    client = CountingClient(haproxy.admin)
+    return HAProxyLoadBalancer(
+        name="counted", client=client, config=config, node="vm1", state_dir=context.state_dir
+    )
+
+
+def test_stat_keeps_tracked_and_whether_a_check_runs() -> None:
+    web1, web2 = parse_stat(STAT)
+    assert (web1.checked, web1.tracked) == (True, "")  # chkfail "0"
+    assert (web2.checked, web2.tracked) == (False, "")  # chkfail ""
+    header = STAT.splitlines()[0].replace(",tracked,", ",trk,")  # an older layout
+    assert parse_stat("\n".join([header, *STAT.splitlines()[1:]]))[0].tracked == ""
+
+
+@pytest.mark.parametrize(
+    ("status", "tracked", "expected"),
+    [
+        ("MAINT", "", (FORCED_MAINT, OpState.STOPPED)),
+        ("DRAIN", "", (FORCED_DRAIN, OpState.RUNNING)),
+        ("DRAIN 1/2", "", (FORCED_DRAIN, OpState.RUNNING)),
+        ("UP", "", (0, OpState.RUNNING)),
+        ("UP 1/3", "", (0, OpState.RUNNING)),
+        ("no check", "", (0, OpState.RUNNING)),
+        ("DOWN", "", None),  # a drain hides behind DOWN
+        ("DOWN 1/2", "", None),
+        ("NOLB", "", None),
+        ("MAINT (resolution)", "", None),  # DNS's, not forced
+        ("MAINT (via app/web2)", "app/web2", None),  # inherited
+        ("DRAIN", "app/web2", None),  # may be inherited
+    ],
+)
+def test_admin_from_row(status: str, tracked: str, expected: tuple[int, int] | None) -> None:
+    kept = ServerState("app", "web1", "127.0.0.1", 80, 0, admin_state=0x04 | 0x01, check_state=0)
+    row_ = StatRow("app", "web1", status, scur=0, check_status="", tracked=tracked, checked=True)
+    now = admin_from_row(kept, row_)
+    if expected is None:
+        assert now is None
+    else:
+        assert now is not None and (now.admin_state, now.op_state) == (
+            0x04 | expected[0],
+            expected[1],
+        )
+        assert now.checked and now.server_id == kept.server_id
+
+
+@needs_haproxy
+def test_the_admin_state_from_a_row_is_the_one_show_servers_state_has(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    port = backend().port
+    haproxy = start(
+        f"backend app\n  server web1 127.0.0.1:{port} check inter 100ms rise 5\n"
+        f"  server web2 127.0.0.1:{port}\n  server web3 127.0.0.1:{port} track app/web1\n"
+    )
+    client = HAProxyClient(haproxy.admin)
+    wait_until(lambda: row(haproxy, "app", "web1").up, what="web1 UP")
+
+    def agree(server: str) -> ServerState | None:
+        full = row(haproxy, "app", server)
+        (stat,) = client.stat("app", server_id=full.server_id)
+        now = admin_from_row(replace(full, admin_state=0, op_state=0, check_state=0), stat)
+        if now is not None:
+            assert (now.forced_maint, now.forced_drain, now.maint, now.drain, now.up) == (
+                full.forced_maint,
+                full.forced_drain,
+                full.maint,
+                full.drain,
+                full.up,
+            ), (server, stat.status)
+            assert now.checked == full.checked, (server, stat.status)
+        return now
+
+    def every(step: str, readable: tuple[str, ...] = ("web1", "web2")) -> None:
+        for server in ("web1", "web2"):
+            assert (agree(server) is not None) is (server in readable), (server, step)
+        assert agree("web3") is None  # tracks web1: always from show servers state
+
+    every("up")
+    for state in ("drain", "maint"):
+        for server in ("web1", "web2"):
+            client.set_state("app", server, state)  # type: ignore[arg-type]
+        every(state)
+    for server in ("web1", "web2"):
+        client.set_state("app", server, "drain", recheck=True)
+    every("health down", readable=())  # DOWN hides the drain
+    wait_until(lambda: row(haproxy, "app", "web1").up, what="web1 UP again")
+    every("drained, up", readable=("web1",))  # web2 has no check to bring it up
+
+
+@needs_haproxy
+def test_a_drain_and_put_back_read_the_whole_backend_once(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    haproxy = start(f"backend app\n  server web1 127.0.0.1:{free_port()}\n  server web2 {WEB2}\n")
+    lb = counting_lb(context, haproxy, backend="app", server="web1")
+    assert lb.check_manual_drain() is None  # counts the other servers: the whole backend
+    lb.state()
+    lb.drain()
+    assert lb.state().status is LBStatus.DRAINING
+    lb.take_out(kill=False)
+    lb.drain()  # re-asserted: no step back
+    assert lb.state().status is LBStatus.OUT
+    assert lb.put_back() is True  # no check: ready at once
+    assert lb.state().status is LBStatus.IN_SERVICE
+    sent = lb._client.sent  # type: ignore[attr-defined]
+    assert sent.count("show servers") == 1 and sent[:2] == ["show info", "show servers"]
+    assert sent.count("set server") == 3  # drain, maint, ready
+
+
+@needs_haproxy
+def test_put_back_reads_the_whole_backend_only_while_the_server_is_down(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    haproxy = start(two_servers(backend().port, backend().port))
+    wait_until(lambda: row(haproxy, "app", "web1").up, what="web1 UP")
+    lb = counting_lb(context, haproxy, backend="app", server="web1")
+    lb.take_out(kill=False)  # the first read of a fresh adapter: the whole backend
+    assert lb.state().status is LBStatus.OUT
+    assert lb.put_back() is False  # maint -> drain + health down: HAProxy's check first
+    sent = lb._client.sent  # type: ignore[attr-defined]
+    assert sent.count("show servers") == 1
+    calls = 0
+
+    def put_back() -> bool:
+        nonlocal calls
+        calls += 1
+        return lb.put_back()
+
+    wait_until(put_back, timeout=3, what="put_back() once the check passed")
+    # each call that saw web1 DOWN (a drain hides there) read the backend; the last saw
+    # DRAIN, unless the check passed between its two reads
+    assert calls - 1 <= sent.count("show servers") - 1 <= calls
+    assert lb.state().status is LBStatus.IN_SERVICE

@@ -137,7 +137,18 @@ def test_example_configs_are_valid() -> None:
         load_config(path)
 
 
-@pytest.mark.parametrize("url", ["http://localhost:80a/h", "ftp://host/x", "/healthz"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:80a/h",
+        "ftp://host/x",
+        "/healthz",
+        "http://host:99999/",
+        "http://[::1/x",
+        "http://exa mple/",
+        "http:///path",
+    ],
+)
 def test_health_url_must_be_an_http_url(url: str) -> None:
     message = errors_of({**MINIMAL, "health": {"http": {"url": url}}})
     assert "health.http.url:" in message

@@ -128,6 +128,10 @@ class StatRow:
     check_status: str  # L4OK, L7OK, L4CON...; empty when not checked or in maint
     server_id: int = field(default=0, compare=False)  # sid
     address: str = field(default="", compare=False)  # addr: "10.0.0.4:80" (empty before 1.9)
+    # tracked: "backend/server" whose state this one follows (its maint and drain too)
+    tracked: str = field(default="", compare=False)
+    # chkfail is empty unless a health check is enabled, in maint too (unlike check_status)
+    checked: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -225,12 +229,13 @@ def parse_stat(text: str) -> list[StatRow]:
         name: names.index(name)
         for name in ("pxname", "svname", "status", "scur", "check_status", "sid")
     }
-    addr = names.index("addr") if "addr" in names else None
+    optional = {name: names.index(name) for name in ("addr", "tracked", "chkfail") if name in names}
     rows = []
     for fields in csv.reader(line for line in lines[header + 1 :] if line.strip()):
         fields += [""] * (len(names) - len(fields))
         if fields[at["svname"]] in ("FRONTEND", "BACKEND"):
             continue
+        extra = {name: fields[i] for name, i in optional.items()}
         rows.append(
             StatRow(
                 backend=fields[at["pxname"]],
@@ -239,7 +244,9 @@ def parse_stat(text: str) -> list[StatRow]:
                 scur=int(fields[at["scur"]] or 0),
                 check_status=fields[at["check_status"]],
                 server_id=int(fields[at["sid"]] or 0),
-                address=fields[addr] if addr is not None else "",
+                address=extra.get("addr", ""),
+                tracked=extra.get("tracked", ""),
+                checked=bool(extra.get("chkfail")),
             )
         )
     return rows

@@ -1,16 +1,18 @@
 """The ``type: haproxy`` adapter: one LoadBalancer per HAProxy instance, via the runtime API.
 
 Invariants:
-- Each read costs the same whatever the backend's size. ``drain()``, ``take_out()`` and
-  ``put_back()`` read ``show servers state`` (of the configured backend, only the
-  server's rows parsed; of every backend when the node is found by address), and keep
-  the servers found, with their ids and the worker PID read before them. ``state()``
-  then reads one ``show stat <backend> 4 <sid>`` row per server and ``show info``
-  after them; it finds the servers again (so discovery by address follows HAProxy's
-  configuration) when that PID is another (a reload, which forgets every state set
-  through the API and may renumber servers) or a row names another server or address
-  (changed at runtime). A row whose status is DOWN or NOLB hides a drain: then the
-  admin state is read from ``show servers state`` too.
+- Each read costs the same whatever the backend's size. The node's servers are found
+  once in ``show servers state`` (of the configured backend, only the server's rows
+  parsed; of every backend when the node is found by address) and kept, with their ids
+  and the worker PID read before them. ``state()``, ``drain()``, ``take_out()`` and
+  ``put_back()`` then read one ``show stat <backend> 4 <sid>`` row per server and
+  ``show info`` after them; they find the servers again (so discovery by address
+  follows HAProxy's configuration) when that PID is another (a reload, which forgets
+  every state set through the API and may renumber servers) or a row names another
+  server or address (changed at runtime). A row whose status is DOWN or NOLB hides a
+  drain, and a server tracking another may inherit its state: then the admin state is
+  read from ``show servers state`` too. ``check_manual_drain()`` counts the other
+  servers, so it reads the whole backend (once, and the drain after it reads no more).
 - ``sessions`` never reads 0 while a worker may still hold a session to the node. A
   reload (master-worker, SIGUSR2) hands the stats socket to a new worker, while the old
   one goes on finishing its requests out of the socket's sight. So ``drain()`` and
@@ -55,7 +57,13 @@ from drainer.adapters._state import load_json, save_json
 from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LoadBalancer
 from drainer.adapters.checks import Check, attempt
 from drainer.adapters.haproxy.client import (
+    CHECK_ENABLED,
+    DRAIN_MASK,
+    FORCED_DRAIN,
+    FORCED_MAINT,
+    MAINT_MASK,
     HAProxyClient,
+    OpState,
     ServerState,
     StatRow,
     check_name,
@@ -196,7 +204,7 @@ class HAProxyLoadBalancer(LoadBalancer):
         if any(_admin_from_status(r.status) is None for r in rows):
             # DOWN or NOLB: the status hides a drain, the admin bits tell (rare: the
             # node's server down while not in maint, e.g. waiting for HAProxy's check)
-            now_state = {(s.backend, s.server): s for s in self._servers()}
+            now_state = {(s.backend, s.server): s for s in self._find()[1]}
             pairs = [(now_state.get((s.backend, s.server), s), r) for s, r in pairs]
         flags = [_admin_from_status(r.status) or (s.maint, s.drain) for s, r in pairs]
         if all(maint for maint, _ in flags):
@@ -232,18 +240,26 @@ class HAProxyLoadBalancer(LoadBalancer):
         does not name the server found (a server deleted or readdressed at runtime)."""
         for _ in range(2):
             pid, mine = self._found or self._find()
-            rows = [self._row(s) for s in mine]
-            now = self._client.worker_pid()
-            if now == pid and all(
-                r is not None and self._same(s, r) for s, r in zip(mine, rows, strict=True)
-            ):
-                return mine, [r for r in rows if r is not None], now
+            read = self._rows_if_same(pid, mine)
+            if read is not None:
+                return mine, *read
             self._found = None
         where = self._client.address
         raise TransientAdapterError(
             f"{where} changed while it was read (reloaded, or servers changed at runtime);"
             " reading again next turn"
         )
+
+    def _rows_if_same(self, pid: int, mine: list[ServerState]) -> tuple[list[StatRow], int] | None:
+        """The ``show stat`` row of each server of ``mine`` and the worker PID read after
+        them; None if that PID is not ``pid`` or a row does not name its server."""
+        rows = [self._row(s) for s in mine]
+        now = self._client.worker_pid()
+        if now != pid or any(
+            r is None or not self._same(s, r) for s, r in zip(mine, rows, strict=True)
+        ):
+            return None
+        return [r for r in rows if r is not None], now
 
     def _row(self, s: ServerState) -> StatRow | None:
         rows = self._client.stat(s.backend, server_id=s.server_id)
@@ -336,8 +352,10 @@ class HAProxyLoadBalancer(LoadBalancer):
 
         Otherwise a refusal naming each backend that would fall short, and its counts.
         """
+        pid = self._client.worker_pid()
         states = self._client.servers_state(self._config.backend)
         mine = self._select(states)
+        self._found = (pid, mine)  # the drain that follows need not read them again
         refusals = []
         for backend in sorted({s.backend for s in mine}):
             own = {s.server for s in mine if s.backend == backend}
@@ -412,6 +430,17 @@ class HAProxyLoadBalancer(LoadBalancer):
             ) from exc
 
     def _servers(self) -> list[ServerState]:
+        """The node's servers with their admin state now, for acting on them. From one
+        ``show stat`` row each, by the ids found before, when every row tells that state
+        (``admin_from_row``); else from ``show servers state`` (nothing found yet, a
+        reload, a changed row, a server DOWN or NOLB, one following a tracked server)."""
+        if self._found is not None:
+            pid, mine = self._found
+            read = self._rows_if_same(pid, mine)
+            if read is not None:
+                now = [admin_from_row(s, r) for s, r in zip(mine, read[0], strict=True)]
+                if all(n is not None for n in now):
+                    return [n for n in now if n is not None]
         return self._find()[1]
 
     def _find(self) -> tuple[int, list[ServerState]]:
@@ -438,6 +467,28 @@ class HAProxyLoadBalancer(LoadBalancer):
                 f"server {config.server} not found in backend {config.backend} on {where}"
             )
         return found
+
+
+def admin_from_row(s: ServerState, r: StatRow) -> ServerState | None:
+    """``s`` with the admin, operational and check state its ``show stat`` row ``r``
+    shows now, or None where the row cannot tell. HAProxy 2.6 shows MAINT for a forced
+    maintenance and DRAIN for a drained server that is up, but DOWN or NOLB for a drained
+    one that is not; a server that tracks another may hold that one's maintenance or
+    drain as its own (inherited bits), and MAINT (resolution) is DNS's, not forced
+    (checked on 2.6.12)."""
+    if r.tracked:
+        return None
+    if r.status == "MAINT":
+        admin, op = FORCED_MAINT, OpState.STOPPED
+    elif r.status.startswith("DRAIN"):
+        admin, op = FORCED_DRAIN, OpState.RUNNING
+    elif r.status.startswith(("UP", "no check")):
+        admin, op = 0, OpState.RUNNING
+    else:
+        return None
+    others = s.admin_state & ~(MAINT_MASK | DRAIN_MASK)  # e.g. 0x04, see the client
+    check = s.check_state | CHECK_ENABLED if r.checked else s.check_state & ~CHECK_ENABLED
+    return replace(s, admin_state=others | admin, op_state=op, check_state=check)
 
 
 def _admin_from_status(status: str) -> tuple[bool, bool] | None:
