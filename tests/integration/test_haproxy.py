@@ -798,3 +798,40 @@ def test_a_drained_server_that_is_down_still_reads_draining(
     view = lb.state()
     assert view.detail.startswith("app/web1 DOWN")
     assert view.status is LBStatus.DRAINING
+
+
+@needs_haproxy
+def test_start_checks_runs_haproxys_check_while_the_node_gets_nothing(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    port = free_port()  # nothing listens yet: the node is still rebooting
+    haproxy = start(two_servers(port, backend().port))
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
+    lb.take_out(kill=False)
+
+    assert lb.start_checks() is True  # maint -> drain + health down: the check runs
+    web1 = row(haproxy, "app", "web1")
+    assert web1.forced_drain and not web1.maint and not web1.up
+    assert lb.state().status is LBStatus.DRAINING
+    backend(port)  # the application comes up: HAProxy's check passes, UP in drain
+    wait_until(lambda: row(haproxy, "app", "web1").up, timeout=3, what="web1 UP in drain")
+    # drainer's checks have not agreed yet: DOWN again, so that no persistent request
+    # reaches it; its check goes on
+    assert lb.start_checks() is True
+    web1 = row(haproxy, "app", "web1")
+    assert web1.forced_drain and not web1.up and not web1.in_service
+    # both agree: the put-back waits for HAProxy's check only where it has not passed
+    wait_until(lambda: row(haproxy, "app", "web1").up, timeout=3, what="web1 UP again")
+    assert lb.put_back() is True
+    assert row(haproxy, "app", "web1").in_service
+
+
+@needs_haproxy
+def test_start_checks_leaves_a_server_without_a_check_in_maint(
+    context: AdapterContext, start: Any
+) -> None:
+    haproxy = start(f"backend app\n  server web1 127.0.0.1:{free_port()}\n")
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
+    lb.take_out(kill=False)
+    assert lb.start_checks() is False
+    assert lb.state().status is LBStatus.OUT

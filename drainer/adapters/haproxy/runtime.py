@@ -27,6 +27,9 @@ Invariants:
   instance is an error, not a silent 0).
 - ``drain()`` and ``take_out()`` never move a server backwards (a server in maint is
   not set to drain), so the core may re-assert them at any time.
+- ``start_checks()`` lets HAProxy's check run during the recovery, the server in
+  ``drain`` and forced DOWN (no request of any kind), so that ``put_back()`` finds it
+  passed when drainer's own checks pass.
 - ``put_back()`` never lets a request reach the node before HAProxy's own health check
   has passed. Leaving maint (for ``ready`` *or* ``drain``) makes HAProxy 2.6 reset a
   checked server's health to ``rise``: it is UP at once, with no check run. So a
@@ -285,6 +288,24 @@ class HAProxyLoadBalancer(LoadBalancer):
         if done:
             self._forget_worker()
         return done
+
+    def start_checks(self) -> bool:
+        """HAProxy's own check of the node's servers runs while drainer's do, with no
+        request sent to the node. A checked server in maint goes to ``drain`` with
+        ``health down`` (maint stops checks): a DOWN server gets no request at all, not
+        even a persistent one (cookie, stick table), and HAProxy checks it. Once its
+        check passed ``rise`` times HAProxy marks it UP, and an UP server in ``drain``
+        takes persistent requests: since this is called only while drainer's own
+        checks have not agreed yet, such a server is set DOWN again (its check goes on;
+        ``put_back`` makes it ``ready`` once both agree). True when every server is
+        checked so; False leaves the node in maint (no check configured)."""
+        checking = True
+        for s in self._servers():
+            if not s.checked or not (s.forced_maint or s.forced_drain):
+                checking = False
+            elif s.forced_maint or s.up:
+                self._client.set_state(s.backend, s.server, "drain", recheck=True)
+        return checking
 
     def preflight(self) -> list[Check]:
         """The instance answers, the node's server is there, the socket is ``level admin``
