@@ -18,9 +18,11 @@ balancers report. Hence the invariants:
 - An event the node is out for is over only once its disappearance held: it stayed
   unlisted on every poll for ``policy.gone_after``, or ``policy.gone_after_doubt`` when
   polls failed or the ``DocumentIncarnation`` went backwards since it was last listed
-  (a re-enabled metadata service lists nothing for minutes). An event that is listed
-  again within the window was never over. When it vanishes while another event for
-  this VM of the same type appears, that is the same maintenance under a new id.
+  (a re-enabled metadata service lists nothing for minutes). After the node rebooted
+  while out for it, a newer document that does not list it is enough (no doubt). An
+  event that is listed again within the window was never over. When it vanishes while
+  another event for this VM of the same type appears, that is the same maintenance
+  under a new id.
 - An event that names this VM is never dropped: one the source could not read well
   (``Damaged``) is for this VM when its text names the VM, and is then due now and
   never approved; an unknown status is pending, drained at once and never approved.
@@ -145,7 +147,7 @@ class Record:
     health_ok: int = 0  # consecutive passing health checks
     next_health: float = 0.0
     health_detail: str = ""
-    rebooted: bool = False
+    rebooted: bool = False  # the node rebooted while out for ``event``
     dismissed: tuple[str, ...] = ()  # event ids an operator's undrain told us to let be
     alert: str = ""  # the last thing a person should know about
     note: str = ""  # why the last transition happened
@@ -427,7 +429,18 @@ def _follow(record: Record, event: MaintenanceEvent | None) -> Record:
     same = same and record.event.event_id == event.event_id  # type: ignore[union-attr]
     if same:
         return replace(record, event=event)
-    return replace(record, event=event, approved_at=None, missing_since=None, missing_polls=0)
+    # listed in the document just read: as the next read would note (a drain may end,
+    # and the node reboot, before there is a next one)
+    listed = event is not None and event.event_id in record.listed
+    return replace(
+        record,
+        event=event,
+        approved_at=None,
+        missing_since=None,
+        missing_polls=0,
+        rebooted=False,
+        listed_in=record.incarnation if listed else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -443,6 +456,10 @@ class _Seen:
 
 def _inc(incarnation: int | None) -> str:
     return "?" if incarnation is None else str(incarnation)
+
+
+def _moved_on(listed_in: int | None, incarnation: int | None) -> bool:
+    return listed_in is not None and incarnation is not None and incarnation > listed_in
 
 
 def _track(
@@ -524,6 +541,11 @@ def _track(
     since = now if record.missing_since is None else record.missing_since
     polls = record.missing_polls + 1
     window = policy.gone_after_doubt if doubt else policy.gone_after
+    if not doubt and record.rebooted and _moved_on(record.listed_in, incarnation):
+        # The node rebooted while out for the event (its impact, seen by drainer itself),
+        # and the document that no longer lists it is a newer one than the last that did:
+        # over now; the window is for an unlisting that nothing else confirms.
+        window = 0.0
     if now - since >= window:
         why = f"event {event.event_id} unlisted for {now - since:.0f}s over {polls} polls"
         why += f" ({seen_in}, {why_doubt})" if doubt else f" ({seen_in})"

@@ -820,10 +820,40 @@ def test_start_checks_runs_haproxys_check_while_the_node_gets_nothing(
     assert lb.start_checks() is True
     web1 = row(haproxy, "app", "web1")
     assert web1.forced_drain and not web1.up and not web1.in_service
-    # both agree: the put-back waits for HAProxy's check only where it has not passed
-    wait_until(lambda: row(haproxy, "app", "web1").up, timeout=3, what="web1 UP again")
+    # both agree: HAProxy's check passed during this recovery and still passes, so the
+    # put-back makes it UP and ready at once, without another `rise`
     assert lb.put_back() is True
     assert row(haproxy, "app", "web1").in_service
+
+
+@needs_haproxy
+def test_a_check_that_fails_after_passing_makes_the_put_back_wait_again(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    port = free_port()
+    haproxy = start(two_servers(port, backend().port))
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
+    lb.take_out(kill=False)
+    assert lb.start_checks() is True
+    app = backend(port)
+    wait_until(lambda: row(haproxy, "app", "web1").up, timeout=3, what="web1 UP in drain")
+    assert lb.start_checks() is True  # DOWN again, noted as passed
+    app.stop()  # the application goes away: HAProxy's next check fails
+    client = HAProxyClient(haproxy.admin)
+
+    def failed() -> bool:
+        rows = client.stat("app")
+        return any(
+            r.server == "web1" and r.check_status.startswith("L4") and r.check_status != "L4OK"
+            for r in rows
+        )
+
+    wait_until(failed, timeout=3, what="a failed check")
+    assert lb.put_back() is False
+    assert not row(haproxy, "app", "web1").up
+    # a new drain forgets what HAProxy's check said in this recovery
+    lb.take_out(kill=False)
+    assert not any(context.state_dir.glob("*-passed.json"))
 
 
 @needs_haproxy

@@ -1070,3 +1070,54 @@ def test_healthy_and_free_starts_no_checks() -> None:
     record = recovering(event=None, health_ok=3)
     _, actions = run(record, tick(lbs=both(OUT)))
     assert not any(isinstance(a, StartChecks) for a in actions)
+
+
+def test_after_a_reboot_a_newer_document_without_the_event_ends_it_at_once() -> None:
+    record = at(Phase.IN_MAINTENANCE, event=STARTED, incarnation=7, listed_in=7)
+    record, _ = run(
+        record, tick(STARTED, lbs=both(OUT), boot="boot-2", incarnation=7), policy=WINDOWS
+    )
+    assert record.phase is Phase.RECOVERING and record.rebooted
+    # the same document without it (no newer incarnation): the window holds
+    same, _ = run(record, tick(lbs=both(OUT), boot="boot-2", incarnation=7), policy=WINDOWS)
+    assert same.event == STARTED
+    # an incarnation that went back: doubt, the long window
+    back, _ = run(record, tick(lbs=both(OUT), boot="boot-2", incarnation=1), policy=WINDOWS)
+    assert back.event == STARTED and back.doubt
+    # a newer one: over
+    new, _ = run(record, tick(lbs=both(OUT), boot="boot-2", incarnation=8), policy=WINDOWS)
+    assert new.event is None
+    # without the reboot, a newer document waits out the window as before
+    out = at(Phase.IN_MAINTENANCE, event=STARTED, incarnation=7, listed_in=7)
+    out, _ = run(out, tick(lbs=both(OUT), incarnation=8), policy=WINDOWS)
+    assert out.phase is Phase.IN_MAINTENANCE and out.event == STARTED
+
+
+def test_a_reboot_for_one_event_does_not_end_the_next_one_early() -> None:
+    record = recovering(event=STARTED, rebooted=True, incarnation=7, listed_in=7)
+    e2 = event(eid="E2")
+    record, _ = run(record, tick(STARTED, e2, lbs=both(OUT), incarnation=8), policy=WINDOWS)
+    assert record.phase is Phase.DRAINING and not record.rebooted
+
+
+def test_an_event_drained_in_the_turn_that_first_listed_it_knows_its_document() -> None:
+    # The drain ends in the turn that first saw the event, and the VM reboots before the
+    # next poll: the incarnation that listed it is known all the same.
+    from drainer.core import Recheck
+
+    record, _ = run(Record(boot_id=BOOT), tick(event(), lbs=both(IN), incarnation=1))
+    assert record.listed_in == 1
+    record, _ = run(record, Recheck(both(draining_view(0))), policy=WINDOWS)
+    assert record.phase is Phase.DRAINED
+    record, _ = run(record, tick(lbs=both(OUT), boot="boot-2", incarnation=3), policy=WINDOWS)
+    assert record.phase is Phase.RECOVERING and record.event is None
+
+
+def test_no_checks_restarted_when_the_check_due_now_may_make_the_node_healthy() -> None:
+    # A re-assert now could set back a load balancer whose own check has passed, just
+    # before the health result puts the node back in this same turn.
+    record = recovering(event=None, health_ok=2, next_health=NOW)
+    _, actions = run(record, tick(lbs=both(OUT)))
+    assert actions == [CheckHealth()]
+    _, actions = run(replace(record, health_ok=1), tick(lbs=both(OUT)))
+    assert actions == [StartChecks(LBS), CheckHealth()]
