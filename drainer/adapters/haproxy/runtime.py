@@ -31,11 +31,12 @@ Invariants:
   ``drain`` and forced DOWN (no request of any kind), so that ``put_back()`` finds it
   passed when drainer's own checks pass.
 - ``put_back()`` never lets a request reach the node before HAProxy's own health check
-  has passed (``rise`` times during this recovery, and its latest check). Leaving maint (for ``ready`` *or* ``drain``) makes HAProxy 2.6 reset a
-  checked server's health to ``rise``: it is UP at once, with no check run. So a
-  checked server leaves maint for ``drain`` with ``health down`` on the same CLI line,
-  and becomes ``ready`` on a later call, once the check has brought it back UP. A
-  server without an enabled check goes straight to ``ready``: nothing could gate it.
+  has passed (``rise`` times during this recovery, and its latest check). Leaving
+  maint (for ``ready`` *or* ``drain``) makes HAProxy 2.6 reset a checked server's
+  health to ``rise``: it is UP at once, with no check run. So a checked server leaves
+  maint for ``drain`` with ``health down`` on the same CLI line, and becomes ``ready``
+  on a later call, once the check has brought it back UP. A server without an enabled
+  check goes straight to ``ready``: nothing could gate it.
 - Instances are independent: an HA pair gives two LoadBalancers, and one unreachable
   instance raises ``TransientAdapterError`` naming it without touching the other.
 """
