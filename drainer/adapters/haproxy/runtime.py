@@ -429,12 +429,7 @@ class HAProxyLoadBalancer(LoadBalancer):
         save_json(self._worker_path, data)
 
     def _forget_worker(self) -> None:
-        try:
-            self._worker_path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise TransientAdapterError(
-                f"cannot remove {self._worker_path}: {exc.strerror}"
-            ) from exc
+        _remove(self._worker_path)
 
     def _note_passed(self, servers: list[ServerState]) -> None:
         """HAProxy's check brought these servers UP during this recovery (then set DOWN
@@ -464,12 +459,7 @@ class HAProxyLoadBalancer(LoadBalancer):
         return row is not None and row.check_status in ("L4OK", "L6OK", "L7OK")
 
     def _forget_passed(self) -> None:
-        try:
-            self._passed_path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise TransientAdapterError(
-                f"cannot remove {self._passed_path}: {exc.strerror}"
-            ) from exc
+        _remove(self._passed_path)
 
     def _servers(self) -> list[ServerState]:
         return self._find()[1]
@@ -498,6 +488,13 @@ class HAProxyLoadBalancer(LoadBalancer):
                 f"server {config.server} not found in backend {config.backend} on {where}"
             )
         return found
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise TransientAdapterError(f"cannot remove {path}: {exc.strerror}") from exc
 
 
 def _admin_from_status(status: str) -> tuple[bool, bool] | None:
