@@ -39,25 +39,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from drainer.adapters.haproxy.client import HAProxyClient
-from drainer.errors import AdapterError
-from drainer.testing import (
-    BlackHole,
-    FakeIMDS,
-    LoadClient,
-    WebProcess,
-    free_port,
-    start_haproxy_in_front,
-)
+from zero_failures import NODE, PEERS, Watcher  # bench/ is the script's own folder
 
-NODE = "web-1"
-PEERS = ("web-2", "web-3")
+from drainer.testing import BlackHole, FakeIMDS, LoadClient, WebProcess, free_port
+from drainer.testing import start_haproxy_in_front as in_front
+
 REBOOT = 10.0  # seconds the simulated VM stays down
 
 
@@ -87,27 +79,9 @@ SETTINGS = {
 PARTS = ("drain", "approval", "reboot", "restart", "health", "haproxy", "put-back")
 
 
-class Watcher(threading.Thread):
-    """web-1's status in HAProxy every 20 ms: (time, status)."""
-
-    def __init__(self, admin: str) -> None:
-        super().__init__(name="watcher", daemon=True)
-        self.client = HAProxyClient(admin, timeout=2.0)
-        self.stop = threading.Event()
-        self.samples: list[tuple[float, str]] = []
-
-    def run(self) -> None:
-        while not self.stop.wait(0.02):
-            try:
-                rows = [r for r in self.client.stat("app") if r.server == NODE]
-            except AdapterError:
-                continue
-            if rows:
-                self.samples.append((time.time(), rows[0].status))
-
-    def first(self, after: float, test: object) -> float | None:
-        assert callable(test)
-        return next((t for t, s in self.samples if t >= after and test(s)), None)
+def first(watcher: Watcher, after: float, test: Callable[[str], bool]) -> float | None:
+    """When web-1's status in HAProxy first passed ``test`` at ``after`` or later."""
+    return next((t for t, s in watcher.samples if t >= after and test(s)), None)
 
 
 def _log_times(path: Path) -> list[tuple[float, str]]:
@@ -142,9 +116,7 @@ def once(s: Settings) -> dict[str, float]:
         tmp = Path(tmp_dir)
         webs = {n: WebProcess(free_port(), name=n, delay=0.01).start() for n in (NODE, *PEERS)}
         check = f"check inter {s.inter:g}s rise {s.rise}"
-        proxy = start_haproxy_in_front(
-            tmp, backends={n: w.port for n, w in webs.items()}, check=check
-        )
+        proxy = in_front(tmp, backends={n: w.port for n, w in webs.items()}, check=check)
         boot = tmp / "boot_id"
         boot.write_text("boot-1\n")
         config = {
@@ -169,7 +141,7 @@ def once(s: Settings) -> dict[str, float]:
         path = tmp / "drainer.yaml"
         path.write_text(json.dumps(config))
         sidecar = _drainer(path)
-        watcher = Watcher(proxy.admin)
+        watcher = Watcher(proxy.admin, every=0.02)
         watcher.start()
         load = LoadClient(f"http://127.0.0.1:{proxy.port}/", workers=4, limit_seconds=120)
         try:
@@ -229,13 +201,13 @@ def _parts(
     back: float,
     failed: int,
 ) -> dict[str, float]:
-    out = watcher.first(0, lambda st: not st.startswith("UP"))
-    maint = watcher.first(0, lambda st: st.startswith("MAINT"))
+    out = first(watcher, 0, lambda st: not st.startswith("UP"))
+    maint = first(watcher, 0, lambda st: st.startswith("MAINT"))
     first_turn = next(t for t, m in logs if t >= back and m.startswith("recovering"))
     checks = [t for t, m in logs if t >= back and m.startswith("health check:")]
     healthy = checks[s.successes - 1]
-    hx_up = watcher.first(first_turn, lambda st: st.startswith(("DRAIN", "UP")))
-    ready = watcher.first(back, lambda st: st.startswith("UP"))
+    hx_up = first(watcher, first_turn, lambda st: st.startswith(("DRAIN", "UP")))
+    ready = first(watcher, back, lambda st: st.startswith("UP"))
     assert out and maint and hx_up and ready, "web-1's way through HAProxy was not seen"
     both = max(healthy, hx_up)
     return {
