@@ -62,38 +62,40 @@ class Result:
 
 
 class Watcher(threading.Thread):
-    """Samples web-1's status in HAProxy every 50 ms: how long out, when first out."""
+    """Samples web-1's status in HAProxy every ``every`` seconds (UP, DRAIN, MAINT,
+    DOWN 1/2...): how long out, when first out."""
 
-    def __init__(self, admin: str) -> None:
+    def __init__(self, admin: str, *, every: float = 0.05) -> None:
         super().__init__(name="watcher", daemon=True)
         self.client = HAProxyClient(admin, timeout=2.0)
+        self.every = every
         self.stop = threading.Event()
-        self.samples: list[tuple[float, bool]] = []  # (time, in the pool)
+        self.samples: list[tuple[float, str]] = []  # (time, status)
 
     def run(self) -> None:
-        while not self.stop.wait(0.05):
+        while not self.stop.wait(self.every):
             try:
                 rows = [r for r in self.client.stat("app") if r.server == NODE]
             except AdapterError:
                 continue
             if rows:
-                self.samples.append((time.time(), rows[0].status.startswith("UP")))
+                self.samples.append((time.time(), rows[0].status))
 
     def out_seconds(self) -> float:
         total = 0.0
-        for (t0, up), (t1, _) in zip(self.samples, self.samples[1:], strict=False):
-            if not up:
+        for (t0, status), (t1, _) in zip(self.samples, self.samples[1:], strict=False):
+            if not status.startswith("UP"):
                 total += t1 - t0
         return total
 
     def first_out_after(self, moment: float) -> float | None:
-        for t, up in self.samples:
-            if t >= moment and not up:
+        for t, status in self.samples:
+            if t >= moment and not status.startswith("UP"):
                 return t - moment
         return None
 
     def in_pool_now(self) -> bool:
-        return bool(self.samples) and self.samples[-1][1]
+        return bool(self.samples) and self.samples[-1][1].startswith("UP")
 
 
 class Sidecar:

@@ -18,9 +18,11 @@ balancers report. Hence the invariants:
 - An event the node is out for is over only once its disappearance held: it stayed
   unlisted on every poll for ``policy.gone_after``, or ``policy.gone_after_doubt`` when
   polls failed or the ``DocumentIncarnation`` went backwards since it was last listed
-  (a re-enabled metadata service lists nothing for minutes). An event that is listed
-  again within the window was never over. When it vanishes while another event for
-  this VM of the same type appears, that is the same maintenance under a new id.
+  (a re-enabled metadata service lists nothing for minutes). After the node rebooted
+  while out for it, a newer document that does not list it is enough (no doubt). An
+  event that is listed again within the window was never over. When it vanishes while
+  another event for this VM of the same type appears, that is the same maintenance
+  under a new id.
 - An event that names this VM is never dropped: one the source could not read well
   (``Damaged``) is for this VM when its text names the VM, and is then due now and
   never approved; an unknown status is pending, drained at once and never approved.
@@ -31,6 +33,12 @@ Phases (``TRANSITIONS`` holds every move; ``_enter`` refuses any other):
     draining/drained --event cancelled--> recovering --healthy, no event--> in_service
     recovering --health deadline--> held;  any --Preempt/Terminate drained--> removed
     any --undrain--> recovering
+
+A turn goes on while its own results allow it: a health result that makes the node
+healthy puts it back in the same turn, and the shell re-reads the load balancers right
+after a drain (a ``Recheck``), so a drain with no session left ends at once. While the
+node recovers, the load balancers' own health checks run too (``StartChecks``), with
+the node still getting no request, so that both sides agree as soon as possible.
 """
 
 from __future__ import annotations
@@ -140,11 +148,15 @@ class Record:
     health_ok: int = 0  # consecutive passing health checks
     next_health: float = 0.0
     health_detail: str = ""
-    rebooted: bool = False
+    rebooted: bool = False  # the node rebooted while out for ``event``
     dismissed: tuple[str, ...] = ()  # event ids an operator's undrain told us to let be
     alert: str = ""  # the last thing a person should know about
     note: str = ""  # why the last transition happened
     drain_result: DrainResult | None = None  # how the last drain ended
+    # Load balancers whose own health check of the node runs while it recovers (it shows
+    # there as draining, with no request sent to it): see StartChecks.
+    checking: frozenset[str] = frozenset()
+    blind: bool = False  # the last poll of the source failed: a new event may be unseen
     # What the last documents said, to tell a vanished event from a blind metadata service:
     incarnation: int | None = None  # DocumentIncarnation of the last document read
     listed: tuple[str, ...] = ()  # this node's event ids in the last document read
@@ -188,6 +200,14 @@ class HealthResult:
 
 @dataclass(frozen=True)
 class PutBackDone:
+    lb: str
+
+
+@dataclass(frozen=True)
+class ChecksStarted:
+    """The load balancer ``lb`` runs its own health check of the node, which gets no
+    request there: it shows as draining until put back."""
+
     lb: str
 
 
@@ -245,6 +265,7 @@ Input = (
     | SlotRefused
     | HealthResult
     | PutBackDone
+    | ChecksStarted
     | Approved
     | ApproveFailed
     | ManualDrain
@@ -269,6 +290,14 @@ class TakeOut:
 
 @dataclass(frozen=True)
 class PutBack:
+    lbs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StartChecks:
+    """Let each load balancer's own health check of the node run while the node still
+    gets no request (idempotent; re-asserted while the node recovers)."""
+
     lbs: tuple[str, ...]
 
 
@@ -303,7 +332,17 @@ class ReleaseSlot:
     lease: str  # "" whatever this node holds (an ask whose answer may have been lost)
 
 
-Action = Drain | TakeOut | PutBack | ApproveEvent | CheckHealth | Alert | TakeSlot | ReleaseSlot
+Action = (
+    Drain
+    | TakeOut
+    | PutBack
+    | StartChecks
+    | ApproveEvent
+    | CheckHealth
+    | Alert
+    | TakeSlot
+    | ReleaseSlot
+)
 Result = tuple[Record, list[Action]]
 
 
@@ -409,11 +448,9 @@ def wants_lb_views(
 
 def wants_recheck(record: Record, policy: Policy) -> bool:
     """Whether the load balancers should be re-checked between polls: while the node is
-    meant to be out of them, not while an operator's undrain or a healthy recovery puts
-    it back."""
-    if record.phase is Phase.RECOVERING:
-        waiting = record.event is not None  # healthy, but not put back while it is followed
-        return not record.undrain and (record.health_ok < policy.health_successes or waiting)
+    meant to be out of them, and while it recovers (health checks run at their own
+    interval, and a put-back that waits for a load balancer's own check is tried again),
+    not poll after poll."""
     return record.phase is not Phase.IN_SERVICE
 
 
@@ -467,7 +504,18 @@ def _follow(record: Record, event: MaintenanceEvent | None) -> Record:
     same = same and record.event.event_id == event.event_id  # type: ignore[union-attr]
     if same:
         return replace(record, event=event)
-    return replace(record, event=event, approved_at=None, missing_since=None, missing_polls=0)
+    # listed in the document just read: as the next read would note (a drain may end,
+    # and the node reboot, before there is a next one)
+    listed = event is not None and event.event_id in record.listed
+    return replace(
+        record,
+        event=event,
+        approved_at=None,
+        missing_since=None,
+        missing_polls=0,
+        rebooted=False,
+        listed_in=record.incarnation if listed else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -483,6 +531,10 @@ class _Seen:
 
 def _inc(incarnation: int | None) -> str:
     return "?" if incarnation is None else str(incarnation)
+
+
+def _moved_on(listed_in: int | None, incarnation: int | None) -> bool:
+    return listed_in is not None and incarnation is not None and incarnation > listed_in
 
 
 def _track(
@@ -564,6 +616,11 @@ def _track(
     since = now if record.missing_since is None else record.missing_since
     polls = record.missing_polls + 1
     window = policy.gone_after_doubt if doubt else policy.gone_after
+    if not doubt and record.rebooted and _moved_on(record.listed_in, incarnation):
+        # The node rebooted while out for the event (its impact, seen by drainer itself),
+        # and the document that no longer lists it is a newer one than the last that did:
+        # over now; the window is for an unlisting that nothing else confirms.
+        window = 0.0
     if now - since >= window:
         why = f"event {event.event_id} unlisted for {now - since:.0f}s over {polls} polls"
         why += f" ({seen_in}, {why_doubt})" if doubt else f" ({seen_in})"
@@ -587,6 +644,8 @@ def _enter(record: Record, phase: Phase, now: float, note: str, **changes: objec
         changes["drain_result"] = DrainResult.CANCELLED
     assert record.phase is not Phase.DRAINING or "drain_result" in changes, "how it ended?"
     changes.update(_out_of_service(record, phase, now, changes.get("event", record.event)))
+    if phase is not Phase.RECOVERING:  # the load balancers' own checks ran for a recovery
+        changes.setdefault("checking", frozenset())
     return replace(record, phase=phase, since=now, note=note, **changes)  # type: ignore[arg-type]
 
 
@@ -655,9 +714,20 @@ def _step(record: Record, given: Input, now: float, policy: Policy) -> Result:
         if record.phase not in (Phase.RECOVERING, Phase.HELD):
             return record, []
         count = record.health_ok + 1 if given.ok else 0
-        return replace(record, health_ok=count, health_detail=given.detail), []
+        became = record.health_ok < policy.health_successes <= count
+        record = replace(record, health_ok=count, health_detail=given.detail)
+        if became and record.phase is Phase.RECOVERING and not record.undrain:
+            # healthy now: go on in this same turn (no views: none is re-asserted here)
+            waiting = record.blind or record.event is not None
+            return _recover(record, {}, now, policy, waiting=waiting)
+        return record, []
+    if isinstance(given, ChecksStarted):
+        if record.phase is not Phase.RECOVERING or given.lb not in record.owned:
+            return record, []
+        return replace(record, checking=record.checking | {given.lb}), []
     if isinstance(given, PutBackDone):
         owned = record.owned - {given.lb}
+        record = replace(record, checking=record.checking - {given.lb})
         if owned or record.phase is not Phase.RECOVERING:
             return replace(record, owned=owned), []
         return _back_in_service(replace(record, owned=owned), now), []
@@ -728,7 +798,15 @@ def _recheck(record: Record, given: Recheck, now: float, policy: Policy) -> Resu
     tick = Tick(record.boot_id, None, given.lbs)
     if record.phase is Phase.DRAINING:
         return _draining(record, None, _Seen(record, record.event, "", []), tick, now, policy)
-    return record, _reassert_out(record, tick)
+    if record.phase is Phase.RECOVERING:
+        if record.undrain:
+            if not record.owned:
+                return _back_in_service(record, now), []
+            return record, [PutBack(tuple(sorted(record.owned)))]
+        # as at the last poll: waiting while an event is followed or the poll failed
+        waiting = record.blind or record.event is not None
+        return _recover(record, given.lbs, now, policy, waiting=waiting)
+    return record, _reassert_out(record, tick.lbs)
 
 
 def _manual_drain(record: Record, given: ManualDrain, now: float, policy: Policy) -> Result:
@@ -832,6 +910,8 @@ def _start_drain(
 
 
 def _tick(record: Record, tick: Tick, now: float, policy: Policy) -> Result:
+    if record.blind != (tick.events is None):
+        record = replace(record, blind=tick.events is None)
     if record.boot_id != tick.boot_id:
         record = _after_boot(record, tick.boot_id, now)
     # None: the source could not be read this tick; keep what we knew.
@@ -877,7 +957,7 @@ def _held_or_removed(
             and phase is not Phase.REMOVED
         ):
             record = _enter(record, Phase.REMOVED, now, "removal event: never back")
-    actions = _reassert_out(record, tick)
+    actions = _reassert_out(record, tick.lbs)
     record, more = _maybe_approve(record, now, policy)
     actions += more
     if phase is Phase.HELD:
@@ -1033,7 +1113,7 @@ def _out(
         record.phase is Phase.DRAINED and event is not None and event.status is EventStatus.STARTED
     ):
         record = _enter(record, Phase.IN_MAINTENANCE, now, "event started")
-    actions = _reassert_out(record, tick)
+    actions = _reassert_out(record, tick.lbs)
     record, more = _maybe_approve(record, now, policy)
     return record, actions + more
 
@@ -1063,6 +1143,15 @@ def _recovering(
         # or while its disappearance does not hold yet
         record = _follow(record, seen.event)
     waiting = candidates is None or record.event is not None
+    return _recover(record, tick.lbs, now, policy, waiting=waiting)
+
+
+def _recover(
+    record: Record, lbs: Mapping[str, LBView | None], now: float, policy: Policy, *, waiting: bool
+) -> Result:
+    """Recovery once the listing is read (``waiting``: an event is still followed, or the
+    source could not be read): put back when healthy, else keep the node out while the
+    load balancers' own checks and drainer's run side by side."""
     healthy = record.health_ok >= policy.health_successes
     actions: list[Action] = []
     if healthy and not waiting:
@@ -1080,26 +1169,37 @@ def _recovering(
             return _enter(record, Phase.HELD, now, "health deadline passed", alert=message), [
                 Alert(message)
             ]
-        actions += _reassert_out(record, tick)
+        actions += _reassert_out(record, lbs)
     elif record.event is not None:
         # Healthy, but its event is still listed or its disappearance does not hold yet:
         # out until then, even where a reload brought it back.
-        actions += _reassert_out(record, tick)
+        actions += _reassert_out(record, lbs)
+    due = now >= record.next_health - policy.health_interval * HEALTH_EARLY
+    last = due and not waiting and record.health_ok + 1 >= policy.health_successes
+    if record.owned and not (healthy and not waiting) and not last:
+        # Each load balancer's own check runs now, not only after drainer's passed: the
+        # put-back then waits for neither in turn. Not when the check due now may make
+        # the node healthy: the put-back follows in this turn, and a re-assert would set
+        # back a load balancer whose check already passed.
+        actions.append(StartChecks(tuple(sorted(record.owned))))
     # Health is checked while the put-back goes on too: a node that turns unhealthy
     # stops being put back.
     record, more = _maybe_check_health(record, now, policy)
     return record, actions + more
 
 
-def _reassert_out(record: Record, tick: Tick) -> list[Action]:
+def _reassert_out(record: Record, lbs: Mapping[str, LBView | None]) -> list[Action]:
     """While the node is meant to be out, take it out again wherever it is not: a reload
     brought it back, or the take-out itself failed or was lost to a crash between the
-    save and the call (the load balancer then still shows the drain)."""
+    save and the call (the load balancer then still shows the drain). Where the load
+    balancer's own check runs for a recovery (``checking``), draining is out enough."""
+    checked_out = (LBStatus.OUT, LBStatus.DRAINING)
     back = tuple(
         sorted(
             name
             for name in record.owned
-            if (view := tick.lbs.get(name)) is not None and view.status is not LBStatus.OUT
+            if (view := lbs.get(name)) is not None
+            and view.status not in (checked_out if name in record.checking else (LBStatus.OUT,))
         )
     )
     return [TakeOut(back)] if back else []
@@ -1120,7 +1220,12 @@ def _maybe_approve(record: Record, now: float, policy: Policy) -> Result:
     return record, [ApproveEvent(event.event_id, record.slot)]
 
 
+# A check due at most this share of its interval from now runs now: turns that come a
+# few milliseconds early must not skip a whole interval.
+HEALTH_EARLY = 0.1
+
+
 def _maybe_check_health(record: Record, now: float, policy: Policy) -> Result:
-    if now < record.next_health:
+    if now < record.next_health - policy.health_interval * HEALTH_EARLY:
         return record, []
     return replace(record, next_health=now + policy.health_interval), [CheckHealth()]

@@ -15,7 +15,8 @@ What the loop does besides turning:
   never hangs, so the heartbeat, the re-checks, a stop and a reload keep their pace.
 - **Re-check.** While the node should be out, the load balancers are read every
   ``drain.recheck_interval`` between polls, and the drain re-asserted where a reload or
-  a restart forgot it; the source is not polled for that.
+  a restart forgot it; while it recovers, health checks and a put-back that waits for
+  a load balancer's own check go on at that pace too. The source is not polled for that.
 - **Show itself.** One ``drainer run`` per state directory (``sidecar.acquire``); a
   heartbeat after every completed turn (``sidecar.beat``); ``/healthz`` and ``/readyz``
   next to ``/metrics``; systemd's notify protocol when ``NOTIFY_SOCKET`` is set

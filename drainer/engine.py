@@ -5,7 +5,9 @@ daemon and a CLI command never interleave. Inside a turn the record is saved aft
 every step and *before* the step's actions run; an action's outcome (a health result,
 a finished put-back, a failed approval) is fed back as the next input. A crash at any
 point therefore leaves on disk an intent that the next turn, in this process or the
-next one, carries out again: every action is idempotent.
+next one, carries out again: every action is idempotent. Right after a drain the turn
+reads the load balancers once more (a ``Recheck``), so that a drain with no session
+left ends in the turn that started it rather than at the next one.
 
 One exception, because out is the safe direction: when the record cannot be saved (a
 full disk), a step that drains or takes the node out still acts, after noting the drain
@@ -34,6 +36,7 @@ from drainer.core import (
     ApproveEvent,
     ApproveFailed,
     CheckHealth,
+    ChecksStarted,
     Drain,
     HealthResult,
     Input,
@@ -46,6 +49,7 @@ from drainer.core import (
     ReleaseSlot,
     SlotRefused,
     SlotTaken,
+    StartChecks,
     TakeOut,
     TakeSlot,
     Tick,
@@ -187,6 +191,7 @@ class Engine:
                 incarnation = listing.incarnation if listing is not None else None
                 given = Tick(self.boot_id, events, views, incarnation, damaged)
             inputs: deque[Input] = deque([given])
+            reread = False  # the load balancers were read again after a drain
             while inputs:
                 now = self.clock()
                 new, actions = step(record, inputs.popleft(), now, self.policy)
@@ -195,11 +200,15 @@ class Engine:
                         saved = new
                     else:
                         actions = self._unrecorded(new, actions, now)
+                began = new.phase is Phase.DRAINING and record.phase is not Phase.DRAINING
                 if new != record:
                     self._observe(record, new)
                 record = new
                 for action in actions:
                     inputs.extend(self._run(action))
+                if not reread and (began or any(isinstance(a, Drain) for a in actions)):
+                    reread = True  # once: a load balancer that refuses must not loop
+                    inputs.append(Recheck(self.views()))
             return record, views
 
     # -- a state that cannot be saved ------------------------------------------------------
@@ -347,7 +356,7 @@ class Engine:
         return record
 
     def _run(self, action: Action) -> list[Input]:
-        if isinstance(action, Drain | TakeOut | PutBack):
+        if isinstance(action, Drain | TakeOut | PutBack | StartChecks):
             return self._on_lbs(action)
         if isinstance(action, TakeSlot | ReleaseSlot):
             return self._on_slot(action)
@@ -482,9 +491,14 @@ class Engine:
             return None
         return SlotTaken(admission.lease, over_budget=bool(admission.full))
 
-    def _on_lbs(self, action: Drain | TakeOut | PutBack) -> list[Input]:
+    def _on_lbs(self, action: Drain | TakeOut | PutBack | StartChecks) -> list[Input]:
         done: list[Input] = []
-        verb = {Drain: "drain", TakeOut: "take out", PutBack: "put back"}[type(action)]
+        verb = {
+            Drain: "drain",
+            TakeOut: "take out",
+            PutBack: "put back",
+            StartChecks: "start checks",
+        }[type(action)]
         for name in action.lbs:
             lb = self.lbs.get(name)
             if lb is None:  # removed from the configuration since it was drained
@@ -497,6 +511,9 @@ class Engine:
                     lb.drain()
                 elif isinstance(action, TakeOut):
                     lb.take_out(kill=action.kill)
+                elif isinstance(action, StartChecks):
+                    if lb.start_checks():
+                        done.append(ChecksStarted(name))
                 elif lb.put_back():
                     done.append(PutBackDone(name))
             except AdapterError as exc:

@@ -127,6 +127,7 @@ def record_from_json(data: Any) -> Record:
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"event is not an event ({exc!r})") from exc
     values["owned"] = frozenset(values.get("owned", ()))
+    values["checking"] = frozenset(values.get("checking", ()))
     values["dismissed"] = tuple(values.get("dismissed", ()))
     values["listed"] = tuple(values.get("listed", ()))
     return Record(**values)

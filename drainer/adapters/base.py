@@ -61,7 +61,8 @@ class LoadBalancer(Protocol):
 
     An adapter that subclasses ``LoadBalancer`` writes ``state``, ``drain``,
     ``take_out`` and ``put_back``, and inherits the rest: ``preflight`` reads the state,
-    ``serve`` and ``close`` do nothing, ``check_manual_drain`` refuses nothing.
+    ``serve`` and ``close`` do nothing, ``check_manual_drain`` refuses nothing,
+    ``start_checks`` starts nothing.
     """
 
     name: str
@@ -85,6 +86,16 @@ class LoadBalancer(Protocol):
         health check returns False until then.
         """
         ...
+
+    def start_checks(self) -> bool:
+        """While the node recovers out of the pool: let the load balancer's own health
+        check of the node run now, alongside drainer's, so that ``put_back`` need not
+        wait for it afterwards; the node must still get no request. Called again and
+        again while the recovery lasts (idempotent). True when the check runs and the
+        node shows as ``DRAINING`` meanwhile (drainer then does not take it out again);
+        False when nothing was started (by default: the check, if any, starts with
+        ``put_back``)."""
+        return False
 
     def preflight(self) -> list[Check]:
         """Check, without changing anything, that every later call can work: the load

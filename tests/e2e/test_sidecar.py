@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -32,8 +33,10 @@ from drainer.core import (
     Drain,
     Phase,
     Policy,
+    PutBack,
     Recheck,
     Record,
+    StartChecks,
     TakeOut,
     step,
     wants_recheck,
@@ -383,18 +386,28 @@ def test_recheck_redrains_and_may_finish_the_drain() -> None:
     assert new.phase is Phase.DRAINED and TakeOut(("a", "b")) in actions
 
 
-def test_recheck_never_touches_a_node_being_put_back_or_in_service() -> None:
-    cases = [
-        Record(phase=Phase.IN_SERVICE),
+def test_recheck_never_takes_out_a_node_being_put_back_or_in_service() -> None:
+    record = Record(phase=Phase.IN_SERVICE)
+    assert not wants_recheck(record, POLICY)
+    assert step(record, Recheck({"a": IN, "b": IN}), 10.0, POLICY) == (record, [])
+    # being put back: the re-check only goes on with the put-back (a load balancer may
+    # wait for its own check), never takes the node out again
+    for record in (
         Record(phase=Phase.RECOVERING, owned=frozenset({"a"}), undrain=True),
-        Record(phase=Phase.RECOVERING, owned=frozenset({"a"}), health_ok=2),
-    ]
-    for record in cases:
-        assert not wants_recheck(record, POLICY)
-        assert step(record, Recheck({"a": IN, "b": IN}), 10.0, POLICY) == (record, [])
+        Record(phase=Phase.RECOVERING, owned=frozenset({"a"}), health_ok=2, next_health=12),
+    ):
+        assert wants_recheck(record, POLICY)
+        assert step(record, Recheck({"a": IN, "b": IN}), 10.0, POLICY) == (
+            record,
+            [PutBack(("a",))],
+        )
     unhealthy = Record(phase=Phase.RECOVERING, owned=frozenset({"a"}), health_ok=1)
     assert wants_recheck(unhealthy, POLICY)
-    assert step(unhealthy, Recheck({"a": IN}), 10.0, POLICY) == (unhealthy, [TakeOut(("a",))])
+    unhealthy = replace(unhealthy, next_health=12)  # no health check due in this one
+    assert step(unhealthy, Recheck({"a": IN}), 10.0, POLICY) == (
+        unhealthy,
+        [TakeOut(("a",)), StartChecks(("a",))],
+    )
 
 
 # -- the re-check between polls, with a real HAProxy -----------------------------------------

@@ -957,3 +957,70 @@ def test_put_back_reads_the_whole_backend_only_while_the_server_is_down(
     # DRAIN, unless the check passed between its two reads
     assert calls - 1 <= sent.count("show servers") - 1 <= calls
     assert lb.state().status is LBStatus.IN_SERVICE
+
+
+@needs_haproxy
+def test_start_checks_runs_haproxys_check_while_the_node_gets_nothing(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    port = free_port()  # nothing listens yet: the node is still rebooting
+    haproxy = start(two_servers(port, backend().port))
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
+    lb.take_out(kill=False)
+
+    assert lb.start_checks() is True  # maint -> drain + health down: the check runs
+    web1 = row(haproxy, "app", "web1")
+    assert web1.forced_drain and not web1.maint and not web1.up
+    assert lb.state().status is LBStatus.DRAINING
+    backend(port)  # the application comes up: HAProxy's check passes, UP in drain
+    wait_until(lambda: row(haproxy, "app", "web1").up, timeout=3, what="web1 UP in drain")
+    # drainer's checks have not agreed yet: DOWN again, so that no persistent request
+    # reaches it; its check goes on
+    assert lb.start_checks() is True
+    web1 = row(haproxy, "app", "web1")
+    assert web1.forced_drain and not web1.up and not web1.in_service
+    # both agree: HAProxy's check passed during this recovery and still passes, so the
+    # put-back makes it UP and ready at once, without another `rise`
+    assert lb.put_back() is True
+    assert row(haproxy, "app", "web1").in_service
+
+
+@needs_haproxy
+def test_a_check_that_fails_after_passing_makes_the_put_back_wait_again(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    port = free_port()
+    haproxy = start(two_servers(port, backend().port))
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
+    lb.take_out(kill=False)
+    assert lb.start_checks() is True
+    app = backend(port)
+    wait_until(lambda: row(haproxy, "app", "web1").up, timeout=3, what="web1 UP in drain")
+    assert lb.start_checks() is True  # DOWN again, noted as passed
+    app.stop()  # the application goes away: HAProxy's next check fails
+    client = HAProxyClient(haproxy.admin)
+
+    def failed() -> bool:
+        rows = client.stat("app")
+        return any(
+            r.server == "web1" and r.check_status.startswith("L4") and r.check_status != "L4OK"
+            for r in rows
+        )
+
+    wait_until(failed, timeout=3, what="a failed check")
+    assert lb.put_back() is False
+    assert not row(haproxy, "app", "web1").up
+    # a new drain forgets what HAProxy's check said in this recovery
+    lb.take_out(kill=False)
+    assert not any(context.state_dir.glob("*-passed.json"))
+
+
+@needs_haproxy
+def test_start_checks_leaves_a_server_without_a_check_in_maint(
+    context: AdapterContext, start: Any
+) -> None:
+    haproxy = start(f"backend app\n  server web1 127.0.0.1:{free_port()}\n")
+    lb = make_lb(context, haproxy.admin, backend="app", server="web1")
+    lb.take_out(kill=False)
+    assert lb.start_checks() is False
+    assert lb.state().status is LBStatus.OUT

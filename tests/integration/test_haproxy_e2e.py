@@ -559,13 +559,12 @@ def test_back_only_after_drainers_check_and_haproxys_check(world: World, lab: La
     hits = world.health.hits
     world.wait_polls(6)
     assert world.health.hits >= hits + 2  # drainer keeps checking...
-    assert world.phase() == "recovering" and server(haproxy).forced_maint  # ...and waits
+    # ...and waits, while HAProxy's own check runs too: drain, forced DOWN (no request)
+    web1 = server(haproxy)
+    assert world.phase() == "recovering" and web1.forced_drain and not web1.forced_maint
+    assert (web1.status, web1.op) == ("DOWN", 0), web1
 
     world.health.status = 200  # drainer's check passes; HAProxy's check still fails
-    wait_until(
-        lambda: server(haproxy).forced_drain and not server(haproxy).forced_maint,
-        what="the put-back started (maint -> drain, health down)",
-    )
     time.sleep(6 * 0.2)  # six HAProxy check intervals
     web1 = server(haproxy)
     assert (web1.status, web1.check.lstrip("* "), web1.op) == ("DOWN", "L7STS", 0), web1

@@ -26,6 +26,7 @@ from drainer.core import (
     Reaction,
     Record,
     Rule,
+    StartChecks,
     TakeOut,
     Tick,
     _enter,
@@ -354,7 +355,7 @@ def test_reboot_detected_recovers_even_while_event_listed() -> None:
         at(Phase.IN_MAINTENANCE, event=started), tick(started, boot="boot-2", lbs=both(OUT))
     )
     assert new.phase is Phase.RECOVERING and new.rebooted and new.boot_id == "boot-2"
-    assert actions == [CheckHealth()]
+    assert actions == [StartChecks(LBS), CheckHealth()]
 
 
 def test_reboot_while_in_service_is_only_noted() -> None:
@@ -366,14 +367,14 @@ def test_reboot_while_in_service_is_only_noted() -> None:
 
 
 def recovering(**changes: object) -> Record:
-    return at(Phase.RECOVERING, next_health=NOW, **changes)
+    return at(Phase.RECOVERING, **{"next_health": NOW, **changes})
 
 
 def test_recovering_checks_health_on_its_interval() -> None:
     new, actions = run(recovering(event=None), tick(lbs=both(OUT)))
-    assert actions == [CheckHealth()] and new.next_health == NOW + 2
+    assert actions == [StartChecks(LBS), CheckHealth()] and new.next_health == NOW + 2
     _, actions = run(new, tick(lbs=both(OUT)), now=NOW + 1)
-    assert actions == []
+    assert actions == [StartChecks(LBS)]
 
 
 def test_health_results_count_consecutive_successes() -> None:
@@ -579,7 +580,7 @@ def test_a_reboot_during_recovery_forgets_health_seen_before_it() -> None:
     record = at(Phase.RECOVERING, event=started, health_ok=3, next_health=NOW + 2)
     new, actions = run(record, tick(lbs=both(OUT), boot="boot-2"), now=NOW + 60)
     assert new.health_ok == 0 and new.since == NOW + 60
-    assert actions == [CheckHealth()]
+    assert actions == [StartChecks(LBS), CheckHealth()]
 
 
 def test_a_failing_put_back_of_a_healthy_node_is_retried_not_held() -> None:
@@ -905,7 +906,8 @@ def test_a_healthy_node_waiting_out_the_window_is_kept_out_where_a_reload_forgot
     _, actions = run(record, tick(lbs=reloaded, incarnation=1), now=NOW + 10, policy=WINDOWS)
     assert TakeOut(("lb-a",)) in actions and not any(isinstance(a, PutBack) for a in actions)
     assert wants_recheck(record, WINDOWS)
-    assert run(record, Recheck(reloaded), now=NOW + 10, policy=WINDOWS)[1] == [TakeOut(("lb-a",))]
+    actions = run(record, Recheck(reloaded), now=NOW + 10, policy=WINDOWS)[1]
+    assert actions == [TakeOut(("lb-a",)), StartChecks(LBS), CheckHealth()]
     # still listed (a Started event after the reboot): the same
     _, actions = run(record, tick(STARTED, lbs=reloaded, incarnation=2), now=NOW + 11)
     assert TakeOut(("lb-a",)) in actions
@@ -995,3 +997,139 @@ def test_a_removal_that_will_not_be_approved_drains_in_time_for_not_before() -> 
     assert due == NOW + 14 * 86400 - 300 - 30
     later, actions = run(new, tick(retire, lbs=both(IN)), now=due, policy=policy)
     assert later.phase is Phase.DRAINING and actions == [Drain(LBS)]
+
+
+# -- a turn goes on while its own results allow it -----------------------------------------
+
+
+def test_the_health_result_that_makes_the_node_healthy_puts_it_back_in_the_same_turn() -> None:
+    record = recovering(event=None, health_ok=2, next_health=NOW + 2)
+    new, actions = run(record, HealthResult(True, "200"))
+    assert new.health_ok == 3 and actions == [PutBack(LBS)]
+
+
+def test_the_health_result_puts_nothing_back_while_an_event_is_followed_or_polls_fail() -> None:
+    for record in (
+        recovering(health_ok=2, next_health=NOW + 2),  # the event is still listed
+        recovering(event=None, health_ok=2, next_health=NOW + 2, blind=True),
+    ):
+        new, actions = run(record, HealthResult(True, "200"))
+        assert new.health_ok == 3 and not any(isinstance(a, PutBack) for a in actions)
+
+
+def test_a_failed_poll_is_remembered_until_the_next_one_reads() -> None:
+    record = recovering(event=None, health_ok=0)
+    record, _ = run(record, tick(unknown=True, lbs=both(OUT)))
+    assert record.blind
+    record, _ = run(record, tick(lbs=both(OUT)), now=NOW + 1)
+    assert not record.blind
+
+
+def test_a_tick_a_few_milliseconds_early_still_checks_health() -> None:
+    record = recovering(event=None, next_health=NOW + 2)
+    _, actions = run(record, tick(lbs=both(OUT)), now=NOW + 1.995)
+    assert CheckHealth() in actions
+    _, actions = run(record, tick(lbs=both(OUT)), now=NOW + 1)
+    assert CheckHealth() not in actions
+
+
+def test_health_is_checked_between_polls_and_a_waiting_put_back_is_tried_again() -> None:
+    from drainer.core import Recheck, wants_recheck
+
+    record = recovering(event=None, next_health=NOW)
+    assert wants_recheck(record, POLICY)
+    _, actions = run(record, Recheck(both(OUT)))
+    assert actions == [StartChecks(LBS), CheckHealth()]
+    healthy = recovering(event=None, health_ok=3, next_health=NOW + 2)
+    assert wants_recheck(healthy, POLICY)  # the put-back may wait for the LB's own check
+    _, actions = run(healthy, Recheck(both(OUT)))
+    assert actions == [PutBack(LBS)]
+    blind = replace(healthy, blind=True)  # the last poll failed: not between polls either
+    _, actions = run(blind, Recheck(both(OUT)))
+    assert not any(isinstance(a, PutBack) for a in actions)
+
+
+def test_where_the_lb_checks_the_node_itself_draining_is_out_enough() -> None:
+    from drainer.core import ChecksStarted
+
+    record, actions = run(recovering(event=None), tick(lbs=both(OUT)))
+    assert StartChecks(LBS) in actions
+    record, _ = run(record, ChecksStarted("lb-a"))
+    assert record.checking == frozenset({"lb-a"})
+    checking = {"lb-a": draining_view(0), "lb-b": draining_view(0)}
+    _, actions = run(record, tick(lbs=checking), now=NOW + 1)
+    assert TakeOut(("lb-b",)) in actions  # lb-b did not say it checks: out again
+    _, actions = run(record, tick(lbs={"lb-a": IN, "lb-b": OUT}), now=NOW + 1)
+    assert TakeOut(("lb-a",)) in actions  # a reload put it in service: out again
+    # an LB not owned, or a phase other than recovering, is not noted
+    assert run(record, ChecksStarted("lb-x"))[0].checking == record.checking
+    assert run(at(Phase.DRAINED), ChecksStarted("lb-a"))[0].checking == frozenset()
+    # put back there: no longer checking; back in service: none is
+    record, _ = run(record, PutBackDone("lb-a"))
+    assert record.checking == frozenset()
+    record, _ = run(replace(record, checking=frozenset({"lb-b"})), PutBackDone("lb-b"))
+    assert record.phase is Phase.IN_SERVICE and record.checking == frozenset()
+
+
+def test_a_new_drain_during_recovery_forgets_the_checks() -> None:
+    record = recovering(event=None, checking=frozenset(LBS))
+    e2 = event(eid="E2")
+    new, _ = run(record, tick(e2, lbs=both(draining_view(0))))
+    assert new.phase is Phase.DRAINING and new.checking == frozenset()
+
+
+def test_healthy_and_free_starts_no_checks() -> None:
+    record = recovering(event=None, health_ok=3)
+    _, actions = run(record, tick(lbs=both(OUT)))
+    assert not any(isinstance(a, StartChecks) for a in actions)
+
+
+def test_after_a_reboot_a_newer_document_without_the_event_ends_it_at_once() -> None:
+    record = at(Phase.IN_MAINTENANCE, event=STARTED, incarnation=7, listed_in=7)
+    record, _ = run(
+        record, tick(STARTED, lbs=both(OUT), boot="boot-2", incarnation=7), policy=WINDOWS
+    )
+    assert record.phase is Phase.RECOVERING and record.rebooted
+    # the same document without it (no newer incarnation): the window holds
+    same, _ = run(record, tick(lbs=both(OUT), boot="boot-2", incarnation=7), policy=WINDOWS)
+    assert same.event == STARTED
+    # an incarnation that went back: doubt, the long window
+    back, _ = run(record, tick(lbs=both(OUT), boot="boot-2", incarnation=1), policy=WINDOWS)
+    assert back.event == STARTED and back.doubt
+    # a newer one: over
+    new, _ = run(record, tick(lbs=both(OUT), boot="boot-2", incarnation=8), policy=WINDOWS)
+    assert new.event is None
+    # without the reboot, a newer document waits out the window as before
+    out = at(Phase.IN_MAINTENANCE, event=STARTED, incarnation=7, listed_in=7)
+    out, _ = run(out, tick(lbs=both(OUT), incarnation=8), policy=WINDOWS)
+    assert out.phase is Phase.IN_MAINTENANCE and out.event == STARTED
+
+
+def test_a_reboot_for_one_event_does_not_end_the_next_one_early() -> None:
+    record = recovering(event=STARTED, rebooted=True, incarnation=7, listed_in=7)
+    e2 = event(eid="E2")
+    record, _ = run(record, tick(STARTED, e2, lbs=both(OUT), incarnation=8), policy=WINDOWS)
+    assert record.phase is Phase.DRAINING and not record.rebooted
+
+
+def test_an_event_drained_in_the_turn_that_first_listed_it_knows_its_document() -> None:
+    # The drain ends in the turn that first saw the event, and the VM reboots before the
+    # next poll: the incarnation that listed it is known all the same.
+    from drainer.core import Recheck
+
+    record, _ = run(Record(boot_id=BOOT), tick(event(), lbs=both(IN), incarnation=1))
+    assert record.listed_in == 1
+    record, _ = run(record, Recheck(both(draining_view(0))), policy=WINDOWS)
+    assert record.phase is Phase.DRAINED
+    record, _ = run(record, tick(lbs=both(OUT), boot="boot-2", incarnation=3), policy=WINDOWS)
+    assert record.phase is Phase.RECOVERING and record.event is None
+
+
+def test_no_checks_restarted_when_the_check_due_now_may_make_the_node_healthy() -> None:
+    # A re-assert now could set back a load balancer whose own check has passed, just
+    # before the health result puts the node back in this same turn.
+    record = recovering(event=None, health_ok=2, next_health=NOW)
+    _, actions = run(record, tick(lbs=both(OUT)))
+    assert actions == [CheckHealth()]
+    _, actions = run(replace(record, health_ok=1), tick(lbs=both(OUT)))
+    assert actions == [StartChecks(LBS), CheckHealth()]

@@ -167,7 +167,8 @@ def test_kill_9_between_the_note_and_the_drain_on_a_full_disk_drains_after_resta
     # a new process, the disk still full, the metadata service not answering
     second = engine(tmp_path, disk, lb, clock, daemon=True)
     record, _ = second.turn(None)
-    assert record.phase is Phase.DRAINING and lb.status is LBStatus.DRAINING
+    # drained, and no session left: taken out in the same turn, still unrecorded
+    assert record.phase is Phase.DRAINED and lb.status is LBStatus.OUT and second.unsaved
     # and once the disk has room, the record holds it and the note is blank
     disk.full = False
     clock.now += 1
@@ -203,7 +204,7 @@ def test_an_undrain_by_the_cli_after_an_unrecorded_drain_is_not_undone_by_the_da
     caplog.clear()
     later = MaintenanceEvent("E2", EventType.REBOOT, EventStatus.SCHEDULED, (NODE,), 2e9)
     daemon.turn(Listing((later,)))
-    assert lb.status is LBStatus.DRAINING
+    assert lb.status is LBStatus.OUT  # drained, no session left: out in the same turn
     assert "taking the node out of lb1 anyway" in caplog.text
     assert "No space left on device; the node is still drained" in caplog.text
 

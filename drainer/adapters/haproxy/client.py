@@ -329,6 +329,13 @@ class HAProxyClient:
             command += f"; set server {target} health down"
         self._expect_empty(command, backend=backend, server=server)
 
+    def ready_now(self, backend: str, server: str) -> None:
+        """``health up`` then ``state ready`` on one line: serving at once, without a
+        new ``rise`` of checks (for a server whose check has just passed them)."""
+        target = self._server(backend, server)
+        command = f"set server {target} health up; set server {target} state ready"
+        self._expect_empty(command, backend=backend, server=server)
+
     def shutdown_sessions(self, backend: str, server: str) -> None:
         """Close every session still open to the server (their clients see errors)."""
         target = self._server(backend, server)

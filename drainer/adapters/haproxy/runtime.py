@@ -29,12 +29,16 @@ Invariants:
   instance is an error, not a silent 0).
 - ``drain()`` and ``take_out()`` never move a server backwards (a server in maint is
   not set to drain), so the core may re-assert them at any time.
+- ``start_checks()`` lets HAProxy's check run during the recovery, the server in
+  ``drain`` and forced DOWN (no request of any kind), so that ``put_back()`` finds it
+  passed when drainer's own checks pass.
 - ``put_back()`` never lets a request reach the node before HAProxy's own health check
-  has passed. Leaving maint (for ``ready`` *or* ``drain``) makes HAProxy 2.6 reset a
-  checked server's health to ``rise``: it is UP at once, with no check run. So a
-  checked server leaves maint for ``drain`` with ``health down`` on the same CLI line,
-  and becomes ``ready`` on a later call, once the check has brought it back UP. A
-  server without an enabled check goes straight to ``ready``: nothing could gate it.
+  has passed (``rise`` times during this recovery, and its latest check). Leaving
+  maint (for ``ready`` *or* ``drain``) makes HAProxy 2.6 reset a checked server's
+  health to ``rise``: it is UP at once, with no check run. So a checked server leaves
+  maint for ``drain`` with ``health down`` on the same CLI line, and becomes ``ready``
+  on a later call, once the check has brought it back UP. A server without an enabled
+  check goes straight to ``ready``: nothing could gate it.
 - Instances are independent: an HA pair gives two LoadBalancers, and one unreachable
   instance raises ``TransientAdapterError`` naming it without touching the other.
 """
@@ -196,6 +200,7 @@ class HAProxyLoadBalancer(LoadBalancer):
         )
         digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
         self._worker_path = state_dir / f"haproxy-{digest}.json"
+        self._passed_path = state_dir / f"haproxy-{digest}-passed.json"  # see start_checks
         self._found: tuple[int, list[ServerState]] | None = None  # see _read_turn
 
     def state(self) -> LBView:
@@ -275,6 +280,7 @@ class HAProxyLoadBalancer(LoadBalancer):
     def drain(self) -> None:
         mine = self._servers()
         self._remember_worker()  # before acting: see the module docstring
+        self._forget_passed()
         for s in mine:
             if not (s.forced_maint or s.forced_drain):
                 self._client.set_state(s.backend, s.server, "drain")
@@ -282,6 +288,7 @@ class HAProxyLoadBalancer(LoadBalancer):
     def take_out(self, *, kill: bool) -> None:
         mine = self._servers()
         self._remember_worker()
+        self._forget_passed()
         for s in mine:
             if not s.forced_maint:
                 self._client.set_state(s.backend, s.server, "maint")
@@ -293,14 +300,43 @@ class HAProxyLoadBalancer(LoadBalancer):
         done = True
         for s in self._servers():
             step = put_back_step(s)
-            if step == "recheck":
+            if step == "wait" and s.forced_drain and self._still_passing(s):
+                self._client.ready_now(s.backend, s.server)
+                step = "done"
+            elif step == "recheck":
                 self._client.set_state(s.backend, s.server, "drain", recheck=True)
             elif step == "ready":
                 self._client.set_state(s.backend, s.server, "ready")
             done = done and step in ("ready", "done")
         if done:
+            self._forget_passed()
             self._forget_worker()
         return done
+
+    def start_checks(self) -> bool:
+        """HAProxy's own check of the node's servers runs while drainer's do, with no
+        request sent to the node. A checked server in maint goes to ``drain`` with
+        ``health down`` (maint stops checks): a DOWN server gets no request at all, not
+        even a persistent one (cookie, stick table), and HAProxy checks it. Once its
+        check passed ``rise`` times HAProxy marks it UP, and an UP server in ``drain``
+        takes persistent requests: since this is called only while drainer's own
+        checks have not agreed yet, such a server is set DOWN again (its check goes on;
+        ``put_back`` makes it ``ready`` once both agree). True when every server is
+        checked so; False leaves the node in maint (no check configured).
+
+        Such a server is noted (``<state file>-passed.json``, with the worker PID): at
+        the put-back, if its latest check still passes, it is made UP and ``ready`` at
+        once rather than after ``rise`` more checks. Any drain or take-out forgets it."""
+        checking = True
+        mine = self._servers()
+        if passed := [s for s in mine if s.checked and s.forced_drain and s.up]:
+            self._note_passed(passed)  # before the act: put_back may rely on it
+        for s in mine:
+            if not s.checked or not (s.forced_maint or s.forced_drain):
+                checking = False
+            elif s.forced_maint or s.up:
+                self._client.set_state(s.backend, s.server, "drain", recheck=True)
+        return checking
 
     def preflight(self) -> list[Check]:
         """The instance answers, the node's server is there, the socket is ``level admin``
@@ -422,12 +458,37 @@ class HAProxyLoadBalancer(LoadBalancer):
         save_json(self._worker_path, data)
 
     def _forget_worker(self) -> None:
-        try:
-            self._worker_path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise TransientAdapterError(
-                f"cannot remove {self._worker_path}: {exc.strerror}"
-            ) from exc
+        _remove(self._worker_path)
+
+    def _note_passed(self, servers: list[ServerState]) -> None:
+        """HAProxy's check brought these servers UP during this recovery (then set DOWN
+        again while drainer's own checks had not agreed)."""
+        pid, names = self._passed()
+        now = self._client.worker_pid()
+        names = (names if pid == now else set()) | {f"{s.backend}/{s.server}" for s in servers}
+        save_json(self._passed_path, {"worker_pid": now, "servers": sorted(names)})
+
+    def _passed(self) -> tuple[int | None, set[str]]:
+        data = load_json(self._passed_path)
+        if not isinstance(data, dict):
+            return None, set()
+        pid, names = data.get("worker_pid"), data.get("servers")
+        if not isinstance(pid, int) or not isinstance(names, list):
+            return None, set()
+        return pid, {str(n) for n in names}
+
+    def _still_passing(self, s: ServerState) -> bool:
+        """HAProxy marked ``s`` UP during this recovery (in the same worker: a reload
+        forgets health) and its latest check passed (one that failed since, a reboot
+        for one, makes the put-back wait for ``rise`` passes again)."""
+        pid, names = self._passed()
+        if f"{s.backend}/{s.server}" not in names or pid != self._client.worker_pid():
+            return False
+        row = self._row(s)
+        return row is not None and row.check_status in ("L4OK", "L6OK", "L7OK")
+
+    def _forget_passed(self) -> None:
+        _remove(self._passed_path)
 
     def _servers(self) -> list[ServerState]:
         """The node's servers with their admin state now, for acting on them. From one
@@ -489,6 +550,13 @@ def admin_from_row(s: ServerState, r: StatRow) -> ServerState | None:
     others = s.admin_state & ~(MAINT_MASK | DRAIN_MASK)  # e.g. 0x04, see the client
     check = s.check_state | CHECK_ENABLED if r.checked else s.check_state & ~CHECK_ENABLED
     return replace(s, admin_state=others | admin, op_state=op, check_state=check)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise TransientAdapterError(f"cannot remove {path}: {exc.strerror}") from exc
 
 
 def _admin_from_status(status: str) -> tuple[bool, bool] | None:
