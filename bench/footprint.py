@@ -13,8 +13,9 @@ metrics on) as a subprocess, and next to it the 20-line poller below (the same s
 the same interval, standard library only), and prints:
 - resident memory, CPU use and wakeups (voluntary context switches, all threads) of the
   idle sidecar and of the poller over the same --idle seconds,
-- the time from an event appearing in the metadata service to the adapter's drain call
-  (read from the mock's own call log), median and p99 over --events events.
+- per source (Azure and AWS at a 1 s poll, Google Cloud through its hanging GET), the
+  time from a notice appearing in its fake metadata service to the adapter's drain call
+  (read from the mock's own call log), over --events notices (bench/reaction.py).
 Loopback only; bounded by the counts given. drainer's modules are compiled first
 (`compileall`), as an installed package is: a checkout run with PYTHONDONTWRITEBYTECODE
 would compile every module at each start.
@@ -36,7 +37,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from drainer.testing import FakeIMDS, WebServer, free_port, wait_until
+from reaction import measure, summary
+
+from drainer.testing import FakeIMDS, WebServer, free_port
 
 # The reference: what any sidecar must do while idle, and nothing more.
 POLLER = """
@@ -248,46 +251,16 @@ def main() -> int:
             time.sleep(5.0)  # imports done, first polls made
             idle({"drainer run": proc.pid, "20-line poller": poller.pid}, args.idle)
 
-            def drains() -> list[float]:
-                try:
-                    calls = json.loads(mock.read_text())["calls"]
-                except (FileNotFoundError, ValueError):
-                    return []
-                return [c["at"] for c in calls if c["op"] == "drain"]
-
-            def in_service() -> bool:
-                state = json.loads((tmp / "state" / "state.json").read_text())
-                return bool(state["phase"] == "in_service")
-
-            latencies = []
-            for _ in range(args.events):
-                before = len(drains())
-                time.sleep(0.1 + (len(latencies) * 0.37) % 1.0)  # spread over the poll cycle
-                appeared = time.time()
-                eid = fake.schedule("Reboot", ["web-1"], status="Started")
-                wait_until(
-                    lambda before=before: len(drains()) > before,
-                    timeout=15.0,
-                    interval=0.01,
-                    what="the sidecar's drain",
-                )
-                latencies.append(drains()[-1] - appeared)
-                fake.end_event(eid)
-                wait_until(in_service, timeout=15.0, interval=0.01, what="in service")
-            latencies.sort()
-            if not latencies:
-                return 0
-            p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
-            print(
-                f"event appears -> adapter drain call, {len(latencies)} events: "
-                f"median {statistics.median(latencies) * 1000:.0f} ms, "
-                f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
-            )
         finally:
             for each in (proc, poller):
                 each.terminate()
                 each.wait(timeout=10)
             web.stop()
+    # the reaction time per source: notice visible -> the adapter's drain call
+    for cloud in ("azure", "aws", "gcp"):
+        latencies = measure(cloud, events=args.events) if args.events else None
+        if latencies:
+            print(summary(cloud, latencies, 1.0), flush=True)
     return 0
 
 

@@ -119,7 +119,7 @@ def test_a_failing_receiver_sees_the_retries_then_gets_the_notice(
 ) -> None:
     receiver.status = 500
     node = make_node(make_config(tmp_path, {"url": receiver.url, "on": ["draining"]}))
-    assert node.maintenance() is Phase.DRAINING
+    assert node.maintenance() is Phase.IN_MAINTENANCE  # drained in the same turn
     wait_until(lambda: receiver.arrived >= 3, what="three attempts")
     assert receiver.delivered == []
     receiver.status = 200  # recovers
@@ -136,7 +136,7 @@ def test_a_stalled_receiver_never_delays_the_drain(
 ) -> None:
     receiver.stall()
     node = make_node(make_config(tmp_path, {"url": receiver.url}, timeout="30s"))
-    assert node.maintenance() is Phase.DRAINING
+    assert node.maintenance() is Phase.IN_MAINTENANCE  # drained in the same turn
     wait_until(lambda: receiver.waiting == 1, what="the first notice held by the receiver")
     # the whole maintenance runs while that notice is still unanswered
     assert node.turn() is Phase.IN_MAINTENANCE
@@ -316,7 +316,7 @@ def test_a_failing_watcher_never_stops_a_drain(
     node = make_node(make_config(tmp_path, {"url": receiver.url, "on": ["draining"]}))
     node.engine.watchers.insert(0, Broken())
     with caplog.at_level(logging.ERROR, logger="drainer"):
-        assert node.maintenance() is Phase.DRAINING
+        assert node.maintenance() is Phase.IN_MAINTENANCE  # drained in the same turn
         assert node.turn() is Phase.IN_MAINTENANCE
     assert "telling Broken of a transition failed" in caplog.text
     (sent,) = receiver.wait_delivered(1)  # the watchers after it are still told
