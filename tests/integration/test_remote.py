@@ -244,20 +244,33 @@ def test_malformed_requests(
     assert mock_status(tmp_path, "web-1") is None
 
 
-def test_rate_limit_per_client_and_retry_after(
+def test_rate_limit_per_node_and_retry_after(
     tmp_path: Path, clock: FakeClock, remote: RemoteFactory, server: RemoteServer
 ) -> None:
     for _ in range(20):  # the burst
         assert _raw(server, "GET", "/v1/load-balancers").status_code == 200
     reply = _raw(server, "GET", "/v1/load-balancers")
     assert reply.status_code == 429 and reply.headers["Retry-After"] == "1"
-    bad = _raw(server, "GET", "/v1/load-balancers", headers={"Authorization": "Bearer x" * 20})
-    assert bad.status_code == 429, "guessing tokens is rate limited too"
+    # web-2, behind the same address (a NAT), has a rate of its own
+    for _ in range(20):
+        assert _raw(server, "GET", "/v1/load-balancers", node="web-2").status_code == 200
     # the adapter waits (on the injected clock) and retries
     started = clock.now
     remote("web-1").drain()
     assert mock_status(tmp_path, "web-1") == "draining"
     assert clock.now > started
+
+
+def test_wrong_tokens_are_limited_per_address(clock: FakeClock, server: RemoteServer) -> None:
+    wrong = {"Authorization": "Bearer " + "x" * 20}
+    for _ in range(20):  # the burst
+        assert _raw(server, "GET", "/v1/load-balancers", headers=wrong).status_code == 401
+    guess = _raw(server, "GET", "/v1/load-balancers", headers=wrong)
+    assert guess.status_code == 429 and guess.headers["Retry-After"] == "1"
+    # then nothing is compared from that address, so a right guess is not told either
+    assert _raw(server, "GET", "/v1/load-balancers").status_code == 429
+    clock.advance(1)
+    assert _raw(server, "GET", "/v1/load-balancers").status_code == 200
 
 
 def test_too_many_connections_are_refused(tmp_path: Path) -> None:
