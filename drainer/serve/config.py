@@ -53,7 +53,7 @@ class LimitsConfig(_Strict):
     max_connections: int = Field(default=4096, ge=1)
     # from one client address before a request of theirs has shown a node's token: a
     # fleet behind one NAT address is not limited by it once its nodes are known
-    max_connections_per_client: int = Field(default=64, ge=1)
+    max_connections_per_client: int = Field(default=1024, ge=1)
     timeout: Duration = 10.0  # for the TLS handshake, then for each request, whole
     idle: Duration = 60.0  # a connection without a request for this long is closed
 

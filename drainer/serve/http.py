@@ -5,10 +5,12 @@ is 2,000 connections held open and 2,000 small requests a second. A thread per
 connection and one connection per request (http.server) pay a thread, a TCP connection
 and under TLS a handshake for each poll. Here one asyncio loop in one thread holds every
 connection and reads and answers HTTP/1.1 requests on it, keep-alive by default; only the
-adapter calls, which block (a file lock, ``nginx -t``, a socket to HAProxy), run in a pool
-of threads (``_WORKERS``). Standard library only: the protocol is a few short requests
-with a ``Content-Length``, and an ASGI server would add dependencies while still needing
-what is here (limits counted before the application, refusals after the TLS handshake).
+adapter calls, which block (a file lock, ``nginx -t``, a socket to HAProxy), run in
+threads: reads of the state in a few of their own (``_READERS``), so that a poll never
+waits behind drains queued at a slow load balancer, the rest in others (``_WRITERS``).
+Standard library only: the protocol is a few short requests with a ``Content-Length``,
+and an ASGI server would add dependencies while still needing what is here (limits
+counted before the application, refusals after the TLS handshake).
 
 Limits (``limits.*``):
 
@@ -66,7 +68,8 @@ __all__ = ["RemoteServer", "serve"]
 log = logging.getLogger("drainer")
 
 _HEAD_MAX = 8192  # bytes of a request line and its headers
-_WORKERS = 32  # threads calling adapters (one call at a time per node and load balancer)
+_READERS = 4  # threads reading states (GET); few, as each read is short
+_WRITERS = 16  # threads for the rest (one call at a time per node and load balancer)
 _LINGER = 1.0  # seconds a refused connection is kept to let its client read the refusal
 _BACKLOG = 4096  # a fleet reconnecting at once (the kernel caps it at somaxconn)
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
@@ -177,8 +180,11 @@ class RemoteServer:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         limits = self._config.limits
-        with ThreadPoolExecutor(_WORKERS, thread_name_prefix="drainer-serve-call") as pool:
-            hub = _Hub(self.app, limits, pool)
+        with (
+            ThreadPoolExecutor(_READERS, thread_name_prefix="drainer-serve-read") as readers,
+            ThreadPoolExecutor(_WRITERS, thread_name_prefix="drainer-serve-call") as writers,
+        ):
+            hub = _Hub(self.app, limits, readers=readers, writers=writers)
             server = await loop.create_server(
                 lambda: _Connection(hub),
                 sock=listening,
@@ -190,7 +196,7 @@ class RemoteServer:
             await self._stop.wait()
             server.close()  # no new connections
             await hub.close(timeout=self._join_timeout)
-        # the pool has waited for the calls it was running
+        # the pools have waited for the calls they were running
 
 
 def _raise_open_files(connections: int) -> None:
@@ -218,10 +224,18 @@ class _Hub:
     """What every connection of one server shares: the app, the limits, the thread pool,
     the connections open and who holds them."""
 
-    def __init__(self, app: ServeApp, limits: LimitsConfig, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        app: ServeApp,
+        limits: LimitsConfig,
+        *,
+        readers: ThreadPoolExecutor,
+        writers: ThreadPoolExecutor,
+    ) -> None:
         self.app = app
         self.limits = limits
-        self.pool = pool
+        self.readers = readers
+        self.writers = writers
         self.open: set[_Connection] = set()
         self.refused: set[_Connection] = set()  # answered, kept for _LINGER
         self.strangers: dict[str, int] = {}  # address -> its connections not yet authenticated
@@ -433,7 +447,10 @@ class _Connection(asyncio.Protocol):
         assert self._transport is not None
         self._transport.pause_reading()  # one request at a time; the next waits in the kernel
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.hub.pool, self._handle, request)
+        path = urlsplit(request.target).path
+        read = request.method == "GET" and not path.endswith("/preflight")  # may run nginx -t
+        pool = self.hub.readers if read else self.hub.writers
+        future = loop.run_in_executor(pool, self._handle, request)
         future.add_done_callback(lambda done: self._answer(done.result(), request))
 
     def _handle(self, request: _Request) -> Reply:  # in a thread of the pool
