@@ -12,6 +12,7 @@ import logging
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -35,7 +36,15 @@ from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterE
 from drainer.serve.config import parse_serve_config
 from drainer.serve.http import RemoteServer, serve
 from drainer.serve.protocol import NODE_HEADER
-from drainer.testing import FakeClock, Nginx, free_port, nginx_available
+from drainer.testing import (
+    FakeClock,
+    Nginx,
+    free_port,
+    haproxy_available,
+    haproxy_cli,
+    nginx_available,
+    start_haproxy,
+)
 
 PLUGINS: dict[str, AdapterPlugin] = {
     "mock": mock.PLUGIN,
@@ -711,3 +720,188 @@ def test_sidecars_drain_a_real_nginx_through_serve(tmp_path: Path) -> None:
         instance.stop()
         for backend in backends:
             backend.stop()
+
+
+# -- a fleet: connections kept, refusals a TLS client can read, reads shared --------------
+
+
+def _server_sockets(port: int) -> dict[str, int]:
+    """The server side's TCP sockets on ``port`` by state, from /proc/net/tcp."""
+    states = {"01": "established", "06": "time_wait"}
+    found: dict[str, int] = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in states:
+            found[states[fields[3]]] = found.get(states[fields[3]], 0) + 1
+    return found
+
+
+def test_connections_are_kept_between_requests(server: RemoteServer, remote: RemoteFactory) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    request = (
+        f"GET /v1/load-balancers/app HTTP/1.1\r\nHost: x\r\n{NODE_HEADER}: web-1\r\n"
+        f"Authorization: Bearer {TOKENS['web-1']}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        replies = []
+        for _ in range(3):  # one after another on one connection
+            sock.sendall(request)
+            replies.append(sock.recv(4096))
+        sock.sendall(request + request)  # two at once (pipelined): answered in turn
+        both = b""
+        while both.count(b"HTTP/1.1 200") < 2:
+            both += sock.recv(4096)
+    assert all(r.startswith(b"HTTP/1.1 200") and b"Connection: close" not in r for r in replies)
+    # the adapter keeps its one connection: no connection closed behind it (TIME_WAIT)
+    lb = remote("web-1")
+    before = _server_sockets(port).get("time_wait", 0)
+    for _ in range(4):
+        lb.state()
+    lb.drain()
+    after = _server_sockets(port)
+    assert (after.get("established"), after.get("time_wait", 0)) == (1, before)
+    lb.close()
+
+
+def test_a_client_asking_to_close_is_closed(server: RemoteServer) -> None:
+    reply = _raw_socket(server, f"{NODE_HEADER}: web-1\r\nConnection: close\r\n")
+    assert reply.startswith(b"HTTP/1.1 401") and b"Connection: close" in reply
+
+
+def test_an_idle_connection_is_closed_after_limits_idle(tmp_path: Path) -> None:
+    config = serve_config(tmp_path, limits={"idle": "300ms"})
+    with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                f"GET /v1/load-balancers HTTP/1.1\r\nHost: x\r\n{NODE_HEADER}: web-1\r\n"
+                f"Authorization: Bearer {TOKENS['web-1']}\r\n\r\n".encode()
+            )
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            assert sock.recv(4096) == b"", "an idle connection is closed by the server"
+
+
+def test_over_the_limit_a_tls_client_reads_the_refusal_and_its_retry_after(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    config = serve_config(
+        tmp_path,
+        listen="127.0.0.1:0",
+        tls={"cert": str(cert), "key": str(key)},
+        limits={"max_connections": 1},
+    )
+    trusting = ssl.create_default_context(cafile=str(cert))
+    with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+
+        def connect() -> ssl.SSLSocket:
+            plain = socket.create_connection(("127.0.0.1", port), timeout=5)
+            return trusting.wrap_socket(plain, server_hostname="127.0.0.1")
+
+        holder = connect()  # takes the one slot
+        with connect() as second:  # the handshake succeeds; the refusal is inside TLS
+            refusal = second.recv(4096)
+        assert refusal.startswith(b"HTTP/1.1 503") and b"Retry-After: 1\r\n" in refusal
+        sleeps: list[float] = []
+
+        def sleep(seconds: float) -> None:  # the slot is given back during the wait
+            sleeps.append(seconds)
+            holder.close()
+            time.sleep(0.3)
+
+        entry = {
+            "type": "remote",
+            "url": running.url,
+            "load_balancer": "app",
+            "token_file": str(tmp_path / "web-1.token"),
+            "ca_file": str(cert),
+            "retry_delay": "100ms",
+        }
+        lb = RemoteLoadBalancer(
+            RemoteConfig.model_validate(entry), name="r", node="web-1", sleep=sleep
+        )
+        lb.drain()
+        lb.close()
+    assert sleeps[0] == 1.0, "the adapter waits as long as Retry-After says"
+    assert mock_status(tmp_path, "web-1") == "draining"
+
+
+def test_reading_the_state_writes_nothing(tmp_path: Path, remote: RemoteFactory) -> None:
+    lb = remote("web-1")
+    lb.drain()
+    path = tmp_path / "mock-web-1.json"
+    before = path.stat()
+    for _ in range(3):
+        assert lb.state().status is LBStatus.DRAINING
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    lb.close()
+
+
+def _haproxy_nodes(tmp_path: Path, admin: str, shared_read: str) -> dict[str, Any]:
+    return serve_config(
+        tmp_path,
+        load_balancers={"app": {"type": "haproxy", "instances": [admin]}},
+        nodes={
+            node: {
+                "token_file": str(tmp_path / f"{node}.token"),
+                "servers": {"app": {"backend": "app", "server": f"s{i}"}},
+            }
+            for i, node in enumerate(TOKENS, start=1)
+        },
+        shared_read=shared_read,
+    )
+
+
+@pytest.mark.skipif(not haproxy_available(), reason="needs /usr/sbin/haproxy")
+def test_nodes_share_one_read_of_haproxy_and_a_write_is_never_answered_from_it(
+    tmp_path: Path,
+) -> None:
+    servers = "".join(f"  server s{i} 10.0.0.{i}:80\n" for i in range(1, 4))
+    proxy = start_haproxy(f"backend app\n{servers}")
+    try:
+        config = _haproxy_nodes(tmp_path, proxy.admin, "1h")
+        with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+
+            def adapter(node: str) -> RemoteLoadBalancer:
+                entry = {
+                    "type": "remote",
+                    "url": running.url,
+                    "load_balancer": "app",
+                    "token_file": str(tmp_path / f"{node}.token"),
+                }
+                return RemoteLoadBalancer(RemoteConfig.model_validate(entry), name="r", node=node)
+
+            web1, web2 = adapter("web-1"), adapter("web-2")
+            assert web1.state().status is LBStatus.IN_SERVICE
+            # a change behind drainer's back is not seen within the interval: web-2's
+            # state comes from the read web-1's made
+            haproxy_cli(proxy.admin_socket, "set server app/s2 state maint")
+            assert web2.state().status is LBStatus.IN_SERVICE
+            # a write through drainer serve ends the shared read: the next answers see it,
+            # and the change behind its back too
+            web1.drain()
+            assert web1.state().status is LBStatus.DRAINING
+            assert web2.state().status is LBStatus.OUT
+            web2.put_back()
+            assert web2.state().status is LBStatus.IN_SERVICE
+            web1.close()
+            web2.close()
+        # shared_read: 0 reads every time
+        haproxy_cli(proxy.admin_socket, "set server app/s2 state maint")
+        config = _haproxy_nodes(tmp_path, proxy.admin, "0s")
+        with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+            entry = {
+                "type": "remote",
+                "url": running.url,
+                "load_balancer": "app",
+                "token_file": str(tmp_path / "web-2.token"),
+            }
+            web2 = RemoteLoadBalancer(RemoteConfig.model_validate(entry), name="r", node="web-2")
+            assert web2.state().status is LBStatus.OUT
+            haproxy_cli(proxy.admin_socket, "set server app/s2 state ready")
+            assert web2.state().status is LBStatus.IN_SERVICE
+            web2.close()
+    finally:
+        proxy.stop()
