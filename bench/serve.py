@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from drainer.testing import free_port, start_haproxy
+from drainer.testing import free_port, openssl_available, self_signed_certificate, start_haproxy
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PER_BACKEND = 500
@@ -84,21 +84,6 @@ def proc_cpu(pid: int) -> float:
     """utime + stime of ``pid`` in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def certificate(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "ec", "-nodes", "-days", "1"),
-            *("-pkeyopt", "ec_paramgen_curve:prime256v1", "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
 
 
 def backends(nodes: int) -> str:
@@ -294,12 +279,12 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     targets = args.only.split(",")
-    if shutil.which("openssl") is None:
+    if not openssl_available():
         sys.exit("bench/serve: needs the openssl CLI for its throwaway certificate")
     directory = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     proxy = start_haproxy(backends(max(sizes))) if "haproxy" in targets else None
     try:
-        cert, key = certificate(directory)
+        cert, key = self_signed_certificate(directory)
         trusting = ssl.create_default_context(cafile=str(cert))
         print(
             f"drainer serve, {max(sizes)} nodes configured; sidecars poll once a second on a"

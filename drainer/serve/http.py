@@ -50,13 +50,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+
 
+from drainer._http import Running
 from drainer.adapters.base import AnyAdapterPlugin
 from drainer.errors import ConfigError
 from drainer.serve.app import Reply, ServeApp, read_tokens, refused
@@ -76,7 +76,7 @@ _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _NODE = NODE_HEADER.lower()
 
 
-class RemoteServer:
+class RemoteServer(Running):
     """The ``drainer serve`` HTTP server: ``ServeApp`` behind sockets, from ``start()``
     (or ``with``) until ``stop()``."""
 
@@ -141,17 +141,6 @@ class RemoteServer:
             self._loop.call_soon_threadsafe(self._stop.set)
             thread.join(timeout=self._join_timeout + 5)
         self.app.close()  # also when never started: the app holds the adapters
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _listen(self) -> socket.socket:
         host, port = split_listen(self._config.listen)

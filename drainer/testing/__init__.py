@@ -9,6 +9,8 @@
   wait on real time, a free loopback port.
 - ``start_haproxy``/``start_haproxy_in_front`` and ``Nginx``: a real HAProxy and a real
   nginx on loopback, stopped by PID.
+- ``self_signed_certificate``, ``openssl_available``: a throwaway certificate for
+  127.0.0.1 (the ``openssl`` CLI).
 - ``WebServer``, ``WebProcess``, ``LoadClient``, ``BlackHole`` (the lab): web servers
   playing a VM's application, a bounded load client, an address that answers nothing.
 
@@ -29,6 +31,7 @@ from drainer.testing.lab import BlackHole, LoadClient, WebProcess, WebServer
 from drainer.testing.memory import MemoryLoadBalancer, MemorySource, maintenance
 from drainer.testing.nginx import Nginx, NginxProcess, nginx_available
 from drainer.testing.ports import free_port
+from drainer.testing.tls import openssl_available, self_signed_certificate
 
 __all__ = [
     "BlackHole",
@@ -48,6 +51,8 @@ __all__ = [
     "haproxy_cli",
     "maintenance",
     "nginx_available",
+    "openssl_available",
+    "self_signed_certificate",
     "start_haproxy",
     "start_haproxy_in_front",
     "wait_until",

@@ -10,10 +10,8 @@ import fcntl
 import json
 import logging
 import re
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +41,8 @@ from drainer.testing import (
     haproxy_available,
     haproxy_cli,
     nginx_available,
+    openssl_available,
+    self_signed_certificate,
     start_haproxy,
 )
 
@@ -632,20 +632,9 @@ def test_serve_runs_from_a_file_until_stopped(tmp_path: Path) -> None:
 
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
+    if not openssl_available():
         pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
+    return self_signed_certificate(tmp_path)
 
 
 def test_tls_when_a_certificate_is_configured(
