@@ -13,11 +13,12 @@ started evenly over the first second, against:
 
 Each runs plain and under TLS (a throwaway P-256 certificate made with the ``openssl``
 CLI in a temporary directory), each server in a process of its own. For each fleet size
-it prints, over the seconds measured after a warm-up (every sidecar connected, and under
-TLS its handshake done), the answers per second, p50/p99 latency, the errors (a refusal,
-a reset, a timeout), the server's CPU and this client's (both in % of one core), and
-"all in": the seconds until the last sidecar got its first answer (the fleet connecting
-at once, as after a restart). Loopback only; about 3 minutes.
+it prints, over the seconds measured after a warm-up (until every sidecar has had an
+answer, and 1 s more: connections made and TLS handshakes done), the answers per
+second, p50/p99 latency, the errors (a refusal, a reset, a timeout), the server's CPU
+and this client's (in % of one core, over the measure), and "all in": the seconds until
+the last sidecar got its first answer (the fleet connecting at once, as after a
+restart). Loopback only; about 3 minutes on a quiet machine.
 
     python bench/serve.py [--sizes 100,500,1000,2000] [--seconds 3] [--only mock,haproxy]
 """
@@ -45,8 +46,9 @@ from drainer.testing import free_port, openssl_available, self_signed_certificat
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PER_BACKEND = 500
-WARMUP = 2.5  # seconds of polling before the measure: connections made, adapters found
+WARMUP = 2.0  # seconds of polling at least before the measure
 TIMEOUT = 5.0  # a sidecar's wait for one answer
+LONGEST = 20.0  # seconds a run may take, the fleet connecting included
 
 REFERENCE = r"""
 import json, ssl, sys
@@ -160,40 +162,59 @@ def running(command: list[str], port: int, log: Path) -> Iterator[int]:
 
 
 class Tally:
-    def __init__(self) -> None:
+    """What the fleet saw; the measure starts once every sidecar has had an answer."""
+
+    def __init__(self, size: int, begin: float, seconds: float, pid: int) -> None:
+        self.size = size
+        self.pid = pid
+        self.cpu: list[tuple[float, float, float]] = []  # (time, server's CPU, this one's)
+        self.begin = begin
+        self.seconds = seconds
         self.latencies: list[float] = []
         self.errors = 0
         self.kinds: dict[str, int] = {}
         self.first: list[float] = []  # each sidecar's first answer, from the start
+        self.start: float | None = None  # of the measure: WARMUP, or 1 s after all were in
+        self.end = begin + LONGEST
+
+    def answered(self, now: float) -> None:
+        self.first.append(now - self.begin)
+        if len(self.first) == self.size:
+            self.start = max(now + 1.0, self.begin + WARMUP)
+            self.end = min(self.end, self.start + self.seconds)
+            loop = asyncio.get_running_loop()
+            loop.call_at(self.start, self.sample)
+            loop.call_at(self.end, self.sample)
+
+    def sample(self) -> None:
+        self.cpu.append((time.monotonic(), proc_cpu(self.pid), time.process_time()))
+
+    def cpu_percent(self) -> tuple[float, float]:
+        """The server's CPU and this process's over the measure, in % of one core."""
+        if len(self.cpu) < 2:
+            return float("nan"), float("nan")
+        (t0, server0, own0), (t1, server1, own1) = self.cpu[0], self.cpu[-1]
+        return (server1 - server0) / (t1 - t0) * 100, (own1 - own0) / (t1 - t0) * 100
 
     def error(self, kind: str) -> None:
         self.errors += 1
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
 
-async def sidecar(
-    i: int,
-    port: int,
-    context: ssl.SSLContext | None,
-    *,
-    begin: float,
-    measure: float,
-    end: float,
-    tally: Tally,
-) -> None:
+async def sidecar(i: int, port: int, context: ssl.SSLContext | None, tally: Tally) -> None:
     """Node ``n{i}``: its state once a second on one kept connection, from its offset."""
     loop = asyncio.get_running_loop()
     request = (
         f"GET /v1/load-balancers/app HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Drainer-Node: n{i}\r\n"
         f"Authorization: Bearer token-{i:06d}-{'x' * 24}\r\n\r\n"
     ).encode()
-    due = begin + (i * 0.618034) % 1.0  # spread evenly over the first second
+    due = tally.begin + (i * 0.618034) % 1.0  # spread evenly over the first second
     conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     answered = False
-    while due < end:
+    while due < tally.end:
         await asyncio.sleep(max(0.0, due - loop.time()))
         sent = loop.time()
-        counted = sent >= measure
+        counted = tally.start is not None and tally.start <= sent < tally.end
         timer = None
         try:
             if conn is None:
@@ -208,65 +229,61 @@ async def sidecar(
             length = next(int(h[15:]) for h in lines if h.startswith("content-length:"))
             await reader.readexactly(length)
             timer.cancel()
-            if not answered:
+            status = lines[0].split()[1]
+            if not answered and status == "200":
                 answered = True
-                tally.first.append(loop.time() - begin)
+                tally.answered(loop.time())
             if counted:
                 tally.latencies.append(loop.time() - sent)
-                if lines[0].split()[1] != "200":
-                    tally.error(f"HTTP {lines[0].split()[1]}")
+                if status != "200":
+                    tally.error(f"HTTP {status}")
             if "connection: close" in lines:
                 writer.close()
                 conn = None
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             if timer is not None:
                 timer.cancel()
-            if not answered:
-                answered = True
-                tally.first.append(loop.time() - begin)
             if counted:
                 tally.error(type(exc).__name__)
             if conn is not None:
                 conn[1].close()
             conn = None
         due += 1.0
+        while due < loop.time():  # late: skip the polls missed, as a sidecar would
+            due += 1.0
     if conn is not None:
         conn[1].close()
 
 
 async def fleet(
-    size: int, port: int, context: ssl.SSLContext | None, seconds: float
-) -> tuple[Tally, float, float]:
-    """``size`` sidecars for WARMUP + ``seconds``; the tally and the measure's span."""
+    size: int, port: int, context: ssl.SSLContext | None, seconds: float, pid: int
+) -> Tally:
+    """``size`` sidecars until ``seconds`` have been measured after the warm-up."""
     loop = asyncio.get_running_loop()
-    begin = loop.time() + 0.05
-    measure, end = begin + WARMUP, begin + WARMUP + seconds
-    tally = Tally()
-    tasks = [
-        sidecar(i, port, context, begin=begin, measure=measure, end=end, tally=tally)
-        for i in range(size)
-    ]
-    await asyncio.gather(*tasks)
-    return tally, measure, end
+    tally = Tally(size, loop.time() + 0.05, seconds, pid)
+    await asyncio.gather(*(sidecar(i, port, context, tally) for i in range(size)))
+    await asyncio.sleep(max(0.0, tally.end - loop.time()))
+    if len(tally.cpu) < 2:
+        tally.sample()
+    return tally
 
 
 def measure(
     name: str, size: int, port: int, pid: int, context: ssl.SSLContext | None, seconds: float
 ) -> str:
-    cpu, own = proc_cpu(pid), time.process_time()
-    started = time.monotonic()
-    tally, _, _ = asyncio.run(fleet(size, port, context, seconds))
-    took = time.monotonic() - started
-    cpu = (proc_cpu(pid) - cpu) / took * 100
-    own = (time.process_time() - own) / took * 100
+    tally = asyncio.run(fleet(size, port, context, seconds, pid))
+    cpu, own = tally.cpu_percent()
     lat = sorted(tally.latencies)
     p50 = statistics.median(lat) * 1000 if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
     ok = len(lat) - sum(v for k, v in tally.kinds.items() if k.startswith("HTTP"))
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(tally.kinds.items()))
     ramp = max(tally.first) if len(tally.first) == size else float("nan")
+    if tally.start is None:  # never all in: what was answered, over the whole run
+        kinds = f"not all answered in {LONGEST:g} s; {kinds}"
+    span = tally.end - tally.start if tally.start is not None else LONGEST
     return (
-        f"{name:<20} {size:>6} {ok / seconds:>8.0f} {p50:>8.1f} {p99:>8.1f} "
+        f"{name:<20} {size:>6} {ok / span:>8.0f} {p50:>8.1f} {p99:>8.1f} "
         f"{tally.errors:>7} {cpu:>6.0f}% {own:>6.0f}% {ramp:>6.1f}  {kinds}"
     )
 
@@ -288,7 +305,8 @@ def main() -> None:
         trusting = ssl.create_default_context(cafile=str(cert))
         print(
             f"drainer serve, {max(sizes)} nodes configured; sidecars poll once a second on a"
-            f" kept connection; {WARMUP:g} s warm-up, then {args.seconds:g} s measured"
+            f" kept connection; measured {args.seconds:g} s from {WARMUP:g} s after the start, or"
+            " from 1 s after every sidecar had an answer if later"
         )
         print(
             f"{'server':<20} {'sidecars':>6} {'answers/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
