@@ -68,7 +68,7 @@ __all__ = ["RemoteServer", "serve"]
 log = logging.getLogger("drainer")
 
 _HEAD_MAX = 8192  # bytes of a request line and its headers
-_READERS = 4  # threads reading states (GET); few, as each read is short
+_READERS = 2  # threads reading states (GET): a slow read leaves another; few, as each is short
 _WRITERS = 16  # threads for the rest (one call at a time per node and load balancer)
 _LINGER = 1.0  # seconds a refused connection is kept to let its client read the refusal
 _BACKLOG = 4096  # a fleet reconnecting at once (the kernel caps it at somaxconn)
@@ -343,6 +343,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._state = "idle"  # "reading" a request, "calling" the app, "refused", "closed"
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # by the loop's clock; see _expire_in
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -366,6 +367,8 @@ class _Connection(asyncio.Protocol):
         self._buffer += data
         if self._state == "reading":
             self._next()
+        elif len(self._buffer) > _HEAD_MAX + self.hub.limits.max_body and self._transport:
+            self._transport.pause_reading()  # more sent ahead than one request: wait
 
     def eof_received(self) -> bool | None:
         return False  # the client is done: close
@@ -413,7 +416,7 @@ class _Connection(asyncio.Protocol):
             return  # the rest of the body is still on its way
         request.body = bytes(self._buffer[end + 4 : end + 4 + length])
         del self._buffer[: end + 4 + length]
-        self._cancel_timer()
+        self._no_deadline()
         for name in (NODE_HEADER, "Authorization"):
             if len(request.headers.get(name.lower(), [])) > 1:
                 self._answer(refused(400, f"send one {name} header"), request)
@@ -432,9 +435,7 @@ class _Connection(asyncio.Protocol):
         return None
 
     def _call(self, request: _Request) -> None:
-        self._state = "calling"
-        assert self._transport is not None
-        self._transport.pause_reading()  # one request at a time; the next waits in the kernel
+        self._state = "calling"  # one request at a time: what comes meanwhile waits
         loop = asyncio.get_running_loop()
         path = urlsplit(request.target).path
         read = request.method == "GET" and not path.endswith("/preflight")  # may run nginx -t
@@ -474,7 +475,8 @@ class _Connection(asyncio.Protocol):
             transport.close()
             return
         self._state = "reading" if self._buffer else "idle"
-        transport.resume_reading()
+        if not transport.is_reading():
+            transport.resume_reading()
         if self._buffer:  # a request sent before this answer (pipelined)
             self._expire_in(self.hub.limits.timeout)
             self._next()
@@ -492,16 +494,39 @@ class _Connection(asyncio.Protocol):
 
     def _expire_in(self, seconds: float) -> None:
         """Shut the connection down unless the state changes within ``seconds``: a
-        request not read whole in time, or a connection idle for too long."""
-        self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+        request not read whole in time, or a connection idle for too long.
 
-    def _expired(self) -> None:
-        if self._transport is not None and self._state in ("idle", "reading"):
+        The deadline is a number that each request moves; the timer that checks it is
+        set again only when it fires, at most every ``limits.timeout`` (the shortest
+        deadline, so that no deadline set later can fall before it)."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + seconds
+        if self._timer is None or self._timer.when() > self._deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(self._next_check(loop.time()), self._check)
+
+    def _next_check(self, now: float) -> float:
+        assert self._deadline is not None
+        return min(self._deadline, now + self.hub.limits.timeout)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._deadline is None or self._state not in ("idle", "reading"):
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now < self._deadline:
+            self._timer = loop.call_at(self._next_check(now), self._check)
+        elif self._transport is not None:
             self._state = "closed"
             self._transport.abort()
 
+    def _no_deadline(self) -> None:
+        self._deadline = None  # the timer, when it fires, finds none and stops
+
     def _cancel_timer(self) -> None:
+        self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
