@@ -18,7 +18,9 @@ answer, and 1 s more: connections made and TLS handshakes done), the answers per
 second, p50/p99 latency, the errors (a refusal, a reset, a timeout), the server's CPU
 and this client's (in % of one core, over the measure), and "all in": the seconds until
 the last sidecar got its first answer (the fleet connecting at once, as after a
-restart). Loopback only; about 3 minutes on a quiet machine.
+restart); with HAProxy, HAProxy's own CPU over the measure too (the same whatever the
+number of sidecars, when their reads are shared). Loopback only; about 3 minutes on a
+quiet machine.
 
     python bench/serve.py [--sizes 100,500,1000,2000] [--seconds 3] [--only mock,haproxy]
 """
@@ -164,10 +166,10 @@ def running(command: list[str], port: int, log: Path) -> Iterator[int]:
 class Tally:
     """What the fleet saw; the measure starts once every sidecar has had an answer."""
 
-    def __init__(self, size: int, begin: float, seconds: float, pid: int) -> None:
+    def __init__(self, size: int, begin: float, seconds: float, pids: tuple[int, ...]) -> None:
         self.size = size
-        self.pid = pid
-        self.cpu: list[tuple[float, float, float]] = []  # (time, server's CPU, this one's)
+        self.pids = pids  # the server's, then HAProxy's if any
+        self.cpu: list[tuple[float, tuple[float, ...], float]] = []  # (time, theirs, this one's)
         self.begin = begin
         self.seconds = seconds
         self.latencies: list[float] = []
@@ -187,14 +189,18 @@ class Tally:
             loop.call_at(self.end, self.sample)
 
     def sample(self) -> None:
-        self.cpu.append((time.monotonic(), proc_cpu(self.pid), time.process_time()))
+        theirs = tuple(proc_cpu(pid) for pid in self.pids)
+        self.cpu.append((time.monotonic(), theirs, time.process_time()))
 
-    def cpu_percent(self) -> tuple[float, float]:
-        """The server's CPU and this process's over the measure, in % of one core."""
+    def cpu_percent(self) -> tuple[list[float], float]:
+        """The CPU of each of ``pids`` and this process's over the measure, in % of one
+        core."""
         if len(self.cpu) < 2:
-            return float("nan"), float("nan")
-        (t0, server0, own0), (t1, server1, own1) = self.cpu[0], self.cpu[-1]
-        return (server1 - server0) / (t1 - t0) * 100, (own1 - own0) / (t1 - t0) * 100
+            return [float("nan")] * len(self.pids), float("nan")
+        (t0, theirs0, own0), (t1, theirs1, own1) = self.cpu[0], self.cpu[-1]
+        return [(b - a) / (t1 - t0) * 100 for a, b in zip(theirs0, theirs1, strict=True)], (
+            own1 - own0
+        ) / (t1 - t0) * 100
 
     def error(self, kind: str) -> None:
         self.errors += 1
@@ -256,11 +262,11 @@ async def sidecar(i: int, port: int, context: ssl.SSLContext | None, tally: Tall
 
 
 async def fleet(
-    size: int, port: int, context: ssl.SSLContext | None, seconds: float, pid: int
+    size: int, port: int, context: ssl.SSLContext | None, seconds: float, pids: tuple[int, ...]
 ) -> Tally:
     """``size`` sidecars until ``seconds`` have been measured after the warm-up."""
     loop = asyncio.get_running_loop()
-    tally = Tally(size, loop.time() + 0.05, seconds, pid)
+    tally = Tally(size, loop.time() + 0.05, seconds, pids)
     await asyncio.gather(*(sidecar(i, port, context, tally) for i in range(size)))
     await asyncio.sleep(max(0.0, tally.end - loop.time()))
     if len(tally.cpu) < 2:
@@ -269,15 +275,22 @@ async def fleet(
 
 
 def measure(
-    name: str, size: int, port: int, pid: int, context: ssl.SSLContext | None, seconds: float
+    name: str,
+    size: int,
+    port: int,
+    pids: tuple[int, ...],
+    context: ssl.SSLContext | None,
+    seconds: float,
 ) -> str:
-    tally = asyncio.run(fleet(size, port, context, seconds, pid))
-    cpu, own = tally.cpu_percent()
+    tally = asyncio.run(fleet(size, port, context, seconds, pids))
+    (cpu, *lb), own = tally.cpu_percent()
     lat = sorted(tally.latencies)
     p50 = statistics.median(lat) * 1000 if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
     ok = len(lat) - sum(v for k, v in tally.kinds.items() if k.startswith("HTTP"))
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(tally.kinds.items()))
+    if lb:
+        kinds = f"HAProxy CPU {lb[0]:.0f}%" + (f", {kinds}" if kinds else "")
     ramp = max(tally.first) if len(tally.first) == size else float("nan")
     if tally.start is None:  # never all in: what was answered, over the whole run
         kinds = f"not all answered in {LONGEST:g} s; {kinds}"
@@ -330,11 +343,10 @@ def main() -> None:
                     )
                     command = [sys.executable, "-m", "drainer", "serve", "-c", str(path)]
                 with running(command, port, log) as pid:
+                    pids = (pid, proxy.proc.pid) if proxy and target == "haproxy" else (pid,)
                     for size in sizes:
-                        row = measure(
-                            name, size, port, pid, trusting if tls else None, args.seconds
-                        )
-                        print(row, flush=True)
+                        context = trusting if tls else None
+                        print(measure(name, size, port, pids, context, args.seconds), flush=True)
     finally:
         if proxy is not None:
             proxy.stop()

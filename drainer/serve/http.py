@@ -38,6 +38,7 @@ answered with ``Connection: close``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import resource
@@ -545,6 +546,10 @@ def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     with RemoteServer(setup):
+        # What start-up built (every node's models and adapters) lives as long as the
+        # process: the collector need not walk it again (16 ms at 2,000 nodes, a stall
+        # for every sidecar waiting then).
+        gc.freeze()
         while not stop.wait(0.5):
             pass
     log.info("drainer serve stopped")
