@@ -181,7 +181,7 @@ class Tally:
 
     def answered(self, now: float) -> None:
         self.first.append(now - self.begin)
-        if len(self.first) == self.size:
+        if len(self.first) == self.size and now + 1.0 < self.end:
             self.start = max(now + 1.0, self.begin + WARMUP)
             self.end = min(self.end, self.start + self.seconds)
             loop = asyncio.get_running_loop()
@@ -295,6 +295,8 @@ def measure(
     if tally.start is None:  # never all in: what was answered, over the whole run
         kinds = f"not all answered in {LONGEST:g} s; {kinds}"
     span = tally.end - tally.start if tally.start is not None else LONGEST
+    if not lat:
+        ok = 0
     return (
         f"{name:<20} {size:>6} {ok / span:>8.0f} {p50:>8.1f} {p99:>8.1f} "
         f"{tally.errors:>7} {cpu:>6.0f}% {own:>6.0f}% {ramp:>6.1f}  {kinds}"
