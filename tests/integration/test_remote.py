@@ -28,12 +28,14 @@ from drainer.adapters import mock, nginx
 from drainer.adapters import remote as remote_adapter
 from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LBStatus
 from drainer.adapters.haproxy import runtime as haproxy
+from drainer.adapters.haproxy.client import StatRow
 from drainer.adapters.remote import RemoteConfig, RemoteLoadBalancer
 from drainer.adapters.remote import create as create_remote
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
 from drainer.serve.config import parse_serve_config
 from drainer.serve.http import RemoteServer, serve
 from drainer.serve.protocol import NODE_HEADER
+from drainer.serve.shared import SharedReads
 from drainer.testing import (
     FakeClock,
     Nginx,
@@ -894,3 +896,63 @@ def test_nodes_share_one_read_of_haproxy_and_a_write_is_never_answered_from_it(
             web2.close()
     finally:
         proxy.stop()
+
+
+class _SlowCli:
+    """A stand-in for HAProxy's CLI on tcp://: ``show stat`` of one server, whose reply
+    (the state when asked) waits while ``hold`` is clear; ``set server`` changes it."""
+
+    def __init__(self) -> None:
+        self.status = "UP"
+        self.hold = threading.Event()
+        self.hold.set()
+        self.asked = threading.Event()  # a show stat arrived
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            command = b""
+            while chunk := conn.recv(4096):
+                command += chunk
+            if command.startswith(b"show stat"):
+                reply = f"# pxname,svname,status,scur,check_status,sid\napp,s1,{self.status},0,,1\n"
+                self.asked.set()
+                self.hold.wait(10)
+            elif command.startswith(b"show info"):
+                reply = "Name: HAProxy\nPid: 42\n"
+            else:  # set server app/s1 state drain
+                self.status = "DRAIN" if b"drain" in command else self.status
+                reply = "\n"
+            conn.sendall(reply.encode())
+
+    def close(self) -> None:
+        self.hold.set()
+        self._listener.close()
+
+
+def test_a_shared_read_under_way_during_a_write_is_not_kept() -> None:
+    cli = _SlowCli()
+    shared = SharedReads(cli.address, max_age=3600)
+    try:
+        cli.hold.clear()
+        before: list[list[StatRow]] = []
+        reading = threading.Thread(target=lambda: before.append(shared.stat("app", server_id=1)))
+        reading.start()
+        assert cli.asked.wait(5)  # the read has its reply (UP) and waits to send it
+        shared.set_state("app", "s1", "drain")  # the write, meanwhile
+        cli.hold.set()
+        reading.join(5)
+        assert [r.status for r in before[0]] == ["UP"]  # concurrent with the write: either
+        assert [r.status for r in shared.stat("app", server_id=1)] == ["DRAIN"]
+    finally:
+        cli.close()
