@@ -308,7 +308,10 @@ def _parse_head(head: str) -> _Request | None:
     """The request line and headers, or None if they are not HTTP/1.x."""
     lines = head.split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[0].isalpha():
+    method = parts[0]
+    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not method.isascii():
+        return None
+    if not method.isalpha():
         return None
     headers: dict[str, list[str]] = {}
     for line in lines[1:]:
@@ -430,7 +433,7 @@ class _Connection(asyncio.Protocol):
         if request.headers.get("transfer-encoding"):
             return refused(411, "send a Content-Length, not a chunked body")
         lengths = request.headers.get("content-length", [])
-        if len(set(lengths)) > 1 or any(not v.isdigit() for v in lengths):
+        if len(set(lengths)) > 1 or any(not (v.isascii() and v.isdigit()) for v in lengths):
             return refused(400, "bad Content-Length")
         if lengths and int(lengths[0]) > self.hub.limits.max_body:
             return refused(413, f"the body is over {self.hub.limits.max_body} bytes")

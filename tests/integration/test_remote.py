@@ -754,6 +754,19 @@ def test_connections_are_kept_between_requests(server: RemoteServer, remote: Rem
     lb.close()
 
 
+def test_a_malformed_head_is_refused_and_closed(server: RemoteServer) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    for head in (
+        b"Content-Length: \xb2\r\n",  # a digit to str.isdigit(), not to int()
+        b"Content-Length: 1\r\nContent-Length: 2\r\n",
+        b" folded\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /v1/load-balancers HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+            reply = sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 400") and b"Connection: close" in reply, head
+
+
 def test_a_client_asking_to_close_is_closed(server: RemoteServer) -> None:
     reply = _raw_socket(server, f"{NODE_HEADER}: web-1\r\nConnection: close\r\n")
     assert reply.startswith(b"HTTP/1.1 401") and b"Connection: close" in reply
