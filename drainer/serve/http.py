@@ -107,6 +107,7 @@ class RemoteServer(Running):
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._failed: Exception | None = None  # why the loop could not start serving
 
     @property
     def url(self) -> str:
@@ -133,6 +134,9 @@ class RemoteServer(Running):
         )
         self._thread.start()
         ready.wait()
+        if self._failed is not None:
+            self._thread = None
+            raise ConfigError(f"drainer serve could not start: {self._failed}")
         log.info("serving %d nodes on %s", len(self._config.nodes), self.url)
         return self
 
@@ -163,6 +167,11 @@ class RemoteServer(Running):
         self._loop = loop
         try:
             loop.run_until_complete(self._serve(listening, ready))
+        except Exception as exc:
+            if ready.is_set():
+                raise
+            self._failed = exc
+            listening.close()
         finally:
             loop.close()
             ready.set()  # were it to fail before serving: start() must not wait for ever
