@@ -376,6 +376,34 @@ def test_one_client_address_cannot_take_every_connection(tmp_path: Path) -> None
             assert again.recv(200).startswith(b"HTTP/1.1 200")
 
 
+def test_connections_that_showed_a_token_do_not_count_against_their_address(
+    tmp_path: Path,
+) -> None:
+    # a fleet behind one NAT address: only strangers are limited per address
+    limits = {"max_connections": 8, "max_connections_per_client": 2}
+    config = serve_config(tmp_path, limits=limits)
+    with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        kept = []
+        try:
+            for _ in range(4):  # twice the per-address limit, each kept open
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                kept.append(sock)
+                sock.sendall(
+                    f"GET /v1/load-balancers HTTP/1.1\r\nHost: x\r\n{NODE_HEADER}: web-1\r\n"
+                    f"Authorization: Bearer {TOKENS['web-1']}\r\n\r\n".encode()
+                )
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            strangers = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+            kept += strangers
+            time.sleep(0.3)  # both accepted, neither has sent anything
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+                assert third.recv(200).startswith(b"HTTP/1.1 429")
+        finally:
+            for sock in kept:
+                sock.close()
+
+
 # -- retries -------------------------------------------------------------------------------
 
 
