@@ -118,7 +118,28 @@ class ServerThread(Generic[ServerT]):
         self._thread.join(timeout=join_timeout)
 
 
-class Served(Generic[ServerT]):
+class Running:
+    """``with`` for an object that a subclass starts (``start()``, returning it) and stops."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Served(Running, Generic[ServerT]):
     """An object served by one HTTP server in a thread of its own, from ``start()`` (or
     ``with``) until ``stop()``.
 
@@ -170,17 +191,6 @@ class Served(Generic[ServerT]):
         self._stopping()
         running.stop(join_timeout=self._join_timeout)
         self._stopped(running.server)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def is_loopback(host: str) -> bool:

@@ -2,10 +2,12 @@
 
 It behaves like a small load balancer: a drain leaves ``sessions`` connections open
 that close one after another over ``drain_seconds``; ``take_out`` ends the drain.
-Every call is appended to ``calls`` with its time, so tests and benchmarks can see
-exactly what drainer did and when. A test injects a failure by writing
-``{"fail": {"drain": "message"}}`` (any operation, or ``"*"``) into the file.
-Writes go through a lock and a rename, so a crash never leaves half a file.
+Every change (drain, take-out, put-back) is appended to ``calls`` with its time, so
+tests and benchmarks can see exactly what drainer did and when. A test injects a failure
+by writing ``{"fail": {"drain": "message"}}`` (any operation, or ``"*"``) into the file.
+Writes go through a lock and a rename, so a crash never leaves half a file, and a read
+(``state()``) takes no lock and writes nothing: the rename makes it see one whole file,
+the one before a write or the one after.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class MockLoadBalancer(LoadBalancer):
             data: dict[str, Any] = json.loads(self.path.read_text())
         except FileNotFoundError:
             data = {}
+        except OSError as exc:
+            raise TransientAdapterError(f"mock load balancer {self.path}: {exc.strerror}") from exc
         except ValueError as exc:
             raise PermanentAdapterError(
                 f"mock load balancer {self.path} is not valid JSON: {exc}"
@@ -99,13 +103,13 @@ class MockLoadBalancer(LoadBalancer):
     # -- LoadBalancer -----------------------------------------------------------------
 
     def state(self) -> LBView:
-        with self._locked() as data:
-            if data["fail"].get("state") or data["fail"].get("*"):
-                fail = data["fail"].get("state") or data["fail"]["*"]
-                raise TransientAdapterError(str(fail))
-            status = LBStatus(data["status"])
-            sessions = self._sessions(data)
-        return LBView(status, sessions, f"mock load balancer in {self.path}")
+        data = self._read()  # no lock, no write: see the module docstring
+        fail = data["fail"].get("state") or data["fail"].get("*")
+        if fail:
+            raise TransientAdapterError(str(fail))
+        return LBView(
+            LBStatus(data["status"]), self._sessions(data), f"mock load balancer in {self.path}"
+        )
 
     def drain(self) -> None:
         def change(data: dict[str, Any]) -> None:

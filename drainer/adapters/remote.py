@@ -10,7 +10,10 @@ from ``retry_delay``, a ``Retry-After`` honoured up to 10 s) when the server can
 reached, times out, or answers 429/500/502/503/504. Then it raises TransientAdapterError;
 a refusal (401, 403, 422, other 4xx) raises PermanentAdapterError at once. The token is
 read from its file or environment variable on every call (so it can be rotated) and is
-never put in a message. Nothing is kept in memory between calls.
+never put in a message. Nothing is kept in memory between calls but the connection: it
+stays open for the next call (HTTP/1.1 keep-alive) up to ``KEEPALIVE`` seconds, less
+than ``drainer serve`` keeps an idle one (``limits.idle``, 60 s by default), so a poll
+never pays a new TCP connection and TLS handshake, nor meets one the server just closed.
 
 The token travels in a header, so ``url`` must be ``https://`` unless its host is
 loopback (as ``drainer serve`` listens by default) or ``allow_plaintext: true`` says that
@@ -45,7 +48,9 @@ from drainer.errors import (
 from drainer.model import LBView
 from drainer.serve.protocol import NODE_HEADER, PREFIX, RETRY_STATUS, lb_path, view_from_json
 
-__all__ = ["PLUGIN", "RemoteConfig", "RemoteLoadBalancer"]
+__all__ = ["KEEPALIVE", "PLUGIN", "RemoteConfig", "RemoteLoadBalancer"]
+
+KEEPALIVE = 30.0  # seconds an idle connection to drainer serve is kept for the next call
 
 
 class _Busy(Exception):
@@ -115,6 +120,7 @@ class RemoteLoadBalancer(LoadBalancer):
             verify=verify,
             transport=transport,
             trust_env=False,
+            limits=httpx.Limits(max_connections=4, keepalive_expiry=KEEPALIVE),
         )
 
     def _token(self) -> str:

@@ -9,10 +9,11 @@ Status codes of an error (its body: ``{"error": message, "kind": ...}``)::
 
     400 bad body   401 unknown node or wrong token   403 not this node's   404 no such path
     405 method  411 no Content-Length  413 body too large
-    429 rate, or too many connections from this address (Retry-After)
-    422 the adapter refused for good (PermanentAdapterError)
+    429 this node's rate, this address's wrong tokens, or too many connections from this
+        address not yet authenticated (Retry-After)
+    431 request head too large   422 the adapter refused for good (PermanentAdapterError)
     503 the load balancer failed this time (TransientAdapterError), or every connection
-        slot is taken: retry
+        slot is taken: retry (Retry-After)
 
 Invariants:
 
@@ -32,15 +33,21 @@ Invariants:
   comparison), and never logged or echoed.
 - It listens on loopback unless told otherwise; a non-loopback address needs TLS
   (``tls.cert``/``tls.key``) or an explicit ``allow_plaintext: true``.
-- Limits: a body over ``limits.max_body`` bytes is refused unread; each client address
-  gets ``limits.rate`` requests per second (burst ``limits.burst``), counted before
-  authentication so guessing is slow too. At most ``limits.max_connections`` connections
-  at once, and at most ``limits.max_connections_per_client`` from one client address, so
-  one address cannot take every slot; more are refused unread. A connection must deliver
-  its whole request (TLS handshake, headers, body) within ``limits.timeout`` from its
-  accept, or it is shut down unanswered: trickling bytes cannot hold a slot, and a
-  request is acted on only if it was read in time. The call to the adapter that follows
-  is not bounded by it (it may wait for ``nginx -t`` and a reload).
+- Limits (drainer/serve/http.py): a body over ``limits.max_body`` bytes is refused
+  unread; each node gets ``limits.rate`` requests per second (burst ``limits.burst``),
+  counted by its token, and each client address as many wrong tokens, after which the
+  address is refused before anything is compared. At most ``limits.max_connections``
+  connections at once, and at most ``limits.max_connections_per_client`` from one
+  address that have not yet shown a valid token, so a stranger cannot take every slot
+  while a fleet behind one NAT address can; a refusal is written after the TLS
+  handshake, with ``Retry-After``. The TLS handshake, then each request (headers and
+  body), must arrive within ``limits.timeout``, or the connection is shut down
+  unanswered: trickling bytes cannot hold a slot, and a request is acted on only if it
+  was read whole in time. Connections are kept between requests (HTTP/1.1) and closed
+  after ``limits.idle`` without one. The call to the adapter that follows is not bounded
+  by it (it may wait for ``nginx -t`` and a reload).
+- State reads are shared (drainer/serve/shared.py): the nodes of one HAProxy instance
+  get their state from one read of the backend per ``shared_read``, ended by any write.
 - Calls on one node's load balancer are serialized; the adapters serialize the rest
   (the nginx adapter holds a file lock around each transaction).
 
@@ -51,5 +58,6 @@ crash is retried by the sidecar, and every adapter call is idempotent.
 
 Modules: ``protocol`` (the API above, shared with the client), ``config`` (the file and each
 node's entries), ``app`` (one request read in full -> one reply: authentication, rate,
-routing, the adapter call), ``http`` (sockets, TLS, connection limits, ``serve()``).
+routing, the adapter call), ``shared`` (one HAProxy read for every node), ``http`` (the
+event loop, TLS, keep-alive, connection limits, ``serve()``).
 """

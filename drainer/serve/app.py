@@ -1,9 +1,11 @@
 """``drainer serve``'s application: one request, read in full, becomes one reply.
 
 Authenticates the node (constant-time, an unknown node costs the same comparison),
-limits each client address's rate, routes the path to the node's own load balancer and
-calls its adapter, one call at a time per node and load balancer. No socket here: the
-HTTP side (drainer/serve/http.py) reads requests and writes replies.
+limits each node's rate (per token: a fleet behind one NAT address shares nothing) and
+each client address's failed attempts (so guessing tokens is slow), routes the path to
+the node's own load balancer and calls its adapter, one call at a time per node and load
+balancer. No socket here: the HTTP side (drainer/serve/http.py) reads requests and
+writes replies.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -23,6 +25,7 @@ from drainer.adapters.base import AdapterContext, LoadBalancer, preflight
 from drainer.errors import AdapterError, ConfigError, PermanentAdapterError, TransientAdapterError
 from drainer.serve.config import NodeEntry, ServeConfig, ServeSetup
 from drainer.serve.protocol import OPERATIONS, PREFIX, READS, error_body, view_to_json
+from drainer.serve.shared import SharedReads, create_shared
 
 __all__ = ["MIN_TOKEN_LENGTH", "Reply", "ServeApp", "read_tokens", "refused"]
 
@@ -74,6 +77,7 @@ class Reply:
     status: int
     payload: dict[str, Any]
     retry_after: int = 0
+    node: str = ""  # the node the request authenticated as ("" if it did not)
 
 
 def refused(status: int, message: str, kind: str = "refused", retry_after: int = 0) -> Reply:
@@ -93,16 +97,21 @@ class ServeApp:
         self._nobody = _digest(os.urandom(16).hex())  # compared against for unknown nodes
         self._lbs: dict[str, dict[str, LoadBalancer]] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
+        shared: dict[tuple[str, float, float], SharedReads] = {}  # see drainer/serve/shared.py
         for node, entries in setup.entries.items():
             self._lbs[node] = {}
             context = AdapterContext(node=node, state_dir=config.state_dir)
             for lb, entry in entries.items():
-                made = setup.plugins[entry.type].create(entry, context)
+                plugin = setup.plugins[entry.type]
+                made = create_shared(
+                    plugin, entry, context, max_age=config.shared_read, clients=shared
+                )
                 for instance in made:
                     served = lb if len(made) == 1 else f"{lb}/{instance.name}"
                     self._lbs[node][served] = instance
                     self._locks[(node, served)] = threading.Lock()
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, _Bucket] = {}  # node -> its requests
+        self._failures: dict[str, _Bucket] = {}  # client address -> its refused tokens
         self._rate_lock = threading.Lock()
 
     @property
@@ -117,19 +126,23 @@ class ServeApp:
 
     # -- one request --------------------------------------------------------------------
 
-    def _allow(self, client: str) -> int:
-        """0 if the client may go on, else the seconds it should wait."""
+    def _allow(self, buckets: dict[str, _Bucket], key: str, *, charge: bool = True) -> int:
+        """0 if ``key`` (a node, or a client address's failures) may go on, else the
+        seconds it should wait; ``charge=False`` only looks."""
         limits = self._config.limits
         now = self._clock()
         with self._rate_lock:
-            if len(self._buckets) > 4096:  # forget clients idle long enough to be full
+            if len(buckets) > 4096:  # forget keys idle long enough to be full
                 full = limits.burst / limits.rate
-                self._buckets = {k: b for k, b in self._buckets.items() if now - b.updated < full}
-            bucket = self._buckets.setdefault(client, _Bucket(float(limits.burst), now))
+                idle = [k for k, b in buckets.items() if now - b.updated >= full]
+                for k in idle:
+                    del buckets[k]
+            bucket = buckets.setdefault(key, _Bucket(float(limits.burst), now))
             bucket.tokens = min(limits.burst, bucket.tokens + (now - bucket.updated) * limits.rate)
             bucket.updated = now
             if bucket.tokens >= 1:
-                bucket.tokens -= 1
+                if charge:
+                    bucket.tokens -= 1
                 return 0
             return max(1, int((1 - bucket.tokens) / limits.rate + 0.999))
 
@@ -144,12 +157,22 @@ class ServeApp:
     ) -> Reply:
         """Answer one request that was read in full: ``node`` and ``authorization`` are
         the values of the ``X-Drainer-Node`` and ``Authorization`` headers ("" if absent)."""
-        wait = self._allow(client)
+        # An address that sent too many wrong tokens is refused before anything is
+        # compared, the right token included: guessing gets no answer at all.
+        wait = self._allow(self._failures, client, charge=False)
         if wait:
             return refused(429, "too many requests", "transient", retry_after=wait)
         if not self._authenticate(node, authorization):
+            self._allow(self._failures, client)
             log.warning("refused a request from %s: unknown node or wrong token", client)
             return refused(401, "unknown node or wrong token")
+        reply = self._authenticated(method, path, node=node, body=body)
+        return replace(reply, node=node)
+
+    def _authenticated(self, method: str, path: str, *, node: str, body: bytes) -> Reply:
+        wait = self._allow(self._buckets, node)
+        if wait:
+            return refused(429, "too many requests", "transient", retry_after=wait)
         parts = [unquote(p) for p in urlsplit(path).path.split("/") if p]
         if parts[:2] != PREFIX.strip("/").split("/") or len(parts) > 4:
             return refused(404, f"no such path: {urlsplit(path).path}")

@@ -46,11 +46,16 @@ class TlsConfig(_Strict):
 
 class LimitsConfig(_Strict):
     max_body: int = Field(default=1024, ge=64)  # bytes
-    rate: float = Field(default=5.0, gt=0)  # requests per second per client address
+    # requests per second per node (its token), and wrong tokens per client address
+    rate: float = Field(default=5.0, gt=0)
     burst: int = Field(default=20, ge=1)
-    max_connections: int = Field(default=32, ge=1)
-    max_connections_per_client: int = Field(default=4, ge=1)  # from one client address
-    timeout: Duration = 10.0  # to read a whole request, TLS handshake included
+    # open at once; each sidecar keeps one open between its polls (keep-alive)
+    max_connections: int = Field(default=4096, ge=1)
+    # from one client address before a request of theirs has shown a node's token: a
+    # fleet behind one NAT address is not limited by it once its nodes are known
+    max_connections_per_client: int = Field(default=1024, ge=1)
+    timeout: Duration = 10.0  # for the TLS handshake, then for each request, whole
+    idle: Duration = 60.0  # a connection without a request for this long is closed
 
 
 class NodeEntry(_Strict):
@@ -73,6 +78,11 @@ class ServeConfig(_Strict):
     load_balancers: dict[str, dict[str, Any]] = Field(min_length=1)  # name -> adapter entry
     nodes: dict[str, NodeEntry] = Field(min_length=1)
     limits: LimitsConfig = LimitsConfig()
+    # One read of a load balancer answers every node's state for this long, so N
+    # sidecars polling cost one read per interval; a write (drain, take-out, put-back)
+    # ends it at once. 0: every request reads. Used by adapters that can share a read
+    # (HAProxy: one `show stat` of the backend for all its nodes).
+    shared_read: Duration = 0.5
 
     @field_validator("listen")
     @classmethod

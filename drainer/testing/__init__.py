@@ -19,6 +19,11 @@
   nginx on loopback, stopped by PID.
 - ``drainer.testing.prometheus.Prometheus``: a real Prometheus scraping sidecars, with
   PromQL over its HTTP API (imported from its module: only the fleet tests need it).
+
+
+
+- ``self_signed_certificate``, ``openssl_available``: a throwaway certificate for
+  127.0.0.1 (the ``openssl`` CLI).
 - ``WebServer``, ``WebProcess``, ``LoadClient``, ``BlackHole`` (the lab): web servers
   playing a VM's application, a bounded load client, an address that answers nothing.
 
@@ -41,6 +46,7 @@ from drainer.testing.lab import BlackHole, LoadClient, WebProcess, WebServer
 from drainer.testing.memory import MemoryLoadBalancer, MemorySource, maintenance
 from drainer.testing.nginx import Nginx, NginxProcess, nginx_available
 from drainer.testing.ports import free_port
+from drainer.testing.tls import openssl_available, self_signed_certificate
 
 __all__ = [
     "BlackHole",
@@ -62,6 +68,8 @@ __all__ = [
     "haproxy_cli",
     "maintenance",
     "nginx_available",
+    "openssl_available",
+    "self_signed_certificate",
     "start_haproxy",
     "start_haproxy_in_front",
     "wait_until",

@@ -10,9 +10,8 @@ import fcntl
 import json
 import logging
 import re
-import shutil
 import socket
-import subprocess
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,13 +28,25 @@ from drainer.adapters import mock, nginx
 from drainer.adapters import remote as remote_adapter
 from drainer.adapters.base import AdapterConfig, AdapterContext, AdapterPlugin, LBStatus
 from drainer.adapters.haproxy import runtime as haproxy
+from drainer.adapters.haproxy.client import StatRow
 from drainer.adapters.remote import RemoteConfig, RemoteLoadBalancer
 from drainer.adapters.remote import create as create_remote
 from drainer.errors import ConfigError, PermanentAdapterError, TransientAdapterError
 from drainer.serve.config import parse_serve_config
 from drainer.serve.http import RemoteServer, serve
 from drainer.serve.protocol import NODE_HEADER
-from drainer.testing import FakeClock, Nginx, free_port, nginx_available
+from drainer.serve.shared import SharedReads
+from drainer.testing import (
+    FakeClock,
+    Nginx,
+    free_port,
+    haproxy_available,
+    haproxy_cli,
+    nginx_available,
+    openssl_available,
+    self_signed_certificate,
+    start_haproxy,
+)
 
 PLUGINS: dict[str, AdapterPlugin] = {
     "mock": mock.PLUGIN,
@@ -244,20 +255,33 @@ def test_malformed_requests(
     assert mock_status(tmp_path, "web-1") is None
 
 
-def test_rate_limit_per_client_and_retry_after(
+def test_rate_limit_per_node_and_retry_after(
     tmp_path: Path, clock: FakeClock, remote: RemoteFactory, server: RemoteServer
 ) -> None:
     for _ in range(20):  # the burst
         assert _raw(server, "GET", "/v1/load-balancers").status_code == 200
     reply = _raw(server, "GET", "/v1/load-balancers")
     assert reply.status_code == 429 and reply.headers["Retry-After"] == "1"
-    bad = _raw(server, "GET", "/v1/load-balancers", headers={"Authorization": "Bearer x" * 20})
-    assert bad.status_code == 429, "guessing tokens is rate limited too"
+    # web-2, behind the same address (a NAT), has a rate of its own
+    for _ in range(20):
+        assert _raw(server, "GET", "/v1/load-balancers", node="web-2").status_code == 200
     # the adapter waits (on the injected clock) and retries
     started = clock.now
     remote("web-1").drain()
     assert mock_status(tmp_path, "web-1") == "draining"
     assert clock.now > started
+
+
+def test_wrong_tokens_are_limited_per_address(clock: FakeClock, server: RemoteServer) -> None:
+    wrong = {"Authorization": "Bearer " + "x" * 20}
+    for _ in range(20):  # the burst
+        assert _raw(server, "GET", "/v1/load-balancers", headers=wrong).status_code == 401
+    guess = _raw(server, "GET", "/v1/load-balancers", headers=wrong)
+    assert guess.status_code == 429 and guess.headers["Retry-After"] == "1"
+    # then nothing is compared from that address, so a right guess is not told either
+    assert _raw(server, "GET", "/v1/load-balancers").status_code == 429
+    clock.advance(1)
+    assert _raw(server, "GET", "/v1/load-balancers").status_code == 200
 
 
 def test_too_many_connections_are_refused(tmp_path: Path) -> None:
@@ -350,6 +374,34 @@ def test_one_client_address_cannot_take_every_connection(tmp_path: Path) -> None
                 f"Authorization: Bearer {TOKENS['web-1']}\r\n\r\n".encode()
             )
             assert again.recv(200).startswith(b"HTTP/1.1 200")
+
+
+def test_connections_that_showed_a_token_do_not_count_against_their_address(
+    tmp_path: Path,
+) -> None:
+    # a fleet behind one NAT address: only strangers are limited per address
+    limits = {"max_connections": 8, "max_connections_per_client": 2}
+    config = serve_config(tmp_path, limits=limits)
+    with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        kept = []
+        try:
+            for _ in range(4):  # twice the per-address limit, each kept open
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                kept.append(sock)
+                sock.sendall(
+                    f"GET /v1/load-balancers HTTP/1.1\r\nHost: x\r\n{NODE_HEADER}: web-1\r\n"
+                    f"Authorization: Bearer {TOKENS['web-1']}\r\n\r\n".encode()
+                )
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            strangers = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+            kept += strangers
+            time.sleep(0.3)  # both accepted, neither has sent anything
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+                assert third.recv(200).startswith(b"HTTP/1.1 429")
+        finally:
+            for sock in kept:
+                sock.close()
 
 
 # -- retries -------------------------------------------------------------------------------
@@ -610,20 +662,9 @@ def test_serve_runs_from_a_file_until_stopped(tmp_path: Path) -> None:
 
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
+    if not openssl_available():
         pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
+    return self_signed_certificate(tmp_path)
 
 
 def test_tls_when_a_certificate_is_configured(
@@ -698,3 +739,261 @@ def test_sidecars_drain_a_real_nginx_through_serve(tmp_path: Path) -> None:
         instance.stop()
         for backend in backends:
             backend.stop()
+
+
+# -- a fleet: connections kept, refusals a TLS client can read, reads shared --------------
+
+
+def _server_sockets(port: int) -> dict[str, int]:
+    """The server side's TCP sockets on ``port`` by state, from /proc/net/tcp."""
+    states = {"01": "established", "06": "time_wait"}
+    found: dict[str, int] = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in states:
+            found[states[fields[3]]] = found.get(states[fields[3]], 0) + 1
+    return found
+
+
+def test_connections_are_kept_between_requests(server: RemoteServer, remote: RemoteFactory) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    request = (
+        f"GET /v1/load-balancers/app HTTP/1.1\r\nHost: x\r\n{NODE_HEADER}: web-1\r\n"
+        f"Authorization: Bearer {TOKENS['web-1']}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        replies = []
+        for _ in range(3):  # one after another on one connection
+            sock.sendall(request)
+            replies.append(sock.recv(4096))
+        sock.sendall(request + request)  # two at once (pipelined): answered in turn
+        both = b""
+        while both.count(b"HTTP/1.1 200") < 2:
+            both += sock.recv(4096)
+    assert all(r.startswith(b"HTTP/1.1 200") and b"Connection: close" not in r for r in replies)
+    # the adapter keeps its one connection: no connection closed behind it (TIME_WAIT)
+    lb = remote("web-1")
+    before = _server_sockets(port).get("time_wait", 0)
+    for _ in range(4):
+        lb.state()
+    lb.drain()
+    after = _server_sockets(port)
+    assert (after.get("established"), after.get("time_wait", 0)) == (1, before)
+    lb.close()
+
+
+def test_a_malformed_head_is_refused_and_closed(server: RemoteServer) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    for head in (
+        b"Content-Length: \xb2\r\n",  # a digit to str.isdigit(), not to int()
+        b"Content-Length: 1\r\nContent-Length: 2\r\n",
+        b" folded\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /v1/load-balancers HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+            reply = sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 400") and b"Connection: close" in reply, head
+
+
+def test_a_client_asking_to_close_is_closed(server: RemoteServer) -> None:
+    reply = _raw_socket(server, f"{NODE_HEADER}: web-1\r\nConnection: close\r\n")
+    assert reply.startswith(b"HTTP/1.1 401") and b"Connection: close" in reply
+
+
+def test_an_idle_connection_is_closed_after_limits_idle(tmp_path: Path) -> None:
+    config = serve_config(tmp_path, limits={"idle": "300ms"})
+    with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                f"GET /v1/load-balancers HTTP/1.1\r\nHost: x\r\n{NODE_HEADER}: web-1\r\n"
+                f"Authorization: Bearer {TOKENS['web-1']}\r\n\r\n".encode()
+            )
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            assert sock.recv(4096) == b"", "an idle connection is closed by the server"
+
+
+def test_over_the_limit_a_tls_client_reads_the_refusal_and_its_retry_after(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    config = serve_config(
+        tmp_path,
+        listen="127.0.0.1:0",
+        tls={"cert": str(cert), "key": str(key)},
+        limits={"max_connections": 1},
+    )
+    trusting = ssl.create_default_context(cafile=str(cert))
+    with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+
+        def connect() -> ssl.SSLSocket:
+            plain = socket.create_connection(("127.0.0.1", port), timeout=5)
+            return trusting.wrap_socket(plain, server_hostname="127.0.0.1")
+
+        holder = connect()  # takes the one slot
+        with connect() as second:  # the handshake succeeds; the refusal is inside TLS
+            refusal = second.recv(4096)
+        assert refusal.startswith(b"HTTP/1.1 503") and b"Retry-After: 1\r\n" in refusal
+        sleeps: list[float] = []
+
+        def sleep(seconds: float) -> None:  # the slot is given back during the wait
+            sleeps.append(seconds)
+            holder.close()
+            time.sleep(0.3)
+
+        entry = {
+            "type": "remote",
+            "url": running.url,
+            "load_balancer": "app",
+            "token_file": str(tmp_path / "web-1.token"),
+            "ca_file": str(cert),
+            "retry_delay": "100ms",
+        }
+        lb = RemoteLoadBalancer(
+            RemoteConfig.model_validate(entry), name="r", node="web-1", sleep=sleep
+        )
+        lb.drain()
+        lb.close()
+    assert sleeps[0] == 1.0, "the adapter waits as long as Retry-After says"
+    assert mock_status(tmp_path, "web-1") == "draining"
+
+
+def test_reading_the_state_writes_nothing(tmp_path: Path, remote: RemoteFactory) -> None:
+    lb = remote("web-1")
+    lb.drain()
+    path = tmp_path / "mock-web-1.json"
+    before = path.stat()
+    for _ in range(3):
+        assert lb.state().status is LBStatus.DRAINING
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    lb.close()
+
+
+def _haproxy_nodes(tmp_path: Path, admin: str, shared_read: str) -> dict[str, Any]:
+    return serve_config(
+        tmp_path,
+        load_balancers={"app": {"type": "haproxy", "instances": [admin]}},
+        nodes={
+            node: {
+                "token_file": str(tmp_path / f"{node}.token"),
+                "servers": {"app": {"backend": "app", "server": f"s{i}"}},
+            }
+            for i, node in enumerate(TOKENS, start=1)
+        },
+        shared_read=shared_read,
+    )
+
+
+@pytest.mark.skipif(not haproxy_available(), reason="needs /usr/sbin/haproxy")
+def test_nodes_share_one_read_of_haproxy_and_a_write_is_never_answered_from_it(
+    tmp_path: Path,
+) -> None:
+    servers = "".join(f"  server s{i} 10.0.0.{i}:80\n" for i in range(1, 4))
+    proxy = start_haproxy(f"backend app\n{servers}")
+    try:
+        config = _haproxy_nodes(tmp_path, proxy.admin, "1h")
+        with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+
+            def adapter(node: str) -> RemoteLoadBalancer:
+                entry = {
+                    "type": "remote",
+                    "url": running.url,
+                    "load_balancer": "app",
+                    "token_file": str(tmp_path / f"{node}.token"),
+                }
+                return RemoteLoadBalancer(RemoteConfig.model_validate(entry), name="r", node=node)
+
+            web1, web2 = adapter("web-1"), adapter("web-2")
+            assert web1.state().status is LBStatus.IN_SERVICE
+            # a change behind drainer's back is not seen within the interval: web-2's
+            # state comes from the read web-1's made
+            haproxy_cli(proxy.admin_socket, "set server app/s2 state maint")
+            assert web2.state().status is LBStatus.IN_SERVICE
+            # a write through drainer serve ends the shared read: the next answers see it,
+            # and the change behind its back too
+            web1.drain()
+            assert web1.state().status is LBStatus.DRAINING
+            assert web2.state().status is LBStatus.OUT
+            web2.put_back()
+            assert web2.state().status is LBStatus.IN_SERVICE
+            web1.close()
+            web2.close()
+        # shared_read: 0 reads every time
+        haproxy_cli(proxy.admin_socket, "set server app/s2 state maint")
+        config = _haproxy_nodes(tmp_path, proxy.admin, "0s")
+        with RemoteServer(parse_serve_config(config, plugins=PLUGINS)) as running:
+            entry = {
+                "type": "remote",
+                "url": running.url,
+                "load_balancer": "app",
+                "token_file": str(tmp_path / "web-2.token"),
+            }
+            web2 = RemoteLoadBalancer(RemoteConfig.model_validate(entry), name="r", node="web-2")
+            assert web2.state().status is LBStatus.OUT
+            haproxy_cli(proxy.admin_socket, "set server app/s2 state ready")
+            assert web2.state().status is LBStatus.IN_SERVICE
+            web2.close()
+    finally:
+        proxy.stop()
+
+
+class _SlowCli:
+    """A stand-in for HAProxy's CLI on tcp://: ``show stat`` of one server, whose reply
+    (the state when asked) waits while ``hold`` is clear; ``set server`` changes it."""
+
+    def __init__(self) -> None:
+        self.status = "UP"
+        self.hold = threading.Event()
+        self.hold.set()
+        self.asked = threading.Event()  # a show stat arrived
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            command = b""
+            while chunk := conn.recv(4096):
+                command += chunk
+            if command.startswith(b"show stat"):
+                reply = f"# pxname,svname,status,scur,check_status,sid\napp,s1,{self.status},0,,1\n"
+                self.asked.set()
+                self.hold.wait(10)
+            elif command.startswith(b"show info"):
+                reply = "Name: HAProxy\nPid: 42\n"
+            else:  # set server app/s1 state drain
+                self.status = "DRAIN" if b"drain" in command else self.status
+                reply = "\n"
+            conn.sendall(reply.encode())
+
+    def close(self) -> None:
+        self.hold.set()
+        self._listener.close()
+
+
+def test_a_shared_read_under_way_during_a_write_is_not_kept() -> None:
+    cli = _SlowCli()
+    shared = SharedReads(cli.address, max_age=3600)
+    try:
+        cli.hold.clear()
+        before: list[list[StatRow]] = []
+        reading = threading.Thread(target=lambda: before.append(shared.stat("app", server_id=1)))
+        reading.start()
+        assert cli.asked.wait(5)  # the read has its reply (UP) and waits to send it
+        shared.set_state("app", "s1", "drain")  # the write, meanwhile
+        cli.hold.set()
+        reading.join(5)
+        assert [r.status for r in before[0]] == ["UP"]  # concurrent with the write: either
+        assert [r.status for r in shared.stat("app", server_id=1)] == ["DRAIN"]
+    finally:
+        cli.close()

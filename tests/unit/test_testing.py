@@ -31,6 +31,8 @@ def test_the_kit_exports_exactly_its_names() -> None:
         "haproxy_cli",
         "maintenance",
         "nginx_available",
+        "openssl_available",
+        "self_signed_certificate",
         "start_haproxy",
         "start_haproxy_in_front",
         "wait_until",

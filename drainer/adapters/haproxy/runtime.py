@@ -588,13 +588,19 @@ def same_server(one: HAProxyConfig, other: HAProxyConfig) -> bool:
     return (one.backend, one.server, one.address) == (other.backend, other.server, other.address)
 
 
-def create(config: HAProxyConfig, context: AdapterContext) -> list[LoadBalancer]:
-    """One LoadBalancer per instance, named ``<name or haproxy>@<address>``."""
+def create(
+    config: HAProxyConfig,
+    context: AdapterContext,
+    *,
+    client: Callable[..., HAProxyClient] = HAProxyClient,
+) -> list[LoadBalancer]:
+    """One LoadBalancer per instance, named ``<name or haproxy>@<address>``; ``client``
+    makes each instance's client (``drainer serve`` passes one shared by its nodes)."""
     timeouts = {"connect_timeout": config.connect_timeout, "timeout": config.timeout}
     return [
         HAProxyLoadBalancer(
             name=f"{config.name or 'haproxy'}@{instance}",
-            client=HAProxyClient(instance, **timeouts),
+            client=client(instance, **timeouts),
             config=config,
             node=context.node,
             state_dir=context.state_dir,
