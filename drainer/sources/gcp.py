@@ -365,6 +365,7 @@ class GcpSource:
         pause = 0.5
         http = self._http()
         while not (self._closed.is_set() or self._stopping.is_set()):
+            asked = time.monotonic()
             try:
                 answer = self._get(key, via=http, etag=etag)
             except SourceError as exc:
@@ -384,14 +385,20 @@ class GcpSource:
                 etag = None
                 continue
             pause = 0.5
-            if self._store(key, answer):
+            new = self._store(key, answer)
+            if new:
                 changed()
             if answer.status != 200 or not answer.etag:
                 # no hanging GET without an ETag: read again at the loop's pace
                 etag = None
                 self._closed.wait(self._config.poll_interval)
-            else:
-                etag = answer.etag
+                continue
+            hung = time.monotonic() - asked >= self._config.watch_timeout / 2
+            if etag is not None and not new and not hung:
+                # the server did not wait (it ignores wait_for_change, or its ETag moves
+                # while the value stays): no busier than the loop's pace
+                self._closed.wait(self._config.poll_interval)
+            etag = answer.etag
 
     # -- EventSource ---------------------------------------------------------------------
 

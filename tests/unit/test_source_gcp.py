@@ -400,3 +400,40 @@ def test_a_failing_upcoming_read_is_logged_once(
         source.events()
     assert caplog.text.count("keeping what was known") == 1
     assert caplog.text.count("can be read again") == 1
+
+
+class _Impatient:
+    """A metadata server that ignores ``wait_for_change``: every GET answers at once,
+    with the same value and, per ``fresh_etag``, the same or a new ETag each time."""
+
+    def __init__(self, *, fresh_etag: bool) -> None:
+        self.fresh_etag = fresh_etag
+        self.hanging = 0  # hanging GETs asked for
+        self.many = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            if request.url.params.get("wait_for_change") == "true":
+                self.hanging += 1
+            if self.hanging >= 50:
+                self.many.set()
+            etag = f"e{self.hanging}" if self.fresh_etag else "e"
+        value = "FALSE" if request.url.path.endswith("preempted") else "NONE"
+        return httpx.Response(200, text=value, headers={"ETag": etag, "Metadata-Flavor": "Google"})
+
+
+@pytest.mark.parametrize("fresh_etag", [False, True], ids=["same-etag", "new-etag"])
+def test_a_server_that_does_not_hang_is_not_hammered(fresh_etag: bool) -> None:
+    server = _Impatient(fresh_etag=fresh_etag)
+    config = GcpConfig(endpoint="http://gce.test", poll_interval=60.0, watch_timeout=30.0)
+    source = GcpSource(config, transport=httpx.MockTransport(server))
+    try:
+        source.watch(lambda: None)
+        wait_until(lambda: server.hanging >= 2, what="both watchers asking")
+        # a watcher whose hanging GET came back at once, unchanged, waits for the
+        # loop's pace (60 s here) before the next: not 50 requests in a second
+        assert not server.many.wait(1.0), f"{server.hanging} hanging GETs: a busy loop"
+        assert source.events().events == ()
+    finally:
+        source.close()
