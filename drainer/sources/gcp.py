@@ -274,6 +274,7 @@ class GcpSource:
         self._seen: dict[str, Seen] = {}
         self._errors: dict[str, str] = {}  # why a watched key cannot be read now
         self._watchers: list[threading.Thread] = []
+        self._dead: set[str] = set()  # keys whose watcher ended: read at every poll
         self._names: tuple[str, ...] = ()
         self._upcoming: tuple[float, MaintenanceEvent | None] | None = None  # read at, event
         self._upcoming_error = ""  # why upcoming-maintenance could not be read, as logged
@@ -354,7 +355,7 @@ class GcpSource:
             thread = threading.Thread(
                 target=self._watch,
                 args=(key, changed),
-                name=f"gcp-watch-{key.rsplit('/', 1)[-1]}",
+                name=_thread_name(key),
                 daemon=True,
             )
             self._watchers.append(thread)
@@ -402,13 +403,25 @@ class GcpSource:
 
     # -- EventSource ---------------------------------------------------------------------
 
+    def _watched(self, key: str) -> bool:
+        """Whether ``key``'s watcher still runs; one that ended (a bug) is logged once,
+        and its key read at every poll from then on: what it saw last is no answer."""
+        thread = next((t for t in self._watchers if t.name == _thread_name(key)), None)
+        if thread is None or thread.is_alive() or self._closed.is_set():
+            return thread is not None
+        if key not in self._dead:
+            self._dead.add(key)
+            log.error("the watcher of %s ended; reading it at every poll instead", key)
+        return False
+
     def _read(self, key: str) -> Seen:
+        watched = self._watched(key)
         with self._lock:
-            error = self._errors.get(key)
+            error = self._errors.get(key) if watched else None
             seen = self._seen.get(key)
         if error is not None:
             raise SourceError(error)
-        if seen is None or not self._watchers:
+        if seen is None or not watched:
             self._store(key, self._get(key))
             with self._lock:
                 seen = self._seen[key]
@@ -481,6 +494,10 @@ class GcpSource:
                 client.close()
             except Exception:  # a watcher's request in flight: it ends by watch_timeout
                 log.debug("closing a metadata client failed", exc_info=True)
+
+
+def _thread_name(key: str) -> str:
+    return f"gcp-watch-{key.rsplit('/', 1)[-1]}"
 
 
 def create(config: GcpConfig, stopping: threading.Event) -> GcpSource:

@@ -437,3 +437,21 @@ def test_a_server_that_does_not_hang_is_not_hammered(fresh_etag: bool) -> None:
         assert source.events().events == ()
     finally:
         source.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_watcher_never_leaves_a_stale_no_event(gce: FakeGCP, make: Make) -> None:
+    source = make()
+    source.node_names()
+
+    def broken() -> None:
+        raise RuntimeError("a callback bug")
+
+    source.watch(broken)  # the first read "changes" the value: the callback raises
+    threads = [t for t in threading.enumerate() if t.name.startswith("gcp-watch-")]
+    for thread in threads:
+        thread.join(timeout=10)
+    gce.set_maintenance("MIGRATE_ON_HOST_MAINTENANCE")
+    # what a dead watcher saw last is no answer: the key is read again, not taken as NONE
+    (event,) = source.events().events
+    assert event.event_type is EventType.FREEZE
