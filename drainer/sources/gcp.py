@@ -436,11 +436,14 @@ class GcpSource:
             answer = self._get(UPCOMING, alt="json")
         except SourceError as exc:
             # days of notice: a failed read keeps what was known, and must not hide
-            # maintenance-event's 60 s (a whole failed poll would)
+            # maintenance-event's 60 s (a whole failed poll would); never read yet, it
+            # is no answer (the caller lists the urgent notices without it)
+            if last is None:
+                raise
             if str(exc) != self._upcoming_error:
                 log.warning("%s: %s; keeping what was known", UPCOMING, exc)
             self._upcoming_error = str(exc)
-            return None if last is None else last[1]
+            return last[1]
         if self._upcoming_error:
             log.info("%s can be read again", UPCOMING)
             self._upcoming_error = ""
@@ -454,8 +457,13 @@ class GcpSource:
         found = [
             parse_maintenance_event(self._read(MAINTENANCE), names, now),
             parse_preempted(self._read(PREEMPTED), names, now),
-            self._upcoming_event(names, now),
         ]
+        try:
+            found.append(self._upcoming_event(names, now))
+        except SourceError as exc:
+            if not any(found):  # nothing urgent to hide: no answer, never "no event"
+                raise SourceError(f"{UPCOMING}: {exc}") from exc
+            log.warning("%s: %s; listing the notices without it", UPCOMING, exc)
         listing = Listing(tuple(e for e in found if e is not None))
         self._warn(listing)
         return listing

@@ -455,3 +455,18 @@ def test_a_dead_watcher_never_leaves_a_stale_no_event(gce: FakeGCP, make: Make) 
     # what a dead watcher saw last is no answer: the key is read again, not taken as NONE
     (event,) = source.events().events
     assert event.event_type is EventType.FREEZE
+
+
+def test_an_upcoming_window_never_read_is_no_answer_not_nothing(gce: FakeGCP, make: Make) -> None:
+    # after a restart, with no notice on the urgent keys: the window a node may be out
+    # for cannot be told from none, so the poll fails (the caller keeps what it knew)
+    source = make(config={"upcoming_interval": 0}, attempts=1)
+    gce.set_upcoming(start_in=-60, hours=2)  # ONGOING
+    gce.inject("503", count=2, key=UPCOMING)
+    with pytest.raises(SourceError, match="upcoming-maintenance"):
+        source.events()
+    with pytest.raises(SourceError, match="upcoming-maintenance"):
+        source.events()
+    (event,) = source.events().events
+    assert event.status is EventStatus.STARTED
+    # once read, a failure keeps what was known (test_a_failing_upcoming_read_is_logged_once)
