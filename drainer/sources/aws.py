@@ -393,7 +393,9 @@ class AwsSource:
         events = parse_scheduled(doc, names)
         spot, rebalance = self._get(SPOT_PATH), self._get(REBALANCE_PATH)
         lifecycle = self._text(LIFECYCLE_PATH)
-        noticed = spot is not None or rebalance is not None or lifecycle is not None
+        # InService and the like are listed at every poll in a group: no notice
+        ending = lifecycle is not None and lifecycle.strip().lower() not in _LIFECYCLE_STATES
+        noticed = spot is not None or rebalance is not None or ending
         if noticed:
             if not self._noticed:  # kept while notices stand, whatever a later read says
                 self._key = self._launch_key()
@@ -402,7 +404,7 @@ class AwsSource:
                 events.append(parse_spot(_loads(spot.text), launch, names))
             if rebalance is not None:
                 events.append(parse_rebalance(_loads(rebalance.text), launch, names))
-            if lifecycle is not None:
+            if lifecycle is not None and ending:
                 ended = parse_lifecycle(lifecycle, launch, names)
                 events += [ended] if ended is not None else []
         self._noticed = noticed

@@ -372,6 +372,24 @@ def test_the_next_start_of_the_instance_gives_a_new_spot_id() -> None:
         assert second.event_id != first.event_id
 
 
+def test_the_next_start_gives_a_new_spot_id_in_an_auto_scaling_group_too() -> None:
+    # InService is listed at every poll: it is no notice, and must not keep the start
+    # of the instance read before the first interruption
+    clock = FakeClock()
+    with FakeAWS(clock=clock) as fake:
+        fake.set_lifecycle("InService")
+        source = source_for(fake)
+        assert source.events().events == ()
+        fake.spot("stop")
+        (first,) = source.events().events
+        clock.advance(600)
+        fake.restart_instance()
+        assert source.events().events == ()
+        fake.spot("stop")
+        (second,) = source.events().events
+        assert second.event_id != first.event_id
+
+
 def test_approve_is_refused() -> None:
     with pytest.raises(SourceError, match="AWS cannot start event"):
         AwsSource(AwsConfig()).approve("instance-event-1")
