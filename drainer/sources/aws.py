@@ -300,10 +300,16 @@ class AwsSource:
             raise Retryable(f"PUT {TOKEN_PATH}: HTTP {reply.status_code}")
         if reply.status_code != 200 or not reply.text.strip():
             return self._no_token(f"PUT {TOKEN_PATH}: HTTP {reply.status_code}", retry=False)
+        token = reply.text.strip()
+        if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+            # a page (a proxy's?), not a token: kept, every request would fail until
+            # its TTL ran out
+            problem = f"PUT {TOKEN_PATH}: HTTP 200 but no token: {token[:60]!r}"
+            return self._no_token(problem, retry=True)
         echoed = reply.headers.get(TTL_HEADER, "")
         if echoed.isdigit() and 0 < int(echoed) < ttl:
             ttl = int(echoed)  # the service's word on the token's life
-        self._token = reply.text.strip()
+        self._token = token
         self._token_until = now + ttl - min(60.0, ttl / 4)
         return self._token
 

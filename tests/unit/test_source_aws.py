@@ -420,6 +420,17 @@ def test_a_notice_keeps_its_id_when_the_identity_document_reads_again_later(
     assert again.event_id == first.event_id
 
 
+def test_a_page_answered_to_the_token_put_is_no_token(fake: FakeAWS) -> None:
+    # an HTML page (a proxy's) with a 200 is not a token: kept, it would fail every
+    # request until its TTL ran out; the next attempt asks for a real one
+    fake.inject("html", path="/latest/api/token")
+    source = source_for(fake)
+    assert source.events().events == ()
+    fake.spot("terminate")
+    (event,) = source.events().events
+    assert event.event_type is EventType.PREEMPT
+
+
 def test_a_503_burst_on_the_token_put_is_retried(fake: FakeAWS) -> None:
     fake.inject("503", count=2, path="/latest/api/token")
     assert source_for(fake).events().events == ()
