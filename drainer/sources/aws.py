@@ -150,10 +150,10 @@ def _scheduled(item: Any, place: int, names: tuple[str, ...]) -> MaintenanceEven
             problems=(f"not an object: {text[:80]}",),
         )
     problems: list[str] = []
-    state = _text(item, "State")
+    state = _text(item, "State").strip()
     if state.lower() in _OVER:
         return None
-    code = _text(item, "Code")
+    code = _text(item, "Code").strip()
     event_type = SCHEDULED_CODES.get(code.lower(), EventType.UNKNOWN)
     if event_type is EventType.UNKNOWN:
         problems.append(f"Code {item.get('Code')!r} unknown: the rule events.Unknown applies")

@@ -78,6 +78,13 @@ def test_completed_or_canceled_means_over(state: str) -> None:
     assert parse_scheduled([{**EVENT, "State": state}], NAMES) == []
 
 
+def test_state_and_code_are_read_whatever_their_case_and_spaces() -> None:
+    (event,) = parse_scheduled([{**EVENT, "Code": " System-Reboot\n", "State": "Active "}], NAMES)
+    assert event.event_type is EventType.REBOOT and event.status is EventStatus.SCHEDULED
+    assert event.problems == ()
+    assert parse_scheduled([{**EVENT, "State": " Completed\n"}], NAMES) == []
+
+
 def test_a_missing_not_after_is_no_problem() -> None:
     (event,) = parse_scheduled([{k: v for k, v in EVENT.items() if k != "NotAfter"}], NAMES)
     assert event.problems == () and event.not_before == 1548061243.0
