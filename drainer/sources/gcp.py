@@ -453,17 +453,22 @@ class GcpSource:
 
     def events(self) -> Listing:
         names = tuple(sorted(self.node_names()))
+        failed: SourceError | None = None
+        try:
+            upcoming = self._upcoming_event(names, self._clock())
+        except SourceError as exc:
+            upcoming, failed = None, exc
+        # the urgent keys after the slow one: a change the watchers saw meanwhile is listed
         now = self._clock()
         found = [
             parse_maintenance_event(self._read(MAINTENANCE), names, now),
             parse_preempted(self._read(PREEMPTED), names, now),
         ]
-        try:
-            found.append(self._upcoming_event(names, now))
-        except SourceError as exc:
+        if failed is not None:
             if not any(found):  # nothing urgent to hide: no answer, never "no event"
-                raise SourceError(f"{UPCOMING}: {exc}") from exc
-            log.warning("%s: %s; listing the notices without it", UPCOMING, exc)
+                raise SourceError(f"{UPCOMING}: {failed}") from failed
+            log.warning("%s: %s; listing the notices without it", UPCOMING, failed)
+        found.append(upcoming)
         listing = Listing(tuple(e for e in found if e is not None))
         self._warn(listing)
         return listing

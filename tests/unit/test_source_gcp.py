@@ -470,3 +470,23 @@ def test_an_upcoming_window_never_read_is_no_answer_not_nothing(gce: FakeGCP, ma
     (event,) = source.events().events
     assert event.status is EventStatus.STARTED
     # once read, a failure keeps what was known (test_a_failing_upcoming_read_is_logged_once)
+
+
+def test_a_slow_upcoming_read_does_not_make_the_listing_stale(gce: FakeGCP, make: Make) -> None:
+    # upcoming-maintenance is read at every poll while a window is listed; a change the
+    # watchers see while that read is slow is in the listing that read ends in
+    source = make(config={"upcoming_interval": 0, "timeout": 5.0})
+    gce.set_upcoming(start_in=86400)
+    source.node_names()
+    changed = watched(source, gce)
+    gce.inject("slow", count=1, delay=3.0, key=UPCOMING)
+    requests = gce.snapshot()["requests"]
+    listed: list[Any] = []
+    poll = threading.Thread(target=lambda: listed.append(source.events()))
+    poll.start()
+    wait_until(lambda: gce.snapshot()["requests"] > requests, what="the slow read under way")
+    gce.set_maintenance("MIGRATE_ON_HOST_MAINTENANCE")
+    assert changed.wait(5)
+    poll.join(timeout=10)
+    (listing,) = listed
+    assert EventType.FREEZE in {e.event_type for e in listing.events}
