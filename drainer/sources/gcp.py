@@ -443,6 +443,8 @@ class GcpSource:
             if str(exc) != self._upcoming_error:
                 log.warning("%s: %s; keeping what was known", UPCOMING, exc)
             self._upcoming_error = str(exc)
+            if last[1] is None:  # tried again at its pace: a slow failure slows each poll
+                self._upcoming = (now, None)
             return last[1]
         if self._upcoming_error:
             log.info("%s can be read again", UPCOMING)

@@ -28,7 +28,7 @@ from drainer.sources.gcp import (
     parse_preempted,
     parse_upcoming,
 )
-from drainer.testing import wait_until
+from drainer.testing import FakeClock, wait_until
 from drainer.testing.fake_gcp import FakeGCP
 
 NAMES = ("web-1",)
@@ -490,3 +490,26 @@ def test_a_slow_upcoming_read_does_not_make_the_listing_stale(gce: FakeGCP, make
     poll.join(timeout=10)
     (listing,) = listed
     assert EventType.FREEZE in {e.event_type for e in listing.events}
+
+
+def test_a_failing_upcoming_read_is_retried_at_its_pace_not_every_poll(gce: FakeGCP) -> None:
+    # nothing scheduled was known: a read that fails (slowly, at worst) is tried again
+    # after upcoming_interval, not at every poll, each of which it would slow down
+    clock = FakeClock()
+    config = GcpConfig(endpoint=gce.url, timeout=1.0, upcoming_interval=60.0)
+    source = GcpSource(config, attempts=1, clock=clock)
+    try:
+        assert source.events().events == ()
+        clock.advance(61)
+        gce.inject("503", count=100, key=UPCOMING)
+        assert source.events().events == ()
+        requests = gce.snapshot()["requests"]
+        assert source.events().events == ()
+        assert gce.snapshot()["requests"] == requests + 2  # maintenance-event, preempted
+        clock.advance(61)
+        gce.reset()
+        gce.set_upcoming(start_in=86400)
+        (event,) = source.events().events
+        assert event.status is EventStatus.SCHEDULED
+    finally:
+        source.close()
