@@ -23,7 +23,8 @@ Failures, by what is known afterwards:
 
 - 429, 5xx and transport failures are retried within a read (the server answers 503 for
   under a second during a migration); when they last, the read fails with SourceError
-  and the caller keeps what it knew: no answer is never "no event".
+  and the caller keeps what it knew: no answer is never "no event". A key that cannot
+  be read hides no notice on another: those are listed; with none, the poll fails.
 - An answer that can be had but not read (a value drainer does not know, another HTTP
   status, a broken JSON document) is an event of type and status ``Unknown``: the node
   is drained at once (rule ``events.Unknown``) and back once the key reads normally.
@@ -278,6 +279,7 @@ class GcpSource:
         self._names: tuple[str, ...] = ()
         self._upcoming: tuple[float, MaintenanceEvent | None] | None = None  # read at, event
         self._upcoming_error = ""  # why upcoming-maintenance could not be read, as logged
+        self._unread: list[str] = []  # the keys left out of the last listing, and why
         self._said: set[str] = set()
 
         def http() -> MetadataHTTP:
@@ -462,14 +464,20 @@ class GcpSource:
             upcoming, failed = None, exc
         # the urgent keys after the slow one: a change the watchers saw meanwhile is listed
         now = self._clock()
-        found = [
-            parse_maintenance_event(self._read(MAINTENANCE), names, now),
-            parse_preempted(self._read(PREEMPTED), names, now),
-        ]
+        found: list[MaintenanceEvent | None] = []
+        unread: list[str] = []
+        for key, parse in ((MAINTENANCE, parse_maintenance_event), (PREEMPTED, parse_preempted)):
+            try:
+                found.append(parse(self._read(key), names, now))
+            except SourceError as exc:  # hides no notice on the other key
+                unread.append(f"{key}: {exc}")
         if failed is not None:
-            if not any(found):  # nothing urgent to hide: no answer, never "no event"
-                raise SourceError(f"{UPCOMING}: {failed}") from failed
-            log.warning("%s: %s; listing the notices without it", UPCOMING, failed)
+            unread.append(f"{UPCOMING}: {failed}")
+        if unread and not any(found):  # nothing urgent to hide: no answer, never "no event"
+            raise SourceError("; ".join(unread))
+        if unread and unread != self._unread:
+            log.warning("%s; listing the notices without it", "; ".join(unread))
+        self._unread = unread
         found.append(upcoming)
         listing = Listing(tuple(e for e in found if e is not None))
         self._warn(listing)

@@ -513,3 +513,25 @@ def test_a_failing_upcoming_read_is_retried_at_its_pace_not_every_poll(gce: Fake
         assert event.status is EventStatus.SCHEDULED
     finally:
         source.close()
+
+
+def test_a_key_that_cannot_be_read_hides_no_notice_on_the_other(gce: FakeGCP, make: Make) -> None:
+    source = make(attempts=1)
+    source.node_names()
+    changed = watched(source, gce)
+    gce.inject("503", count=10_000, key=PREEMPTED)
+    gce.set_preempted("TRUE")  # the hanging GET answers; every later read fails
+    wait_until(lambda: _fails(source), what="preempted unreadable")
+    changed.clear()
+    gce.set_maintenance("TERMINATE_ON_HOST_MAINTENANCE")
+    assert changed.wait(5)
+
+    def listed() -> set[EventType]:
+        try:
+            return {e.event_type for e in source.events().events}
+        except SourceError:
+            return set()
+
+    wait_until(lambda: EventType.REBOOT in listed(), what="the notice listed")
+    gce.set_maintenance("NONE")  # nothing urgent left to list: no answer, not "no event"
+    wait_until(lambda: _fails(source), what="events() failing again")
