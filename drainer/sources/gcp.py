@@ -409,8 +409,8 @@ class GcpSource:
         """Whether ``key``'s watcher still runs; one that ended (a bug) is logged once,
         and its key read at every poll from then on: what it saw last is no answer."""
         thread = next((t for t in self._watchers if t.name == _thread_name(key)), None)
-        if thread is None or thread.is_alive() or self._closed.is_set():
-            return thread is not None
+        if thread is None or thread.is_alive() or self._closed.is_set() or self._stopping.is_set():
+            return thread is not None  # (a watcher ends on shutdown: no error then)
         if key not in self._dead:
             self._dead.add(key)
             log.error("the watcher of %s ended; reading it at every poll instead", key)

@@ -535,3 +535,22 @@ def test_a_key_that_cannot_be_read_hides_no_notice_on_the_other(gce: FakeGCP, ma
     wait_until(lambda: EventType.REBOOT in listed(), what="the notice listed")
     gce.set_maintenance("NONE")  # nothing urgent left to list: no answer, not "no event"
     wait_until(lambda: _fails(source), what="events() failing again")
+
+
+def test_watchers_ended_by_shutdown_are_no_error(
+    gce: FakeGCP, caplog: pytest.LogCaptureFixture
+) -> None:
+    stopping = threading.Event()
+    config = GcpConfig(endpoint=gce.url, timeout=1.0, watch_timeout=1)
+    source = GcpSource(config, stopping=stopping)
+    try:
+        source.node_names()
+        watched(source, gce)
+        stopping.set()
+        for thread in [t for t in threading.enumerate() if t.name.startswith("gcp-watch-")]:
+            thread.join(timeout=10)
+        with caplog.at_level(logging.ERROR, logger="drainer"):
+            source.events()
+        assert "ended" not in caplog.text
+    finally:
+        source.close()
