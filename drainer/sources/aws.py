@@ -11,6 +11,7 @@ are the types the source gives):
     spot       terminate, stop, hibernate       Preempt    removed
     rebalance  a recommendation                 Rebalance  ignored unless events.Rebalance
     autoscaling  Terminated, Warmed:Terminated  Terminate  removed (under way)
+                 Warmed:Stopped, -:Hibernated   Reboot     drained, back once InService
 
 The AWS code is kept as the event's ``raw_type`` (logs and status show
 ``system-reboot``). A scheduled event is ``Scheduled`` while its State is ``active``;
@@ -86,12 +87,13 @@ SCHEDULED_CODES = {
     "instance-stop": EventType.TERMINATE,
 }
 SPOT_ACTIONS = ("terminate", "stop", "hibernate")
-# target lifecycle states that end the instance; the others (InService, Standby,
-# Detached, Warmed:*) are no maintenance of this node
+# target lifecycle states that end the instance; those that stop it for a while (back
+# to a warm pool on scale in, with ReuseOnScaleIn: drained until InService again); the
+# others (InService, Standby, Detached, Warmed:Running: it keeps running) are no
+# maintenance of this node
 _ENDING = frozenset({"terminated", "warmed:terminated"})
-_LIFECYCLE_STATES = frozenset(
-    {"inservice", "standby", "detached", "warmed:hibernated", "warmed:running", "warmed:stopped"}
-)
+_PAUSING = frozenset({"warmed:stopped", "warmed:hibernated"})
+_LIFECYCLE_STATES = frozenset({"inservice", "standby", "detached", "warmed:running"})
 _OVER = frozenset({"completed", "canceled", "cancelled"})
 
 log = logging.getLogger("drainer")
@@ -234,20 +236,24 @@ def parse_rebalance(doc: Any, launch: str, names: tuple[str, ...]) -> Maintenanc
 
 
 def parse_lifecycle(text: str, launch: str, names: tuple[str, ...]) -> MaintenanceEvent | None:
-    """``autoscaling/target-lifecycle-state``: ``Terminated`` is a termination under way;
-    the documented others are none; anything else is an event of unknown type."""
+    """``autoscaling/target-lifecycle-state``: ``Terminated`` is a termination under way,
+    ``Warmed:Stopped`` or ``Warmed:Hibernated`` a stop (the instance goes back to the warm
+    pool, and may serve again); the documented others are none; anything else is an
+    event of unknown type."""
     state = text.strip()
     if state.lower() in _LIFECYCLE_STATES:
         return None
-    ending = state.lower() in _ENDING
+    ending, pausing = state.lower() in _ENDING, state.lower() in _PAUSING
+    known = ending or pausing
+    kind = EventType.TERMINATE if ending else EventType.REBOOT if pausing else EventType.UNKNOWN
     return MaintenanceEvent(
-        event_id=f"autoscaling-{state.lower() if ending else 'unknown'}-{launch}",
-        event_type=EventType.TERMINATE if ending else EventType.UNKNOWN,
+        event_id=f"autoscaling-{state.lower() if known else 'unknown'}-{launch}",
+        event_type=kind,
         status=EventStatus.STARTED,
         resources=names,
         description=f"Auto Scaling target lifecycle state {state!r}",
         raw_type=f"autoscaling-{state or '?'}",
-        problems=() if ending else (f"target lifecycle state {state[:80]!r} unknown",),
+        problems=() if known else (f"target lifecycle state {state[:80]!r} unknown",),
     )
 
 

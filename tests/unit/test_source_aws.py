@@ -180,6 +180,26 @@ def test_other_lifecycle_states_are_no_event(state: str) -> None:
     assert parse_lifecycle(state, "L", NAMES) is None
 
 
+@pytest.mark.parametrize("state", ["Warmed:Stopped", "warmed:hibernated\n"])
+def test_a_return_to_the_warm_pool_stops_the_instance_so_it_drains(state: str) -> None:
+    # a group with ReuseOnScaleIn returns a serving instance to its warm pool on scale
+    # in: it is stopped (or hibernated), and back later: drained, back once InService
+    event = parse_lifecycle(state, "L", NAMES)
+    assert event is not None and event.event_type is EventType.REBOOT
+    assert event.status is EventStatus.STARTED and event.problems == ()
+
+
+def test_the_warm_pool_round_trip_from_the_service(fake: FakeAWS) -> None:
+    fake.set_lifecycle("InService")
+    source = source_for(fake)
+    assert source.events().events == ()
+    fake.set_lifecycle("Warmed:Stopped")
+    (event,) = source.events().events
+    assert event.event_type is EventType.REBOOT and event.raw_type == "autoscaling-Warmed:Stopped"
+    fake.set_lifecycle("InService")
+    assert source.events().events == ()
+
+
 @pytest.mark.parametrize("state", ["", "<html>", "Terminating:Wait"])
 def test_an_unknown_lifecycle_state_is_an_unknown_event(state: str) -> None:
     event = parse_lifecycle(state, "L", NAMES)
