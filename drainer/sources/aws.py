@@ -11,6 +11,7 @@ are the types the source gives):
     spot       terminate, stop, hibernate       Preempt    removed
     rebalance  a recommendation                 Rebalance  ignored unless events.Rebalance
     autoscaling  Terminated, Warmed:Terminated  Terminate  removed (under way)
+                 Warmed:Stopped, -:Hibernated   Reboot     drained, back once InService
 
 The AWS code is kept as the event's ``raw_type`` (logs and status show
 ``system-reboot``). A scheduled event is ``Scheduled`` while its State is ``active``;
@@ -86,12 +87,13 @@ SCHEDULED_CODES = {
     "instance-stop": EventType.TERMINATE,
 }
 SPOT_ACTIONS = ("terminate", "stop", "hibernate")
-# target lifecycle states that end the instance; the others (InService, Standby,
-# Detached, Warmed:*) are no maintenance of this node
+# target lifecycle states that end the instance; those that stop it for a while (back
+# to a warm pool on scale in, with ReuseOnScaleIn: drained until InService again); the
+# others (InService, Standby, Detached, Warmed:Running: it keeps running) are no
+# maintenance of this node
 _ENDING = frozenset({"terminated", "warmed:terminated"})
-_LIFECYCLE_STATES = frozenset(
-    {"inservice", "standby", "detached", "warmed:hibernated", "warmed:running", "warmed:stopped"}
-)
+_PAUSING = frozenset({"warmed:stopped", "warmed:hibernated"})
+_LIFECYCLE_STATES = frozenset({"inservice", "standby", "detached", "warmed:running"})
 _OVER = frozenset({"completed", "canceled", "cancelled"})
 
 log = logging.getLogger("drainer")
@@ -150,10 +152,10 @@ def _scheduled(item: Any, place: int, names: tuple[str, ...]) -> MaintenanceEven
             problems=(f"not an object: {text[:80]}",),
         )
     problems: list[str] = []
-    state = _text(item, "State")
+    state = _text(item, "State").strip()
     if state.lower() in _OVER:
         return None
-    code = _text(item, "Code")
+    code = _text(item, "Code").strip()
     event_type = SCHEDULED_CODES.get(code.lower(), EventType.UNKNOWN)
     if event_type is EventType.UNKNOWN:
         problems.append(f"Code {item.get('Code')!r} unknown: the rule events.Unknown applies")
@@ -234,20 +236,24 @@ def parse_rebalance(doc: Any, launch: str, names: tuple[str, ...]) -> Maintenanc
 
 
 def parse_lifecycle(text: str, launch: str, names: tuple[str, ...]) -> MaintenanceEvent | None:
-    """``autoscaling/target-lifecycle-state``: ``Terminated`` is a termination under way;
-    the documented others are none; anything else is an event of unknown type."""
+    """``autoscaling/target-lifecycle-state``: ``Terminated`` is a termination under way,
+    ``Warmed:Stopped`` or ``Warmed:Hibernated`` a stop (the instance goes back to the warm
+    pool, and may serve again); the documented others are none; anything else is an
+    event of unknown type."""
     state = text.strip()
     if state.lower() in _LIFECYCLE_STATES:
         return None
-    ending = state.lower() in _ENDING
+    ending, pausing = state.lower() in _ENDING, state.lower() in _PAUSING
+    known = ending or pausing
+    kind = EventType.TERMINATE if ending else EventType.REBOOT if pausing else EventType.UNKNOWN
     return MaintenanceEvent(
-        event_id=f"autoscaling-{state.lower() if ending else 'unknown'}-{launch}",
-        event_type=EventType.TERMINATE if ending else EventType.UNKNOWN,
+        event_id=f"autoscaling-{state.lower() if known else 'unknown'}-{launch}",
+        event_type=kind,
         status=EventStatus.STARTED,
         resources=names,
         description=f"Auto Scaling target lifecycle state {state!r}",
         raw_type=f"autoscaling-{state or '?'}",
-        problems=() if ending else (f"target lifecycle state {state[:80]!r} unknown",),
+        problems=() if known else (f"target lifecycle state {state[:80]!r} unknown",),
     )
 
 
@@ -300,10 +306,16 @@ class AwsSource:
             raise Retryable(f"PUT {TOKEN_PATH}: HTTP {reply.status_code}")
         if reply.status_code != 200 or not reply.text.strip():
             return self._no_token(f"PUT {TOKEN_PATH}: HTTP {reply.status_code}", retry=False)
+        token = reply.text.strip()
+        if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+            # a page (a proxy's?), not a token: kept, every request would fail until
+            # its TTL ran out
+            problem = f"PUT {TOKEN_PATH}: HTTP 200 but no token: {token[:60]!r}"
+            return self._no_token(problem, retry=True)
         echoed = reply.headers.get(TTL_HEADER, "")
         if echoed.isdigit() and 0 < int(echoed) < ttl:
             ttl = int(echoed)  # the service's word on the token's life
-        self._token = reply.text.strip()
+        self._token = token
         self._token_until = now + ttl - min(60.0, ttl / 4)
         return self._token
 
@@ -393,7 +405,9 @@ class AwsSource:
         events = parse_scheduled(doc, names)
         spot, rebalance = self._get(SPOT_PATH), self._get(REBALANCE_PATH)
         lifecycle = self._text(LIFECYCLE_PATH)
-        noticed = spot is not None or rebalance is not None or lifecycle is not None
+        # InService and the like are listed at every poll in a group: no notice
+        ending = lifecycle is not None and lifecycle.strip().lower() not in _LIFECYCLE_STATES
+        noticed = spot is not None or rebalance is not None or ending
         if noticed:
             if not self._noticed:  # kept while notices stand, whatever a later read says
                 self._key = self._launch_key()
@@ -402,7 +416,7 @@ class AwsSource:
                 events.append(parse_spot(_loads(spot.text), launch, names))
             if rebalance is not None:
                 events.append(parse_rebalance(_loads(rebalance.text), launch, names))
-            if lifecycle is not None:
+            if lifecycle is not None and ending:
                 ended = parse_lifecycle(lifecycle, launch, names)
                 events += [ended] if ended is not None else []
         self._noticed = noticed

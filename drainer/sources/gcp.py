@@ -23,7 +23,8 @@ Failures, by what is known afterwards:
 
 - 429, 5xx and transport failures are retried within a read (the server answers 503 for
   under a second during a migration); when they last, the read fails with SourceError
-  and the caller keeps what it knew: no answer is never "no event".
+  and the caller keeps what it knew: no answer is never "no event". A key that cannot
+  be read hides no notice on another: those are listed; with none, the poll fails.
 - An answer that can be had but not read (a value drainer does not know, another HTTP
   status, a broken JSON document) is an event of type and status ``Unknown``: the node
   is drained at once (rule ``events.Unknown``) and back once the key reads normally.
@@ -274,9 +275,11 @@ class GcpSource:
         self._seen: dict[str, Seen] = {}
         self._errors: dict[str, str] = {}  # why a watched key cannot be read now
         self._watchers: list[threading.Thread] = []
+        self._dead: set[str] = set()  # keys whose watcher ended: read at every poll
         self._names: tuple[str, ...] = ()
         self._upcoming: tuple[float, MaintenanceEvent | None] | None = None  # read at, event
         self._upcoming_error = ""  # why upcoming-maintenance could not be read, as logged
+        self._unread: list[str] = []  # the keys left out of the last listing, and why
         self._said: set[str] = set()
 
         def http() -> MetadataHTTP:
@@ -354,7 +357,7 @@ class GcpSource:
             thread = threading.Thread(
                 target=self._watch,
                 args=(key, changed),
-                name=f"gcp-watch-{key.rsplit('/', 1)[-1]}",
+                name=_thread_name(key),
                 daemon=True,
             )
             self._watchers.append(thread)
@@ -365,6 +368,7 @@ class GcpSource:
         pause = 0.5
         http = self._http()
         while not (self._closed.is_set() or self._stopping.is_set()):
+            asked = time.monotonic()
             try:
                 answer = self._get(key, via=http, etag=etag)
             except SourceError as exc:
@@ -384,24 +388,42 @@ class GcpSource:
                 etag = None
                 continue
             pause = 0.5
-            if self._store(key, answer):
+            new = self._store(key, answer)
+            if new:
                 changed()
             if answer.status != 200 or not answer.etag:
                 # no hanging GET without an ETag: read again at the loop's pace
                 etag = None
                 self._closed.wait(self._config.poll_interval)
-            else:
-                etag = answer.etag
+                continue
+            hung = time.monotonic() - asked >= self._config.watch_timeout / 2
+            if etag is not None and not new and not hung:
+                # the server did not wait (it ignores wait_for_change, or its ETag moves
+                # while the value stays): no busier than the loop's pace
+                self._closed.wait(self._config.poll_interval)
+            etag = answer.etag
 
     # -- EventSource ---------------------------------------------------------------------
 
+    def _watched(self, key: str) -> bool:
+        """Whether ``key``'s watcher still runs; one that ended (a bug) is logged once,
+        and its key read at every poll from then on: what it saw last is no answer."""
+        thread = next((t for t in self._watchers if t.name == _thread_name(key)), None)
+        if thread is None or thread.is_alive() or self._closed.is_set() or self._stopping.is_set():
+            return thread is not None  # (a watcher ends on shutdown: no error then)
+        if key not in self._dead:
+            self._dead.add(key)
+            log.error("the watcher of %s ended; reading it at every poll instead", key)
+        return False
+
     def _read(self, key: str) -> Seen:
+        watched = self._watched(key)
         with self._lock:
-            error = self._errors.get(key)
+            error = self._errors.get(key) if watched else None
             seen = self._seen.get(key)
         if error is not None:
             raise SourceError(error)
-        if seen is None or not self._watchers:
+        if seen is None or not watched:
             self._store(key, self._get(key))
             with self._lock:
                 seen = self._seen[key]
@@ -416,11 +438,16 @@ class GcpSource:
             answer = self._get(UPCOMING, alt="json")
         except SourceError as exc:
             # days of notice: a failed read keeps what was known, and must not hide
-            # maintenance-event's 60 s (a whole failed poll would)
+            # maintenance-event's 60 s (a whole failed poll would); never read yet, it
+            # is no answer (the caller lists the urgent notices without it)
+            if last is None:
+                raise
             if str(exc) != self._upcoming_error:
                 log.warning("%s: %s; keeping what was known", UPCOMING, exc)
             self._upcoming_error = str(exc)
-            return None if last is None else last[1]
+            if last[1] is None:  # tried again at its pace: a slow failure slows each poll
+                self._upcoming = (now, None)
+            return last[1]
         if self._upcoming_error:
             log.info("%s can be read again", UPCOMING)
             self._upcoming_error = ""
@@ -430,12 +457,28 @@ class GcpSource:
 
     def events(self) -> Listing:
         names = tuple(sorted(self.node_names()))
+        failed: SourceError | None = None
+        try:
+            upcoming = self._upcoming_event(names, self._clock())
+        except SourceError as exc:
+            upcoming, failed = None, exc
+        # the urgent keys after the slow one: a change the watchers saw meanwhile is listed
         now = self._clock()
-        found = [
-            parse_maintenance_event(self._read(MAINTENANCE), names, now),
-            parse_preempted(self._read(PREEMPTED), names, now),
-            self._upcoming_event(names, now),
-        ]
+        found: list[MaintenanceEvent | None] = []
+        unread: list[str] = []
+        for key, parse in ((MAINTENANCE, parse_maintenance_event), (PREEMPTED, parse_preempted)):
+            try:
+                found.append(parse(self._read(key), names, now))
+            except SourceError as exc:  # hides no notice on the other key
+                unread.append(f"{key}: {exc}")
+        if failed is not None:
+            unread.append(f"{UPCOMING}: {failed}")
+        if unread and not any(found):  # nothing urgent to hide: no answer, never "no event"
+            raise SourceError("; ".join(unread))
+        if unread and unread != self._unread:
+            log.warning("%s; listing the notices without it", "; ".join(unread))
+        self._unread = unread
+        found.append(upcoming)
         listing = Listing(tuple(e for e in found if e is not None))
         self._warn(listing)
         return listing
@@ -474,6 +517,10 @@ class GcpSource:
                 client.close()
             except Exception:  # a watcher's request in flight: it ends by watch_timeout
                 log.debug("closing a metadata client failed", exc_info=True)
+
+
+def _thread_name(key: str) -> str:
+    return f"gcp-watch-{key.rsplit('/', 1)[-1]}"
 
 
 def create(config: GcpConfig, stopping: threading.Event) -> GcpSource:

@@ -48,9 +48,10 @@ Control API (JSON in, JSON out, no token)::
 Faults (``inject``) hit the next metadata GETs, first in, first out (only GETs of
 ``path`` when one is given): "503" (a burst: ``count`` of them), "401" (as for an
 expired token), "404", "slow" (wait ``delay`` seconds, then answer), "malformed"
-(invalid JSON with a 200), "drop" (close the connection without an answer). With
-``path="/latest/api/token"`` they hit the token PUTs instead ("slow" or "drop" is how
-a hop limit of 1 looks from a container: no answer).
+(invalid JSON with a 200), "html" (a proxy's HTML page with a 200), "drop" (close
+the connection without an answer). With ``path="/latest/api/token"`` they hit the
+token PUTs instead ("slow" or "drop" is how a hop limit of 1 looks from a container:
+no answer).
 ``expire_tokens()`` makes every token given so far fail with 401, as a TTL ending would.
 
 Quirks (off by default; ``FakeAWS(quirks=...)``, ``set_quirks`` or ``POST /fake/quirks``):
@@ -110,7 +111,8 @@ LIFECYCLE_STATES = (
     "Warmed:Stopped",
     "Warmed:Terminated",
 )
-FAULT_KINDS = ("503", "401", "404", "slow", "malformed", "drop")
+_HTML = b"<!DOCTYPE html>\n<html><body>\n<h1>Proxy</h1>\n</body></html>\n"
+FAULT_KINDS = ("503", "401", "404", "slow", "malformed", "html", "drop")
 QUIRKS = ("spot_time_moves", "scheduled_404")
 STATES = ("active", "completed", "canceled")
 DEFAULT_INSTANCE_ID = "i-1234567890abcdef0"  # AEMM's
@@ -461,6 +463,8 @@ class FakeAWS(FakeService):
                 return _error(404)
             case "malformed":
                 return Reply(200, b'[{"Code": "system-reboot", "State": ', "application/json")
+            case "html":  # a proxy's or captive portal's page, answered with a 200
+                return Reply(200, _HTML, "text/html; charset=utf-8")
             case "drop":
                 return Reply(0, drop=True)
         return None

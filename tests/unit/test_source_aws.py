@@ -78,6 +78,13 @@ def test_completed_or_canceled_means_over(state: str) -> None:
     assert parse_scheduled([{**EVENT, "State": state}], NAMES) == []
 
 
+def test_state_and_code_are_read_whatever_their_case_and_spaces() -> None:
+    (event,) = parse_scheduled([{**EVENT, "Code": " System-Reboot\n", "State": "Active "}], NAMES)
+    assert event.event_type is EventType.REBOOT and event.status is EventStatus.SCHEDULED
+    assert event.problems == ()
+    assert parse_scheduled([{**EVENT, "State": " Completed\n"}], NAMES) == []
+
+
 def test_a_missing_not_after_is_no_problem() -> None:
     (event,) = parse_scheduled([{k: v for k, v in EVENT.items() if k != "NotAfter"}], NAMES)
     assert event.problems == () and event.not_before == 1548061243.0
@@ -171,6 +178,26 @@ def test_a_terminated_lifecycle_state_is_a_termination_under_way(state: str) -> 
 @pytest.mark.parametrize("state", ["InService", "Standby", "Detached", "Warmed:Running"])
 def test_other_lifecycle_states_are_no_event(state: str) -> None:
     assert parse_lifecycle(state, "L", NAMES) is None
+
+
+@pytest.mark.parametrize("state", ["Warmed:Stopped", "warmed:hibernated\n"])
+def test_a_return_to_the_warm_pool_stops_the_instance_so_it_drains(state: str) -> None:
+    # a group with ReuseOnScaleIn returns a serving instance to its warm pool on scale
+    # in: it is stopped (or hibernated), and back later: drained, back once InService
+    event = parse_lifecycle(state, "L", NAMES)
+    assert event is not None and event.event_type is EventType.REBOOT
+    assert event.status is EventStatus.STARTED and event.problems == ()
+
+
+def test_the_warm_pool_round_trip_from_the_service(fake: FakeAWS) -> None:
+    fake.set_lifecycle("InService")
+    source = source_for(fake)
+    assert source.events().events == ()
+    fake.set_lifecycle("Warmed:Stopped")
+    (event,) = source.events().events
+    assert event.event_type is EventType.REBOOT and event.raw_type == "autoscaling-Warmed:Stopped"
+    fake.set_lifecycle("InService")
+    assert source.events().events == ()
 
 
 @pytest.mark.parametrize("state", ["", "<html>", "Terminating:Wait"])
@@ -372,6 +399,24 @@ def test_the_next_start_of_the_instance_gives_a_new_spot_id() -> None:
         assert second.event_id != first.event_id
 
 
+def test_the_next_start_gives_a_new_spot_id_in_an_auto_scaling_group_too() -> None:
+    # InService is listed at every poll: it is no notice, and must not keep the start
+    # of the instance read before the first interruption
+    clock = FakeClock()
+    with FakeAWS(clock=clock) as fake:
+        fake.set_lifecycle("InService")
+        source = source_for(fake)
+        assert source.events().events == ()
+        fake.spot("stop")
+        (first,) = source.events().events
+        clock.advance(600)
+        fake.restart_instance()
+        assert source.events().events == ()
+        fake.spot("stop")
+        (second,) = source.events().events
+        assert second.event_id != first.event_id
+
+
 def test_approve_is_refused() -> None:
     with pytest.raises(SourceError, match="AWS cannot start event"):
         AwsSource(AwsConfig()).approve("instance-event-1")
@@ -400,6 +445,17 @@ def test_a_notice_keeps_its_id_when_the_identity_document_reads_again_later(
     assert "cannot read the instance identity document" in caplog.text
     (again,) = source.events().events  # the document is readable now
     assert again.event_id == first.event_id
+
+
+def test_a_page_answered_to_the_token_put_is_no_token(fake: FakeAWS) -> None:
+    # an HTML page (a proxy's) with a 200 is not a token: kept, it would fail every
+    # request until its TTL ran out; the next attempt asks for a real one
+    fake.inject("html", path="/latest/api/token")
+    source = source_for(fake)
+    assert source.events().events == ()
+    fake.spot("terminate")
+    (event,) = source.events().events
+    assert event.event_type is EventType.PREEMPT
 
 
 def test_a_503_burst_on_the_token_put_is_retried(fake: FakeAWS) -> None:

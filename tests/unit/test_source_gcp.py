@@ -28,7 +28,7 @@ from drainer.sources.gcp import (
     parse_preempted,
     parse_upcoming,
 )
-from drainer.testing import wait_until
+from drainer.testing import FakeClock, wait_until
 from drainer.testing.fake_gcp import FakeGCP
 
 NAMES = ("web-1",)
@@ -400,3 +400,157 @@ def test_a_failing_upcoming_read_is_logged_once(
         source.events()
     assert caplog.text.count("keeping what was known") == 1
     assert caplog.text.count("can be read again") == 1
+
+
+class _Impatient:
+    """A metadata server that ignores ``wait_for_change``: every GET answers at once,
+    with the same value and, per ``fresh_etag``, the same or a new ETag each time."""
+
+    def __init__(self, *, fresh_etag: bool) -> None:
+        self.fresh_etag = fresh_etag
+        self.hanging = 0  # hanging GETs asked for
+        self.many = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            if request.url.params.get("wait_for_change") == "true":
+                self.hanging += 1
+            if self.hanging >= 50:
+                self.many.set()
+            etag = f"e{self.hanging}" if self.fresh_etag else "e"
+        value = "FALSE" if request.url.path.endswith("preempted") else "NONE"
+        return httpx.Response(200, text=value, headers={"ETag": etag, "Metadata-Flavor": "Google"})
+
+
+@pytest.mark.parametrize("fresh_etag", [False, True], ids=["same-etag", "new-etag"])
+def test_a_server_that_does_not_hang_is_not_hammered(fresh_etag: bool) -> None:
+    server = _Impatient(fresh_etag=fresh_etag)
+    config = GcpConfig(endpoint="http://gce.test", poll_interval=60.0, watch_timeout=30.0)
+    source = GcpSource(config, transport=httpx.MockTransport(server))
+    try:
+        source.watch(lambda: None)
+        wait_until(lambda: server.hanging >= 2, what="both watchers asking")
+        # a watcher whose hanging GET came back at once, unchanged, waits for the
+        # loop's pace (60 s here) before the next: not 50 requests in a second
+        assert not server.many.wait(1.0), f"{server.hanging} hanging GETs: a busy loop"
+        assert source.events().events == ()
+    finally:
+        source.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_watcher_never_leaves_a_stale_no_event(gce: FakeGCP, make: Make) -> None:
+    source = make()
+    source.node_names()
+
+    def broken() -> None:
+        raise RuntimeError("a callback bug")
+
+    source.watch(broken)  # the first read "changes" the value: the callback raises
+    threads = [t for t in threading.enumerate() if t.name.startswith("gcp-watch-")]
+    for thread in threads:
+        thread.join(timeout=10)
+    gce.set_maintenance("MIGRATE_ON_HOST_MAINTENANCE")
+    # what a dead watcher saw last is no answer: the key is read again, not taken as NONE
+    (event,) = source.events().events
+    assert event.event_type is EventType.FREEZE
+
+
+def test_an_upcoming_window_never_read_is_no_answer_not_nothing(gce: FakeGCP, make: Make) -> None:
+    # after a restart, with no notice on the urgent keys: the window a node may be out
+    # for cannot be told from none, so the poll fails (the caller keeps what it knew)
+    source = make(config={"upcoming_interval": 0}, attempts=1)
+    gce.set_upcoming(start_in=-60, hours=2)  # ONGOING
+    gce.inject("503", count=2, key=UPCOMING)
+    with pytest.raises(SourceError, match="upcoming-maintenance"):
+        source.events()
+    with pytest.raises(SourceError, match="upcoming-maintenance"):
+        source.events()
+    (event,) = source.events().events
+    assert event.status is EventStatus.STARTED
+    # once read, a failure keeps what was known (test_a_failing_upcoming_read_is_logged_once)
+
+
+def test_a_slow_upcoming_read_does_not_make_the_listing_stale(gce: FakeGCP, make: Make) -> None:
+    # upcoming-maintenance is read at every poll while a window is listed; a change the
+    # watchers see while that read is slow is in the listing that read ends in
+    source = make(config={"upcoming_interval": 0, "timeout": 5.0})
+    gce.set_upcoming(start_in=86400)
+    source.node_names()
+    changed = watched(source, gce)
+    gce.inject("slow", count=1, delay=3.0, key=UPCOMING)
+    requests = gce.snapshot()["requests"]
+    listed: list[Any] = []
+    poll = threading.Thread(target=lambda: listed.append(source.events()))
+    poll.start()
+    wait_until(lambda: gce.snapshot()["requests"] > requests, what="the slow read under way")
+    gce.set_maintenance("MIGRATE_ON_HOST_MAINTENANCE")
+    assert changed.wait(5)
+    poll.join(timeout=10)
+    (listing,) = listed
+    assert EventType.FREEZE in {e.event_type for e in listing.events}
+
+
+def test_a_failing_upcoming_read_is_retried_at_its_pace_not_every_poll(gce: FakeGCP) -> None:
+    # nothing scheduled was known: a read that fails (slowly, at worst) is tried again
+    # after upcoming_interval, not at every poll, each of which it would slow down
+    clock = FakeClock()
+    config = GcpConfig(endpoint=gce.url, timeout=1.0, upcoming_interval=60.0)
+    source = GcpSource(config, attempts=1, clock=clock)
+    try:
+        assert source.events().events == ()
+        clock.advance(61)
+        gce.inject("503", count=100, key=UPCOMING)
+        assert source.events().events == ()
+        requests = gce.snapshot()["requests"]
+        assert source.events().events == ()
+        assert gce.snapshot()["requests"] == requests + 2  # maintenance-event, preempted
+        clock.advance(61)
+        gce.reset()
+        gce.set_upcoming(start_in=86400)
+        (event,) = source.events().events
+        assert event.status is EventStatus.SCHEDULED
+    finally:
+        source.close()
+
+
+def test_a_key_that_cannot_be_read_hides_no_notice_on_the_other(gce: FakeGCP, make: Make) -> None:
+    source = make(attempts=1)
+    source.node_names()
+    changed = watched(source, gce)
+    gce.inject("503", count=10_000, key=PREEMPTED)
+    gce.set_preempted("TRUE")  # the hanging GET answers; every later read fails
+    wait_until(lambda: _fails(source), what="preempted unreadable")
+    changed.clear()
+    gce.set_maintenance("TERMINATE_ON_HOST_MAINTENANCE")
+    assert changed.wait(5)
+
+    def listed() -> set[EventType]:
+        try:
+            return {e.event_type for e in source.events().events}
+        except SourceError:
+            return set()
+
+    wait_until(lambda: EventType.REBOOT in listed(), what="the notice listed")
+    gce.set_maintenance("NONE")  # nothing urgent left to list: no answer, not "no event"
+    wait_until(lambda: _fails(source), what="events() failing again")
+
+
+def test_watchers_ended_by_shutdown_are_no_error(
+    gce: FakeGCP, caplog: pytest.LogCaptureFixture
+) -> None:
+    stopping = threading.Event()
+    config = GcpConfig(endpoint=gce.url, timeout=1.0, watch_timeout=1)
+    source = GcpSource(config, stopping=stopping)
+    try:
+        source.node_names()
+        watched(source, gce)
+        stopping.set()
+        for thread in [t for t in threading.enumerate() if t.name.startswith("gcp-watch-")]:
+            thread.join(timeout=10)
+        with caplog.at_level(logging.ERROR, logger="drainer"):
+            source.events()
+        assert "ended" not in caplog.text
+    finally:
+        source.close()
