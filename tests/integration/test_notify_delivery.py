@@ -237,7 +237,8 @@ def test_the_slack_format(tmp_path: Path, receiver: Receiver, make_node: Any) ->
     node.maintenance()
     (sent,) = receiver.wait_delivered(1)
     assert sent == {
-        "text": "drainer on web-1: in_service -> draining [Reboot e1]: drain started (out of lb1)"
+        "text": "drainer on web-1: in_service -&gt; draining [Reboot e1]: drain started"
+        " (out of lb1)"
     }
 
 

@@ -168,13 +168,27 @@ def test_the_slack_body_is_one_text() -> None:
     old, new = held_pair()
     notice = transition_notice(old, new, node="web-1", lbs=("lb1",), at=0, id="n")
     assert body(notice, "slack") == {
-        "text": "drainer on web-1: recovering -> held [Reboot e-1]: health deadline passed"
+        "text": "drainer on web-1: recovering -&gt; held [Reboot e-1]: health deadline passed"
         " (out of lb1)\nnot healthy"
     }
     alert = alert_notice(new, "lb1: drain: refused", node="web-1", lbs=(), at=0, id="a")
     assert body(alert, "slack") == {
         "text": "drainer on web-1 (held) [Reboot e-1]: lb1: drain: refused"
     }
+
+
+def test_the_slack_text_escapes_what_slack_would_read_as_markup() -> None:
+    # Slack reads <...> as a link or a mention (<!channel> pings everyone) and & as an
+    # entity: a load balancer's error page or a note must arrive as written
+    old, new = held_pair()
+    alert = alert_notice(
+        new, "lb1: drain: <html>502 & <!channel> <https://x|y>", node="web-1", lbs=(), at=0, id="a"
+    )
+    text = body(alert, "slack")["text"]
+    assert "<" not in text and ">" not in text
+    assert text.endswith("lb1: drain: &lt;html&gt;502 &amp; &lt;!channel&gt; &lt;https://x|y&gt;")
+    moved = transition_notice(old, new, node="web-1", lbs=("lb1",), at=0, id="n")
+    assert body(moved, "slack")["text"].startswith("drainer on web-1: recovering -&gt; held ")
 
 
 def test_a_notice_survives_its_json() -> None:
