@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -30,6 +31,19 @@ __all__ = ["ALERT", "TRIGGERS", "NotifyConfig", "Secret", "Webhook"]
 
 ALERT = "alert"  # the trigger for alerts, next to the phases
 TRIGGERS = (*(phase.value for phase in Phase), ALERT)
+
+
+_UNCARRIABLE = (
+    "holds a line break, a control character or a non-ASCII one: an HTTP header cannot carry it"
+)
+
+
+def _header_value(value: str) -> str:
+    """``value``, or ValueError (never showing it: it may be a secret) when an HTTP header
+    cannot carry it; h11 would refuse it with the value in its message."""
+    if not all(" " <= c <= "~" or c == "\t" for c in value):
+        raise ValueError(_UNCARRIABLE)
+    return value
 
 
 class _Strict(BaseModel):
@@ -61,13 +75,20 @@ class Secret(_Strict):
             value = os.environ.get(self.env)
             if value is None:
                 raise ValueError(f"the environment variable {self.env} is not set")
-            return value.strip()
+            try:
+                return _header_value(value.strip())
+            except ValueError as exc:
+                raise ValueError(f"the environment variable {self.env} {exc}") from None
         assert self.file is not None
         try:
-            return self.file.read_text(encoding="utf-8").strip()
+            value = self.file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise ValueError(f"cannot read {self.file}: {why}") from exc
+        try:
+            return _header_value(value)
+        except ValueError as exc:
+            raise ValueError(f"{self.file} {exc}") from None
 
 
 def _kind(value: Any) -> str:
@@ -75,7 +96,8 @@ def _kind(value: Any) -> str:
 
 
 HeaderValue = Annotated[
-    Annotated[str, Tag("plain")] | Annotated[Secret, Tag("secret")], Discriminator(_kind)
+    Annotated[str, AfterValidator(_header_value), Tag("plain")] | Annotated[Secret, Tag("secret")],
+    Discriminator(_kind),
 ]
 
 

@@ -87,6 +87,7 @@ def test_a_webhook_is_configured_with_headers_triggers_and_format() -> None:
         ({"url": URL, "headers": {"A": {"file": "/x", "env": "Y"}}}, "set exactly one of"),
         ({"url": URL, "headers": {"A": {}}}, "notify.webhooks[0].headers.A.secret"),
         ({"url": URL, "headers": {"A": {"fil": "/x"}}}, "headers.A.secret.fil: unknown key"),
+        ({"url": URL, "headers": {"A": "a\nB: b"}}, "headers.A.plain: holds a line break"),
     ],
 )
 def test_a_wrong_webhook_is_named_by_its_key_path(hook: dict[str, Any], message: str) -> None:
@@ -123,6 +124,23 @@ def test_a_secret_header_is_read_when_sent_and_never_shown(
     monkeypatch.delenv("DRAINER_TEST_TOKEN")
     with pytest.raises(ValueError, match="header X-Key: the environment variable"):
         loaded.notify.webhooks[0].resolved_headers()
+
+
+@pytest.mark.parametrize("secret", ["Bearer s3cret\nX-Other: 1", "Bearer s3cr\u00e9t"])
+def test_a_secret_a_header_cannot_carry_fails_without_showing_it(
+    tmp_path: Path, secret: str
+) -> None:
+    # h11 would refuse it with the value in its message, logged at every attempt
+    (tmp_path / "token").write_text(secret, encoding="utf-8")
+    hook = Webhook(url=URL, headers={"Authorization": {"file": str(tmp_path / "token")}})
+    with pytest.raises(ValueError) as caught:
+        hook.resolved_headers()
+    assert "header Authorization:" in str(caught.value)
+    assert "a line break, a control character or a non-ASCII one" in str(caught.value)
+    assert "s3cr" not in str(caught.value)
+    with httpx.Client(transport=mock_transport([200], [])) as client:
+        outcome = send_once(client, hook, notice(Phase.HELD), timeout=1.0)
+    assert not outcome.ok and "s3cr" not in outcome.detail
 
 
 # -- the notice ---------------------------------------------------------------------------
