@@ -2,9 +2,10 @@
 
 Nothing here may delay a drain. The engine's turn only builds a notice and queues it
 (``changed``, ``alert``): a short lock and the write of a small file, never a network
-call. One worker thread (``drainer-notify``) sends the queue in order, each attempt with
-``notify.timeout``, retrying with exponential backoff (tenacity) for ``notify.retry_for``
-while the answer is worth retrying (no answer, 408, 429, 5xx); any 2xx is delivered,
+call. One worker thread (``drainer-notify``) sends the queue in order, each attempt cut
+at ``notify.timeout`` in all (``_Deadline``: httpx's is per read), retrying with
+exponential backoff (tenacity) for ``notify.retry_for`` while the answer is worth
+retrying (no answer, 408, 429, 5xx); any 2xx is delivered,
 another 4xx fails at once. The queue holds ``notify.queue_size`` letters (one notice for
 one webhook); a full queue drops the oldest waiting one, counted and logged.
 
@@ -21,6 +22,7 @@ Metrics: ``drainer_notifications_total{result="delivered|failed|dropped"}`` and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from drainer._files import write_atomically
 from drainer.core import Record
@@ -81,18 +83,72 @@ def send_once(client: httpx.Client, webhook: Webhook, notice: Notice, *, timeout
     except ValueError as exc:  # a secret file may appear (a mount), an env var not: retry
         return Outcome(False, True, str(exc))
     headers.setdefault("User-Agent", f"drainer/{build_version()}")
+    deadline = _Deadline(timeout)
     try:
         reply = client.post(
-            webhook.url, json=body(notice, webhook.format), headers=headers, timeout=timeout
+            webhook.url,
+            json=body(notice, webhook.format),
+            headers=headers,
+            timeout=timeout,
+            extensions={"trace": deadline.trace},
         )
     except httpx.HTTPError as exc:
+        if deadline.cut:
+            return Outcome(False, True, f"no complete answer within {timeout:g}s")
         detail = str(exc).replace(webhook.url, webhook.label) or "no answer"
         return Outcome(False, True, f"{type(exc).__name__}: {detail}")
+    finally:
+        deadline.cancel()
     status = f"HTTP {reply.status_code} {reply.reason_phrase}".rstrip()
     if reply.is_success:
         return Outcome(True, False, status)
     again = reply.status_code in (408, 429) or reply.status_code >= 500
     return Outcome(False, again, status)
+
+
+class _Deadline:
+    """``timeout`` for the whole attempt: httpx's is per read, so a receiver (or a proxy)
+    sending a byte now and then would hold the worker, and every notice behind it, for
+    ever. At the deadline the attempt's socket is shut down, which ends the blocked read;
+    the client keeps no connection alive between attempts, so every attempt's socket is
+    seen connecting here (``trace``)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.cut = False
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            with self._lock:  # TLS wraps the TCP socket: the newest is the one to shut
+                self._socket = info["return_value"].get_extra_info("socket")
+                if self.cut:
+                    self._shut()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.cut = True
+            self._shut()
+
+    def _shut(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):  # closed already: the attempt ended
+                self._socket.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._socket = None
+
+
+def _client(transport: httpx.BaseTransport | None) -> httpx.Client:
+    import httpx
+
+    # no connection kept alive: each attempt connects, so that _Deadline sees its socket
+    return httpx.Client(transport=transport, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 class _Again(Exception):
@@ -337,10 +393,9 @@ class Outbox:
         self._stopping.wait(seconds)  # a stop cuts the wait between attempts short
 
     def _http(self) -> httpx.Client:
-        import httpx
 
         if self._client is None:
-            self._client = httpx.Client(transport=self._transport)
+            self._client = _client(self._transport)
         return self._client
 
     # -- on disk -------------------------------------------------------------------------
@@ -411,7 +466,6 @@ def test_webhooks(
 ) -> list[tuple[Webhook, Outcome]]:
     """``drainer notify test``: one test notice to every webhook, one attempt each (no
     retry, no queue: the answer is the one an operator needs to see)."""
-    import httpx
 
     from drainer.errors import ConfigError, StateError
     from drainer.store import Store, remembered_names
@@ -434,5 +488,5 @@ def test_webhooks(
         load_balancers=tuple(lb.name or lb.type for lb in config.load_balancers),
         at=time.time(),
     )
-    with httpx.Client(transport=transport) as client:
+    with _client(transport) as client:
         return [(w, send_once(client, w, notice, timeout=notify.timeout)) for w in notify.webhooks]

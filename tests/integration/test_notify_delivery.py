@@ -171,6 +171,20 @@ def test_an_attempt_that_stalls_past_its_timeout_is_tried_again(
     assert first["phase"] == "draining"
 
 
+def test_an_answer_dripped_past_the_timeout_is_cut_and_tried_again(
+    tmp_path: Path, receiver: Receiver, make_node: Any
+) -> None:
+    # a tarpit sends a byte now and then: each read is quick, the answer never ends;
+    # httpx's timeout is per read, so only a whole-attempt deadline frees the worker
+    receiver.drip()
+    node = make_node(make_config(tmp_path, {"url": receiver.url}, timeout="300ms"))
+    node.maintenance()
+    wait_until(lambda: receiver.arrived >= 2, what="a second attempt after the timeout")
+    receiver.release()
+    (first, *_) = receiver.wait_delivered(1)
+    assert first["phase"] == "draining"
+
+
 def test_a_notice_is_given_up_after_retry_for(
     tmp_path: Path, receiver: Receiver, make_node: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
