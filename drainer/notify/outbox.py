@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,7 @@ __all__ = ["FILE", "Letter", "Outbox", "Outcome", "send_once", "test_webhooks"]
 log = logging.getLogger("drainer")
 
 FILE = "notifications.json"
+RECENT_ALERTS = 32  # distinct alert messages remembered, each not sent again
 
 
 def url_key(url: str) -> str:
@@ -209,7 +210,7 @@ class Outbox:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: httpx.Client | None = None
-        self._last_alert = ""
+        self._alerted: OrderedDict[str, None] = OrderedDict()  # the latest alerts sent
         self._dropped = 0
         self._write_error = ""
         self._load()
@@ -230,20 +231,29 @@ class Outbox:
     def changed(self, old: Record, new: Record) -> None:
         at = new.since or self._clock()  # when it happened, seen now or by another process
         notice = transition_notice(old, new, node=self.node, lbs=self.lbs, at=at, id=_new_id())
-        self._last_alert = notice.alert or self._last_alert
+        if notice.alert:
+            self._sent_alert(notice.alert)
         self.submit(notice)
 
     def alert(self, record: Record, message: str) -> None:
-        # the same alert again (a transition just carried it, an approval failing every
-        # minute) is not sent again
-        if message == self._last_alert:
+        # an alert sent lately (a transition just carried it, an approval failing every
+        # minute, or failing one way then another) is not sent again
+        if not self._sent_alert(message):
             return
-        self._last_alert = message
         self.submit(
             alert_notice(
                 record, message, node=self.node, lbs=self.lbs, at=self._clock(), id=_new_id()
             )
         )
+
+    def _sent_alert(self, message: str) -> bool:
+        """Remember ``message`` among the latest alerts; False when it was already."""
+        known = message in self._alerted
+        self._alerted[message] = None
+        self._alerted.move_to_end(message)
+        while len(self._alerted) > RECENT_ALERTS:
+            self._alerted.popitem(last=False)
+        return not known
 
     def submit(self, notice: Notice) -> None:
         """Queue ``notice`` for every webhook whose ``on`` names it (a test: for all)."""

@@ -251,6 +251,20 @@ def test_a_full_queue_drops_the_oldest_counted_and_logged(
     assert "(3 dropped so far)" in caplog.text
 
 
+def test_alerts_taking_turns_are_each_sent_once(tmp_path: Path) -> None:
+    # an approval retried every turn that fails one way, then another (an HTTP 500, a
+    # time-out): only the same alert as the last was held back, so every turn sent one
+    box = outbox(tmp_path, {"webhooks": [{"url": URL}]})
+    draining = Record(phase=Phase.DRAINING)
+    for _ in range(10):
+        box.alert(draining, "approving event e1 failed: HTTP 500")
+        box.alert(draining, "approving event e1 failed: timed out")
+    assert [letter.notice.alert for letter in box.pending()] == [
+        "approving event e1 failed: HTTP 500",
+        "approving event e1 failed: timed out",
+    ]
+
+
 def test_what_is_queued_is_on_disk_and_read_back_by_the_next_process(tmp_path: Path) -> None:
     hooks = {"webhooks": [{"url": URL}]}
     first = outbox(tmp_path, hooks)
