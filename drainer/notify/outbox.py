@@ -1,8 +1,9 @@
-"""The outbox: notices waiting for their webhooks, delivered by one worker thread.
+"""The outbox: notices waiting for their webhooks, delivered by a worker thread per webhook.
 
 Nothing here may delay a drain. The engine's turn only builds a notice and queues it
 (``changed``, ``alert``): a short lock and the write of a small file, never a network
-call. One worker thread (``drainer-notify``) sends the queue in order, each attempt cut
+call. A worker thread per webhook (``drainer-notify``) sends its letters in order (one
+webhook failing, retrying for ``retry_for``, never holds up another), each attempt cut
 at ``notify.timeout`` in all (``_Deadline``: httpx's is per read), retrying with
 exponential backoff (tenacity) for ``notify.retry_for`` while the answer is worth
 retrying (no answer, 408, 429, 5xx); any 2xx is delivered,
@@ -206,9 +207,10 @@ class Outbox:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._waiting: deque[Letter] = deque()
-        self._flight: Letter | None = None
+        self._flight: dict[str, Letter] = {}  # the letter being sent, per webhook
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._started = False
+        self._threads: dict[str, threading.Thread] = {}  # a worker per webhook
         self._client: httpx.Client | None = None
         self._alerted: OrderedDict[str, None] = OrderedDict()  # the latest alerts sent
         self._dropped = 0
@@ -224,9 +226,13 @@ class Outbox:
         engine.watchers.append(self)
 
     def configure(self, config: NotifyConfig) -> None:
-        """A reloaded configuration: letters to a webhook no longer there fail when due."""
+        """A reloaded configuration: letters to a webhook no longer there are given up, a
+        new webhook gets its worker."""
         with self._lock:
             self._config = config
+            if self._started:
+                self._spawn()
+            self._wake.notify_all()
 
     def changed(self, old: Record, new: Record) -> None:
         at = new.since or self._clock()  # when it happened, seen now or by another process
@@ -278,7 +284,7 @@ class Outbox:
                     )
                 self._waiting.append(Letter(url_key(webhook.url), notice))
             self._persist()
-            self._wake.notify()
+            self._wake.notify_all()
 
     def pending(self) -> list[Letter]:
         """What is not delivered yet, the letter being sent first."""
@@ -295,29 +301,67 @@ class Outbox:
                 webhook.resolved_headers()
             except ValueError as exc:
                 log.error("notify.webhooks[%d] (%s): %s", i, webhook.label, exc)
-        self._thread = threading.Thread(target=self._work, name="drainer-notify", daemon=True)
-        self._thread.start()
+        with self._lock:
+            self._started = True
+            self._spawn()
         return self
 
+    def _spawn(self) -> None:
+        """(Under the lock.) A worker for every webhook without one, so that a webhook
+        that fails, retrying for ``retry_for``, never holds up another's notices; the
+        letters to a webhook no longer configured are given up."""
+        keys = {url_key(w.url) for w in self._config.webhooks}
+        gone = [x for x in self._waiting if x.webhook not in keys]
+        for letter in gone:
+            self._waiting.remove(letter)
+            self.metrics.notifications.labels("failed").inc()
+            log.warning(
+                "notification (%s): its webhook is no longer configured; dropped it",
+                letter.notice.trigger,
+            )
+        if gone:
+            self._persist()
+        for key in keys - self._threads.keys():
+            thread = threading.Thread(
+                target=self._work, args=(key,), name="drainer-notify", daemon=True
+            )
+            self._threads[key] = thread
+            thread.start()
+
     def close(self, timeout: float = 0.25) -> None:
-        """Stop the worker; an attempt under way may finish within ``timeout``, else its
-        letter stays on disk, sent again by the next process."""
+        """Stop the workers; an attempt under way may finish within ``timeout`` (for all
+        of them), else its letter stays on disk, sent again by the next process."""
         with self._lock:
             self._stopping.set()
             self._wake.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._client is not None and (self._thread is None or not self._thread.is_alive()):
+            threads = list(self._threads.values())
+        end = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, end - time.monotonic()))
+        if self._client is not None and not any(t.is_alive() for t in threads):
             self._client.close()
 
-    def _work(self) -> None:
+    def _next(self, key: str) -> Letter | None:
+        """(Under the lock.) The next letter to webhook ``key``; None when this worker
+        ends: stopped, or its webhook is no longer configured."""
+        while not self._stopping.is_set():
+            if key not in {url_key(w.url) for w in self._config.webhooks}:
+                break
+            letter = next((x for x in self._waiting if x.webhook == key), None)
+            if letter is not None:
+                self._waiting.remove(letter)
+                self._flight[key] = letter
+                return letter
+            self._wake.wait()
+        del self._threads[key]
+        return None
+
+    def _work(self, key: str) -> None:
         while True:
             with self._lock:
-                while not self._waiting and not self._stopping.is_set():
-                    self._wake.wait()
-                if self._stopping.is_set():
+                letter = self._next(key)
+                if letter is None:
                     return
-                letter = self._flight = self._waiting.popleft()
             try:
                 result = self._deliver(letter)
             except Exception:  # a bug of ours must not end notifications for good
@@ -326,7 +370,7 @@ class Outbox:
             with self._lock:
                 if result is None:  # stopped: the letter stays first on disk
                     return
-                self._flight = None
+                del self._flight[key]
                 self._persist()
             self.metrics.notifications.labels(result).inc()
 
@@ -411,7 +455,7 @@ class Outbox:
     # -- on disk -------------------------------------------------------------------------
 
     def _letters(self) -> list[Letter]:
-        return ([self._flight] if self._flight else []) + list(self._waiting)
+        return list(self._flight.values()) + list(self._waiting)
 
     def _persist(self) -> None:
         letters = self._letters()

@@ -39,14 +39,16 @@ def receiver() -> Iterator[Receiver]:
         yield r
 
 
-def make_config(tmp_path: Path, hook: dict[str, Any], **notify: Any) -> Config:
+def make_config(
+    tmp_path: Path, hook: dict[str, Any], *more: dict[str, Any], **notify: Any
+) -> Config:
     return parse_config(
         {
             "state_dir": str(tmp_path / "state"),
             "drain": {"timeout": "30s", "margin": "5s"},
             "health": {"tcp": {"port": 9}, "interval": "2s", "successes": 2, "deadline": "60s"},
             "load_balancers": [{"type": "mock", "name": LB}],
-            "notify": {"webhooks": [hook], **notify},
+            "notify": {"webhooks": [hook, *more], **notify},
         }
     )
 
@@ -183,6 +185,22 @@ def test_an_answer_dripped_past_the_timeout_is_cut_and_tried_again(
     receiver.release()
     (first, *_) = receiver.wait_delivered(1)
     assert first["phase"] == "draining"
+
+
+def test_a_failing_webhook_never_holds_up_another(
+    tmp_path: Path, receiver: Receiver, make_node: Any
+) -> None:
+    # one queue sent in order: the pager's notice waited for each letter to the failing
+    # chat webhook to be given up (retry_for, 10 minutes by default) before its turn
+    with Receiver(status=503) as failing:
+        config = make_config(tmp_path, {"url": failing.url, "name": "chat"}, {"url": receiver.url})
+        node = make_node(config)
+        node.maintenance()
+        node.turn()
+        wait_until(lambda: failing.arrived >= 2, what="the failing webhook retried")
+        bodies = receiver.wait_delivered(2)
+        assert [b["phase"] for b in bodies] == ["draining", "in_maintenance"]
+        assert failing.delivered == []
 
 
 def test_a_notice_is_given_up_after_retry_for(
