@@ -308,7 +308,16 @@ class Metrics:
 
 
 NO_EVENT = "none"  # the type of a time out of service without an event (a manual drain)
-ERROR_KINDS = ("adapter", "approve", "internal", "payload", "source", "state")
+ERROR_KINDS = (
+    "adapter",
+    "approve",
+    "budget",
+    "budget_batch",
+    "internal",
+    "payload",
+    "source",
+    "state",
+)
 
 
 def backend_of(entry: AdapterConfig) -> str:
