@@ -493,9 +493,18 @@ class Outbox:
                 Letter(str(item["webhook"]), Notice.from_json(item["notice"]))
                 for item in data["pending"]
             ]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            aside = self.path.with_name(self.path.name + ".damaged")
+            try:  # the next notice would overwrite it: keep what it held for a person
+                self.path.replace(aside)
+                kept = f"kept as {aside}"
+            except OSError as err:
+                kept = f"cannot keep it as {aside}: {err.strerror or err}"
             log.error(
-                "the undelivered notifications in %s cannot be read (%s): not sent", self.path, exc
+                "the undelivered notifications in %s cannot be read (%.200s): not sent; %s",
+                self.path,
+                exc,
+                kept,
             )
             return
         keep = letters[-self._config.queue_size :]

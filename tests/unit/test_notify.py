@@ -289,6 +289,15 @@ def test_a_damaged_outbox_file_is_reported_and_not_sent(
         box = outbox(tmp_path, {"webhooks": [{"url": URL}]})
     assert box.pending() == []
     assert "cannot be read" in caplog.text
+    # kept for a person to read: the next notice no longer overwrites what it held
+    assert f"kept as {tmp_path / FILE}.damaged" in caplog.text
+    box.submit(notice(Phase.HELD))
+    assert (tmp_path / f"{FILE}.damaged").read_text() == "{not json"
+
+
+def test_an_outbox_file_nested_too_deep_does_not_stop_drainer(tmp_path: Path) -> None:
+    (tmp_path / FILE).write_text("[" * 100_000)  # json.loads: RecursionError, no ValueError
+    assert outbox(tmp_path, {"webhooks": [{"url": URL}]}).pending() == []
 
 
 def mock_transport(answers: list[int], seen: list[httpx.Request]) -> httpx.MockTransport:
