@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from drainer._types import HttpUrl, PositiveDuration, exactly_one
+from drainer._types import PositiveDuration, exactly_one, http_url
 from drainer.core import Phase
 
 __all__ = ["ALERT", "TRIGGERS", "NotifyConfig", "Secret", "Webhook"]
@@ -44,6 +44,23 @@ def _header_value(value: str) -> str:
     if not all(" " <= c <= "~" or c == "\t" for c in value):
         raise ValueError(_UNCARRIABLE)
     return value
+
+
+def _webhook_url(url: str) -> str:
+    """An http(s) URL with a host; the error shows it up to its host only: a Slack URL's
+    path is a token, and the error reaches the journal (``drainer config check``)."""
+    try:
+        return http_url(url)
+    except ValueError:
+        scheme, sep, rest = url.partition("://")
+        shown = scheme + sep + rest.split("/", 1)[0] if sep else url.split("/", 1)[0]
+        raise ValueError(
+            f"not an http(s) URL with a host: {shown!r}... (the rest is not shown: it may be"
+            " a token)"
+        ) from None
+
+
+WebhookUrl = Annotated[str, AfterValidator(_webhook_url)]
 
 
 class _Strict(BaseModel):
@@ -102,7 +119,7 @@ HeaderValue = Annotated[
 
 
 class Webhook(_Strict):
-    url: HttpUrl
+    url: WebhookUrl
     name: str | None = None  # how logs and `drainer notify test` call it (default: its host)
     headers: dict[str, HeaderValue] = Field(default_factory=dict)
     on: list[str] = Field(default_factory=lambda: list(TRIGGERS))  # default: everything

@@ -97,6 +97,22 @@ def test_a_wrong_webhook_is_named_by_its_key_path(hook: dict[str, Any], message:
     assert str(caught.value).startswith("drainer.yaml: ")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "htps://hooks.example.com/services/T0/B0/SECRETTOKEN",
+        "https://[::1/T0/SECRETTOKEN",
+        "hooks.example.com/SECRETTOKEN",
+    ],
+)
+def test_a_wrong_webhook_url_is_shown_without_its_path(url: str) -> None:
+    # the error goes to the journal (ExecStartPre runs `drainer config check`)
+    with pytest.raises(ConfigError) as caught:
+        config({"webhooks": [{"url": url}]})
+    assert "notify.webhooks[0].url: not an http(s) URL with a host" in str(caught.value)
+    assert "SECRETTOKEN" not in str(caught.value)
+
+
 def test_a_secret_header_is_read_when_sent_and_never_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
