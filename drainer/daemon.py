@@ -49,7 +49,7 @@ from drainer.notify.outbox import Outbox
 from drainer.polling import Pacer, poll
 from drainer.sources.base import Watching
 from drainer.store import Store
-from drainer.systemd import Notifier, status_line
+from drainer.systemd import Notifier, status_line, watchdog_seconds
 
 # assemble: also the demo's way to build a node (drainer.demo imports it from here)
 __all__ = ["Runner", "assemble", "loop", "run"]
@@ -85,6 +85,10 @@ class Runner:
         self.reload = threading.Event()
         self.changed = threading.Event()  # the source saw a change: poll now
         self.pacer = Pacer(node.config.source.poll_interval)
+        # WATCHDOG=1 comes after a turn: under systemd's watchdog, a pause (a long
+        # poll_interval, its backoff while the service refuses) never outlasts half of it
+        watchdog = self.notifier.watchdog
+        self.longest_pause = watchdog / 2 if watchdog else float("inf")
         self._trouble = ""  # the state problem last logged ("" none)
         self._status = ""
         self._lb_metrics_at = 0.0
@@ -115,7 +119,7 @@ class Runner:
             started = time.monotonic()
             self.changed.clear()  # a change seen during this poll brings the next one
             polled = poll(self.node.source, self.metrics)
-            pause = self.pacer.after(polled)
+            pause = min(self.pacer.after(polled), self.longest_pause)
             source = self.node.config.source
             # healthy while turns keep coming: the pause, a few intervals, a slow poll
             self.metrics.probes.limit = pause + 3 * source.poll_interval + 4 * source.timeout
@@ -370,7 +374,9 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     lock = sidecar.acquire(config.state_dir)
-    notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
+    notifier = Notifier(
+        os.environ.get("NOTIFY_SOCKET"), watchdog=watchdog_seconds(os.environ, os.getpid())
+    )
     metrics = Metrics()
     outbox: Outbox | None = None
     try:
