@@ -8,7 +8,8 @@ at ``notify.timeout`` in all (``_Deadline``: httpx's is per read), retrying with
 exponential backoff (tenacity) for ``notify.retry_for`` while the answer is worth
 retrying (no answer, 408, 429, 5xx); any 2xx is delivered,
 another 4xx fails at once. The queue holds ``notify.queue_size`` letters (one notice for
-one webhook); a full queue drops the oldest waiting one, counted and logged.
+one webhook); a full queue drops the oldest waiting alert (else the oldest waiting
+letter), counted and logged: a flood is made of alerts, and a held notice must stay.
 
 On disk: ``<state_dir>/notifications.json`` holds every letter not yet delivered (the
 one being sent first), rewritten atomically at each change, so what a crash, a SIGTERM
@@ -271,7 +272,10 @@ class Outbox:
                 return
             for webhook in hooks:
                 while len(self._waiting) >= self._config.queue_size:
-                    lost = self._waiting.popleft()
+                    # an alert first: a flood is made of them, and a held notice must stay
+                    lost = next((x for x in self._waiting if x.notice.kind == "alert"), None)
+                    lost = lost or self._waiting[0]
+                    self._waiting.remove(lost)
                     self._dropped += 1
                     self.metrics.notifications.labels("dropped").inc()
                     log.warning(

@@ -267,6 +267,22 @@ def test_a_full_queue_drops_the_oldest_counted_and_logged(
     assert "(3 dropped so far)" in caplog.text
 
 
+def test_a_full_queue_drops_alerts_before_a_transition(tmp_path: Path) -> None:
+    # the receiver is down, then alerts keep coming: the held notice stays
+    box = outbox(tmp_path, {"webhooks": [{"url": URL}], "queue_size": 3})
+    box.submit(notice(Phase.HELD, id="held"))
+    held = Record(phase=Phase.HELD)
+    for i in range(5):
+        box.alert(held, f"lb1: put back: refused ({i})")
+    kept = box.pending()
+    assert (kept[0].notice.id, kept[0].notice.kind) == ("held", "transition")
+    assert [x.notice.alert for x in kept[1:]] == [
+        "lb1: put back: refused (3)",
+        "lb1: put back: refused (4)",
+    ]
+    assert count(box.metrics, "dropped") == 3
+
+
 def test_alerts_taking_turns_are_each_sent_once(tmp_path: Path) -> None:
     # an approval retried every turn that fails one way, then another (an HTTP 500, a
     # time-out): only the same alert as the last was held back, so every turn sent one
