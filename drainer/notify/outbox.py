@@ -106,6 +106,8 @@ def send_once(client: httpx.Client, webhook: Webhook, notice: Notice, *, timeout
     if reply.is_success:
         return Outcome(True, False, status)
     again = reply.status_code in (408, 429) or reply.status_code >= 500
+    if reply.is_redirect:  # never followed: the body and the secret headers stay ours
+        status += ": a redirect, not followed: configure the URL it names"
     return Outcome(False, again, status)
 
 

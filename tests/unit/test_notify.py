@@ -371,6 +371,22 @@ def test_which_answers_are_retried(status: int, again: bool) -> None:
     assert outcome.detail.startswith(f"HTTP {status}")
 
 
+def test_a_redirect_is_not_followed_and_says_so() -> None:
+    # following it would send the body (and the secret headers) where the answer says;
+    # the operator is told to configure the new URL instead
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(308, headers={"Location": "https://elsewhere.example/t0k3n"})
+
+    hook = Webhook(url=URL)
+    with httpx.Client(transport=httpx.MockTransport(handle)) as client:
+        outcome = send_once(client, hook, notice(Phase.HELD), timeout=1.0)
+    assert (outcome.ok, outcome.again) == (False, False)
+    assert outcome.detail == (
+        "HTTP 308 Permanent Redirect: a redirect, not followed: configure the URL it names"
+    )
+    assert "t0k3n" not in outcome.detail
+
+
 def test_a_letter_whose_webhook_is_gone_fails_once_started(tmp_path: Path) -> None:
     first = outbox(tmp_path, {"webhooks": [{"url": URL}]})
     first.submit(notice(Phase.HELD))
