@@ -383,13 +383,22 @@ class Outbox:
     def _deliver(self, letter: Letter) -> str | None:
         """The result for the metric (delivered, failed), or None when stopped first."""
         from tenacity import (
+            RetryCallState,
             RetryError,
             Retrying,
             retry_if_exception_type,
             stop_after_delay,
+            stop_any,
             stop_when_event_set,
             wait_exponential,
         )
+        from tenacity.stop import stop_base
+
+        gone = self._gone
+
+        class removed(stop_base):  # a reload removed its webhook (or changed its URL)
+            def __call__(self, retry_state: RetryCallState) -> bool:
+                return gone(letter.webhook)
 
         with self._lock:
             config = self._config
@@ -404,7 +413,11 @@ class Outbox:
         tries = 0
         first, longest = self._backoff
         retrying = Retrying(
-            stop=stop_after_delay(config.retry_for) | stop_when_event_set(self._stopping),
+            stop=stop_any(
+                stop_after_delay(config.retry_for),
+                stop_when_event_set(self._stopping),
+                removed(),
+            ),
             wait=wait_exponential(multiplier=first, min=first, max=longest),
             retry=retry_if_exception_type(_Again),
             sleep=self._pause,
@@ -427,6 +440,13 @@ class Outbox:
         except RetryError as exc:
             if self._stopping.is_set():
                 return None
+            if self._gone(letter.webhook):
+                log.warning(
+                    "notification to %s (%s): its webhook is no longer configured; dropped it",
+                    webhook.label,
+                    trigger,
+                )
+                return "failed"
             detail = str(exc.last_attempt.exception())
             log.error(
                 "notification to %s (%s) given up after %d attempts in %gs: %s",
@@ -448,6 +468,10 @@ class Outbox:
         after = f" after {tries} attempts" if tries > 1 else ""
         log.info("notification delivered to %s (%s)%s", webhook.label, trigger, after)
         return "delivered"
+
+    def _gone(self, key: str) -> bool:
+        with self._lock:
+            return key not in {url_key(w.url) for w in self._config.webhooks}
 
     def _pause(self, seconds: float) -> None:
         self._stopping.wait(seconds)  # a stop cuts the wait between attempts short

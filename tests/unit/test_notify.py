@@ -401,6 +401,28 @@ def test_a_letter_whose_webhook_is_gone_fails_once_started(tmp_path: Path) -> No
     assert box.pending() == []
 
 
+def test_a_reload_that_removes_a_webhook_ends_the_retries_to_it(tmp_path: Path) -> None:
+    # SIGHUP after the operator removed (or rotated the URL of) a failing webhook: its
+    # letter under way was retried with the old URL for retry_for (10 minutes)
+    seen: list[httpx.Request] = []
+    box = outbox(
+        tmp_path,
+        {"webhooks": [{"url": URL}]},
+        transport=mock_transport([503], seen),
+        backoff=(0.001, 0.002),
+    )
+    box.submit(notice(Phase.HELD))
+    box.submit(notice(Phase.RECOVERING))
+    box.start()
+    try:
+        wait_until(lambda: len(seen) >= 2, what="retries")
+        box.configure(config({"webhooks": [{"url": URL + "-rotated"}]}).notify)
+        wait_until(lambda: count(box.metrics, "failed") == 2, what="both given up")
+    finally:
+        box.close()
+    assert box.pending() == []
+
+
 def test_a_notify_section_survives_config_show(tmp_path: Path) -> None:
     loaded = config(
         {
