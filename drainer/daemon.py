@@ -398,6 +398,8 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
             runner = Runner(
                 node, stopping=stopping, config_path=config_path, notifier=notifier, outbox=outbox
             )
+            with contextlib.suppress(StateError):  # the first turn says why
+                outbox.catch_up(Store(config.state_dir).load())  # what no process told
             log.info(
                 "drainer running for %s: phase %s, load balancers %s",
                 "/".join(sorted(node.engine.policy.node_names)),

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from drainer._files import write_atomically
-from drainer.core import Record
+from drainer.core import Phase, Record
 from drainer.metrics import Metrics, build_version
 from drainer.notify.config import NotifyConfig, Webhook
 from drainer.notify.notice import Notice, alert_notice, body, transition_notice
@@ -218,6 +218,9 @@ class Outbox:
         self._alerted: OrderedDict[str, None] = OrderedDict()  # the latest alerts sent
         self._dropped = 0
         self._write_error = ""
+        # the phase and its start of the last transition told, kept in the file: at start,
+        # a record that moved on since then is told (catch_up)
+        self._told: tuple[str, float] | None = None
         self._load()
 
     # -- the engine's side: never blocks on the network ----------------------------------
@@ -242,7 +245,27 @@ class Outbox:
         notice = transition_notice(old, new, node=self.node, lbs=self.lbs, at=at, id=_new_id())
         if notice.alert:
             self._sent_alert(notice.alert)
-        self.submit(notice)
+        with self._lock:
+            self._told = (new.phase.value, new.since)  # written with the notice
+        if not self.submit(notice):
+            with self._lock:
+                if self._config.webhooks:
+                    self._persist()
+
+    def catch_up(self, record: Record) -> None:
+        """At start, with ``record`` as on disk: tell a transition no process told (the
+        last one killed between saving the record and queueing the notice, or ``drainer
+        drain`` run while drainer was stopped)."""
+        with self._lock:
+            told = self._told
+            if told is None:  # the first run with webhooks: from here on
+                self._told = (record.phase.value, record.since)
+                if self._config.webhooks:
+                    self._persist()
+                return
+        if told[0] == record.phase.value:
+            return
+        self.changed(Record(phase=Phase(told[0]), since=told[1]), record)
 
     def alert(self, record: Record, message: str) -> None:
         # an alert sent lately (a transition just carried it, an approval failing every
@@ -264,14 +287,15 @@ class Outbox:
             self._alerted.popitem(last=False)
         return not known
 
-    def submit(self, notice: Notice) -> None:
-        """Queue ``notice`` for every webhook whose ``on`` names it (a test: for all)."""
+    def submit(self, notice: Notice) -> bool:
+        """Queue ``notice`` for every webhook whose ``on`` names it (a test: for all);
+        False when none does."""
         with self._lock:
             hooks = [
                 w for w in self._config.webhooks if notice.kind == "test" or notice.trigger in w.on
             ]
             if not hooks:
-                return
+                return False
             for webhook in hooks:
                 while len(self._waiting) >= self._config.queue_size:
                     # an alert first: a flood is made of them, and a held notice must stay
@@ -291,6 +315,7 @@ class Outbox:
                 self._waiting.append(Letter(url_key(webhook.url), notice))
             self._persist()
             self._wake.notify_all()
+        return True
 
     def pending(self) -> list[Letter]:
         """What is not delivered yet, the letter being sent first."""
@@ -493,9 +518,10 @@ class Outbox:
         data = {
             "version": 1,
             "pending": [{"webhook": x.webhook, "notice": x.notice.to_json()} for x in letters],
+            "told": list(self._told) if self._told else None,
         }
         try:
-            if letters or self.path.exists():
+            if letters or self._told or self.path.exists():
                 write_atomically(self.path, json.dumps(data, indent=1) + "\n")
         except OSError as exc:
             if self._write_error != str(exc):
@@ -523,6 +549,7 @@ class Outbox:
                 Letter(str(item["webhook"]), Notice.from_json(item["notice"]))
                 for item in data["pending"]
             ]
+            self._told = _told(data.get("told"))  # absent in a file of an older drainer
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
             aside = self.path.with_name(self.path.name + ".damaged")
             try:  # the next notice would overwrite it: keep what it held for a person
@@ -544,6 +571,14 @@ class Outbox:
         self.metrics.notification_queue.set(len(keep))
         if keep:
             log.info("%d notifications left undelivered by the last run: sending them", len(keep))
+
+
+def _told(value: Any) -> tuple[str, float] | None:
+    try:
+        phase, since = value
+        return Phase(phase).value, float(since)
+    except (ValueError, TypeError):  # None, or not what a drainer wrote: nothing to catch up
+        return None
 
 
 def _new_id() -> str:

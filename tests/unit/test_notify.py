@@ -313,6 +313,29 @@ def test_what_is_queued_is_on_disk_and_read_back_by_the_next_process(tmp_path: P
     ]
 
 
+def test_a_transition_the_last_process_saved_but_never_queued_is_told_at_start(
+    tmp_path: Path,
+) -> None:
+    # killed between saving the record and queueing its notice (or `drainer drain` run
+    # while drainer was stopped): the record moved on, and no notice said so
+    hooks = {"webhooks": [{"url": URL, "on": ["held"]}]}
+    first = outbox(tmp_path, hooks)
+    draining = Record(phase=Phase.DRAINING, since=10.0)
+    first.changed(Record(), draining)  # not a trigger of the webhook: nothing queued
+    assert first.pending() == []
+
+    held = Record(phase=Phase.HELD, since=20.0, manual=True, note="drainer drain")
+    second = outbox(tmp_path, hooks)  # the next drainer run, the record on disk held
+    second.catch_up(held)
+    (letter,) = second.pending()
+    assert (letter.notice.previous_phase, letter.notice.phase) == ("draining", "held")
+    assert (letter.notice.at, letter.notice.note) == (20.0, "drainer drain")
+
+    third = outbox(tmp_path, hooks)  # told already: not again
+    third.catch_up(held)
+    assert len(third.pending()) == 1
+
+
 def test_a_damaged_outbox_file_is_reported_and_not_sent(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
