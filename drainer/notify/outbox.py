@@ -537,20 +537,16 @@ class Outbox:
 
     def _load(self) -> None:
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return
-        except (OSError, UnicodeDecodeError) as exc:
-            log.error("cannot read the undelivered notifications in %s: %s", self.path, exc)
-            return
-        try:
-            data = json.loads(text)
+            data = json.loads(self.path.read_text(encoding="utf-8"))
             letters = [
                 Letter(str(item["webhook"]), Notice.from_json(item["notice"]))
                 for item in data["pending"]
             ]
             self._told = _told(data.get("told"))  # absent in a file of an older drainer
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            # not UTF-8, not JSON, not ours, a directory: else never written again
             aside = self.path.with_name(self.path.name + ".damaged")
             try:  # the next notice would overwrite it: keep what it held for a person
                 self.path.replace(aside)

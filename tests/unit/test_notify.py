@@ -350,9 +350,19 @@ def test_a_damaged_outbox_file_is_reported_and_not_sent(
     assert (tmp_path / f"{FILE}.damaged").read_text() == "{not json"
 
 
-def test_an_outbox_file_nested_too_deep_does_not_stop_drainer(tmp_path: Path) -> None:
-    (tmp_path / FILE).write_text("[" * 100_000)  # json.loads: RecursionError, no ValueError
-    assert outbox(tmp_path, {"webhooks": [{"url": URL}]}).pending() == []
+@pytest.mark.parametrize("damage", ["deep", "binary", "directory"])
+def test_an_outbox_file_drainer_cannot_read_is_set_aside(tmp_path: Path, damage: str) -> None:
+    if damage == "deep":  # json.loads: RecursionError, no ValueError
+        (tmp_path / FILE).write_text("[" * 100_000)
+    elif damage == "binary":  # the file was set aside only when it was not JSON
+        (tmp_path / FILE).write_bytes(b"\xff\xfe\x00")
+    else:  # and a directory there kept every later write from happening
+        (tmp_path / FILE).mkdir()
+    box = outbox(tmp_path, {"webhooks": [{"url": URL}]})
+    assert box.pending() == []
+    box.submit(notice(Phase.HELD))
+    assert (tmp_path / f"{FILE}.damaged").exists()
+    assert len(json.loads((tmp_path / FILE).read_text())["pending"]) == 1
 
 
 def mock_transport(answers: list[int], seen: list[httpx.Request]) -> httpx.MockTransport:
