@@ -127,7 +127,8 @@ class _Deadline:
         self._timer.start()
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+        # connection.* directly; proxy.start_tls through a proxy's tunnel
+        if event.endswith((".connect_tcp.complete", ".start_tls.complete")):
             with self._lock:  # TLS wraps the TCP socket: the newest is the one to shut
                 self._socket = info["return_value"].get_extra_info("socket")
                 if self.cut:
@@ -325,7 +326,7 @@ class Outbox:
     # -- the worker --------------------------------------------------------------------
 
     def start(self) -> Outbox:
-        """Start the worker; say now which webhook's secret cannot be read (each of its
+        """Start the workers; say now which webhook's secret cannot be read (each of its
         notices would fail until it can)."""
         for i, webhook in enumerate(self._config.webhooks):
             try:
