@@ -50,7 +50,7 @@ from drainer.notify.outbox import Outbox
 from drainer.polling import Pacer, poll
 from drainer.sources.base import Watching
 from drainer.store import Store
-from drainer.systemd import Notifier, status_line
+from drainer.systemd import Notifier, status_line, watchdog_seconds
 
 # assemble: also the demo's way to build a node (drainer.demo imports it from here)
 __all__ = ["Runner", "assemble", "loop", "run"]
@@ -86,6 +86,10 @@ class Runner:
         self.reload = threading.Event()
         self.changed = threading.Event()  # the source saw a change: poll now
         self.pacer = Pacer(node.config.source.poll_interval)
+        # WATCHDOG=1 comes after a turn: under systemd's watchdog, a pause (a long
+        # poll_interval, its backoff while the service refuses) never outlasts half of it
+        watchdog = self.notifier.watchdog
+        self.longest_pause = watchdog / 2 if watchdog else float("inf")
         self._trouble = ""  # the state problem last logged ("" none)
         self._status = ""
         self._lb_metrics_at = 0.0
@@ -116,7 +120,7 @@ class Runner:
             started = time.monotonic()
             self.changed.clear()  # a change seen during this poll brings the next one
             polled = poll(self.node.source, self.metrics)
-            pause = self.pacer.after(polled)
+            pause = min(self.pacer.after(polled), self.longest_pause)
             source = self.node.config.source
             # healthy while turns keep coming: the pause, a few intervals, a slow poll
             self.metrics.probes.limit = pause + 3 * source.poll_interval + 4 * source.timeout
@@ -375,7 +379,9 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     lock = sidecar.acquire(config.state_dir)
-    notifier = Notifier(os.environ.get("NOTIFY_SOCKET"))
+    notifier = Notifier(
+        os.environ.get("NOTIFY_SOCKET"), watchdog=watchdog_seconds(os.environ, os.getpid())
+    )
     # without a listener nothing would read them: prometheus_client is not even loaded
     metrics = Metrics() if config.metrics.listen else NullMetrics()
     outbox: Outbox | None = None
@@ -398,6 +404,8 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
             runner = Runner(
                 node, stopping=stopping, config_path=config_path, notifier=notifier, outbox=outbox
             )
+            with contextlib.suppress(StateError):  # the first turn says why
+                outbox.catch_up(Store(config.state_dir).load())  # what no process told
             log.info(
                 "drainer running for %s: phase %s, load balancers %s",
                 "/".join(sorted(node.engine.policy.node_names)),

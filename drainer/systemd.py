@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Mapping
 
 from drainer.core import Record
 
-__all__ = ["Notifier", "status_line"]
+__all__ = ["Notifier", "status_line", "watchdog_seconds"]
 
 log = logging.getLogger("drainer")
 
@@ -17,7 +18,9 @@ class Notifier:
     """systemd's notify protocol: datagrams to ``$NOTIFY_SOCKET`` (a path, or ``@name``
     for an abstract socket). Does nothing without it; a failed send is logged once."""
 
-    def __init__(self, address: str | None) -> None:
+    def __init__(self, address: str | None, *, watchdog: float | None = None) -> None:
+        # WatchdogSec: WATCHDOG=1 must come more often (None: no watchdog)
+        self.watchdog = watchdog
         self._address = ""
         self._sock: socket.socket | None = None
         self._failed = False
@@ -44,6 +47,19 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def watchdog_seconds(environ: Mapping[str, str], pid: int) -> float | None:
+    """``WatchdogSec=`` as systemd passes it (``$WATCHDOG_USEC``, for ``$WATCHDOG_PID``
+    when set); None without a watchdog for this process."""
+    owner = environ.get("WATCHDOG_PID")
+    try:
+        usec = int(environ.get("WATCHDOG_USEC", "0"))
+        if owner is not None and int(owner) != pid:
+            return None
+    except ValueError:
+        return None
+    return usec / 1e6 if usec > 0 else None
 
 
 def status_line(record: Record) -> str:

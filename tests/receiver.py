@@ -1,7 +1,9 @@
 """A webhook receiver on 127.0.0.1 for the notification tests, over real HTTP.
 
 It answers ``status`` (flip it from the test: 500 fails, 200 recovers) and, while
-``stall()`` is in force, holds each request unanswered until ``release()``. Every
+``stall()`` is in force, holds each request unanswered until ``release()`` (after
+``drip()``, answering it meanwhile one header byte every ``DRIP`` seconds: a tarpit, which
+no per-read timeout cuts short). Every
 request is kept in ``attempts`` (headers and parsed body), the answered 2xx ones in
 ``delivered``; ``arrived`` counts every request as it comes, ``waiting`` those held
 right now.
@@ -18,6 +20,7 @@ from drainer._http import Handler, Served, Server
 from drainer.testing import wait_until
 
 STALL_LIMIT = 30.0  # seconds a stalled request is held at most (a test that forgot release)
+DRIP = 0.05  # seconds between two bytes of a dripped answer
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,22 @@ class _Hook(Handler, methods=("POST",)):
         with owner.lock:
             owner.arrived += 1
             owner.waiting += 1
-        owner.released.wait(STALL_LIMIT)
+            dripping = owner.dripping
+        try:
+            if dripping:
+                self._drip(owner)
+            else:
+                owner.released.wait(STALL_LIMIT)
+        except OSError:
+            pass  # the client hung up: answered below, which fails the same way
         with owner.lock:
             owner.waiting -= 1
             status = owner.status
         try:
-            self.send_response(status)
+            if dripping:
+                self.wfile.write(b"\r\nContent-Length: 0\r\n\r\n")
+            else:
+                self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
         except OSError:
@@ -59,6 +72,14 @@ class _Hook(Handler, methods=("POST",)):
             if 200 <= status < 300:
                 owner.delivered.append(request)
 
+    def _drip(self, owner: Receiver) -> None:
+        self.wfile.write(f"HTTP/1.1 {owner.status} OK\r\nX-Drip: ".encode())
+        for _ in range(int(STALL_LIMIT / DRIP)):
+            if owner.released.wait(DRIP):
+                return
+            self.wfile.write(b"a")
+            self.wfile.flush()
+
 
 class Receiver(Served[Server["Receiver"]]):
     _thread_name = "webhook-receiver"
@@ -68,6 +89,7 @@ class Receiver(Served[Server["Receiver"]]):
         self.lock = threading.Lock()
         self.released = threading.Event()
         self.released.set()
+        self.dripping = False
         self.waiting = 0
         self.arrived = 0  # requests received, answered or not
         self.attempts: list[Request] = []
@@ -82,7 +104,12 @@ class Receiver(Served[Server["Receiver"]]):
     def stall(self) -> None:
         self.released.clear()
 
+    def drip(self) -> None:
+        self.dripping = True
+        self.released.clear()
+
     def release(self) -> None:
+        self.dripping = False
         self.released.set()
 
     def bodies(self) -> list[Any]:

@@ -134,9 +134,14 @@ class RemoteLoadBalancer(LoadBalancer):
             raise PermanentAdapterError(
                 f"cannot read token_file {config.token_file}: {exc.strerror}"
             ) from exc
+        where = config.token_file or f"${config.token_env}"
         if not token:
-            where = config.token_file or f"${config.token_env}"
             raise PermanentAdapterError(f"no token in {where}")
+        if not all(" " <= c <= "~" for c in token):  # h11 would show it in its refusal
+            raise PermanentAdapterError(
+                f"the token in {where} holds a line break, a control character or a"
+                " non-ASCII one: an HTTP header cannot carry it"
+            )
         return token
 
     def _request(

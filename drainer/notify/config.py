@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -23,13 +24,43 @@ from pydantic import (
     model_validator,
 )
 
-from drainer._types import HttpUrl, PositiveDuration, exactly_one
+from drainer._types import PositiveDuration, exactly_one, http_url
 from drainer.core import Phase
 
 __all__ = ["ALERT", "TRIGGERS", "NotifyConfig", "Secret", "Webhook"]
 
 ALERT = "alert"  # the trigger for alerts, next to the phases
 TRIGGERS = (*(phase.value for phase in Phase), ALERT)
+
+
+_UNCARRIABLE = (
+    "holds a line break, a control character or a non-ASCII one: an HTTP header cannot carry it"
+)
+
+
+def _header_value(value: str) -> str:
+    """``value``, or ValueError (never showing it: it may be a secret) when an HTTP header
+    cannot carry it; h11 would refuse it with the value in its message."""
+    if not all(" " <= c <= "~" or c == "\t" for c in value):
+        raise ValueError(_UNCARRIABLE)
+    return value
+
+
+def _webhook_url(url: str) -> str:
+    """An http(s) URL with a host; the error shows it up to its host only: a Slack URL's
+    path is a token, and the error reaches the journal (``drainer config check``)."""
+    try:
+        return http_url(url)
+    except ValueError:
+        scheme, sep, rest = url.partition("://")
+        shown = scheme + sep + rest.split("/", 1)[0] if sep else url.split("/", 1)[0]
+        raise ValueError(
+            f"not an http(s) URL with a host: {shown!r}... (the rest is not shown: it may be"
+            " a token)"
+        ) from None
+
+
+WebhookUrl = Annotated[str, AfterValidator(_webhook_url)]
 
 
 class _Strict(BaseModel):
@@ -61,13 +92,20 @@ class Secret(_Strict):
             value = os.environ.get(self.env)
             if value is None:
                 raise ValueError(f"the environment variable {self.env} is not set")
-            return value.strip()
+            try:
+                return _header_value(value.strip())
+            except ValueError as exc:
+                raise ValueError(f"the environment variable {self.env} {exc}") from None
         assert self.file is not None
         try:
-            return self.file.read_text(encoding="utf-8").strip()
+            value = self.file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise ValueError(f"cannot read {self.file}: {why}") from exc
+        try:
+            return _header_value(value)
+        except ValueError as exc:
+            raise ValueError(f"{self.file} {exc}") from None
 
 
 def _kind(value: Any) -> str:
@@ -75,12 +113,13 @@ def _kind(value: Any) -> str:
 
 
 HeaderValue = Annotated[
-    Annotated[str, Tag("plain")] | Annotated[Secret, Tag("secret")], Discriminator(_kind)
+    Annotated[str, AfterValidator(_header_value), Tag("plain")] | Annotated[Secret, Tag("secret")],
+    Discriminator(_kind),
 ]
 
 
 class Webhook(_Strict):
-    url: HttpUrl
+    url: WebhookUrl
     name: str | None = None  # how logs and `drainer notify test` call it (default: its host)
     headers: dict[str, HeaderValue] = Field(default_factory=dict)
     on: list[str] = Field(default_factory=lambda: list(TRIGGERS))  # default: everything

@@ -117,7 +117,7 @@ def alert_notice(
 def body(notice: Notice, fmt: str) -> dict[str, Any]:
     """What a webhook is sent: the documented JSON object, or Slack's ``{"text": ...}``."""
     if fmt == "slack":
-        return {"text": _text(notice)}
+        return {"text": _slack_escaped(_text(notice))}
     return {
         "id": notice.id,
         "type": notice.kind,
@@ -132,6 +132,12 @@ def body(notice: Notice, fmt: str) -> dict[str, Any]:
         "out_of": list(notice.out_of),
         "timestamp": _iso(notice.at),
     }
+
+
+def _slack_escaped(text: str) -> str:
+    """Slack reads ``<...>`` as a link or a mention (``<!channel>``) and ``&`` as an
+    entity; a note or a load balancer's error page must arrive as written."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _text(notice: Notice) -> str:

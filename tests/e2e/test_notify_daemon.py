@@ -196,3 +196,18 @@ def test_an_operators_drain_and_undrain_are_told_by_the_daemon(
     world.wait(
         lambda: any(b["phase"] == "in_service" for b in receiver.bodies()), "told: in service"
     )
+
+
+def test_an_operators_drain_while_drainer_was_stopped_is_told_at_start(
+    world: World, receiver: Receiver
+) -> None:
+    world.configure(notify={"webhooks": [{"url": receiver.url}]})
+    daemon = world.start()
+    world.wait_polls(2)
+    assert daemon.terminate()[0] == 0
+    done = world.cli("drain", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert receiver.bodies() == []
+    world.start()
+    (told,) = receiver.wait_delivered(1)
+    assert (told["previous_phase"], told["phase"], told["manual"]) == ("in_service", "held", True)

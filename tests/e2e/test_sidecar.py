@@ -42,6 +42,7 @@ from drainer.core import (
     wants_recheck,
 )
 from drainer.model import LBStatus, LBView
+from drainer.systemd import watchdog_seconds
 from drainer.testing import (
     HAProxy,
     free_port,
@@ -359,6 +360,35 @@ def test_systemd_notify(world: World, monkeypatch: pytest.MonkeyPatch, abstract:
         world.wait(lambda: any("STOPPING=1" in m for m in notify.receive()), "STOPPING=1")
     finally:
         notify.close()
+
+
+def test_turns_come_within_the_watchdog_whatever_the_poll_interval(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # WATCHDOG=1 comes after a turn: a poll_interval (or its backoff while the metadata
+    # service refuses, 16 times as long) over WatchdogSec had systemd kill a healthy
+    # sidecar; turns now come at least every half of it
+    notify = NotifySocket(abstract=False)
+    try:
+        monkeypatch.setenv("NOTIFY_SOCKET", notify.address)
+        monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WatchdogSec=1s, for drainer run only
+        world.configure(source={"poll_interval": "60s"})
+        daemon = world.start()
+        world.wait(
+            lambda: sum("WATCHDOG=1" in m for m in notify.receive()) >= 3,
+            "three turns, each within half of WatchdogSec",
+        )
+        assert daemon.terminate()[0] == 0
+    finally:
+        notify.close()
+
+
+def test_the_watchdog_is_read_as_systemd_passes_it() -> None:
+    assert watchdog_seconds({"WATCHDOG_USEC": "120000000"}, 7) == 120.0
+    assert watchdog_seconds({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "7"}, 7) == 2.0
+    assert watchdog_seconds({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "8"}, 7) is None
+    for environ in ({}, {"WATCHDOG_USEC": "0"}, {"WATCHDOG_USEC": "soon"}):
+        assert watchdog_seconds(environ, 7) is None
 
 
 # -- the re-check between polls, pure ------------------------------------------------------------

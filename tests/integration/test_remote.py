@@ -174,6 +174,20 @@ def test_a_wrong_token_is_refused_and_never_logged(
     assert "refused a request from 127.0.0.1" in caplog.text
 
 
+def test_a_token_a_header_cannot_carry_is_refused_without_showing_it(
+    tmp_path: Path, remote: RemoteFactory
+) -> None:
+    # h11 refused the header with the token in its message: that message became the
+    # adapter's error, logged, alerted, sent to every webhook and kept in notifications.json
+    (tmp_path / "two-lines.token").write_text("s3cret-first-line\ns3cret-second-line\n")
+    lb = remote("web-1", token_file=str(tmp_path / "two-lines.token"))
+    with pytest.raises(PermanentAdapterError) as caught:
+        lb.drain()
+    assert "s3cret" not in str(caught.value)
+    assert "a line break, a control character or a non-ASCII one" in str(caught.value)
+    assert mock_status(tmp_path, "web-1") is None
+
+
 def test_a_node_cannot_act_for_another(tmp_path: Path, remote: RemoteFactory) -> None:
     # web-2's own token, claiming to be web-1
     impostor = remote("web-2", node="web-1")

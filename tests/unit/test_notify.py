@@ -87,6 +87,7 @@ def test_a_webhook_is_configured_with_headers_triggers_and_format() -> None:
         ({"url": URL, "headers": {"A": {"file": "/x", "env": "Y"}}}, "set exactly one of"),
         ({"url": URL, "headers": {"A": {}}}, "notify.webhooks[0].headers.A.secret"),
         ({"url": URL, "headers": {"A": {"fil": "/x"}}}, "headers.A.secret.fil: unknown key"),
+        ({"url": URL, "headers": {"A": "a\nB: b"}}, "headers.A.plain: holds a line break"),
     ],
 )
 def test_a_wrong_webhook_is_named_by_its_key_path(hook: dict[str, Any], message: str) -> None:
@@ -94,6 +95,22 @@ def test_a_wrong_webhook_is_named_by_its_key_path(hook: dict[str, Any], message:
         config({"webhooks": [hook]})
     assert message in str(caught.value)
     assert str(caught.value).startswith("drainer.yaml: ")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "htps://hooks.example.com/services/T0/B0/SECRETTOKEN",
+        "https://[::1/T0/SECRETTOKEN",
+        "hooks.example.com/SECRETTOKEN",
+    ],
+)
+def test_a_wrong_webhook_url_is_shown_without_its_path(url: str) -> None:
+    # the error goes to the journal (ExecStartPre runs `drainer config check`)
+    with pytest.raises(ConfigError) as caught:
+        config({"webhooks": [{"url": url}]})
+    assert "notify.webhooks[0].url: not an http(s) URL with a host" in str(caught.value)
+    assert "SECRETTOKEN" not in str(caught.value)
 
 
 def test_a_secret_header_is_read_when_sent_and_never_shown(
@@ -123,6 +140,23 @@ def test_a_secret_header_is_read_when_sent_and_never_shown(
     monkeypatch.delenv("DRAINER_TEST_TOKEN")
     with pytest.raises(ValueError, match="header X-Key: the environment variable"):
         loaded.notify.webhooks[0].resolved_headers()
+
+
+@pytest.mark.parametrize("secret", ["Bearer s3cret\nX-Other: 1", "Bearer s3cr\u00e9t"])
+def test_a_secret_a_header_cannot_carry_fails_without_showing_it(
+    tmp_path: Path, secret: str
+) -> None:
+    # h11 would refuse it with the value in its message, logged at every attempt
+    (tmp_path / "token").write_text(secret, encoding="utf-8")
+    hook = Webhook(url=URL, headers={"Authorization": {"file": str(tmp_path / "token")}})
+    with pytest.raises(ValueError) as caught:
+        hook.resolved_headers()
+    assert "header Authorization:" in str(caught.value)
+    assert "a line break, a control character or a non-ASCII one" in str(caught.value)
+    assert "s3cr" not in str(caught.value)
+    with httpx.Client(transport=mock_transport([200], [])) as client:
+        outcome = send_once(client, hook, notice(Phase.HELD), timeout=1.0)
+    assert not outcome.ok and "s3cr" not in outcome.detail
 
 
 # -- the notice ---------------------------------------------------------------------------
@@ -168,13 +202,27 @@ def test_the_slack_body_is_one_text() -> None:
     old, new = held_pair()
     notice = transition_notice(old, new, node="web-1", lbs=("lb1",), at=0, id="n")
     assert body(notice, "slack") == {
-        "text": "drainer on web-1: recovering -> held [Reboot e-1]: health deadline passed"
+        "text": "drainer on web-1: recovering -&gt; held [Reboot e-1]: health deadline passed"
         " (out of lb1)\nnot healthy"
     }
     alert = alert_notice(new, "lb1: drain: refused", node="web-1", lbs=(), at=0, id="a")
     assert body(alert, "slack") == {
         "text": "drainer on web-1 (held) [Reboot e-1]: lb1: drain: refused"
     }
+
+
+def test_the_slack_text_escapes_what_slack_would_read_as_markup() -> None:
+    # Slack reads <...> as a link or a mention (<!channel> pings everyone) and & as an
+    # entity: a load balancer's error page or a note must arrive as written
+    old, new = held_pair()
+    alert = alert_notice(
+        new, "lb1: drain: <html>502 & <!channel> <https://x|y>", node="web-1", lbs=(), at=0, id="a"
+    )
+    text = body(alert, "slack")["text"]
+    assert "<" not in text and ">" not in text
+    assert text.endswith("lb1: drain: &lt;html&gt;502 &amp; &lt;!channel&gt; &lt;https://x|y&gt;")
+    moved = transition_notice(old, new, node="web-1", lbs=("lb1",), at=0, id="n")
+    assert body(moved, "slack")["text"].startswith("drainer on web-1: recovering -&gt; held ")
 
 
 def test_a_notice_survives_its_json() -> None:
@@ -219,6 +267,36 @@ def test_a_full_queue_drops_the_oldest_counted_and_logged(
     assert "(3 dropped so far)" in caplog.text
 
 
+def test_a_full_queue_drops_alerts_before_a_transition(tmp_path: Path) -> None:
+    # the receiver is down, then alerts keep coming: the held notice stays
+    box = outbox(tmp_path, {"webhooks": [{"url": URL}], "queue_size": 3})
+    box.submit(notice(Phase.HELD, id="held"))
+    held = Record(phase=Phase.HELD)
+    for i in range(5):
+        box.alert(held, f"lb1: put back: refused ({i})")
+    kept = box.pending()
+    assert (kept[0].notice.id, kept[0].notice.kind) == ("held", "transition")
+    assert [x.notice.alert for x in kept[1:]] == [
+        "lb1: put back: refused (3)",
+        "lb1: put back: refused (4)",
+    ]
+    assert count(box.metrics, "dropped") == 3
+
+
+def test_alerts_taking_turns_are_each_sent_once(tmp_path: Path) -> None:
+    # an approval retried every turn that fails one way, then another (an HTTP 500, a
+    # time-out): only the same alert as the last was held back, so every turn sent one
+    box = outbox(tmp_path, {"webhooks": [{"url": URL}]})
+    draining = Record(phase=Phase.DRAINING)
+    for _ in range(10):
+        box.alert(draining, "approving event e1 failed: HTTP 500")
+        box.alert(draining, "approving event e1 failed: timed out")
+    assert [letter.notice.alert for letter in box.pending()] == [
+        "approving event e1 failed: HTTP 500",
+        "approving event e1 failed: timed out",
+    ]
+
+
 def test_what_is_queued_is_on_disk_and_read_back_by_the_next_process(tmp_path: Path) -> None:
     hooks = {"webhooks": [{"url": URL}]}
     first = outbox(tmp_path, hooks)
@@ -235,6 +313,29 @@ def test_what_is_queued_is_on_disk_and_read_back_by_the_next_process(tmp_path: P
     ]
 
 
+def test_a_transition_the_last_process_saved_but_never_queued_is_told_at_start(
+    tmp_path: Path,
+) -> None:
+    # killed between saving the record and queueing its notice (or `drainer drain` run
+    # while drainer was stopped): the record moved on, and no notice said so
+    hooks = {"webhooks": [{"url": URL, "on": ["held"]}]}
+    first = outbox(tmp_path, hooks)
+    draining = Record(phase=Phase.DRAINING, since=10.0)
+    first.changed(Record(), draining)  # not a trigger of the webhook: nothing queued
+    assert first.pending() == []
+
+    held = Record(phase=Phase.HELD, since=20.0, manual=True, note="drainer drain")
+    second = outbox(tmp_path, hooks)  # the next drainer run, the record on disk held
+    second.catch_up(held)
+    (letter,) = second.pending()
+    assert (letter.notice.previous_phase, letter.notice.phase) == ("draining", "held")
+    assert (letter.notice.at, letter.notice.note) == (20.0, "drainer drain")
+
+    third = outbox(tmp_path, hooks)  # told already: not again
+    third.catch_up(held)
+    assert len(third.pending()) == 1
+
+
 def test_a_damaged_outbox_file_is_reported_and_not_sent(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -243,6 +344,25 @@ def test_a_damaged_outbox_file_is_reported_and_not_sent(
         box = outbox(tmp_path, {"webhooks": [{"url": URL}]})
     assert box.pending() == []
     assert "cannot be read" in caplog.text
+    # kept for a person to read: the next notice no longer overwrites what it held
+    assert f"kept as {tmp_path / FILE}.damaged" in caplog.text
+    box.submit(notice(Phase.HELD))
+    assert (tmp_path / f"{FILE}.damaged").read_text() == "{not json"
+
+
+@pytest.mark.parametrize("damage", ["deep", "binary", "directory"])
+def test_an_outbox_file_drainer_cannot_read_is_set_aside(tmp_path: Path, damage: str) -> None:
+    if damage == "deep":  # json.loads: RecursionError, no ValueError
+        (tmp_path / FILE).write_text("[" * 100_000)
+    elif damage == "binary":  # the file was set aside only when it was not JSON
+        (tmp_path / FILE).write_bytes(b"\xff\xfe\x00")
+    else:  # and a directory there kept every later write from happening
+        (tmp_path / FILE).mkdir()
+    box = outbox(tmp_path, {"webhooks": [{"url": URL}]})
+    assert box.pending() == []
+    box.submit(notice(Phase.HELD))
+    assert (tmp_path / f"{FILE}.damaged").exists()
+    assert len(json.loads((tmp_path / FILE).read_text())["pending"]) == 1
 
 
 def mock_transport(answers: list[int], seen: list[httpx.Request]) -> httpx.MockTransport:
@@ -284,6 +404,22 @@ def test_which_answers_are_retried(status: int, again: bool) -> None:
     assert outcome.detail.startswith(f"HTTP {status}")
 
 
+def test_a_redirect_is_not_followed_and_says_so() -> None:
+    # following it would send the body (and the secret headers) where the answer says;
+    # the operator is told to configure the new URL instead
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(308, headers={"Location": "https://elsewhere.example/t0k3n"})
+
+    hook = Webhook(url=URL)
+    with httpx.Client(transport=httpx.MockTransport(handle)) as client:
+        outcome = send_once(client, hook, notice(Phase.HELD), timeout=1.0)
+    assert (outcome.ok, outcome.again) == (False, False)
+    assert outcome.detail == (
+        "HTTP 308 Permanent Redirect: a redirect, not followed: configure the URL it names"
+    )
+    assert "t0k3n" not in outcome.detail
+
+
 def test_a_letter_whose_webhook_is_gone_fails_once_started(tmp_path: Path) -> None:
     first = outbox(tmp_path, {"webhooks": [{"url": URL}]})
     first.submit(notice(Phase.HELD))
@@ -293,6 +429,28 @@ def test_a_letter_whose_webhook_is_gone_fails_once_started(tmp_path: Path) -> No
     box.start()
     try:
         wait_until(lambda: count(box.metrics, "failed") == 1, what="given up")
+    finally:
+        box.close()
+    assert box.pending() == []
+
+
+def test_a_reload_that_removes_a_webhook_ends_the_retries_to_it(tmp_path: Path) -> None:
+    # SIGHUP after the operator removed (or rotated the URL of) a failing webhook: its
+    # letter under way was retried with the old URL for retry_for (10 minutes)
+    seen: list[httpx.Request] = []
+    box = outbox(
+        tmp_path,
+        {"webhooks": [{"url": URL}]},
+        transport=mock_transport([503], seen),
+        backoff=(0.001, 0.002),
+    )
+    box.submit(notice(Phase.HELD))
+    box.submit(notice(Phase.RECOVERING))
+    box.start()
+    try:
+        wait_until(lambda: len(seen) >= 2, what="retries")
+        box.configure(config({"webhooks": [{"url": URL + "-rotated"}]}).notify)
+        wait_until(lambda: count(box.metrics, "failed") == 2, what="both given up")
     finally:
         box.close()
     assert box.pending() == []

@@ -9,6 +9,7 @@ expressions against a real Prometheus scraping real sidecars.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -97,3 +98,24 @@ def test_every_drainer_series_the_rules_read_is_exported() -> None:
         exported |= {family.name + suffix} | {sample.name for sample in family.samples}
     read = {name for rule in rules() for name in re.findall(r"\bdrainer_\w+", rule["expr"])}
     assert read - exported <= NOTIFICATION_SERIES, sorted(read - exported)
+
+
+def test_every_counter_an_increase_reads_is_exposed_at_zero_from_the_start() -> None:
+    # increase() takes a series' first sample as its start: a series that first appears
+    # at 1 (the first error of its kind since drainer started) raises no alert
+    exposed = {
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for family in Metrics().registry.collect()
+        for sample in family.samples
+        if sample.value == 0
+    }
+    read = set()
+    for rule in rules():
+        for name, matchers in re.findall(r"increase\((drainer_\w+)\{([^}]*)\}", rule["expr"]):
+            choices = [
+                [(label, value) for value in values.split("|")]
+                for label, values in re.findall(r'(\w+)=~?"([^"]*)"', matchers)
+            ]
+            read |= {(name, tuple(sorted(labels))) for labels in itertools.product(*choices)}
+    assert read, "no increase() read"
+    assert read - exposed == set(), sorted(read - exposed)
