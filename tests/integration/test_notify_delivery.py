@@ -227,6 +227,7 @@ def test_secret_headers_reach_the_receiver_and_no_log_line(
     monkeypatch.setenv("DRAINER_HOOK_KEY", "key-from-env")
     hook = {
         "url": f"{receiver.url}/services/T0/B0/url-secret",
+        "on": ["draining"],  # one notice (the drain ends in the turn that starts it)
         "headers": {
             "Authorization": {"file": str(tmp_path / "token")},
             "X-Key": {"env": "DRAINER_HOOK_KEY"},
