@@ -986,6 +986,31 @@ def test_start_checks_runs_haproxys_check_while_the_node_gets_nothing(
     assert row(haproxy, "app", "web1").in_service
 
 
+def passed_then_down(
+    lb: HAProxyLoadBalancer, haproxy: HAProxy, backend: Any, port: int
+) -> HttpBackend:
+    """web1 out, its application started on ``port``, HAProxy's check passed (noted)
+    and the server set DOWN again by ``start_checks``; the application."""
+    lb.take_out(kill=False)
+    assert lb.start_checks() is True
+    app: HttpBackend = backend(port)
+    wait_until(lambda: row(haproxy, "app", "web1").up, timeout=3, what="web1 UP in drain")
+    assert lb.start_checks() is True  # DOWN again, noted as passed
+    return app
+
+
+def wait_for_a_failed_check(haproxy: HAProxy) -> None:
+    client = HAProxyClient(haproxy.admin)
+
+    def failed() -> bool:
+        return any(
+            r.server == "web1" and r.check_status.startswith("L4") and r.check_status != "L4OK"
+            for r in client.stat("app")
+        )
+
+    wait_until(failed, timeout=3, what="a failed check")
+
+
 @needs_haproxy
 def test_a_check_that_fails_after_passing_makes_the_put_back_wait_again(
     context: AdapterContext, start: Any, backend: Any
@@ -993,22 +1018,9 @@ def test_a_check_that_fails_after_passing_makes_the_put_back_wait_again(
     port = free_port()
     haproxy = start(two_servers(port, backend().port))
     lb = make_lb(context, haproxy.admin, backend="app", server="web1")
-    lb.take_out(kill=False)
-    assert lb.start_checks() is True
-    app = backend(port)
-    wait_until(lambda: row(haproxy, "app", "web1").up, timeout=3, what="web1 UP in drain")
-    assert lb.start_checks() is True  # DOWN again, noted as passed
+    app = passed_then_down(lb, haproxy, backend, port)
     app.stop()  # the application goes away: HAProxy's next check fails
-    client = HAProxyClient(haproxy.admin)
-
-    def failed() -> bool:
-        rows = client.stat("app")
-        return any(
-            r.server == "web1" and r.check_status.startswith("L4") and r.check_status != "L4OK"
-            for r in rows
-        )
-
-    wait_until(failed, timeout=3, what="a failed check")
+    wait_for_a_failed_check(haproxy)
     assert lb.put_back() is False
     assert not row(haproxy, "app", "web1").up
     # a new drain forgets what HAProxy's check said in this recovery
@@ -1045,22 +1057,10 @@ def test_a_put_back_never_trusts_a_check_passed_in_a_shared_read(
     port = free_port()
     haproxy = start(two_servers(port, backend().port))
     lb = shared_lb(context, haproxy)
-    lb.take_out(kill=False)
-    assert lb.start_checks() is True
-    app = backend(port)
-    wait_until(lambda: row(haproxy, "app", "web1").up, timeout=3, what="web1 UP in drain")
-    assert lb.start_checks() is True  # DOWN again, noted as passed
+    app = passed_then_down(lb, haproxy, backend, port)
     assert lb.state().status is LBStatus.DRAINING  # shared: its latest check passed
     app.stop()
-    client = HAProxyClient(haproxy.admin)
-
-    def failed() -> bool:
-        return any(
-            r.server == "web1" and r.check_status.startswith("L4") and r.check_status != "L4OK"
-            for r in client.stat("app")
-        )
-
-    wait_until(failed, timeout=3, what="a failed check")
+    wait_for_a_failed_check(haproxy)
     assert lb.put_back() is False
     assert not row(haproxy, "app", "web1").up
 
