@@ -972,8 +972,11 @@ def _after_boot(record: Record, boot_id: str, now: float) -> Record:
     if record.phase in (Phase.DRAINING, Phase.DRAINED, Phase.IN_MAINTENANCE) or (
         record.phase is Phase.RECOVERING and not record.undrain
     ):
-        # Health seen before the boot says nothing about the node now.
-        return _start_recovery(replace(record, boot_id=boot_id, rebooted=True), now, "rebooted")
+        # Health seen before the boot says nothing about the node now, nor do the load
+        # balancers' own checks: not `checking`, so the recovery takes the node out again
+        # (forgetting what passed) before they start over.
+        record = replace(record, boot_id=boot_id, rebooted=True, checking=frozenset())
+        return _start_recovery(record, now, "rebooted")
     return replace(record, boot_id=boot_id, rebooted=record.phase is not Phase.IN_SERVICE)
 
 

@@ -17,8 +17,9 @@ Invariants:
   in between (drainer/adapters/haproxy/runtime.py). The PID shared is the one read
   after the newest shared rows; without fresh rows, ``show info`` is read anew.
 - Only ``state()``'s reads are shared (``show stat`` of one server by id, ``show
-  info``). ``show servers state``, which drain, take-out and put-back decide on, is
-  always read anew, as is everything asked of a master CLI.
+  info``). What drain, take-out and put-back decide on (their ``show stat`` rows
+  through ``unshared()``, ``show servers state``) is always read anew, as is everything
+  asked of a master CLI.
 - One read at a time per backend: callers that find it stale while another reads wait
   for that read and use it.
 """
@@ -64,6 +65,12 @@ class SharedReads(HAProxyClient):
         self._generation = 0  # writes so far
         self._reads: dict[str, _Read] = {}  # backend -> its newest read
         self._reading: dict[str, threading.Lock] = {}  # backend -> held while reading it
+        # for drain, take-out and put-back: they act on what they read, never on a read
+        # up to max_age old (a server set to maint meanwhile, a check failed since)
+        self._unshared = HAProxyClient(address, connect_timeout=connect_timeout, timeout=timeout)
+
+    def unshared(self) -> HAProxyClient:
+        return self._unshared
 
     def stat(
         self,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -985,6 +986,31 @@ def test_start_checks_runs_haproxys_check_while_the_node_gets_nothing(
     assert row(haproxy, "app", "web1").in_service
 
 
+def passed_then_down(
+    lb: HAProxyLoadBalancer, haproxy: HAProxy, backend: Any, port: int
+) -> HttpBackend:
+    """web1 out, its application started on ``port``, HAProxy's check passed (noted)
+    and the server set DOWN again by ``start_checks``; the application."""
+    lb.take_out(kill=False)
+    assert lb.start_checks() is True
+    app: HttpBackend = backend(port)
+    wait_until(lambda: row(haproxy, "app", "web1").up, timeout=3, what="web1 UP in drain")
+    assert lb.start_checks() is True  # DOWN again, noted as passed
+    return app
+
+
+def wait_for_a_failed_check(haproxy: HAProxy) -> None:
+    client = HAProxyClient(haproxy.admin)
+
+    def failed() -> bool:
+        return any(
+            r.server == "web1" and r.check_status.startswith("L4") and r.check_status != "L4OK"
+            for r in client.stat("app")
+        )
+
+    wait_until(failed, timeout=3, what="a failed check")
+
+
 @needs_haproxy
 def test_a_check_that_fails_after_passing_makes_the_put_back_wait_again(
     context: AdapterContext, start: Any, backend: Any
@@ -992,27 +1018,51 @@ def test_a_check_that_fails_after_passing_makes_the_put_back_wait_again(
     port = free_port()
     haproxy = start(two_servers(port, backend().port))
     lb = make_lb(context, haproxy.admin, backend="app", server="web1")
-    lb.take_out(kill=False)
-    assert lb.start_checks() is True
-    app = backend(port)
-    wait_until(lambda: row(haproxy, "app", "web1").up, timeout=3, what="web1 UP in drain")
-    assert lb.start_checks() is True  # DOWN again, noted as passed
+    app = passed_then_down(lb, haproxy, backend, port)
     app.stop()  # the application goes away: HAProxy's next check fails
-    client = HAProxyClient(haproxy.admin)
-
-    def failed() -> bool:
-        rows = client.stat("app")
-        return any(
-            r.server == "web1" and r.check_status.startswith("L4") and r.check_status != "L4OK"
-            for r in rows
-        )
-
-    wait_until(failed, timeout=3, what="a failed check")
+    wait_for_a_failed_check(haproxy)
     assert lb.put_back() is False
     assert not row(haproxy, "app", "web1").up
     # a new drain forgets what HAProxy's check said in this recovery
     lb.take_out(kill=False)
     assert not any(context.state_dir.glob("*-passed.json"))
+
+
+def shared_lb(context: AdapterContext, haproxy: HAProxy) -> HAProxyLoadBalancer:
+    """As under `drainer serve`: state reads shared (here for an hour)."""
+    from drainer.serve.shared import SharedReads
+
+    config = HAProxyConfig(type="haproxy", instances=[haproxy.admin], backend="app", server="web1")
+    (lb,) = create(config, context, client=partial(SharedReads, max_age=3600))
+    assert isinstance(lb, HAProxyLoadBalancer)
+    return lb
+
+
+@needs_haproxy
+def test_a_drain_never_decides_on_a_shared_read(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    haproxy = start(two_servers(backend().port, backend().port))
+    lb = shared_lb(context, haproxy)
+    assert lb.state().status is LBStatus.IN_SERVICE  # shared: web1 UP
+    HAProxyClient(haproxy.admin).set_state("app", "web1", "maint")  # an operator, meanwhile
+    lb.drain()
+    assert row(haproxy, "app", "web1").forced_maint  # not moved back to drain
+
+
+@needs_haproxy
+def test_a_put_back_never_trusts_a_check_passed_in_a_shared_read(
+    context: AdapterContext, start: Any, backend: Any
+) -> None:
+    port = free_port()
+    haproxy = start(two_servers(port, backend().port))
+    lb = shared_lb(context, haproxy)
+    app = passed_then_down(lb, haproxy, backend, port)
+    assert lb.state().status is LBStatus.DRAINING  # shared: its latest check passed
+    app.stop()
+    wait_for_a_failed_check(haproxy)
+    assert lb.put_back() is False
+    assert not row(haproxy, "app", "web1").up
 
 
 @needs_haproxy

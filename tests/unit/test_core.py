@@ -583,6 +583,17 @@ def test_a_reboot_during_recovery_forgets_health_seen_before_it() -> None:
     assert actions == [StartChecks(LBS), CheckHealth()]
 
 
+def test_a_reboot_during_recovery_forgets_the_lb_checks_passed_before_it() -> None:
+    # HAProxy's check passed before the reboot (its adapter noted it for a quick
+    # put-back): after the boot that says nothing. Out again, which forgets the note,
+    # and the checks start over.
+    started = event(status=EventStatus.STARTED, not_before=None)
+    record = at(Phase.RECOVERING, event=started, checking=frozenset(LBS), next_health=NOW + 2)
+    new, actions = run(record, tick(lbs=both(draining_view(0)), boot="boot-2"), now=NOW + 60)
+    assert new.checking == frozenset()
+    assert actions[0] == TakeOut(LBS) and StartChecks(LBS) in actions
+
+
 def test_a_failing_put_back_of_a_healthy_node_is_retried_not_held() -> None:
     record = at(Phase.RECOVERING, event=None, health_ok=3, owned=frozenset({"lb-b"}))
     new, actions = run(record, tick(lbs={"lb-a": IN, "lb-b": None}), now=NOW + 2700)

@@ -312,6 +312,11 @@ class HAProxyClient:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
 
+    def unshared(self) -> HAProxyClient:
+        """This client for a caller about to act on what it reads: never a read shared
+        with other callers (``drainer serve``'s ``SharedReads``); here, itself."""
+        return self
+
     def set_state(
         self, backend: str, server: str, state: AdminState, *, recheck: bool = False
     ) -> None:

@@ -255,19 +255,23 @@ class HAProxyLoadBalancer(LoadBalancer):
             " reading again next turn"
         )
 
-    def _rows_if_same(self, pid: int, mine: list[ServerState]) -> tuple[list[StatRow], int] | None:
+    def _rows_if_same(
+        self, pid: int, mine: list[ServerState], client: HAProxyClient | None = None
+    ) -> tuple[list[StatRow], int] | None:
         """The ``show stat`` row of each server of ``mine`` and the worker PID read after
-        them; None if that PID is not ``pid`` or a row does not name its server."""
-        rows = [self._row(s) for s in mine]
-        now = self._client.worker_pid()
+        them (through ``client``, by default this one); None if that PID is not ``pid``
+        or a row does not name its server."""
+        client = client or self._client
+        rows = [self._row(s, client) for s in mine]
+        now = client.worker_pid()
         if now != pid or any(
             r is None or not self._same(s, r) for s, r in zip(mine, rows, strict=True)
         ):
             return None
         return [r for r in rows if r is not None], now
 
-    def _row(self, s: ServerState) -> StatRow | None:
-        rows = self._client.stat(s.backend, server_id=s.server_id)
+    def _row(self, s: ServerState, client: HAProxyClient | None = None) -> StatRow | None:
+        rows = (client or self._client).stat(s.backend, server_id=s.server_id)
         return rows[0] if len(rows) == 1 else None
 
     def _same(self, s: ServerState, r: StatRow) -> bool:
@@ -482,9 +486,10 @@ class HAProxyLoadBalancer(LoadBalancer):
         forgets health) and its latest check passed (one that failed since, a reboot
         for one, makes the put-back wait for ``rise`` passes again)."""
         pid, names = self._passed()
-        if f"{s.backend}/{s.server}" not in names or pid != self._client.worker_pid():
+        now = self._client.unshared()  # it acts on it: never a shared read
+        if f"{s.backend}/{s.server}" not in names or pid != now.worker_pid():
             return False
-        row = self._row(s)
+        row = self._row(s, now)
         return row is not None and row.check_status in ("L4OK", "L6OK", "L7OK")
 
     def _forget_passed(self) -> None:
@@ -497,7 +502,7 @@ class HAProxyLoadBalancer(LoadBalancer):
         reload, a changed row, a server DOWN or NOLB, one following a tracked server)."""
         if self._found is not None:
             pid, mine = self._found
-            read = self._rows_if_same(pid, mine)
+            read = self._rows_if_same(pid, mine, self._client.unshared())  # read anew
             if read is not None:
                 now = [admin_from_row(s, r) for s, r in zip(mine, read[0], strict=True)]
                 if all(n is not None for n in now):
