@@ -32,6 +32,7 @@ from typing import Any
 from drainer.budget.etcd import EtcdSlots
 from drainer.config import parse_config
 from drainer.daemon import loop
+from drainer.metrics import Metrics
 from drainer.node import Node, assemble
 from drainer.testing import FakeIMDS, WebServer, free_port, haproxy_cli, start_haproxy
 from drainer.testing.etcd import EtcdCluster
@@ -99,7 +100,9 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: EtcdCluster | None) -
                         "etcd": {"endpoints": cluster.endpoints, "prefix": f"/fleet-{mode}/",
                                  "retry_after": "1s"},
                     }  # fmt: skip
-                node = assemble(parse_config(raw), stopping, names=frozenset({f"vm{i}"}))
+                node = assemble(
+                    parse_config(raw), stopping, metrics=Metrics(), names=frozenset({f"vm{i}"})
+                )
                 nodes.append(node)
                 thread = threading.Thread(target=loop, args=(node, stopping), daemon=True)
                 threads.append(thread)
