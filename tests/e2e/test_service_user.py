@@ -13,6 +13,7 @@ import grp
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,24 @@ def _usable() -> bool:
     return os.geteuid() == 0 and shutil.which("setpriv") is not None and DRAINER.exists()
 
 
-pytestmark = pytest.mark.skipif(not _usable(), reason="needs root, setpriv, nobody/nogroup")
+def _open_to_others(*paths: Path) -> bool:
+    """Whether an unprivileged user can reach ``paths`` (the checkout and its venv): every
+    directory above them searchable by others. A clone under a private directory (e.g.
+    one made by ``mktemp -d``, mode 0700) is not, and nobody could run drainer from it."""
+    for path in paths:
+        for directory in (path.resolve(), *path.resolve().parents):
+            if directory.is_dir() and not directory.stat().st_mode & stat.S_IXOTH:
+                return False
+    return True
+
+
+pytestmark = [
+    pytest.mark.skipif(not _usable(), reason="needs root, setpriv, nobody/nogroup"),
+    pytest.mark.skipif(
+        not _open_to_others(ROOT, Path(sys.executable).parent),
+        reason="the checkout or its venv is under a directory other users cannot enter",
+    ),
+]
 
 
 @dataclass
