@@ -347,38 +347,28 @@ class EtcdBudget:
         _, held = self._read([p.name for p in pools])
         return all(any(h.node == node for h in held[p.name]) for p in pools)
 
-    def release(self, node: str, *, lease: str = "") -> int:
-        """Give back every slot ``node`` holds (and revoke ``lease``): how many."""
+    def _keys(self) -> list[str]:
+        """Every key under ``<prefix>budget/``, without the prefix (``<pool>/holders/<node>``)."""
         everything = f"{self.prefix}budget/"
         answer = self.call(
             "kv/range",
             {"key": _b64(everything), "range_end": _range_end(everything), "keys_only": True},
         )
         with _parsing("kv/range"):
-            mine = [
-                kv["key"]
-                for kv in answer.get("kvs", [])
-                if _unb64(kv["key"]).endswith(f"/holders/{node}")
-            ]
+            return [_unb64(kv["key"])[len(everything) :] for kv in answer.get("kvs", [])]
+
+    def release(self, node: str, *, lease: str = "") -> int:
+        """Give back every slot ``node`` holds (and revoke ``lease``): how many."""
+        mine = [key for key in self._keys() if key.endswith(f"/holders/{node}")]
         for key in mine:
-            self.call("kv/deleterange", {"key": key})
+            self.call("kv/deleterange", {"key": _b64(f"{self.prefix}budget/{key}")})
         if lease:
             self.revoke(lease)
         return len(mine)
 
     def pools(self) -> list[str]:
         """The pools with at least one holder."""
-        everything = f"{self.prefix}budget/"
-        answer = self.call(
-            "kv/range",
-            {"key": _b64(everything), "range_end": _range_end(everything), "keys_only": True},
-        )
-        with _parsing("kv/range"):
-            names = {
-                _unb64(kv["key"])[len(everything) :].split("/", 1)[0]
-                for kv in answer.get("kvs", [])
-            }
-        return sorted(names)
+        return sorted({key.split("/", 1)[0] for key in self._keys()})
 
     def holders(
         self, pools: Sequence[str], *, stale_ok: bool = False
