@@ -255,6 +255,10 @@ class World:
     def calls(self) -> list[str]:
         return [call["op"] for call in self.mock().get("calls", [])]
 
+    def wait_call(self, op: str) -> list[str]:
+        """Wait until the mock has logged ``op``: the record is written before its actions run."""
+        return self.wait(lambda: self.calls() if op in self.calls() else [], f"the mock's {op}")
+
     def call_times(self, op: str) -> list[float]:
         return [float(call["at"]) for call in self.mock().get("calls", []) if call["op"] == op]
 

@@ -45,6 +45,7 @@ def test_an_unknown_status_drains_at_once_and_is_never_approved(world: World) ->
     eid = world.fake.schedule("Reboot", [NODE], status="InProgress", not_before_in=600)
     world.start()
     world.wait_phase("drained")
+    world.wait_call("take_out")
     assert world.calls() == ["drain", "take_out"] and world.lb_status() == "out"
     world.wait_polls(5)
     assert world.approvals() == []  # nobody knows what InProgress allows

@@ -80,6 +80,7 @@ def test_a_live_migration_drains_and_comes_back(gworld: World, gce: FakeGCP) -> 
     wait_watching(gworld, gce)
     gce.set_maintenance("MIGRATE_ON_HOST_MAINTENANCE")
     gworld.wait_phase("drained", "in_maintenance")
+    gworld.wait_call("take_out")
     assert gworld.calls()[:2] == ["drain", "take_out"]
     assert event(gworld)["event_type"] == "Freeze"
     assert "MIGRATE_ON_HOST_MAINTENANCE" in event(gworld)["event_id"]
@@ -119,6 +120,7 @@ def test_a_preemption_removes_the_node(gworld: World, gce: FakeGCP) -> None:
     gce.set_preempted("TRUE")
     gworld.wait_phase("removed")
     assert event(gworld)["event_type"] == "Preempt"
+    gworld.wait_call("take_out")
     assert gworld.calls()[:2] == ["drain", "take_out"] and gworld.lb_status() == "out"
     wait_requests(gworld, gce, 3)
     assert "put_back" not in gworld.calls()

@@ -301,6 +301,7 @@ def test_sighup_reloads_the_configuration_and_keeps_the_old_one_on_error(world: 
     # the reloaded configuration is the one in use: both load balancers are drained
     world.fake.schedule("Reboot", [NODE], start_on_approval=False)
     world.wait_phase("drained")
+    world.wait_call("take_out")
     assert world.calls() == ["drain", "take_out"]
     assert '"op": "take_out"' in second.read_text()
     assert 'drainer_lb_up{lb="lb2"} 1.0' in get(f"{url}/metrics").text
