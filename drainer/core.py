@@ -20,7 +20,9 @@ balancers report. Hence the invariants:
   polls failed or the ``DocumentIncarnation`` went backwards since it was last listed
   (a re-enabled metadata service lists nothing for minutes). After the node rebooted
   while out for it, a newer document that does not list it is enough (no doubt). An
-  event that is listed again within the window was never over. When it vanishes while
+  event that is listed again within the window was never over. A partial listing
+  (part of the cloud's notices unread) that does not list it counts as a failed poll.
+  When it vanishes while
   another event for this VM of the same type appears, that is the same maintenance
   under a new id.
 - An event that names this VM is never dropped: one the source could not read well
@@ -183,13 +185,15 @@ class Record:
 class Tick:
     """One look at the world. ``events`` is None when the source could not be read;
     ``lbs`` holds a view per load balancer read this tick (None: unreachable);
-    ``incarnation`` and ``damaged`` come from the same listing as ``events``."""
+    ``incarnation``, ``damaged`` and ``partial`` come from the same listing as ``events``
+    (``partial``: an event it does not list may still be on)."""
 
     boot_id: str
     events: tuple[MaintenanceEvent, ...] | None
     lbs: Mapping[str, LBView | None] = field(default_factory=dict)
     incarnation: int | None = None
     damaged: tuple[Damaged, ...] = ()
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -563,6 +567,11 @@ def _track(
         record, incarnation=incarnation, listed=tuple(sorted(e.event_id for e in candidates))
     )
     listed = _listed(event, candidates)
+    if event is not None and listed is None and tick.partial:
+        # not read, rather than not listed: kept, as through a failed poll
+        if patient and not record.doubt:
+            record = replace(record, doubt=True)
+        return _Seen(record, event, "", [])
     if event is None or listed is not None or not patient:
         actions: list[Action] = []
         if listed is not None and record.missing_since is not None:

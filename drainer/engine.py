@@ -189,7 +189,8 @@ class Engine:
                     views = self.views()
                 self._turn_views = views
                 incarnation = listing.incarnation if listing is not None else None
-                given = Tick(self.boot_id, events, views, incarnation, damaged)
+                partial = listing is not None and listing.partial
+                given = Tick(self.boot_id, events, views, incarnation, damaged, partial)
             inputs: deque[Input] = deque([given])
             reread = False  # the load balancers were read again after a drain
             while inputs:

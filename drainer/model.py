@@ -132,11 +132,17 @@ class Damaged:
 @dataclass(frozen=True)
 class Listing:
     """One answer of an event source: the events it could read, the document's
-    incarnation (None: not reported) and the entries it could not read well enough."""
+    incarnation (None: not reported) and the entries it could not read well enough.
+
+    ``partial``: part of what the cloud lists could not be read this time (AWS's Spot
+    path failed while its scheduled events were read), so an event missing here may
+    still be on. A source whose reads all fail raises instead: a listing is never
+    empty for want of an answer."""
 
     events: tuple[MaintenanceEvent, ...] = ()
     incarnation: int | None = None
     damaged: tuple[Damaged, ...] = ()
+    partial: bool = False
 
 
 class Approve(StrEnum):

@@ -49,7 +49,10 @@ def poll(source: EventSource, metrics: Metrics) -> Polled:
         metrics.errors.labels("internal").inc()
         log.exception("the event source failed unexpectedly")
         return Polled(None)
-    metrics.last_poll.set(time.time())
+    if events.partial:  # the source said which part in its log; an answer, not a whole one
+        metrics.errors.labels("source").inc()
+    else:
+        metrics.last_poll.set(time.time())
     return Polled(events)
 
 

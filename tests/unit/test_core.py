@@ -94,9 +94,11 @@ def tick(
     unknown: bool = False,
     incarnation: int | None = None,
     damaged: tuple[Damaged, ...] = (),
+    partial: bool = False,
 ) -> Tick:
     views = lbs if lbs is not None else {}
-    return Tick(boot, None if unknown else tuple(events), views, incarnation, damaged)
+    listed = None if unknown else tuple(events)
+    return Tick(boot, listed, views, incarnation, damaged, partial)
 
 
 def both(view: LBView | None) -> dict[str, LBView | None]:
@@ -803,6 +805,36 @@ def test_after_failed_polls_the_longer_window_applies() -> None:
     assert record.phase is Phase.IN_MAINTENANCE
     record, _ = run(record, tick(lbs=both(OUT), incarnation=8), now=NOW + 121, policy=WINDOWS)
     assert record.phase is Phase.RECOVERING and "failed polls" in record.note
+
+
+def test_a_partial_listing_without_the_event_is_no_disappearance() -> None:
+    # AWS: the scheduled path failed while a rebalance recommendation was read
+    rebalance = event(EventType.REBALANCE, eid="R1", not_before=None)
+    partial = tick(rebalance, lbs=both(OUT), partial=True)
+    rules = {**WINDOWS.rules, EventType.REBALANCE: Rule(Reaction.IGNORE)}  # as by default
+    policy = replace(WINDOWS, rules=rules)
+    record = maintained()
+    for later in (0, 10, 200):  # past both windows
+        record, actions = run(record, partial, now=NOW + later, policy=policy)
+        assert record.phase is Phase.IN_MAINTENANCE and record.event == STARTED
+        assert record.missing_since is None and not any(isinstance(a, PutBack) for a in actions)
+    # a whole answer without it: gone, after the window of doubt (like a failed poll)
+    assert record.doubt
+    record, _ = run(record, tick(lbs=both(OUT)), now=NOW + 300, policy=policy)
+    record, _ = run(record, tick(lbs=both(OUT)), now=NOW + 360, policy=policy)
+    assert record.phase is Phase.IN_MAINTENANCE
+    record, _ = run(record, tick(lbs=both(OUT)), now=NOW + 421, policy=policy)
+    assert record.phase is Phase.RECOVERING
+
+
+def test_a_partial_listing_keeps_a_drain_going_and_drains_for_what_it_lists() -> None:
+    draining = at(Phase.DRAINING, owned=frozenset(LBS))
+    record, _ = run(draining, tick(lbs=both(draining_view(3)), partial=True), policy=WINDOWS)
+    assert record.phase is Phase.DRAINING and record.event == event()
+    # in service, the event a partial listing holds drains the node at once
+    spot = event(EventType.PREEMPT, eid="S1", not_before=NOW + 120)
+    record, actions = run(Record(boot_id=BOOT), tick(spot, lbs=both(IN), partial=True))
+    assert record.phase is Phase.DRAINING and any(isinstance(a, Drain) for a in actions)
 
 
 def test_an_incarnation_that_went_back_makes_the_longer_window_apply() -> None:
