@@ -6,7 +6,8 @@ and goes straight to the endpoint: proxy variables ignored, redirects not follow
 (metadata services reject proxied requests), a short connect timeout. ``retry`` runs
 one attempt again while it raises ``Retryable`` (429, 5xx, a transport failure), with
 backoff, at most ``attempts`` times and never past shutdown; then it raises
-SourceError naming the endpoint.
+SourceError naming the endpoint, ``Unreachable`` when the last try got no answer at all
+(a source that reads several paths stops there: the others would wait as long).
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ if TYPE_CHECKING:
     import httpx
     from tenacity import RetryCallState, Retrying
 
-__all__ = ["MetadataHTTP", "Retryable"]
+__all__ = ["MetadataHTTP", "Retryable", "Unreachable"]
 
 T = TypeVar("T")
 
 
 class Retryable(Exception):
     """429, 5xx or a transport failure: worth another try within this poll."""
+
+
+class Unreachable(SourceError):
+    """The metadata service gave no answer at all (timeout, refused connection) after the
+    retries: the whole service, not one path, is out of reach this poll."""
 
 
 class MetadataHTTP:
@@ -113,8 +119,11 @@ class MetadataHTTP:
         self._stopping.wait(seconds)  # returns at once on shutdown
 
     def _give_up(self, state: RetryCallState) -> Any:
+        import httpx
+
         exc = state.outcome.exception() if state.outcome else None
-        raise SourceError(f"metadata service at {self.endpoint}: {exc}") from exc
+        error = Unreachable if isinstance(exc and exc.__cause__, httpx.HTTPError) else SourceError
+        raise error(f"metadata service at {self.endpoint}: {exc}") from exc
 
     def close(self) -> None:
         if self._made is not None:

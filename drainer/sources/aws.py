@@ -22,11 +22,13 @@ IMDS speaks only of the instance asking, so every event names this VM (its resou
 IMDSv2 only, unless ``imdsv1`` is set: a token ``PUT`` with a TTL, kept until shortly
 before it expires, dropped and fetched again on a 401 (the request is retried once).
 Requests go straight to the endpoint (proxy variables ignored, no redirects). 429, 5xx
-and timeouts are retried with backoff inside one poll; after that the poll fails with
-SourceError and the caller keeps what it knew. A 404 means "none" on the four event
-paths (AWS answers ``[]`` or a 404 for no scheduled events); any other answer that
-cannot be read is either an event read liberally (a Spot notice whose ``time`` is
-unreadable is due now) or a failed poll, never "no event".
+and timeouts are retried with backoff inside one poll. Each path is read on its own: one
+that still fails makes the listing ``partial`` (the core keeps an event it does not
+list), and the poll fails with SourceError only when no notice was read at all, or when
+the service gave no answer (then the caller keeps what it knew). A 404 means "none" on
+the four event paths (AWS answers ``[]`` or a 404 for no scheduled events); any other
+answer that cannot be read is either an event read liberally (a Spot notice whose
+``time`` is unreadable is due now) or a failed poll, never "no event".
 
 Spot and rebalance notices and the lifecycle state have no id: theirs is derived from
 fields that stay put while the notice is listed (the action, the instance id and the
@@ -49,7 +51,7 @@ from pydantic import field_validator
 from drainer._types import Duration, HttpUrl
 from drainer.errors import PayloadError, SourceError
 from drainer.model import EventStatus, EventType, Listing, MaintenanceEvent
-from drainer.sources._metadata import MetadataHTTP, Retryable
+from drainer.sources._metadata import MetadataHTTP, Retryable, Unreachable
 from drainer.sources._times import parse_time
 from drainer.sources.base import SourceConfig, SourcePlugin
 
@@ -74,6 +76,7 @@ SCHEDULED_PATH = "/latest/meta-data/events/maintenance/scheduled"
 SPOT_PATH = "/latest/meta-data/spot/instance-action"
 REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
 LIFECYCLE_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
+_NOTICE_PATHS = frozenset({SPOT_PATH, REBALANCE_PATH, LIFECYCLE_PATH})
 IDENTITY_PATH = "/latest/dynamic/instance-identity/document"
 INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
 HOSTNAME_PATH = "/latest/meta-data/local-hostname"
@@ -284,6 +287,7 @@ class AwsSource:
         self._noticed = False  # the last poll listed a notice that has no id of its own
         self._key = ""  # the ids of the notices listed now end with this
         self._said: set[str] = set()
+        self._unread = ""  # the paths the last poll could not read, as said in the log
 
     # IMDSv2 tokens
 
@@ -394,17 +398,35 @@ class AwsSource:
             self._launch = _digest(str(doc.get("instanceId")), doc["pendingTime"])
         return self._launch or _digest(*self._names)
 
+    def _read(self, path: str, unread: dict[str, SourceError]) -> httpx.Response | None:
+        """``_get(path)``; a failure of this path alone goes to ``unread`` (None), one of
+        the whole service (no answer at all) fails the poll."""
+        try:
+            return self._get(path)
+        except Unreachable:
+            raise
+        except SourceError as exc:
+            unread[path] = exc
+            return None
+
     def events(self) -> Listing:
         self.node_names()
         names = self._names
-        scheduled = self._get(SCHEDULED_PATH)
+        self._http.retry(self._current_token)  # without a token no path can be read
+        # Each path on its own: one that fails hides no notice on another. Then the
+        # listing is partial (the core keeps an event it does not list), and with no
+        # notice at all it is no answer, never "no event".
+        unread: dict[str, SourceError] = {}
+        spot = self._read(SPOT_PATH, unread)
+        scheduled = self._read(SCHEDULED_PATH, unread)
+        events: list[MaintenanceEvent] = []
         try:
-            doc = [] if scheduled is None else json.loads(scheduled.text)
-        except ValueError as exc:
-            raise PayloadError(f"{SCHEDULED_PATH}: invalid JSON: {exc}") from exc
-        events = parse_scheduled(doc, names)
-        spot, rebalance = self._get(SPOT_PATH), self._get(REBALANCE_PATH)
-        lifecycle = self._text(LIFECYCLE_PATH)
+            events += parse_scheduled(_json_doc(scheduled), names)
+        except PayloadError as exc:
+            unread[SCHEDULED_PATH] = exc
+        lifecycle_reply = self._read(LIFECYCLE_PATH, unread)
+        lifecycle = None if lifecycle_reply is None else lifecycle_reply.text
+        rebalance = self._read(REBALANCE_PATH, unread)
         # InService and the like are listed at every poll in a group: no notice
         ending = lifecycle is not None and lifecycle.strip().lower() not in _LIFECYCLE_STATES
         noticed = spot is not None or rebalance is not None or ending
@@ -419,10 +441,25 @@ class AwsSource:
             if lifecycle is not None and ending:
                 ended = parse_lifecycle(lifecycle, launch, names)
                 events += [ended] if ended is not None else []
-        self._noticed = noticed
-        listing = Listing(tuple(events))
+        # a notice path that failed may still hold the notice the key was made for
+        self._noticed = noticed or (self._noticed and bool(unread.keys() & _NOTICE_PATHS))
+        self._say_unread(unread, events)
+        listing = Listing(tuple(events), partial=bool(unread))
         self._warn(listing)
         return listing
+
+    def _say_unread(self, unread: dict[str, SourceError], events: list[MaintenanceEvent]) -> None:
+        """Fail the poll when nothing was found; else say once which paths were not read."""
+        if unread and not events:
+            if len(unread) == 1:
+                raise next(iter(unread.values()))
+            raise SourceError("; ".join(str(e) for e in unread.values()))
+        said = "; ".join(str(e) for e in unread.values())
+        if said and said != self._unread:
+            log.warning("%s; listing the notices read without it", said)
+        elif self._unread and not said:
+            log.info("every metadata path can be read again")
+        self._unread = said
 
     def _warn(self, listing: Listing) -> None:
         """Say once per event (not at every poll) what was odd about it."""
@@ -440,6 +477,16 @@ class AwsSource:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _json_doc(reply: httpx.Response | None) -> Any:
+    """The scheduled events' document: none for a 404 (or an unread path)."""
+    if reply is None:
+        return []
+    try:
+        return json.loads(reply.text)
+    except ValueError as exc:
+        raise PayloadError(f"{SCHEDULED_PATH}: invalid JSON: {exc}") from exc
 
 
 def _loads(text: str) -> Any:

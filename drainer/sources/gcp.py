@@ -479,7 +479,7 @@ class GcpSource:
             log.warning("%s; listing the notices without it", "; ".join(unread))
         self._unread = unread
         found.append(upcoming)
-        listing = Listing(tuple(e for e in found if e is not None))
+        listing = Listing(tuple(e for e in found if e is not None), partial=bool(unread))
         self._warn(listing)
         return listing
 

@@ -85,6 +85,43 @@ def test_system_maintenance_drains_and_ends_when_completed(aws: AwsWorld) -> Non
     assert aws.calls()[-1] == "put_back"
 
 
+SCHEDULED = "/latest/meta-data/events/maintenance/scheduled"
+
+
+def test_a_failing_scheduled_path_hides_no_spot_notice(aws: AwsWorld) -> None:
+    aws.start()
+    aws.wait_polls(2)
+    fake(aws).inject("503", count=100_000, path=SCHEDULED)
+    fake(aws).spot("terminate", in_seconds=4)
+    aws.wait_phase("removed")
+    out(aws)
+    assert "listing the notices read without it" in aws.log_path.read_text()
+
+
+def test_an_event_on_a_path_that_fails_is_not_taken_as_over(aws: AwsWorld) -> None:
+    aws.start()
+    event_id, _ = schedule(aws, "system-maintenance")
+    aws.wait_phase("drained")
+    out(aws)
+    # a rebalance recommendation (ignored) is read while the scheduled path fails for
+    # about 20 polls, far past gone_after (5 s): the listings without the event are partial
+    fake(aws).rebalance()
+    fake(aws).inject("503", count=60, path=SCHEDULED)
+    aws.wait(
+        lambda: "listing the notices read without it" in aws.log_path.read_text(), "a partial poll"
+    )
+    aws.wait(
+        lambda: "every metadata path can be read again" in aws.log_path.read_text(),
+        "the scheduled path read again",
+        timeout=120,
+    )
+    assert aws.phase() == "drained" and "put_back" not in aws.calls()
+    assert aws.lb_status() == "out"
+    fake(aws).complete(event_id)
+    aws.wait_phase("in_service")
+    assert aws.calls()[-1] == "put_back"
+
+
 @pytest.mark.parametrize("code", ["instance-retirement", "instance-stop"])
 def test_a_retirement_or_stop_removes_the_node_in_time(aws: AwsWorld, code: str) -> None:
     aws.start()

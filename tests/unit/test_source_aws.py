@@ -361,6 +361,67 @@ def test_a_lasting_failure_is_a_source_error_never_no_event(fake: FakeAWS, kind:
         source_for(fake, attempts=2).events()
 
 
+SCHEDULED = "/latest/meta-data/events/maintenance/scheduled"
+SPOT = "/latest/meta-data/spot/instance-action"
+
+
+def test_a_failing_path_hides_no_notice_on_another(
+    fake: FakeAWS, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.schedule("system-reboot")
+    fake.inject("503", count=20, path=SPOT)
+    source = source_for(fake, attempts=2)
+    with caplog.at_level(logging.WARNING, logger="drainer"):
+        first, second = source.events(), source.events()
+    for listing in (first, second):
+        (event,) = listing.events
+        assert event.event_type is EventType.REBOOT and listing.partial
+    assert caplog.text.count("listing the notices read without it") == 1  # said once
+    assert SPOT in caplog.text and "HTTP 503" in caplog.text
+
+
+def test_a_partial_poll_is_an_answer_counted_as_a_source_error(fake: FakeAWS) -> None:
+    from drainer.metrics import Metrics
+    from drainer.polling import poll
+
+    fake.schedule("system-reboot")
+    fake.inject("503", count=20, path=SPOT)
+    metrics = Metrics()
+    polled = poll(source_for(fake, attempts=1), metrics)
+    assert polled.events is not None and polled.events.partial and not polled.back_off
+    assert metrics.registry.get_sample_value("drainer_errors_total", {"kind": "source"}) == 1
+    # not read in full: a path failing for days must reach the unreachable alert
+    assert metrics.registry.get_sample_value("drainer_last_poll_success_timestamp_seconds") == 0
+
+
+def test_a_malformed_schedule_hides_no_spot_notice(fake: FakeAWS) -> None:
+    fake.spot("terminate")
+    fake.inject("malformed", path=SCHEDULED)
+    listing = source_for(fake).events()
+    (event,) = listing.events
+    assert event.event_type is EventType.PREEMPT and listing.partial
+
+
+def test_every_path_read_again_makes_the_listing_whole(fake: FakeAWS) -> None:
+    fake.schedule("system-reboot")
+    fake.inject("503", count=1, path=SPOT)
+    source = source_for(fake, attempts=1)
+    assert source.events().partial
+    assert not source.events().partial  # the 503 is used: the next poll reads every path
+
+
+def test_no_answer_at_all_fails_the_poll_at_the_first_path(fake: FakeAWS) -> None:
+    fake.schedule("system-reboot")
+    source = source_for(fake, config={"timeout": 0.3}, attempts=1)
+    source.node_names()
+    before = fake.snapshot()["requests"]
+    fake.inject("slow", count=50, delay=1.0)  # every path: the service itself hangs
+    with pytest.raises(SourceError):
+        source.events()
+    # one path waited out, not every one of them (a dead service costs one timeout)
+    assert fake.snapshot()["requests"] - before == 1
+
+
 def test_a_slow_answer_times_out(fake: FakeAWS) -> None:
     fake.inject("slow", count=5, delay=3.0)
     with pytest.raises(SourceError):
