@@ -61,6 +61,7 @@ FIRES = {
 }
 # Alerts that must stay quiet here, and why; the drainer series they read must exist.
 QUIET = {
+    "DrainerRestarting": "no sidecar restarts here (promtool tests it)",
     "DrainerOutOfServiceTooLong": "its budgets are 15 minutes and more (promtool tests them)",
     "DrainerStateNotSaved": "needs a full disk (tests/e2e/test_full_disk.py drives it)",
     "DrainerApprovalFailing": "the fake metadata service accepts every approval",
