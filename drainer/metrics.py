@@ -328,7 +328,9 @@ class Metrics:
 
 NO_EVENT = "none"  # the type of a time out of service without an event (a manual drain)
 ERROR_KINDS = (
-    "adapter", "approve", "budget", "budget_batch", "internal", "payload", "source", "state"
+    "adapter",  # a load balancer refused (or failed) a drain, take-out, put-back...
+    "adapter_read",  # a load balancer's state could not be read (drainer_lb_up says where)
+    "approve", "budget", "budget_batch", "internal", "payload", "source", "state",
 )  # fmt: skip
 
 

@@ -235,7 +235,8 @@ def shows(fleet: Fleet) -> dict[str, Callable[[dict[str, float]], bool]]:
             v['{"result": "deadline"}'] > 0 and v['{"result": "drained"}'] > 0
         ),
         "Errors by kind": lambda v: all(
-            v[f'{{"kind": "{kind}"}}'] > 0 for kind in ("adapter", "source", "payload")
+            v[f'{{"kind": "{kind}"}}'] > 0
+            for kind in ("adapter", "adapter_read", "source", "payload")
         ),
         "Out of service now": lambda v: (
             set(v) == {json.dumps({"instance": fleet.instance("web-b")})}
