@@ -632,9 +632,30 @@ def _reorder(argv: list[str]) -> list[str]:
     return front + rest + config
 
 
+def _command(args: list[str]) -> str:
+    """The command in ``_reorder``'s output: the first word after the global options."""
+    i = 0
+    while i < len(args):
+        name, eq, _ = args[i].partition("=")
+        if args[i] in _GLOBAL_FLAGS:
+            i += 1
+        elif name in _GLOBAL_VALUED:
+            i += 1 if eq else 2
+        else:
+            return args[i]
+    return ""
+
+
 def main() -> None:
+    from drainer import early
+
+    args = _reorder(sys.argv[1:])
+    if _command(args) == "run":  # before anything heavy loads (see drainer.early)
+        early.hold()
+    else:
+        early.release()
     try:
-        app(args=_reorder(sys.argv[1:]), prog_name="drainer")
+        app(args=args, prog_name="drainer")
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # a bug of ours: say so in one line unless --debug

@@ -24,7 +24,9 @@ What the loop does besides turning:
   directory that cannot be written at start ends ``drainer run`` (exit 1); later, it
   fails ``/healthz`` while it lasts and is logged once.
 - **SIGHUP** reloads the configuration between turns: a configuration that does not
-  validate (or cannot be built) is logged and the one in use is kept.
+  validate (or cannot be built) is logged and the one in use is kept. One that comes
+  while drainer starts (``drainer.early`` holds it from the CLI's first lines) is a
+  reload once the loop runs.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from drainer import sidecar
+from drainer import early, sidecar
 from drainer.adapters.base import preflight
 from drainer.config import Config, load_config
 from drainer.core import Record
@@ -370,14 +372,17 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
             runner.wake.set()
 
     def on_hup(signum: int, frame: FrameType | None) -> None:
-        if runner is None:
-            return  # still starting: the configuration just read is the newest
+        if runner is None:  # still starting: reload once the loop runs
+            held.append(signum)  # no lock: a burst of SIGHUPs nests this handler
+            return
         runner.reload.set()
         runner.wake.set()
 
+    held: list[int] = []
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
+    held += [signal.SIGHUP] * early.taken()  # held by the CLI before on_hup was in place
     lock = sidecar.acquire(config.state_dir)
     notifier = Notifier(
         os.environ.get("NOTIFY_SOCKET"), watchdog=watchdog_seconds(os.environ, os.getpid())
@@ -404,6 +409,9 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
             runner = Runner(
                 node, stopping=stopping, config_path=config_path, notifier=notifier, outbox=outbox
             )
+            if held:  # sent again, now to the runner: on_hup alone sets its events
+                log.info("SIGHUP while starting: reloading the configuration once running")
+                signal.raise_signal(signal.SIGHUP)
             with contextlib.suppress(StateError):  # the first turn says why
                 outbox.catch_up(Store(config.state_dir).load())  # what no process told
             log.info(

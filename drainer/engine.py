@@ -166,7 +166,8 @@ class Engine:
                     log.info("%s: reachable again", name, extra={"lb": name})
             except AdapterError as exc:
                 out[name] = None
-                self._error("adapter", name, f"{name}: cannot read state: {exc}")
+                # its own kind: DrainerLoadBalancerRefusing counts refused actions only
+                self._error("adapter_read", name, f"{name}: cannot read state: {exc}")
             self.metrics.set_lb(name, out[name])
         return out
 

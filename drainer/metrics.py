@@ -136,6 +136,13 @@ class Metrics:
         Gauge(
             "drainer_build_info", "drainer's version", ["version"], registry=self.registry
         ).labels(build_version()).set(1)
+        # a restart loop (systemd's watchdog, a crash) shows as this value changing: each
+        # run may turn and answer scrapes well enough for the other alerts to stay quiet
+        Gauge(
+            "drainer_start_timestamp_seconds",
+            "When this drainer process started serving metrics",
+            registry=self.registry,
+        ).set(time.time())
         self.lb_up = Gauge(
             "drainer_lb_up",
             "1 when the load balancer answered the last read, 0 when it did not",
@@ -321,7 +328,9 @@ class Metrics:
 
 NO_EVENT = "none"  # the type of a time out of service without an event (a manual drain)
 ERROR_KINDS = (
-    "adapter", "approve", "budget", "budget_batch", "internal", "payload", "source", "state"
+    "adapter",  # a load balancer refused (or failed) a drain, take-out, put-back...
+    "adapter_read",  # a load balancer's state could not be read (drainer_lb_up says where)
+    "approve", "budget", "budget_batch", "internal", "payload", "source", "state",
 )  # fmt: skip
 
 

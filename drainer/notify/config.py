@@ -163,3 +163,19 @@ class NotifyConfig(_Strict):
     timeout: PositiveDuration = 5.0  # one attempt
     retry_for: PositiveDuration = 600.0  # then the notice is given up (counted as failed)
     queue_size: int = Field(default=100, ge=1)  # then the oldest waiting notice is dropped
+
+    @field_validator("webhooks")
+    @classmethod
+    def _one_entry_per_url(cls, webhooks: list[Webhook]) -> list[Webhook]:
+        # notices are queued, retried and kept in state_dir per URL: two entries with one
+        # URL would share that queue, each sent with the first entry's format and headers
+        first: dict[str, int] = {}
+        for i, hook in enumerate(webhooks):
+            j = first.setdefault(hook.url, i)
+            if j != i:
+                raise ValueError(
+                    f"entries [{j}] ({webhooks[j].label}) and [{i}] ({hook.label}) have the"
+                    " same URL, and notices are queued per URL: make them one entry whose"
+                    " `on` lists the triggers of both"
+                )
+        return webhooks

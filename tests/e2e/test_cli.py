@@ -104,6 +104,15 @@ def test_debug_after_the_command_takes_effect(world: World) -> None:
     assert loud.returncode == 1 and TRACEBACK in loud.stderr  # --debug: the traceback
 
 
+def test_config_check_refuses_two_webhooks_with_one_url(world: World) -> None:
+    hook = {"url": "https://hooks.example.com/services/T0/SECRETTOKEN"}
+    world.configure(notify={"webhooks": [hook, {**hook, "format": "slack"}]})
+    done = drainer("config", "check", "-c", str(world.config_path))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"drainer: {world.config_path}: notify.webhooks: entries [0]")
+    assert "SECRETTOKEN" not in done.stderr
+
+
 def test_a_config_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "drainer.yaml"
     path.write_bytes(b"health:\n  tcp: {port: 80}\nnote: caf\xe9\n")

@@ -61,6 +61,7 @@ FIRES = {
 }
 # Alerts that must stay quiet here, and why; the drainer series they read must exist.
 QUIET = {
+    "DrainerRestarting": "no sidecar restarts here (promtool tests it)",
     "DrainerOutOfServiceTooLong": "its budgets are 15 minutes and more (promtool tests them)",
     "DrainerStateNotSaved": "needs a full disk (tests/e2e/test_full_disk.py drives it)",
     "DrainerApprovalFailing": "the fake metadata service accepts every approval",
@@ -234,7 +235,8 @@ def shows(fleet: Fleet) -> dict[str, Callable[[dict[str, float]], bool]]:
             v['{"result": "deadline"}'] > 0 and v['{"result": "drained"}'] > 0
         ),
         "Errors by kind": lambda v: all(
-            v[f'{{"kind": "{kind}"}}'] > 0 for kind in ("adapter", "source", "payload")
+            v[f'{{"kind": "{kind}"}}'] > 0
+            for kind in ("adapter", "adapter_read", "source", "payload")
         ),
         "Out of service now": lambda v: (
             set(v) == {json.dumps({"instance": fleet.instance("web-b")})}

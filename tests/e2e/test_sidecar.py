@@ -11,7 +11,10 @@ drain, taken out again by drainer long before its next metadata poll.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -26,9 +29,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import NODE, World
+from harness import NODE, Daemon, World
 from lbprocs import HttpBackend
 
+from drainer import sidecar
 from drainer.core import (
     Drain,
     Phase,
@@ -305,6 +309,56 @@ def test_sighup_reloads_the_configuration_and_keeps_the_old_one_on_error(world: 
     assert world.calls() == ["drain", "take_out"]
     assert '"op": "take_out"' in second.read_text()
     assert 'drainer_lb_up{lb="lb2"} 1.0' in get(f"{url}/metrics").text
+    assert daemon.terminate()[0] == 0
+
+
+def test_sighups_while_starting_are_one_reload_once_running(world: World) -> None:
+    """A process without a handler for SIGHUP ends on it, and ``drainer run`` needs most
+    of a second to install the daemon's. Its configuration is a FIFO here, so the test
+    knows when the process is reading it (after the CLI's first lines, before the
+    daemon's imports) and sends its SIGHUPs then, several in a row: drainer keeps them
+    for one reload once its loop runs, which reads the FIFO again."""
+    fifo = world.dir / "drainer.fifo"
+    os.mkfifo(fifo)
+    text = world.config_path.read_bytes()
+    daemon = Daemon(fifo, world.log_path)
+    world.daemons.append(daemon)  # stopped by PID at the end
+
+    def running() -> bool:
+        if not daemon.alive():
+            raise AssertionError(f"drainer run ended: {daemon.proc.returncode}\n{log_text(world)}")
+        return True
+
+    def reading() -> int | None:
+        """The FIFO's writing end once drainer opened it to read (ENXIO until then)."""
+        running()
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            return None
+
+    def feed(fd: int) -> None:
+        try:
+            os.set_blocking(fd, True)
+            with contextlib.suppress(BrokenPipeError):  # ended meanwhile: running() says so
+                os.write(fd, text)
+        finally:
+            os.close(fd)
+
+    fd = world.wait(reading, "drainer reading its configuration")
+    for _ in range(5):
+        daemon.signal(signal.SIGHUP)
+    feed(fd)
+    # the first read is over (its file closed) once the loop is built: then the reload
+    world.wait(lambda: running() and "SIGHUP while starting" in log_text(world), "the held SIGHUP")
+    feed(world.wait(reading, "the reload reading the configuration again"))
+    world.wait(lambda: running() and "configuration reloaded" in log_text(world), "the reload")
+    heartbeat = world.state_dir / sidecar.HEARTBEAT
+    world.wait(lambda: running() and heartbeat.exists(), "a turn after the reload")
+    assert log_text(world).count("SIGHUP while starting") == 1
+    assert json.loads(heartbeat.read_text())["pid"] == daemon.pid
     assert daemon.terminate()[0] == 0
 
 

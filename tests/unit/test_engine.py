@@ -213,6 +213,21 @@ def test_a_refusal_of_the_load_balancer_is_reported_then_cleared(node: Node) -> 
     assert node.lb.calls[0] == "drain"
 
 
+def test_a_failed_read_and_a_refused_action_are_counted_apart(node: Node) -> None:
+    # DrainerLoadBalancerRefusing counts kind="adapter": a read that fails is not a refusal
+    engine = node.engine()
+    node.lb.fail["state"] = TransientAdapterError("connection refused")
+    assert engine.views() == {LB: None}
+    assert (errors(engine, "adapter_read"), errors(engine, "adapter")) == (1, 0)
+
+    del node.lb.fail["state"]
+    node.lb.fail["drain"] = PermanentAdapterError("below min_in_service")
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    turn(node, engine)
+    assert LB in engine.refused
+    assert errors(engine, "adapter_read") == 1 and errors(engine, "adapter") > 0
+
+
 def test_a_failed_take_out_is_retried_at_the_next_turn(node: Node) -> None:
     engine = node.engine()
     node.lb.sessions = 0

@@ -113,6 +113,18 @@ def test_a_wrong_webhook_url_is_shown_without_its_path(url: str) -> None:
     assert "SECRETTOKEN" not in str(caught.value)
 
 
+def test_two_webhooks_with_one_url_are_refused_naming_both() -> None:
+    # their notices would share one queue (and one file in state_dir), keyed by the URL
+    slack = "https://hooks.example.com/services/T0/B0/SECRETTOKEN"
+    hooks = [{"url": slack, "on": ["held"]}, {"url": URL}, {"url": slack, "name": "ops"}]
+    with pytest.raises(ConfigError) as caught:
+        config({"webhooks": hooks})
+    message = str(caught.value)
+    assert "notify.webhooks: entries [0] (https://hooks.example.com) and [2] (ops)" in message
+    assert "make them one entry" in message and "SECRETTOKEN" not in message
+    assert config({"webhooks": hooks[:2]}).notify.webhooks[1].url == URL
+
+
 def test_a_secret_header_is_read_when_sent_and_never_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
