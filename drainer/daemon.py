@@ -1,7 +1,8 @@
 """``drainer run``: poll the source, turn the engine, once per poll interval, until SIGTERM.
 
 The loop runs in one named worker thread; the main thread only waits for the stop flag
-(set by SIGTERM/SIGINT) and then gives the worker a second to finish its turn. A turn
+(set by SIGTERM/SIGINT, relayed by a thread of its own: ``_Signals``) and then gives the
+worker a second to finish its turn. A turn
 cut short is harmless (the record on disk holds the intent, the actions are idempotent),
 and stopping never undoes a drain: the VM may be going down.
 
@@ -330,59 +331,103 @@ def _check_writable(state_dir: Path) -> None:
         ) from exc
 
 
-def _wait(runner: Runner, stopping: threading.Event) -> None:
+class _Signals:
+    """SIGTERM, SIGINT and SIGHUP turned into the daemon's events, with no lock taken in
+    a handler. A Python handler runs in the main thread between any two bytecodes, maybe
+    while that thread holds an Event's lock (inside ``set()`` or ``wait()``) or inside the
+    same handler (a burst of signals nests it): a handler that set an Event could wait
+    for its own thread forever. So the handlers do nothing; ``signal.set_wakeup_fd``
+    writes each signal's number to a pipe, and this object's thread reads it and acts.
+
+    A SIGHUP before the runner exists (drainer still starting) is counted, and becomes
+    one reload once ``started(runner)`` is called."""
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self.stopping = stopping
+        self.settle = threading.Event()  # the main thread's wait: a stop, or the loop's end
+        self._lock = threading.Lock()
+        self._runner: Runner | None = None
+        self._hups = early.taken()  # held by the CLI before these handlers were in place
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, _noted)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._relay, name="drainer-signals", daemon=True)
+        self._thread.start()
+
+    def _relay(self) -> None:
+        while data := os.read(self._read, 64):  # b"": the pipe closed
+            for signum in data:
+                self._act(signum)
+
+    def _act(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            log.info("%s: stopping; the node stays as it is", signal.Signals(signum).name)
+            self.stopping.set()
+            self.settle.set()
+        with self._lock:
+            runner = self._runner
+            if signum == signal.SIGHUP and runner is None:
+                self._hups += 1  # still starting: reload once the loop runs
+                return
+        if runner is not None:
+            if signum == signal.SIGHUP:
+                runner.reload.set()
+            runner.wake.set()
+
+    def started(self, runner: Runner) -> None:
+        """From now on a SIGHUP reloads ``runner``; one that came while starting does now."""
+        with self._lock:
+            self._runner, hups, self._hups = runner, self._hups, 0
+        if hups:
+            log.info("SIGHUP while starting: reloading the configuration once running")
+            runner.reload.set()
+        if self.stopping.is_set():
+            runner.wake.set()
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._write)  # the relay reads b"" and ends
+        self._thread.join(timeout=1.0)
+        if not self._thread.is_alive():
+            os.close(self._read)
+
+
+def _noted(signum: int, frame: FrameType | None) -> None:
+    """The handler of every signal ``_Signals`` relays: nothing to do here (see there)."""
+
+
+def _wait(runner: Runner, signals: _Signals) -> None:
     """Run ``runner`` in the worker thread; the main thread sleeps until a stop signal or
-    the worker's end, with no periodic wakeup: both write to a pipe that the main thread
-    reads (the signal through ``signal.set_wakeup_fd``; the handler itself takes no lock
-    the main thread could hold). Then the worker gets a second to finish its turn."""
-    ended = threading.Event()
-    readable, writable = os.pipe()
-    os.set_blocking(writable, False)
+    the worker's end, with no periodic wakeup. Then the worker gets a second to finish
+    its turn."""
 
     def work() -> None:
         try:
             runner.loop()
         finally:
-            ended.set()
-            with contextlib.suppress(OSError):  # the main thread stopped reading
-                os.write(writable, b"\0")
+            signals.settle.set()
 
-    previous = signal.set_wakeup_fd(writable, warn_on_full_buffer=False)
     worker = threading.Thread(target=work, name="drainer-loop", daemon=True)
-    try:
-        worker.start()
-        while not ended.is_set() and not stopping.is_set():
-            os.read(readable, 64)
-        worker.join(timeout=1.0)
-    finally:
-        signal.set_wakeup_fd(previous)
-        os.close(readable)
-        if not worker.is_alive():  # else it may still write when its turn ends
-            os.close(writable)
+    worker.start()
+    signals.settle.wait()
+    worker.join(timeout=1.0)
 
 
 def run(config: Config, *, config_path: Path | None = None) -> int:
     stopping = threading.Event()
+    signals = _Signals(stopping)
+    try:
+        return _run(config, config_path, stopping, signals)
+    finally:
+        signals.close()
+
+
+def _run(
+    config: Config, config_path: Path | None, stopping: threading.Event, signals: _Signals
+) -> int:
     runner: Runner | None = None
-
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        log.info("%s: stopping; the node stays as it is", signal.Signals(signum).name)
-        stopping.set()
-        if runner is not None:
-            runner.wake.set()
-
-    def on_hup(signum: int, frame: FrameType | None) -> None:
-        if runner is None:  # still starting: reload once the loop runs
-            held.append(signum)  # no lock: a burst of SIGHUPs nests this handler
-            return
-        runner.reload.set()
-        runner.wake.set()
-
-    held: list[int] = []
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
-    held += [signal.SIGHUP] * early.taken()  # held by the CLI before on_hup was in place
     lock = sidecar.acquire(config.state_dir)
     notifier = Notifier(
         os.environ.get("NOTIFY_SOCKET"), watchdog=watchdog_seconds(os.environ, os.getpid())
@@ -409,9 +454,7 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
             runner = Runner(
                 node, stopping=stopping, config_path=config_path, notifier=notifier, outbox=outbox
             )
-            if held:  # sent again, now to the runner: on_hup alone sets its events
-                log.info("SIGHUP while starting: reloading the configuration once running")
-                signal.raise_signal(signal.SIGHUP)
+            signals.started(runner)
             with contextlib.suppress(StateError):  # the first turn says why
                 outbox.catch_up(Store(config.state_dir).load())  # what no process told
             log.info(
@@ -421,7 +464,7 @@ def run(config: Config, *, config_path: Path | None = None) -> int:
                 ", ".join(node.lbs),
             )
             notifier.send("READY=1", status_line(record), f"MAINPID={os.getpid()}")
-            _wait(runner, stopping)
+            _wait(runner, signals)
             notifier.send("STOPPING=1")
         finally:
             (runner.node if runner else node).close()

@@ -362,6 +362,25 @@ def test_sighups_while_starting_are_one_reload_once_running(world: World) -> Non
     assert daemon.terminate()[0] == 0
 
 
+def test_a_burst_of_signals_to_a_running_daemon_never_hangs_it(world: World) -> None:
+    """Python runs a handler between any two bytecodes of the main thread, nested when
+    signals come in a burst: a handler that set an Event could wait on its own lock.
+    A thousand SIGHUPs in a row, then a SIGTERM in the middle of more: the daemon goes on
+    turning, reloads, and stops cleanly."""
+    daemon = world.start()
+    world.wait_polls(2)
+    for _ in range(1000):
+        daemon.signal(signal.SIGHUP)
+    world.wait(lambda: "configuration reloaded" in log_text(world), "a reload")
+    beats = world.state_dir / sidecar.HEARTBEAT
+    before = json.loads(beats.read_text())
+    world.wait(lambda: json.loads(beats.read_text()) != before, "a turn after the burst")
+    for index in range(400):
+        daemon.signal(signal.SIGTERM if index == 200 else signal.SIGHUP)
+    world.wait(lambda: not daemon.alive(), "the stop")
+    assert daemon.proc.returncode == 0, log_text(world)
+
+
 # -- systemd's notify protocol -------------------------------------------------------------------
 
 
