@@ -837,6 +837,33 @@ def test_a_partial_listing_keeps_a_drain_going_and_drains_for_what_it_lists() ->
     assert record.phase is Phase.DRAINING and any(isinstance(a, Drain) for a in actions)
 
 
+def test_a_partial_listing_keeps_the_event_an_in_service_node_waits_for() -> None:
+    # AWS: a retirement weeks ahead is followed; its path fails while a rebalance
+    # recommendation (ignored) is read. Kept as through a failed poll: drained when due.
+    retire = event(EventType.TERMINATE, not_before=NOW + 900)
+    rebalance = event(EventType.REBALANCE, eid="R1", not_before=None)
+    rules = {**POLICY.rules, EventType.REBALANCE: Rule(Reaction.IGNORE)}
+    policy = replace(POLICY, rules=rules, approve=Approve.NEVER)  # as on AWS
+    record, _ = run(Record(boot_id=BOOT), tick(retire, lbs=both(IN)), policy=policy)
+    assert record.event == retire
+    partial = tick(rebalance, lbs=both(IN), partial=True)
+    kept, actions = run(record, partial, now=NOW + 1, policy=policy)
+    assert kept.event == retire and actions == []
+    due = drain_due(retire, policy)
+    assert due is not None
+    drained, actions = run(kept, partial, now=due, policy=policy)
+    assert drained.phase is Phase.DRAINING and actions == [Drain(LBS)]
+
+
+def test_a_held_node_keeps_its_event_through_a_partial_listing() -> None:
+    rebalance = event(EventType.REBALANCE, eid="R1", not_before=None)
+    rules = {**POLICY.rules, EventType.REBALANCE: Rule(Reaction.IGNORE)}
+    policy = replace(POLICY, rules=rules)
+    held = at(Phase.HELD, manual=True)
+    record, _ = run(held, tick(rebalance, lbs=both(OUT), partial=True), policy=policy)
+    assert record.event == held.event
+
+
 def test_an_incarnation_that_went_back_makes_the_longer_window_apply() -> None:
     # the metadata service was re-enabled: Events [] and DocumentIncarnation 1
     record, actions = run(maintained(), tick(lbs=both(OUT), incarnation=1), policy=WINDOWS)
