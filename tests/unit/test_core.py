@@ -24,6 +24,7 @@ from drainer.core import (
     PutBack,
     PutBackDone,
     Reaction,
+    Recheck,
     Record,
     Rule,
     StartChecks,
@@ -862,6 +863,19 @@ def test_a_held_node_keeps_its_event_through_a_partial_listing() -> None:
     held = at(Phase.HELD, manual=True)
     record, _ = run(held, tick(rebalance, lbs=both(OUT), partial=True), policy=policy)
     assert record.event == held.event
+
+
+def test_a_partial_listing_puts_no_node_back() -> None:
+    # the Spot path failed, the scheduled one lists another VM's event: a Spot notice
+    # may be unread, as through a failed poll
+    other = event(resources=("web-2",))
+    record = recovering(event=None, health_ok=5)
+    record, actions = run(record, tick(other, lbs=both(OUT), partial=True), now=NOW + 1)
+    assert record.blind and not any(isinstance(a, PutBack) for a in actions)
+    _, actions = run(record, Recheck(both(OUT)), now=NOW + 2)  # nor between polls
+    assert not any(isinstance(a, PutBack) for a in actions)
+    _, actions = run(record, tick(other, lbs=both(OUT)), now=NOW + 3)
+    assert PutBack(LBS) in actions  # every path read: back
 
 
 def test_an_incarnation_that_went_back_makes_the_longer_window_apply() -> None:
