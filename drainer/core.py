@@ -938,11 +938,11 @@ def _tick(record: Record, tick: Tick, now: float, policy: Policy) -> Result:
     )
     seen = _track(record, candidates, tick, now, policy, patient=patient)
     record = seen.record
-    if tick.partial and candidates is not None and seen.event is not None:
-        if _listed(seen.event, candidates) is None:
-            # kept by _track (not read, rather than not listed): still a candidate, so an
-            # in-service node drains for it when due, as after a failed poll
-            candidates = [*candidates, seen.event]
+    kept = seen.event if tick.partial and candidates is not None else None
+    if kept is not None and candidates is not None and _listed(kept, candidates) is None:
+        # kept by _track (not read, rather than not listed): still a candidate, so an
+        # in-service node drains for it when due, as after a failed poll
+        candidates = [*candidates, kept]
     if phase is Phase.IN_SERVICE:
         new, actions = _in_service(record, candidates, tick, now, policy)
     elif phase is Phase.DRAINING:
