@@ -306,7 +306,7 @@ class AwsSource:
                 problem += (
                     " (in a container, the instance's HttpPutResponseHopLimit must be at least 2)"
                 )
-            return self._no_token(problem, retry=True)
+            return self._no_token(problem, retry=True, cause=exc)
         if reply.status_code == 429 or reply.status_code >= 500:
             raise Retryable(f"PUT {TOKEN_PATH}: HTTP {reply.status_code}")
         if reply.status_code != 200 or not reply.text.strip():
@@ -324,13 +324,13 @@ class AwsSource:
         self._token_until = now + ttl - min(60.0, ttl / 4)
         return self._token
 
-    def _no_token(self, problem: str, *, retry: bool) -> str | None:
+    def _no_token(self, problem: str, *, retry: bool, cause: Exception | None = None) -> str | None:
         if self._config.imdsv1:
             log.warning("IMDSv2 token refused (%s): using IMDSv1 for a minute", problem)
             self._v1_until = self._clock() + 60.0
             return None
-        if retry:
-            raise Retryable(problem)
+        if retry:  # from the transport's error: no answer at all is Unreachable
+            raise Retryable(problem) from cause
         hint = "; IMDSv1 is not used unless source.imdsv1 is true"
         raise SourceError(f"metadata service at {self._config.endpoint}: {problem}{hint}")
 
