@@ -231,3 +231,12 @@ def test_undrain_is_refused_while_a_path_cannot_be_read(aws: AwsWorld) -> None:
     done = aws.cli("undrain", "--force")  # a person who knows no Spot notice stands
     assert done.returncode == 0, done.stderr
     assert aws.lb_status() == "in_service"
+
+
+def test_check_fails_while_a_path_cannot_be_read(aws: AwsWorld) -> None:
+    fake(aws).rebalance()  # read while the Spot path fails: a partial listing
+    fake(aws).inject("503", count=100_000, path=SPOT)
+    done = aws.cli("check")
+    assert done.returncode == 1, done.stdout + done.stderr
+    (row,) = [r for r in done.stdout.splitlines() if "metadata: scheduled events" in r]
+    assert row.startswith("FAIL") and "in part" in row, done.stdout
