@@ -286,6 +286,8 @@ def _maintenance(node: Node) -> tuple[list[MaintenanceEvent], str]:
     # a damaged entry whose text names this VM counts too (salvage: due now)
     for event in relevant(listing.events + salvage(listing.damaged, policy), policy):
         found.setdefault(event.event_id, event)
+    if listing.partial:  # a notice may be on the part not read: no answer to "none?"
+        return list(found.values()), "part of its notices could not be read (logged above)"
     return list(found.values()), ""
 
 

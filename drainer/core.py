@@ -21,7 +21,8 @@ balancers report. Hence the invariants:
   (a re-enabled metadata service lists nothing for minutes). After the node rebooted
   while out for it, a newer document that does not list it is enough (no doubt). An
   event that is listed again within the window was never over. A partial listing
-  (part of the cloud's notices unread) that does not list it counts as a failed poll.
+  (part of the cloud's notices unread) that does not list it counts as a failed poll,
+  and like one it puts no node back: a notice may be on the part not read.
   When it vanishes while
   another event for this VM of the same type appears, that is the same maintenance
   under a new id.
@@ -158,7 +159,7 @@ class Record:
     # Load balancers whose own health check of the node runs while it recovers (it shows
     # there as draining, with no request sent to it): see StartChecks.
     checking: frozenset[str] = frozenset()
-    blind: bool = False  # the last poll of the source failed: a new event may be unseen
+    blind: bool = False  # the last poll failed or was partial: a new event may be unseen
     # What the last documents said, to tell a vanished event from a blind metadata service:
     incarnation: int | None = None  # DocumentIncarnation of the last document read
     listed: tuple[str, ...] = ()  # this node's event ids in the last document read
@@ -919,8 +920,10 @@ def _start_drain(
 
 
 def _tick(record: Record, tick: Tick, now: float, policy: Policy) -> Result:
-    if record.blind != (tick.events is None):
-        record = replace(record, blind=tick.events is None)
+    # a partial listing is blind too: a new notice may be on the part not read
+    blind = tick.events is None or tick.partial
+    if record.blind != blind:
+        record = replace(record, blind=blind)
     if record.boot_id != tick.boot_id:
         record = _after_boot(record, tick.boot_id, now)
     # None: the source could not be read this tick; keep what we knew.
@@ -935,6 +938,11 @@ def _tick(record: Record, tick: Tick, now: float, policy: Policy) -> Result:
     )
     seen = _track(record, candidates, tick, now, policy, patient=patient)
     record = seen.record
+    kept = seen.event if tick.partial and candidates is not None else None
+    if kept is not None and candidates is not None and _listed(kept, candidates) is None:
+        # kept by _track (not read, rather than not listed): still a candidate, so an
+        # in-service node drains for it when due, as after a failed poll
+        candidates = [*candidates, kept]
     if phase is Phase.IN_SERVICE:
         new, actions = _in_service(record, candidates, tick, now, policy)
     elif phase is Phase.DRAINING:
@@ -1154,7 +1162,7 @@ def _recovering(
         # the maintained event while it is still listed (a Started one after a reboot),
         # or while its disappearance does not hold yet
         record = _follow(record, seen.event)
-    waiting = candidates is None or record.event is not None
+    waiting = record.blind or record.event is not None  # blind: this tick's poll
     return _recover(record, tick.lbs, now, policy, waiting=waiting)
 
 

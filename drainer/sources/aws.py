@@ -25,7 +25,8 @@ Requests go straight to the endpoint (proxy variables ignored, no redirects). 42
 and timeouts are retried with backoff inside one poll. Each path is read on its own: one
 that still fails makes the listing ``partial`` (the core keeps an event it does not
 list), and the poll fails with SourceError only when no notice was read at all, or when
-the service gave no answer (then the caller keeps what it knew). A 404 means "none" on
+the service gave no answer at the first path (then the caller keeps what it knew); no
+answer on a later one leaves it and the rest unread. A 404 means "none" on
 the four event paths (AWS answers ``[]`` or a 404 for no scheduled events); any other
 answer that cannot be read is either an event read liberally (a Spot notice whose
 ``time`` is unreadable is due now) or a failed poll, never "no event".
@@ -305,7 +306,7 @@ class AwsSource:
                 problem += (
                     " (in a container, the instance's HttpPutResponseHopLimit must be at least 2)"
                 )
-            return self._no_token(problem, retry=True)
+            return self._no_token(problem, retry=True, cause=exc)
         if reply.status_code == 429 or reply.status_code >= 500:
             raise Retryable(f"PUT {TOKEN_PATH}: HTTP {reply.status_code}")
         if reply.status_code != 200 or not reply.text.strip():
@@ -323,13 +324,13 @@ class AwsSource:
         self._token_until = now + ttl - min(60.0, ttl / 4)
         return self._token
 
-    def _no_token(self, problem: str, *, retry: bool) -> str | None:
+    def _no_token(self, problem: str, *, retry: bool, cause: Exception | None = None) -> str | None:
         if self._config.imdsv1:
             log.warning("IMDSv2 token refused (%s): using IMDSv1 for a minute", problem)
             self._v1_until = self._clock() + 60.0
             return None
-        if retry:
-            raise Retryable(problem)
+        if retry:  # from the transport's error: no answer at all is Unreachable
+            raise Retryable(problem) from cause
         hint = "; IMDSv1 is not used unless source.imdsv1 is true"
         raise SourceError(f"metadata service at {self._config.endpoint}: {problem}{hint}")
 
@@ -398,14 +399,21 @@ class AwsSource:
             self._launch = _digest(str(doc.get("instanceId")), doc["pendingTime"])
         return self._launch or _digest(*self._names)
 
-    def _read(self, path: str, unread: dict[str, SourceError]) -> httpx.Response | None:
-        """``_get(path)``; a failure of this path alone goes to ``unread`` (None), one of
-        the whole service (no answer at all) fails the poll."""
+    def _read(
+        self, path: str, unread: dict[str, SourceError], *, first: bool = False
+    ) -> httpx.Response | None:
+        """``_get(path)``; a failure of this path alone goes to ``unread`` (None). No answer
+        at all (``Unreachable``) fails the poll at its first path; after a path answered,
+        it leaves this path and the ones after it unread (each would wait as long), and
+        what was read is listed."""
+        if any(isinstance(e, Unreachable) for e in unread.values()):
+            unread[path] = Unreachable(f"GET {path}: not asked (no answer on a path before)")
+            return None
         try:
             return self._get(path)
-        except Unreachable:
-            raise
         except SourceError as exc:
+            if first and isinstance(exc, Unreachable):
+                raise
             unread[path] = exc
             return None
 
@@ -417,7 +425,7 @@ class AwsSource:
         # listing is partial (the core keeps an event it does not list), and with no
         # notice at all it is no answer, never "no event".
         unread: dict[str, SourceError] = {}
-        spot = self._read(SPOT_PATH, unread)
+        spot = self._read(SPOT_PATH, unread, first=True)
         scheduled = self._read(SCHEDULED_PATH, unread)
         events: list[MaintenanceEvent] = []
         try:

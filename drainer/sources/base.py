@@ -80,7 +80,8 @@ class EventSource(Protocol):
     def events(self) -> Listing:
         """Every event the cloud lists now, with the document's incarnation. Raises
         SourceError (PayloadError when the answer is not an events document at all);
-        an error is never an empty listing."""
+        an error is never an empty listing. When only part of it could be read, the
+        listing says so (``partial``): an event it lacks may still be on."""
         ...
 
     def approve(self, event_id: str) -> None:

@@ -215,3 +215,28 @@ def test_check_and_status_name_the_instance(aws: AwsWorld) -> None:
     day = time.strftime("%Y-%m-%d", time.localtime(time.time() + 14 * 86400))
     shown = aws.cli("events")
     assert f"instance-stop Scheduled not before {day} " in shown.stdout, shown.stdout
+
+
+SPOT = "/latest/meta-data/spot/instance-action"
+
+
+def test_undrain_is_refused_while_a_path_cannot_be_read(aws: AwsWorld) -> None:
+    assert aws.cli("drain").returncode == 0  # held out by a person
+    fake(aws).rebalance()  # read (and ignored) while the Spot path fails
+    fake(aws).inject("503", count=100_000, path=SPOT)
+    done = aws.cli("undrain")
+    assert done.returncode == 1, done.stderr
+    assert "--force" in done.stderr and SPOT in done.stderr
+    assert aws.lb_status() != "in_service"
+    done = aws.cli("undrain", "--force")  # a person who knows no Spot notice stands
+    assert done.returncode == 0, done.stderr
+    assert aws.lb_status() == "in_service"
+
+
+def test_check_fails_while_a_path_cannot_be_read(aws: AwsWorld) -> None:
+    fake(aws).rebalance()  # read while the Spot path fails: a partial listing
+    fake(aws).inject("503", count=100_000, path=SPOT)
+    done = aws.cli("check")
+    assert done.returncode == 1, done.stdout + done.stderr
+    (row,) = [r for r in done.stdout.splitlines() if "metadata: scheduled events" in r]
+    assert row.startswith("FAIL") and "in part" in row, done.stdout

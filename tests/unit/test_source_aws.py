@@ -422,6 +422,45 @@ def test_no_answer_at_all_fails_the_poll_at_the_first_path(fake: FakeAWS) -> Non
     assert fake.snapshot()["requests"] - before == 1
 
 
+def test_no_answer_on_a_later_path_hides_no_notice_read_before_it(fake: FakeAWS) -> None:
+    fake.spot("terminate")
+    source = source_for(fake, config={"timeout": 0.3}, attempts=1)
+    source.node_names()
+    source.events()  # the launch key is read with the first notice
+    before = fake.snapshot()["requests"]
+    fake.inject("slow", count=50, delay=1.0, path=SCHEDULED)
+    listing = source.events()  # the Spot notice was read: listed, not lost with the poll
+    (event,) = listing.events
+    assert event.event_type is EventType.PREEMPT and listing.partial
+    # the paths after the one with no answer are not asked: each would wait as long
+    assert fake.snapshot()["requests"] - before == 2
+
+
+def test_a_token_that_cannot_be_renewed_mid_poll_costs_one_wait_not_one_per_path(
+    fake: FakeAWS,
+) -> None:
+    import httpx
+
+    from drainer.sources._metadata import Unreachable
+
+    puts = []
+
+    class Counting(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            puts.extend([request.url.path] if request.method == "PUT" else [])
+            return super().handle_request(request)
+
+    fake.schedule("system-reboot")
+    source = source_for(fake, config={"timeout": 0.3}, attempts=1, transport=Counting())
+    assert source.events().events
+    fake.expire_tokens()  # a 401 at the next GET: a new token is asked for...
+    fake.inject("slow", count=50, delay=1.0, path="/latest/api/token")  # ...and never comes
+    puts.clear()
+    with pytest.raises(Unreachable):
+        source.events()
+    assert len(puts) == 1  # not once per path: the service gives no answer at all
+
+
 def test_a_slow_answer_times_out(fake: FakeAWS) -> None:
     fake.inject("slow", count=5, delay=3.0)
     with pytest.raises(SourceError):
