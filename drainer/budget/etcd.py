@@ -366,6 +366,23 @@ class EtcdBudget:
             self.revoke(lease)
         return len(mine)
 
+    def abandon(self, node: str, pools: Sequence[Pool], *, lease: str) -> int:
+        """Delete ``node``'s key in each pool while it is still on ``lease`` (what a take
+        whose answer was lost may have written): how many. A key on another lease (an
+        event's slot, another VM of that name) is not this take's and stays."""
+        deleted = 0
+        for pool in pools:
+            key = _b64(self._key(pool.name, node))
+            answer = self.call(
+                "kv/txn",
+                {
+                    "compare": [{"key": key, "target": "LEASE", "result": "EQUAL", "lease": lease}],
+                    "success": [{"request_delete_range": {"key": key}}],
+                },
+            )
+            deleted += bool(answer.get("succeeded"))
+        return deleted
+
     def pools(self) -> list[str]:
         """The pools with at least one holder."""
         return sorted({key.split("/", 1)[0] for key in self._keys()})
@@ -430,6 +447,11 @@ class EtcdSlots:
 
     def holds(self) -> bool:
         return self.budget.holds(self.node, self.pools)
+
+    def abandon(self, event_id: str, event_type: str) -> int:
+        return self.budget.abandon(
+            self.node, self.pools, lease=lease_id(self.node, event_id or "manual")
+        )
 
     def keepalive(self, lease: str) -> bool:
         """False when the lease is gone (it expired while the sidecar was down)."""

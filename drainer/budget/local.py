@@ -70,6 +70,9 @@ class LocalSlots:
     def holds(self) -> bool:
         return not self._full()
 
+    def abandon(self, event_id: str, event_type: str) -> int:
+        return 0
+
     def keepalive(self, lease: str) -> bool:
         return True
 

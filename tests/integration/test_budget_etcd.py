@@ -12,10 +12,13 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from drainer.budget import Admission, BudgetError, Pool
-from drainer.budget.etcd import EtcdBudget, EtcdConfig, lease_id
+from drainer.budget.etcd import EtcdBudget, EtcdConfig, EtcdSlots, lease_id
+from drainer.budget.operate import slot_for_manual_drain
+from drainer.errors import DrainerError
 from drainer.testing import free_port
 from drainer.testing.clock import wait_until
 from drainer.testing.etcd import EtcdCluster, etcd_available
@@ -231,3 +234,56 @@ def test_a_proxy_in_the_environment_is_not_the_way_to_etcd(
     monkeypatch.delenv("no_proxy", raising=False)
     b = budget(cluster, "/proxy/")
     assert admit(b, "vm1", [Pool("app", 1)]).admitted
+
+
+class LostAnswers(httpx.HTTPTransport):
+    """etcd gets the transaction that writes a holder key and applies it; the answer is
+    lost on the way back (a timeout, a connection reset)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = super().handle_request(request)
+        if self.lose and request.url.path.endswith("/kv/txn") and b"request_put" in request.content:
+            self.lose -= 1
+            answer.read()
+            answer.close()
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return answer
+
+
+def one_endpoint(cluster: EtcdCluster, prefix: str, transport: httpx.BaseTransport) -> EtcdBudget:
+    config = EtcdConfig.model_validate(
+        {"endpoints": cluster.endpoints[:1], "prefix": prefix, "timeout": "1s"}
+    )
+    return EtcdBudget(config, transport=transport)
+
+
+def test_a_refused_manual_drain_gives_back_the_key_its_lost_take_wrote(
+    cluster: EtcdCluster,
+) -> None:
+    lossy = LostAnswers()
+    pools = [Pool("app", 1), Pool("api", 1)]
+    slots = EtcdSlots(one_endpoint(cluster, "/lost/", lossy), "vm1", pools)
+    lossy.lose = 1
+    said: list[str] = []
+    with pytest.raises(DrainerError, match="not draining: the budget cannot answer"):
+        slot_for_manual_drain(slots, timeout=0, force=False, say=said.append)
+    held, _ = budget(cluster, "/lost/").holders(["app", "api"])
+    assert held == {"app": [], "api": []}
+    assert admit(budget(cluster, "/lost/"), "vm2", pools).admitted
+
+
+def test_giving_back_a_lost_take_never_deletes_another_holder_of_the_name(
+    cluster: EtcdCluster,
+) -> None:
+    # The same key written on another lease (another VM of that name, or this node's
+    # event slot) is not what the lost take wrote: it stays.
+    other = budget(cluster, "/guard/")
+    assert other.acquire("vm1", [Pool("app", 1)], lease=lease_id("vm1", "e7")).admitted
+    slots = EtcdSlots(budget(cluster, "/guard/"), "vm1", [Pool("app", 1)])
+    assert slots.abandon("", "manual") == 0
+    held, _ = other.holders(["app"])
+    assert [(h.node, h.lease) for h in held["app"]] == [("vm1", lease_id("vm1", "e7"))]

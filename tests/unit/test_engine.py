@@ -348,6 +348,9 @@ class FakeSlots:
             raise BudgetError(self.error)
         return self.held
 
+    def abandon(self, event_id: str, event_type: str) -> int:
+        return 0
+
     def keepalive(self, lease: str) -> bool:
         return self.alive
 
