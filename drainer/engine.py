@@ -47,6 +47,7 @@ from drainer.core import (
     Recheck,
     Record,
     ReleaseSlot,
+    SlotDropped,
     SlotRefused,
     SlotTaken,
     StartChecks,
@@ -58,7 +59,7 @@ from drainer.core import (
     wants_lb_views,
     wants_recheck,
 )
-from drainer.errors import AdapterError, ConfigError, SourceError, StateError
+from drainer.errors import AdapterError, ConfigError, DrainerError, SourceError, StateError
 from drainer.health import HealthCheck
 from drainer.metrics import Metrics
 from drainer.model import LBView, Listing, MaintenanceEvent
@@ -337,14 +338,55 @@ class Engine:
         record, _ = self.turn(None, Recheck(self.views()))  # the core checks the fresh record
         return record
 
-    def adopt(self, old: Engine) -> None:
-        """Carry on from ``old`` (a configuration reload): the record it saw, its errors."""
+    def adopt(self, old: Engine, *, budget_moved: bool = False) -> None:
+        """Carry on from ``old`` (a configuration reload): the record it saw, its errors.
+        ``budget_moved`` (``old.hand_over_slots``): the record's slot is dropped, and a
+        node out registers with this engine's budget at once."""
         self._seen = old._seen
         self.unsaved, self._unsaved = old.unsaved, old._unsaved
         self._unsaved_over = old._unsaved_over
         self._noted, self._adopted = old._noted, old._adopted
         self.unreleased = set(old.unreleased)
         self._errors = {k: v for k, v in old._errors.items() if k.partition(":")[0] in self.lbs}
+        if budget_moved:
+            try:
+                self.turn(None, SlotDropped())
+            except DrainerError as exc:  # the next keep-alive or tick finds the slot gone
+                log.error("budget: cannot drop the old budget's slot from the record: %s", exc)
+
+    def hand_over_slots(self, new: Engine) -> bool:
+        """Before a reload replaces this engine by ``new``: if the budget moved (engine,
+        endpoints, prefix, node id or pools), give back what this one holds (the record's
+        slot, a take whose answer may have been lost, releases that failed), or its keys
+        would hold a slot until their lease ends. True when the record names a slot or a
+        wait for one, which ``new.adopt(..., budget_moved=True)`` then drops."""
+        before = self.slots.where if self.slots is not None else ("none",)
+        after = new.slots.where if new.slots is not None else ("none",)
+        if before == after:
+            return False
+        try:
+            record = self.store.load()
+        except StateError:
+            record = self._seen or Record()
+        moved = f"budget: moved by the reload ({before[0]} -> {after[0]})"
+        if self.slots is not None:
+            try:
+                for lease in sorted({record.slot, *self.unreleased}):
+                    self.slots.release(lease)
+            except BudgetError as exc:
+                self._error(
+                    "budget",
+                    "budget:release",
+                    f"{moved}: cannot give back the old budget's slot ({exc}); its lease frees it",
+                )
+            else:
+                log.info("%s: gave back what the old budget held", moved)
+        self.unreleased.clear()
+        self.metrics.forget_budget()
+        held = bool(record.slot or record.slot_wait)
+        if held and record.phase is not Phase.IN_SERVICE:
+            log.info("%s: the node is out, registering it with the new budget", moved)
+        return held
 
     def _load(self) -> Record:
         record = self.store.load()

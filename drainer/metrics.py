@@ -227,6 +227,11 @@ class Metrics:
             self.budget_slots.labels(pool, "held").set(held[pool])
             self.budget_slots.labels(pool, "free").set(max(0, allowed - held[pool]))
 
+    def forget_budget(self) -> None:
+        """Drop every pool's slot series (a reload moved the budget: the new one's pools
+        appear at its first read)."""
+        self.budget_slots.clear()
+
     def keep_lbs(self, names: Iterable[str]) -> None:
         """Drop the series of load balancers no longer configured (after a reload)."""
         keep = set(names)
@@ -357,6 +362,9 @@ class NullMetrics(Metrics):
                 setattr(self, name, discard)
 
     def keep_lbs(self, names: Iterable[str]) -> None:
+        pass
+
+    def forget_budget(self) -> None:
         pass
 
     def serve(self, listen: str) -> int:

@@ -88,6 +88,9 @@ class Slots(Protocol):
     """One node's slots, as the engine uses them (``EtcdSlots``)."""
 
     pools: tuple[Pool, ...]
+    # where the slots live (engine, endpoints, prefix, node id, pools): a reload that
+    # changes it gives back what the old one holds
+    where: tuple[str, ...]
 
     def take(self, event_id: str, event_type: str, *, force: bool) -> Admission: ...
     def holds(self) -> bool: ...

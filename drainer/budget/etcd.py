@@ -430,6 +430,9 @@ class EtcdSlots:
         self.budget = budget
         self.node = node
         self.pools = tuple(pools)
+        config = budget.config
+        names = tuple(p.name for p in self.pools)
+        self.where = ("etcd", config.prefix, node, *config.endpoints, "pools", *names)
 
     def take(self, event_id: str, event_type: str, *, force: bool) -> Admission:
         manual = event_type == "manual"

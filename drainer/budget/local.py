@@ -31,6 +31,7 @@ class LocalSlots:
         # none named ahead: the pools are what the load balancers report at each read
         # (so no per-pool slot metrics: a local budget holds nothing)
         self.pools: tuple[Pool, ...] = ()
+        self.where: tuple[str, ...] = ("local",)  # holds nothing to give back
 
     def _views(self) -> list[PoolView]:
         views: list[PoolView] = []

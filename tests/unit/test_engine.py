@@ -327,6 +327,7 @@ class FakeSlots:
     """A budget of one pool whose answers the test sets."""
 
     pools: tuple[Pool, ...] = (Pool("app", 1),)
+    where: tuple[str, ...] = ("fake",)
     free: bool = False
     error: str = ""
     held: bool = True
@@ -545,3 +546,53 @@ def test_a_slot_the_cli_could_not_give_back_is_given_back_by_the_daemon(node: No
     assert turn(node, daemon) is Phase.IN_SERVICE
     daemon.keep_slot(node.saved())
     assert daemon_slots.released == ["L1"]
+
+
+# A reload that moves the budget (engine, endpoints, prefix, node id, pools) gives back
+# what the old one holds, and a node out registers with the new one.
+
+
+def test_a_reload_that_moves_the_budget_hands_an_out_node_s_slot_over(node: Node) -> None:
+    old_slots = FakeSlots(free=True, where=("etcd", "/a/"))
+    old = budgeted(node, old_slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, old) is Phase.DRAINING and node.saved().slot == "L1"
+    new_slots = FakeSlots(free=False, where=("etcd", "/b/"))
+    new = budgeted(node, new_slots)
+    moved = old.hand_over_slots(new)
+    new.adopt(old, budget_moved=moved)
+    assert moved and old_slots.released == ["L1"]
+    assert new_slots.taken == [("e1", True)]  # out already: registered, forced
+    record = node.saved()
+    assert record.slot == "L1" and record.over_budget and record.phase is Phase.DRAINING
+
+
+def test_a_reload_that_moves_the_budget_in_service_gives_back_what_a_lost_ask_holds(
+    node: Node,
+) -> None:
+    old_slots = FakeSlots(error="etcd: no endpoint answered: ReadTimeout", where=("etcd",))
+    old = budgeted(node, old_slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, old) is Phase.IN_SERVICE and node.saved().slot_wait
+    old.metrics.set_budget({"app": 1}, ())
+    old_slots.error = ""
+    new_slots = FakeSlots(where=("local",))
+    new = budgeted(node, new_slots)
+    new.metrics = old.metrics  # the daemon's, shared across a reload
+    moved = old.hand_over_slots(new)
+    new.adopt(old, budget_moved=moved)
+    assert old_slots.released == [""]  # whatever the node holds there
+    assert new_slots.taken == [] and node.saved().slot_wait == ""
+    series = {"pool": "app", "state": "free"}
+    assert new.metrics.registry.get_sample_value("drainer_budget_slots", series) is None
+
+
+def test_a_reload_that_keeps_the_budget_where_it_was_keeps_the_slot(node: Node) -> None:
+    old_slots = FakeSlots(free=True)
+    old = budgeted(node, old_slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    turn(node, old)
+    new = budgeted(node, FakeSlots(free=True))
+    assert not old.hand_over_slots(new)
+    new.adopt(old, budget_moved=False)
+    assert old_slots.released == [] and node.saved().slot == "L1"
