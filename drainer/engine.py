@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -470,12 +470,16 @@ class Engine:
         self.unreleased.clear()  # what this node holds is its slot again: never released
         over = bool(admission.full)
         if over:
-            self.metrics.budget_over.inc()
+            self._count_over(admission.full)
             log.warning("budget: over budget in %s: drained anyway", ", ".join(admission.full))
         else:
             log.info("budget: slot taken for %s", action.event_id or "a manual drain")
         self._slot_refusal = ""
         return [SlotTaken(admission.lease, over_budget=over, lbs=self._turn_views)]
+
+    def _count_over(self, full: Sequence[str]) -> None:
+        for pool in full:  # per pool: the alert names the pool with more out than allowed
+            self.metrics.budget_over.labels(pool).inc()
 
     def _fence(self, action: ApproveEvent) -> str:
         """Why the approval must not go out ("" it may): the slot it relies on is gone."""
@@ -531,6 +535,8 @@ class Engine:
         except BudgetError as exc:
             self._error("budget", "budget:keepalive", f"budget: keep-alive: {exc}")
             return None
+        if not record.over_budget:  # newly over (its slot was lost, the pool filled up)
+            self._count_over(admission.full)
         return SlotTaken(admission.lease, over_budget=bool(admission.full))
 
     def _on_lbs(self, action: Drain | TakeOut | PutBack | StartChecks) -> list[Input]:

@@ -182,7 +182,8 @@ class Metrics:
         )
         self.budget_over = Counter(
             "drainer_budget_over_budget",
-            "Drains that took a slot over budget (the platform takes the VM anyway)",
+            "Drains that took a slot over budget, by pool full (the platform takes the VM anyway)",
+            ["pool"],
             registry=self.registry,
         )
         for phase in Phase:
@@ -224,6 +225,7 @@ class Metrics:
         """Each pool's slots as one read of the budget showed them."""
         held = Counter_(h.pool for h in holders)
         for pool, allowed in max_out.items():
+            self.budget_over.labels(pool)  # 0 until a drain goes over in this pool
             self.budget_slots.labels(pool, "held").set(held[pool])
             self.budget_slots.labels(pool, "free").set(max(0, allowed - held[pool]))
 

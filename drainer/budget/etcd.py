@@ -307,17 +307,7 @@ class EtcdBudget:
             # held in some pools already: the others go on that lease, the one kept alive
             lease = next((h.lease for h in holders if h.node == node and h.lease), lease)
             self.grant(lease)
-            value = json.dumps(
-                {
-                    "node": node,
-                    "kind": kind,
-                    "since": time.time() if now is None else now,
-                    "event_id": event_id,
-                    "event_type": event_type,
-                    "over_budget": bool(full),
-                    "lease": lease,
-                }
-            )
+            since = time.time() if now is None else now
             compare: list[dict[str, Any]] = []
             puts: list[dict[str, Any]] = []
             for pool in missing:
@@ -335,7 +325,17 @@ class EtcdBudget:
                 compare.append(
                     {"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
                 )
-                puts.append({"request_put": {"key": key, "value": _b64(value), "lease": lease}})
+                value = {
+                    "node": node,
+                    "kind": kind,
+                    "since": since,
+                    "event_id": event_id,
+                    "event_type": event_type,
+                    "over_budget": pool.name in full,  # over in this pool, not all of them
+                    "lease": lease,
+                }
+                put = {"key": key, "value": _b64(json.dumps(value)), "lease": lease}
+                puts.append({"request_put": put})
             answer = self.call("kv/txn", {"compare": compare, "success": puts})
             if answer.get("succeeded"):
                 return Admission(True, lease, full=full, holders=holders)

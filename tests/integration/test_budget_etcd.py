@@ -287,3 +287,16 @@ def test_giving_back_a_lost_take_never_deletes_another_holder_of_the_name(
     assert slots.abandon("", "manual") == 0
     held, _ = other.holders(["app"])
     assert [(h.node, h.lease) for h in held["app"]] == [("vm1", lease_id("vm1", "e7"))]
+
+
+def test_over_budget_is_marked_in_the_full_pools_only(cluster: EtcdCluster) -> None:
+    # vm2 is in app (full) and api (room): it is over budget in app, within it in api;
+    # `drainer budget status` must not show api over its budget.
+    b = budget(cluster, "/over-per-pool/")
+    assert admit(b, "vm1", [Pool("app", 1)]).admitted
+    pools = [Pool("app", 1), Pool("api", 1)]
+    assert admit(b, "vm2", pools, force=True).full == ("app",)
+    held, _ = b.holders(["app", "api"])
+    over = {pool: {h.node: h.over_budget for h in hs} for pool, hs in held.items()}
+    assert over == {"app": {"vm1": False, "vm2": True}, "api": {"vm2": False}}
+    assert admit(b, "vm2", pools).full == ("app",)  # asked again: the same answer

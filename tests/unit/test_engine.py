@@ -596,3 +596,21 @@ def test_a_reload_that_keeps_the_budget_where_it_was_keeps_the_slot(node: Node) 
     assert not old.hand_over_slots(new)
     new.adopt(old, budget_moved=False)
     assert old_slots.released == [] and node.saved().slot == "L1"
+
+
+def test_over_budget_drains_are_counted_per_pool(node: Node) -> None:
+    # The node is in app and api; app is full at its latest start, api is not: the
+    # alert must name app, and the count of api stay true.
+    slots = FakeSlots(pools=(Pool("app", 1), Pool("api", 1)))
+    engine = budgeted(node, slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.IN_SERVICE
+    node.clock.advance(900 - 35)  # its latest start: drain timeout 30 s, margin 5 s
+    turn(node, engine)
+    assert slots.taken[-1] == ("e1", True) and node.saved().over_budget
+
+    def over(pool: str) -> float | None:
+        sample = "drainer_budget_over_budget_total"
+        return engine.metrics.registry.get_sample_value(sample, {"pool": pool})
+
+    assert (over("app"), over("api")) == (1.0, 0.0)
