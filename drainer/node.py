@@ -85,10 +85,13 @@ class Node:
 
 
 def build_slots(config: Config, node: str, lbs: dict[str, LoadBalancer]) -> Slots | None:
-    """This node's slots of the fleet budget (None: no budget configured)."""
+    """This node's slots of the fleet budget (None: no budget configured); ``node``: the
+    VM's first name (AWS's instance id; on Azure and Google Cloud the VM's name, which
+    repeats across resource groups and projects), unless ``budget.node_id`` names it."""
     budget = config.budget
     if budget is None:
         return None
+    node = budget.node_id or node
     if budget.etcd is None:
         from drainer.budget.local import LocalSlots
 

@@ -11,14 +11,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from drainer.budget import Admission, BudgetError, Pool
 from drainer.budget.etcd import EtcdBudget, EtcdConfig, EtcdSlots, lease_id
-from drainer.budget.operate import slot_for_manual_drain
+from drainer.budget.operate import release, slot_for_manual_drain
+from drainer.config import Config, parse_config
 from drainer.errors import DrainerError
+from drainer.node import build_slots
 from drainer.testing import free_port
 from drainer.testing.clock import wait_until
 from drainer.testing.etcd import EtcdCluster, etcd_available
@@ -300,3 +303,36 @@ def test_over_budget_is_marked_in_the_full_pools_only(cluster: EtcdCluster) -> N
     over = {pool: {h.node: h.over_budget for h in hs} for pool, hs in held.items()}
     assert over == {"app": {"vm1": False, "vm2": True}, "api": {"vm2": False}}
     assert admit(b, "vm2", pools).full == ("app",)  # asked again: the same answer
+
+
+def config_of(cluster: EtcdCluster, tmp: str, **budget_settings: object) -> Config:
+    return parse_config(
+        {
+            "state_dir": tmp,
+            "health": {"http": {"url": "http://127.0.0.1:9/"}},
+            "load_balancers": [{"type": "mock", "name": "lb"}],
+            "budget": {
+                "engine": "etcd",
+                "max_out": 1,
+                "pools": ["app"],
+                "etcd": {"endpoints": cluster.endpoints, "prefix": "/same-name/"},
+                **budget_settings,
+            },
+        }
+    )
+
+
+def test_two_vms_of_one_name_in_two_resource_groups_hold_two_slots(
+    cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    # Azure names a VM uniquely only within its resource group: web-1 in rg-blue and
+    # web-1 in rg-green must not share a key, or the second is admitted into the first's
+    # slot and both go out under a budget of one.
+    blue = build_slots(config_of(cluster, str(tmp_path), node_id="rg-blue.web-1"), "web-1", {})
+    green = build_slots(config_of(cluster, str(tmp_path), node_id="rg-green.web-1"), "web-1", {})
+    assert blue is not None and green is not None
+    assert blue.take("e1", "Reboot", force=False).admitted
+    refused = green.take("e2", "Reboot", force=False)
+    assert not refused.admitted and [h.node for h in refused.holders] == ["rg-blue.web-1"]
+    released = release(config_of(cluster, str(tmp_path)), "rg-blue.web-1")
+    assert released == 1 and green.take("e2", "Reboot", force=False).admitted

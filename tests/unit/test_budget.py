@@ -160,3 +160,37 @@ def test_authentication_refused_by_a_member_without_quorum_moves_on_to_the_next(
     )
     budget = EtcdBudget(config, transport=httpx.MockTransport(answer))
     assert budget.keepalive("7") == 30
+
+
+def _config_with(budget: dict[str, object]) -> object:
+    from drainer.config import parse_config
+
+    return parse_config(
+        {
+            "health": {"http": {"url": "http://127.0.0.1:9/"}},
+            "load_balancers": [{"type": "mock", "name": "lb"}],
+            "budget": budget,
+        }
+    )
+
+
+ETCD = {"engine": "etcd", "max_out": 1, "etcd": {"endpoints": ["http://127.0.0.1:2379"]}}
+
+
+@pytest.mark.parametrize(
+    ("node_id", "problem"),
+    [
+        ("/subscriptions/s1/resourceGroups/rg/providers/x/virtualMachines/web-1", "vmId"),
+        ("web 1", "letters, digits"),
+        ("", "1 to 200"),
+    ],
+)
+def test_a_node_id_that_cannot_name_an_etcd_key_is_refused(node_id: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=f"budget.node_id: .*{problem}"):
+        _config_with({**ETCD, "node_id": node_id})
+
+
+def test_a_node_id_needs_engine_etcd() -> None:
+    with pytest.raises(ConfigError, match="node_id names the node's keys in etcd"):
+        _config_with({"max_out": 1, "node_id": "rg-blue.web-1"})
+    assert _config_with({**ETCD, "node_id": "0b5e1b4e-7d2a-4c1e-9f6e-2f3c1e0a9b8d"})
