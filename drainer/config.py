@@ -143,6 +143,8 @@ class MetricsConfig(_Strict):
 
 
 _NODE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
+MAX_SETTLE = 10.0
+DEFAULT_SETTLE = 1.0
 
 
 class BudgetConfig(_Strict):
@@ -157,6 +159,10 @@ class BudgetConfig(_Strict):
     # default the VM's name, which Azure and Google Cloud repeat across resource groups,
     # subscriptions and projects (AWS's instance id is unique already).
     node_id: str | None = None
+    # engine local: a node that finds room pauses a random part of this and looks again
+    # (default 1s), so that of nodes whose events came together the first to go shows as
+    # out to the others; it holds the daemon's turn meanwhile
+    settle: Duration | None = None
     etcd: EtcdConfig | None = None
 
     @field_validator("max_out")
@@ -202,6 +208,13 @@ class BudgetConfig(_Strict):
             raise ValueError("an `etcd:` section needs engine: etcd")
         if self.engine == "local" and self.node_id is not None:
             raise ValueError("node_id names the node's keys in etcd: engine local has none")
+        if self.engine == "etcd" and self.settle is not None:
+            raise ValueError("settle is for engine local: etcd admits safely under races")
+        if self.settle is not None and self.settle > MAX_SETTLE:
+            raise ValueError(
+                f"settle must be at most {MAX_SETTLE:g}s (the pause holds the daemon's turn),"
+                f" not {self.settle:g}s"
+            )
         return self
 
 

@@ -458,7 +458,11 @@ class Engine:
             self._slot_refusal = f"the budget cannot answer: {exc}"
             return [SlotRefused(self._slot_refusal)]
         self._errors.pop("budget", None)
-        self.metrics.set_budget({p.name: p.max_out for p in self.slots.pools}, admission.holders)
+        if admission.counts:  # local: what the load balancers showed
+            self.metrics.set_budget_counts(admission.counts)
+        else:
+            max_out = {p.name: p.max_out for p in self.slots.pools}
+            self.metrics.set_budget(max_out, admission.holders)
         if not admission.admitted:
             self.metrics.budget_waits.inc()
             held = ", ".join(sorted({h.node for h in admission.holders})) or "none"

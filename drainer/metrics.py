@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from drainer._http import Server, ServerThread
     from drainer.adapters.base import AdapterConfig
-    from drainer.budget import Holder
+    from drainer.budget import Holder, PoolCount
 
 
 def build_version() -> str:
@@ -225,9 +225,18 @@ class Metrics:
         """Each pool's slots as one read of the budget showed them."""
         held = Counter_(h.pool for h in holders)
         for pool, allowed in max_out.items():
-            self.budget_over.labels(pool)  # 0 until a drain goes over in this pool
-            self.budget_slots.labels(pool, "held").set(held[pool])
-            self.budget_slots.labels(pool, "free").set(max(0, allowed - held[pool]))
+            self._set_slots(pool, held[pool], allowed)
+
+    def set_budget_counts(self, counts: Iterable[PoolCount]) -> None:
+        """Each pool's servers out (engine local), as one read of its load balancers
+        showed them."""
+        for count in counts:
+            self._set_slots(count.pool, count.out, count.max_out)
+
+    def _set_slots(self, pool: str, out: int, allowed: int) -> None:
+        self.budget_over.labels(pool)  # 0 until a drain goes over in this pool
+        self.budget_slots.labels(pool, "held").set(out)
+        self.budget_slots.labels(pool, "free").set(max(0, allowed - out))
 
     def forget_budget(self) -> None:
         """Drop every pool's slot series (a reload moved the budget: the new one's pools

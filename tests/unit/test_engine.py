@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from drainer.budget import Admission, BudgetError, Holder, Pool
+from drainer.budget.local import LocalSlots
 from drainer.config import Config, HealthConfig, parse_config
 from drainer.core import ManualUndrain, Phase, Record
 from drainer.engine import Engine
 from drainer.errors import PermanentAdapterError, TransientAdapterError
 from drainer.metrics import Metrics
-from drainer.model import EventStatus, EventType, LBStatus
+from drainer.model import EventStatus, EventType, LBStatus, PoolView
 from drainer.store import Store
 from drainer.testing import FakeClock, MemoryLoadBalancer, MemorySource, maintenance
 
@@ -614,3 +615,20 @@ def test_over_budget_drains_are_counted_per_pool(node: Node) -> None:
         return engine.metrics.registry.get_sample_value(sample, {"pool": pool})
 
     assert (over("app"), over("api")) == (1.0, 0.0)
+
+
+def test_the_local_budget_shows_each_pool_in_the_slot_metrics(node: Node) -> None:
+    class Reporting(MemoryLoadBalancer):
+        def pools(self) -> list[PoolView]:
+            return [PoolView("app", 4, 2)]  # one other server out
+
+    engine = budgeted(node, FakeSlots())
+    engine.slots = LocalSlots({LB: Reporting(LB)}, 2)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.DRAINING
+
+    def slots(state: str) -> float | None:
+        sample = {"pool": "app", "state": state}
+        return engine.metrics.registry.get_sample_value("drainer_budget_slots", sample)
+
+    assert (slots("held"), slots("free")) == (1.0, 1.0)
