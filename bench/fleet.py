@@ -133,8 +133,12 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: EtcdCluster | None) -
                 out * (samples[k + 1][0] - t) for k, (t, out) in enumerate(samples[:-1])
             )
             over = sum(
-                n.engine.metrics.registry.get_sample_value("drainer_budget_over_budget_total") or 0
+                sample.value
                 for n in nodes
+                for family in n.engine.metrics.registry.collect()
+                if family.name == "drainer_budget_over_budget"
+                for sample in family.samples
+                if sample.name == "drainer_budget_over_budget_total"
             )
             requests = sum(
                 n.engine.slots.budget.requests

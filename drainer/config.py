@@ -7,6 +7,7 @@ nowhere else; ``drainer config show`` prints them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -141,6 +142,11 @@ class MetricsConfig(_Strict):
         return None if listen is None else check_listen(listen)
 
 
+_NODE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
+MAX_SETTLE = 10.0
+DEFAULT_SETTLE = 1.0
+
+
 class BudgetConfig(_Strict):
     """The fleet budget: at most ``max_out`` servers of each pool out of service at once.
     A voluntary drain waits for a slot (never past its latest start); ``pools`` default to
@@ -149,6 +155,14 @@ class BudgetConfig(_Strict):
     engine: Literal["local", "etcd"] = "local"
     max_out: int | str  # a count (5) or a share of the pool ("20%", at least one server)
     pools: list[str] | None = None
+    # This node in the budget (its holder keys and lease ids), unique across the fleet:
+    # default the VM's name, which Azure and Google Cloud repeat across resource groups,
+    # subscriptions and projects (AWS's instance id is unique already).
+    node_id: str | None = None
+    # engine local: a node that finds room pauses a random part of this and looks again
+    # (default 1s), so that of nodes whose events came together the first to go shows as
+    # out to the others; it holds the daemon's turn meanwhile
+    settle: Duration | None = None
     etcd: EtcdConfig | None = None
 
     @field_validator("max_out")
@@ -172,6 +186,16 @@ class BudgetConfig(_Strict):
                 raise ValueError(f"a pool name must be non-empty and without '/': {name!r}")
         return pools
 
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, node_id: str | None) -> str | None:
+        if node_id is not None and not _NODE_ID.fullmatch(node_id):
+            raise ValueError(
+                "must be 1 to 200 letters, digits and . _ : @ - (it names an etcd key;"
+                f" for Azure's resourceId use the vmId, or <resourceGroup>.<name>), not {node_id!r}"
+            )
+        return node_id
+
     @model_validator(mode="after")
     def _engine_settings(self) -> BudgetConfig:
         if self.engine == "etcd" and self.etcd is None:
@@ -182,6 +206,15 @@ class BudgetConfig(_Strict):
             )
         if self.engine == "local" and self.etcd is not None:
             raise ValueError("an `etcd:` section needs engine: etcd")
+        if self.engine == "local" and self.node_id is not None:
+            raise ValueError("node_id names the node's keys in etcd: engine local has none")
+        if self.engine == "etcd" and self.settle is not None:
+            raise ValueError("settle is for engine local: etcd admits safely under races")
+        if self.settle is not None and self.settle > MAX_SETTLE:
+            raise ValueError(
+                f"settle must be at most {MAX_SETTLE:g}s (the pause holds the daemon's turn),"
+                f" not {self.settle:g}s"
+            )
         return self
 
 

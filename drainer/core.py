@@ -264,10 +264,17 @@ class SlotRefused:
     detail: str
 
 
+@dataclass(frozen=True)
+class SlotDropped:
+    """A reload moved the budget (engine, endpoints, prefix, pools, node id): the slot the
+    record names was given back to the old one; a node out registers with the new one."""
+
+
 Input = (
     Tick
     | SlotTaken
     | SlotRefused
+    | SlotDropped
     | HealthResult
     | PutBackDone
     | ChecksStarted
@@ -700,7 +707,7 @@ def _budget(
     new = replace(new, slot_wait="") if new.slot_wait else new
     if new.slot:
         return new, actions
-    if old.phase is Phase.IN_SERVICE or isinstance(given, Tick):
+    if old.phase is Phase.IN_SERVICE or isinstance(given, Tick | SlotDropped):
         event = new.event
         take = TakeSlot(
             event.event_id if event else "",
@@ -712,6 +719,8 @@ def _budget(
 
 
 def _step(record: Record, given: Input, now: float, policy: Policy) -> Result:
+    if isinstance(given, SlotDropped):
+        return replace(record, slot="", over_budget=False, slot_wait=""), []
     if isinstance(given, SlotTaken):
         return _slot_taken(record, given, now, policy)
     if isinstance(given, SlotRefused):

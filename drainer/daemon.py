@@ -264,6 +264,7 @@ class Runner:
         except Exception:
             log.exception("SIGHUP: configuration not reloaded, keeping the one in use")
             return
+        moved = old.engine.hand_over_slots(new.engine)  # before its client closes
         old.close()
         try:
             _serve(new)
@@ -285,7 +286,7 @@ class Runner:
                 config.source.poll_interval,
             )
         new.engine.follow_disk = True
-        new.engine.adopt(old.engine)
+        new.engine.adopt(old.engine, budget_moved=moved)
         if self.outbox is not None:
             self.outbox.configure(new.config.notify)
             self.outbox.follow(new.engine)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -47,6 +47,7 @@ from drainer.core import (
     Recheck,
     Record,
     ReleaseSlot,
+    SlotDropped,
     SlotRefused,
     SlotTaken,
     StartChecks,
@@ -58,7 +59,7 @@ from drainer.core import (
     wants_lb_views,
     wants_recheck,
 )
-from drainer.errors import AdapterError, ConfigError, SourceError, StateError
+from drainer.errors import AdapterError, ConfigError, DrainerError, SourceError, StateError
 from drainer.health import HealthCheck
 from drainer.metrics import Metrics
 from drainer.model import LBView, Listing, MaintenanceEvent
@@ -339,14 +340,55 @@ class Engine:
         record, _ = self.turn(None, Recheck(self.views()))  # the core checks the fresh record
         return record
 
-    def adopt(self, old: Engine) -> None:
-        """Carry on from ``old`` (a configuration reload): the record it saw, its errors."""
+    def adopt(self, old: Engine, *, budget_moved: bool = False) -> None:
+        """Carry on from ``old`` (a configuration reload): the record it saw, its errors.
+        ``budget_moved`` (``old.hand_over_slots``): the record's slot is dropped, and a
+        node out registers with this engine's budget at once."""
         self._seen = old._seen
         self.unsaved, self._unsaved = old.unsaved, old._unsaved
         self._unsaved_over = old._unsaved_over
         self._noted, self._adopted = old._noted, old._adopted
         self.unreleased = set(old.unreleased)
         self._errors = {k: v for k, v in old._errors.items() if k.partition(":")[0] in self.lbs}
+        if budget_moved:
+            try:
+                self.turn(None, SlotDropped())
+            except DrainerError as exc:  # the next keep-alive or tick finds the slot gone
+                log.error("budget: cannot drop the old budget's slot from the record: %s", exc)
+
+    def hand_over_slots(self, new: Engine) -> bool:
+        """Before a reload replaces this engine by ``new``: if the budget moved (engine,
+        endpoints, prefix, node id or pools), give back what this one holds (the record's
+        slot, a take whose answer may have been lost, releases that failed), or its keys
+        would hold a slot until their lease ends. True when the record names a slot or a
+        wait for one, which ``new.adopt(..., budget_moved=True)`` then drops."""
+        before = self.slots.where if self.slots is not None else ("none",)
+        after = new.slots.where if new.slots is not None else ("none",)
+        if before == after:
+            return False
+        try:
+            record = self.store.load()
+        except StateError:
+            record = self._seen or Record()
+        moved = f"budget: moved by the reload ({before[0]} -> {after[0]})"
+        if self.slots is not None:
+            try:
+                for lease in sorted({record.slot, *self.unreleased}):
+                    self.slots.release(lease)
+            except BudgetError as exc:
+                self._error(
+                    "budget",
+                    "budget:release",
+                    f"{moved}: cannot give back the old budget's slot ({exc}); its lease frees it",
+                )
+            else:
+                log.info("%s: gave back what the old budget held", moved)
+        self.unreleased.clear()
+        self.metrics.forget_budget()
+        held = bool(record.slot or record.slot_wait)
+        if held and record.phase is not Phase.IN_SERVICE:
+            log.info("%s: the node is out, registering it with the new budget", moved)
+        return held
 
     def _load(self) -> Record:
         record = self.store.load()
@@ -418,7 +460,11 @@ class Engine:
             self._slot_refusal = f"the budget cannot answer: {exc}"
             return [SlotRefused(self._slot_refusal)]
         self._errors.pop("budget", None)
-        self.metrics.set_budget({p.name: p.max_out for p in self.slots.pools}, admission.holders)
+        if admission.counts:  # local: what the load balancers showed
+            self.metrics.set_budget_counts(admission.counts)
+        else:
+            max_out = {p.name: p.max_out for p in self.slots.pools}
+            self.metrics.set_budget(max_out, admission.holders)
         if not admission.admitted:
             self.metrics.budget_waits.inc()
             held = ", ".join(sorted({h.node for h in admission.holders})) or "none"
@@ -430,12 +476,16 @@ class Engine:
         self.unreleased.clear()  # what this node holds is its slot again: never released
         over = bool(admission.full)
         if over:
-            self.metrics.budget_over.inc()
+            self._count_over(admission.full)
             log.warning("budget: over budget in %s: drained anyway", ", ".join(admission.full))
         else:
             log.info("budget: slot taken for %s", action.event_id or "a manual drain")
         self._slot_refusal = ""
         return [SlotTaken(admission.lease, over_budget=over, lbs=self._turn_views)]
+
+    def _count_over(self, full: Sequence[str]) -> None:
+        for pool in full:  # per pool: the alert names the pool with more out than allowed
+            self.metrics.budget_over.labels(pool).inc()
 
     def _fence(self, action: ApproveEvent) -> str:
         """Why the approval must not go out ("" it may): the slot it relies on is gone."""
@@ -491,6 +541,8 @@ class Engine:
         except BudgetError as exc:
             self._error("budget", "budget:keepalive", f"budget: keep-alive: {exc}")
             return None
+        if not record.over_budget:  # newly over (its slot was lost, the pool filled up)
+            self._count_over(admission.full)
         return SlotTaken(admission.lease, over_budget=bool(admission.full))
 
     def _on_lbs(self, action: Drain | TakeOut | PutBack | StartChecks) -> list[Input]:

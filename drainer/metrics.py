@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from drainer._http import Server, ServerThread
     from drainer.adapters.base import AdapterConfig
-    from drainer.budget import Holder
+    from drainer.budget import Holder, PoolCount
 
 
 def build_version() -> str:
@@ -189,7 +189,8 @@ class Metrics:
         )
         self.budget_over = Counter(
             "drainer_budget_over_budget",
-            "Drains that took a slot over budget (the platform takes the VM anyway)",
+            "Drains that took a slot over budget, by pool full (the platform takes the VM anyway)",
+            ["pool"],
             registry=self.registry,
         )
         for phase in Phase:
@@ -231,8 +232,23 @@ class Metrics:
         """Each pool's slots as one read of the budget showed them."""
         held = Counter_(h.pool for h in holders)
         for pool, allowed in max_out.items():
-            self.budget_slots.labels(pool, "held").set(held[pool])
-            self.budget_slots.labels(pool, "free").set(max(0, allowed - held[pool]))
+            self._set_slots(pool, held[pool], allowed)
+
+    def set_budget_counts(self, counts: Iterable[PoolCount]) -> None:
+        """Each pool's servers out (engine local), as one read of its load balancers
+        showed them."""
+        for count in counts:
+            self._set_slots(count.pool, count.out, count.max_out)
+
+    def _set_slots(self, pool: str, out: int, allowed: int) -> None:
+        self.budget_over.labels(pool)  # 0 until a drain goes over in this pool
+        self.budget_slots.labels(pool, "held").set(out)
+        self.budget_slots.labels(pool, "free").set(max(0, allowed - out))
+
+    def forget_budget(self) -> None:
+        """Drop every pool's slot series (a reload moved the budget: the new one's pools
+        appear at its first read)."""
+        self.budget_slots.clear()
 
     def keep_lbs(self, names: Iterable[str]) -> None:
         """Drop the series of load balancers no longer configured (after a reload)."""
@@ -366,6 +382,9 @@ class NullMetrics(Metrics):
                 setattr(self, name, discard)
 
     def keep_lbs(self, names: Iterable[str]) -> None:
+        pass
+
+    def forget_budget(self) -> None:
         pass
 
     def serve(self, listen: str) -> int:

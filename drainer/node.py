@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from drainer.adapters.base import AdapterConfig, LoadBalancer
 from drainer.budget import Pool, Slots
-from drainer.config import Config
+from drainer.config import DEFAULT_SETTLE, Config
 from drainer.engine import Engine, build_lbs, read_boot_id
 from drainer.errors import DrainerError, SourceError, StateError
 from drainer.metrics import Metrics, NullMetrics
@@ -85,14 +85,18 @@ class Node:
 
 
 def build_slots(config: Config, node: str, lbs: dict[str, LoadBalancer]) -> Slots | None:
-    """This node's slots of the fleet budget (None: no budget configured)."""
+    """This node's slots of the fleet budget (None: no budget configured); ``node``: the
+    VM's first name (AWS's instance id; on Azure and Google Cloud the VM's name, which
+    repeats across resource groups and projects), unless ``budget.node_id`` names it."""
     budget = config.budget
     if budget is None:
         return None
+    node = budget.node_id or node
     if budget.etcd is None:
         from drainer.budget.local import LocalSlots
 
-        return LocalSlots(lbs, budget.max_out, budget.pools or ())
+        settle = DEFAULT_SETTLE if budget.settle is None else budget.settle
+        return LocalSlots(lbs, budget.max_out, budget.pools or (), settle=settle)
     from drainer.budget.etcd import EtcdBudget, EtcdSlots  # httpx: only with a budget
 
     assert isinstance(budget.max_out, int)  # the configuration refuses a share for etcd

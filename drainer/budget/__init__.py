@@ -29,7 +29,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from drainer._types import Duration, HttpUrl, PositiveDuration
 from drainer.errors import DrainerError
 
-__all__ = ["Admission", "BudgetError", "EtcdConfig", "Holder", "Pool", "Slots", "max_out"]
+__all__ = [
+    "Admission",
+    "BudgetError",
+    "EtcdConfig",
+    "Holder",
+    "Pool",
+    "PoolCount",
+    "Slots",
+    "max_out",
+]
 
 
 class BudgetError(DrainerError):
@@ -74,23 +83,43 @@ class Holder:
 
 
 @dataclass(frozen=True)
+class PoolCount:
+    """How many servers of a pool were out, of the ``max_out`` allowed, as one read of
+    an engine without holders (``local``: the load balancers) showed them."""
+
+    pool: str
+    out: int
+    max_out: int
+
+
+@dataclass(frozen=True)
 class Admission:
     """The answer to a request for slots: ``admitted`` with the ``lease`` that holds
-    them, or not, with the pools that had no free slot and each pool's holders."""
+    them, or not, with the pools that had no free slot and each pool's holders (etcd)
+    or counts (local)."""
 
     admitted: bool
     lease: str = ""
     full: tuple[str, ...] = ()
     holders: tuple[Holder, ...] = ()
+    counts: tuple[PoolCount, ...] = ()
 
 
 class Slots(Protocol):
     """One node's slots, as the engine uses them (``EtcdSlots``)."""
 
     pools: tuple[Pool, ...]
+    # where the slots live (engine, endpoints, prefix, node id, pools): a reload that
+    # changes it gives back what the old one holds
+    where: tuple[str, ...]
 
     def take(self, event_id: str, event_type: str, *, force: bool) -> Admission: ...
     def holds(self) -> bool: ...
+    def abandon(self, event_id: str, event_type: str) -> int:
+        """Give back what ``take(event_id, event_type)`` may have written though its answer
+        never came (keys still on that take's lease only): how many."""
+        ...
+
     def keepalive(self, lease: str) -> bool: ...
     def release(self, lease: str) -> None: ...
     def close(self) -> None: ...

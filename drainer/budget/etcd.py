@@ -307,17 +307,7 @@ class EtcdBudget:
             # held in some pools already: the others go on that lease, the one kept alive
             lease = next((h.lease for h in holders if h.node == node and h.lease), lease)
             self.grant(lease)
-            value = json.dumps(
-                {
-                    "node": node,
-                    "kind": kind,
-                    "since": time.time() if now is None else now,
-                    "event_id": event_id,
-                    "event_type": event_type,
-                    "over_budget": bool(full),
-                    "lease": lease,
-                }
-            )
+            since = time.time() if now is None else now
             compare: list[dict[str, Any]] = []
             puts: list[dict[str, Any]] = []
             for pool in missing:
@@ -335,7 +325,17 @@ class EtcdBudget:
                 compare.append(
                     {"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
                 )
-                puts.append({"request_put": {"key": key, "value": _b64(value), "lease": lease}})
+                value = {
+                    "node": node,
+                    "kind": kind,
+                    "since": since,
+                    "event_id": event_id,
+                    "event_type": event_type,
+                    "over_budget": pool.name in full,  # over in this pool, not all of them
+                    "lease": lease,
+                }
+                put = {"key": key, "value": _b64(json.dumps(value)), "lease": lease}
+                puts.append({"request_put": put})
             answer = self.call("kv/txn", {"compare": compare, "success": puts})
             if answer.get("succeeded"):
                 return Admission(True, lease, full=full, holders=holders)
@@ -365,6 +365,23 @@ class EtcdBudget:
         if lease:
             self.revoke(lease)
         return len(mine)
+
+    def abandon(self, node: str, pools: Sequence[Pool], *, lease: str) -> int:
+        """Delete ``node``'s key in each pool while it is still on ``lease`` (what a take
+        whose answer was lost may have written): how many. A key on another lease (an
+        event's slot, another VM of that name) is not this take's and stays."""
+        deleted = 0
+        for pool in pools:
+            key = _b64(self._key(pool.name, node))
+            answer = self.call(
+                "kv/txn",
+                {
+                    "compare": [{"key": key, "target": "LEASE", "result": "EQUAL", "lease": lease}],
+                    "success": [{"request_delete_range": {"key": key}}],
+                },
+            )
+            deleted += bool(answer.get("succeeded"))
+        return deleted
 
     def pools(self) -> list[str]:
         """The pools with at least one holder."""
@@ -413,6 +430,9 @@ class EtcdSlots:
         self.budget = budget
         self.node = node
         self.pools = tuple(pools)
+        config = budget.config
+        names = tuple(p.name for p in self.pools)
+        self.where = ("etcd", config.prefix, node, *config.endpoints, "pools", *names)
 
     def take(self, event_id: str, event_type: str, *, force: bool) -> Admission:
         manual = event_type == "manual"
@@ -430,6 +450,11 @@ class EtcdSlots:
 
     def holds(self) -> bool:
         return self.budget.holds(self.node, self.pools)
+
+    def abandon(self, event_id: str, event_type: str) -> int:
+        return self.budget.abandon(
+            self.node, self.pools, lease=lease_id(self.node, event_id or "manual")
+        )
 
     def keepalive(self, lease: str) -> bool:
         """False when the lease is gone (it expired while the sidecar was down)."""

@@ -3,16 +3,21 @@
 A voluntary drain waits while a pool already has ``max_out`` of its other servers out
 of service (down, drained or in maintenance for whatever reason) at any of this node's
 load balancers. There is nothing to hold: two nodes that look at the same moment may
-both go; only ``etcd`` makes admission safe under races. The "slot" is a marker, the
-re-check before an approval reads the load balancers again.
+both go; only ``etcd`` makes admission safe under races. To make that rarer, a node
+that finds room pauses a random part of ``settle`` and looks again: of nodes whose
+events came in the same second, the first to go shows as draining to those that look
+after it (two that look again within the same few milliseconds still both go). The
+"slot" is a marker, the re-check before an approval reads the load balancers again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 from drainer.adapters.base import LoadBalancer
-from drainer.budget import Admission, BudgetError, Pool, max_out
+from drainer.budget import Admission, BudgetError, Pool, PoolCount, max_out
 from drainer.errors import AdapterError
 from drainer.model import PoolView
 
@@ -23,14 +28,24 @@ LOCAL = "local"  # the lease of a local slot: nothing to keep alive or give back
 
 class LocalSlots:
     def __init__(
-        self, lbs: Mapping[str, LoadBalancer], spec: int | str, only: Sequence[str] = ()
+        self,
+        lbs: Mapping[str, LoadBalancer],
+        spec: int | str,
+        only: Sequence[str] = (),
+        *,
+        settle: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.lbs = lbs
         self.spec = spec
         self.only = frozenset(only)
+        self.settle = settle
+        self.sleep = sleep
+        self.random: Callable[[], float] = random.random
         # none named ahead: the pools are what the load balancers report at each read
         # (so no per-pool slot metrics: a local budget holds nothing)
         self.pools: tuple[Pool, ...] = ()
+        self.where: tuple[str, ...] = ("local",)  # holds nothing to give back
 
     def _views(self) -> list[PoolView]:
         views: list[PoolView] = []
@@ -50,25 +65,39 @@ class LocalSlots:
             )
         return views
 
-    def _full(self) -> tuple[str, ...]:
+    def _counts(self) -> tuple[PoolCount, ...]:
+        """Each pool's other servers out, at the load balancer that leaves the least room."""
+        worst: dict[str, PoolCount] = {}
+        for view in self._views():
+            count = PoolCount(view.name, view.others_out, max_out(self.spec, view.size))
+            seen = worst.get(view.name)
+            if seen is None or count.max_out - count.out < seen.max_out - seen.out:
+                worst[view.name] = count
+        return tuple(worst[name] for name in sorted(worst))
+
+    def _full(self) -> tuple[tuple[str, ...], tuple[PoolCount, ...]]:
         """The pools where this node out with the others that are would be more than
         the allowed servers out (the same count before a drain and before an approval,
-        when the node is out already)."""
-        full = []
-        for view in self._views():
-            allowed = max_out(self.spec, view.size)
-            if view.others_out + 1 > allowed:
-                full.append(view.name)
-        return tuple(sorted(set(full)))
+        when the node is out already), and the counts."""
+        counts = self._counts()
+        return tuple(c.pool for c in counts if c.out + 1 > c.max_out), counts
 
     def take(self, event_id: str, event_type: str, *, force: bool) -> Admission:
-        full = self._full()
+        full, counts = self._full()
         if full and not force:
-            return Admission(False, full=full)
-        return Admission(True, LOCAL, full=full)
+            return Admission(False, full=full, counts=counts)
+        if not force and self.settle > 0:
+            self.sleep(self.random() * self.settle)
+            full, counts = self._full()
+            if full:
+                return Admission(False, full=full, counts=counts)
+        return Admission(True, LOCAL, full=full, counts=counts)
 
     def holds(self) -> bool:
-        return not self._full()
+        return not self._full()[0]
+
+    def abandon(self, event_id: str, event_type: str) -> int:
+        return 0
 
     def keepalive(self, lease: str) -> bool:
         return True

@@ -108,7 +108,29 @@ def slot_for_manual_drain(
 ) -> tuple[str, bool]:
     """The lease of a slot for an operator's drain, and whether it is over budget: waits
     up to ``timeout`` for one; refuses then unless ``force`` (taken over budget, or none
-    when the engine cannot answer: the drain is registered by the daemon once it can)."""
+    when the engine cannot answer: the drain is registered by the daemon once it can).
+    A refusal (or Ctrl-C) gives back what a take whose answer was lost may have written."""
+    try:
+        return _wait_for_slot(slots, timeout=timeout, force=force, say=say)
+    except (DrainerError, KeyboardInterrupt):
+        _abandon(slots, say)
+        raise
+
+
+def _abandon(slots: Slots, say: Callable[[str], None]) -> None:
+    try:
+        if slots.abandon("", "manual"):
+            say("budget: gave back the slot a lost answer had taken")
+    except BudgetError as exc:
+        say(
+            f"budget: cannot check that no slot was taken ({exc}); if `drainer budget status`"
+            " lists this node, `drainer budget release NODE` frees it (else its lease does)"
+        )
+
+
+def _wait_for_slot(
+    slots: Slots, *, timeout: float, force: bool, say: Callable[[str], None]
+) -> tuple[str, bool]:
     deadline = time.monotonic() + timeout
     last = ""
     while True:

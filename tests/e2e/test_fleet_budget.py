@@ -5,6 +5,7 @@ one drains, approves early and comes back; only then does the other leave."""
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -164,3 +165,45 @@ def test_operators_drain_within_the_budget_see_holders_and_release(
     finally:
         for world in (one, two):
             world.close()
+
+
+def holders_under(cluster: EtcdCluster, prefix: str) -> list[str]:
+    from drainer.budget.etcd import EtcdBudget, EtcdConfig
+
+    budget = EtcdBudget(EtcdConfig(endpoints=cluster.endpoints, prefix=prefix))
+    try:
+        held, _ = budget.holders(["app"])
+    finally:
+        budget.close()
+    return [h.node for h in held["app"]]
+
+
+def test_a_reload_that_moves_the_budget_hands_the_slot_over(
+    tmp_path: Path, cluster: EtcdCluster
+) -> None:
+    (world,) = fleet(tmp_path, cluster, ["web-1"])
+    try:
+        daemon = world.start()
+        world.wait_phase("in_service")
+        assert world.cli("drain").returncode == 0
+        world.wait(lambda: holders_under(cluster, "/drainer/v1/") == ["web-1"], "the slot")
+
+        # out of service, the budget moves to another prefix: the old key is given back
+        # at once (not kept until its lease ends) and the node registers with the new one
+        world.configure(budget={"etcd": {"prefix": "/moved/"}})
+        daemon.signal(signal.SIGHUP)
+        world.wait(lambda: holders_under(cluster, "/moved/") == ["web-1"], "the new slot")
+        assert holders_under(cluster, "/drainer/v1/") == []
+        world.wait(
+            lambda: "budget: moved by the reload" in world.log_path.read_text(),
+            "the handover logged",
+        )
+
+        # no budget any more: what etcd holds for the node is given back too
+        world.configure(budget=None)
+        daemon.signal(signal.SIGHUP)
+        world.wait(lambda: holders_under(cluster, "/moved/") == [], "the slot given back")
+        world.wait(lambda: world.record()["slot"] == "", "the slot dropped from the record")
+        assert world.phase() == "held" and daemon.alive()
+    finally:
+        world.close()

@@ -11,11 +11,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from drainer.budget import Admission, BudgetError, Pool
-from drainer.budget.etcd import EtcdBudget, EtcdConfig, lease_id
+from drainer.budget.etcd import EtcdBudget, EtcdConfig, EtcdSlots, lease_id
+from drainer.budget.operate import release, slot_for_manual_drain
+from drainer.config import Config, parse_config
+from drainer.errors import DrainerError
+from drainer.node import build_slots
 from drainer.testing import free_port
 from drainer.testing.clock import wait_until
 from drainer.testing.etcd import EtcdCluster, etcd_available
@@ -231,3 +237,102 @@ def test_a_proxy_in_the_environment_is_not_the_way_to_etcd(
     monkeypatch.delenv("no_proxy", raising=False)
     b = budget(cluster, "/proxy/")
     assert admit(b, "vm1", [Pool("app", 1)]).admitted
+
+
+class LostAnswers(httpx.HTTPTransport):
+    """etcd gets the transaction that writes a holder key and applies it; the answer is
+    lost on the way back (a timeout, a connection reset)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = super().handle_request(request)
+        if self.lose and request.url.path.endswith("/kv/txn") and b"request_put" in request.content:
+            self.lose -= 1
+            answer.read()
+            answer.close()
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return answer
+
+
+def one_endpoint(cluster: EtcdCluster, prefix: str, transport: httpx.BaseTransport) -> EtcdBudget:
+    config = EtcdConfig.model_validate(
+        {"endpoints": cluster.endpoints[:1], "prefix": prefix, "timeout": "1s"}
+    )
+    return EtcdBudget(config, transport=transport)
+
+
+def test_a_refused_manual_drain_gives_back_the_key_its_lost_take_wrote(
+    cluster: EtcdCluster,
+) -> None:
+    lossy = LostAnswers()
+    pools = [Pool("app", 1), Pool("api", 1)]
+    slots = EtcdSlots(one_endpoint(cluster, "/lost/", lossy), "vm1", pools)
+    lossy.lose = 1
+    said: list[str] = []
+    with pytest.raises(DrainerError, match="not draining: the budget cannot answer"):
+        slot_for_manual_drain(slots, timeout=0, force=False, say=said.append)
+    held, _ = budget(cluster, "/lost/").holders(["app", "api"])
+    assert held == {"app": [], "api": []}
+    assert admit(budget(cluster, "/lost/"), "vm2", pools).admitted
+
+
+def test_giving_back_a_lost_take_never_deletes_another_holder_of_the_name(
+    cluster: EtcdCluster,
+) -> None:
+    # The same key written on another lease (another VM of that name, or this node's
+    # event slot) is not what the lost take wrote: it stays.
+    other = budget(cluster, "/guard/")
+    assert other.acquire("vm1", [Pool("app", 1)], lease=lease_id("vm1", "e7")).admitted
+    slots = EtcdSlots(budget(cluster, "/guard/"), "vm1", [Pool("app", 1)])
+    assert slots.abandon("", "manual") == 0
+    held, _ = other.holders(["app"])
+    assert [(h.node, h.lease) for h in held["app"]] == [("vm1", lease_id("vm1", "e7"))]
+
+
+def test_over_budget_is_marked_in_the_full_pools_only(cluster: EtcdCluster) -> None:
+    # vm2 is in app (full) and api (room): it is over budget in app, within it in api;
+    # `drainer budget status` must not show api over its budget.
+    b = budget(cluster, "/over-per-pool/")
+    assert admit(b, "vm1", [Pool("app", 1)]).admitted
+    pools = [Pool("app", 1), Pool("api", 1)]
+    assert admit(b, "vm2", pools, force=True).full == ("app",)
+    held, _ = b.holders(["app", "api"])
+    over = {pool: {h.node: h.over_budget for h in hs} for pool, hs in held.items()}
+    assert over == {"app": {"vm1": False, "vm2": True}, "api": {"vm2": False}}
+    assert admit(b, "vm2", pools).full == ("app",)  # asked again: the same answer
+
+
+def config_of(cluster: EtcdCluster, tmp: str, **budget_settings: object) -> Config:
+    return parse_config(
+        {
+            "state_dir": tmp,
+            "health": {"http": {"url": "http://127.0.0.1:9/"}},
+            "load_balancers": [{"type": "mock", "name": "lb"}],
+            "budget": {
+                "engine": "etcd",
+                "max_out": 1,
+                "pools": ["app"],
+                "etcd": {"endpoints": cluster.endpoints, "prefix": "/same-name/"},
+                **budget_settings,
+            },
+        }
+    )
+
+
+def test_two_vms_of_one_name_in_two_resource_groups_hold_two_slots(
+    cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    # Azure names a VM uniquely only within its resource group: web-1 in rg-blue and
+    # web-1 in rg-green must not share a key, or the second is admitted into the first's
+    # slot and both go out under a budget of one.
+    blue = build_slots(config_of(cluster, str(tmp_path), node_id="rg-blue.web-1"), "web-1", {})
+    green = build_slots(config_of(cluster, str(tmp_path), node_id="rg-green.web-1"), "web-1", {})
+    assert blue is not None and green is not None
+    assert blue.take("e1", "Reboot", force=False).admitted
+    refused = green.take("e2", "Reboot", force=False)
+    assert not refused.admitted and [h.node for h in refused.holders] == ["rg-blue.web-1"]
+    released = release(config_of(cluster, str(tmp_path)), "rg-blue.web-1")
+    assert released == 1 and green.take("e2", "Reboot", force=False).admitted

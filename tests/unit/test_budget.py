@@ -10,9 +10,10 @@ import httpx
 import pytest
 
 from drainer.adapters.base import LoadBalancer
-from drainer.budget import BudgetError, Pool, max_out
+from drainer.budget import BudgetError, Pool, PoolCount, max_out
 from drainer.budget.etcd import EtcdBudget, EtcdConfig, EtcdSlots, _holder, lease_id
 from drainer.budget.local import LocalSlots
+from drainer.config import Config
 from drainer.errors import ConfigError
 from drainer.model import PoolView
 from drainer.testing import MemoryLoadBalancer
@@ -109,6 +110,36 @@ def test_local_counts_the_others_out() -> None:
     assert LocalSlots(lbs, 2).take("e1", "Reboot", force=False).admitted
 
 
+def test_local_counts_each_pool_out_for_the_metrics_at_its_worst_load_balancer() -> None:
+    lbs: dict[str, LoadBalancer] = {
+        "haproxy-a": _Reporting(PoolView("app", 5, 3), PoolView("api", 3, 2)),
+        "haproxy-b": _Reporting(PoolView("app", 5, 2)),  # b sees one more of app out
+    }
+    admission = LocalSlots(lbs, 2).take("e1", "Reboot", force=False)
+    assert not admission.admitted and admission.full == ("app",)
+    assert admission.counts == (PoolCount("api", 0, 2), PoolCount("app", 2, 2))
+
+
+def test_local_looks_again_after_a_random_pause_before_admitting() -> None:
+    # Nodes whose events came in the same second all see room: each pauses a random part
+    # of `settle` and looks again, so the first to go shows as out to those that follow.
+    lb = _Reporting(PoolView("app", 5, 4))
+    pauses: list[float] = []
+
+    def another_node_drains(seconds: float) -> None:
+        pauses.append(seconds)
+        lb.views = [PoolView("app", 5, 3)]
+
+    slots = LocalSlots({"haproxy": lb}, 1, settle=2.0, sleep=another_node_drains)
+    slots.random = lambda: 0.25
+    refused = slots.take("e1", "Reboot", force=False)
+    assert not refused.admitted and refused.full == ("app",) and pauses == [0.5]
+    assert slots.take("e1", "Reboot", force=True).admitted and pauses == [0.5]  # never waits
+    lb.views = [PoolView("app", 5, 4)]
+    slots.sleep = pauses.append  # nobody else goes meanwhile
+    assert slots.take("e1", "Reboot", force=False).admitted and pauses == [0.5, 0.5]
+
+
 @pytest.mark.parametrize(
     ("lb", "pools"),
     [
@@ -160,3 +191,54 @@ def test_authentication_refused_by_a_member_without_quorum_moves_on_to_the_next(
     )
     budget = EtcdBudget(config, transport=httpx.MockTransport(answer))
     assert budget.keepalive("7") == 30
+
+
+def _config_with(budget: dict[str, object]) -> Config:
+    from drainer.config import parse_config
+
+    return parse_config(
+        {
+            "health": {"http": {"url": "http://127.0.0.1:9/"}},
+            "load_balancers": [{"type": "mock", "name": "lb"}],
+            "budget": budget,
+        }
+    )
+
+
+ETCD = {"engine": "etcd", "max_out": 1, "etcd": {"endpoints": ["http://127.0.0.1:2379"]}}
+
+
+@pytest.mark.parametrize(
+    ("node_id", "problem"),
+    [
+        ("/subscriptions/s1/resourceGroups/rg/providers/x/virtualMachines/web-1", "vmId"),
+        ("web 1", "letters, digits"),
+        ("", "1 to 200"),
+    ],
+)
+def test_a_node_id_that_cannot_name_an_etcd_key_is_refused(node_id: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=f"budget.node_id: .*{problem}"):
+        _config_with({**ETCD, "node_id": node_id})
+
+
+def test_a_node_id_needs_engine_etcd() -> None:
+    with pytest.raises(ConfigError, match="node_id names the node's keys in etcd"):
+        _config_with({"max_out": 1, "node_id": "rg-blue.web-1"})
+    assert _config_with({**ETCD, "node_id": "0b5e1b4e-7d2a-4c1e-9f6e-2f3c1e0a9b8d"})
+
+
+def test_settle_is_for_engine_local_and_short() -> None:
+    with pytest.raises(ConfigError, match="settle is for engine local"):
+        _config_with({**ETCD, "settle": "1s"})
+    with pytest.raises(ConfigError, match="settle must be at most 10s"):
+        _config_with({"max_out": 1, "settle": "1m"})
+    assert _config_with({"max_out": 1, "settle": "0s"})
+
+
+def test_the_local_engine_settles_one_second_unless_told() -> None:
+    from drainer.node import build_slots
+
+    default = build_slots(_config_with({"max_out": 1}), "web-1", {})
+    told = build_slots(_config_with({"max_out": 1, "settle": "3s"}), "web-1", {})
+    assert isinstance(default, LocalSlots) and isinstance(told, LocalSlots)
+    assert (default.settle, told.settle) == (1.0, 3.0)

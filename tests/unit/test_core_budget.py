@@ -19,6 +19,7 @@ from drainer.core import (
     PutBackDone,
     Record,
     ReleaseSlot,
+    SlotDropped,
     SlotRefused,
     SlotTaken,
     TakeSlot,
@@ -162,3 +163,14 @@ def test_an_event_naming_other_vms_is_not_approved_early_while_they_may_wait() -
     record, _ = step(record, SlotTaken("L1", lbs=both(IN)), NOW, always)
     _, actions = step(record, tick(event(), lbs=both(OUT)), NOW + 1, always)
     assert ApproveEvent("E1", "L1") in actions
+
+
+def test_a_slot_dropped_by_a_reload_is_taken_again_from_the_new_budget_while_out() -> None:
+    record, _ = step(Record(boot_id=BOOT), tick(event(), lbs=both(IN)), NOW, BUDGET)
+    record, _ = step(record, SlotTaken("L1", lbs=both(IN)), NOW, BUDGET)
+    record, actions = step(record, SlotDropped(), NOW + 1, BUDGET)
+    assert record.slot == "" and record.phase is Phase.DRAINING
+    assert actions == [TakeSlot("E1", "Reboot", force=True)]
+    # without a budget any more: dropped, nothing to take
+    plain, actions = step(replace(record, slot="L1"), SlotDropped(), NOW + 1, POLICY)
+    assert plain.slot == "" and actions == []

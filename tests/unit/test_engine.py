@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from drainer.budget import Admission, BudgetError, Holder, Pool
+from drainer.budget.local import LocalSlots
 from drainer.config import Config, HealthConfig, parse_config
 from drainer.core import ManualUndrain, Phase, Record
 from drainer.engine import Engine
 from drainer.errors import PermanentAdapterError, TransientAdapterError
 from drainer.metrics import Metrics
-from drainer.model import EventStatus, EventType, LBStatus
+from drainer.model import EventStatus, EventType, LBStatus, PoolView
 from drainer.store import Store
 from drainer.testing import FakeClock, MemoryLoadBalancer, MemorySource, maintenance
 
@@ -342,6 +343,7 @@ class FakeSlots:
     """A budget of one pool whose answers the test sets."""
 
     pools: tuple[Pool, ...] = (Pool("app", 1),)
+    where: tuple[str, ...] = ("fake",)
     free: bool = False
     error: str = ""
     held: bool = True
@@ -362,6 +364,9 @@ class FakeSlots:
         if self.error:
             raise BudgetError(self.error)
         return self.held
+
+    def abandon(self, event_id: str, event_type: str) -> int:
+        return 0
 
     def keepalive(self, lease: str) -> bool:
         return self.alive
@@ -557,3 +562,88 @@ def test_a_slot_the_cli_could_not_give_back_is_given_back_by_the_daemon(node: No
     assert turn(node, daemon) is Phase.IN_SERVICE
     daemon.keep_slot(node.saved())
     assert daemon_slots.released == ["L1"]
+
+
+# A reload that moves the budget (engine, endpoints, prefix, node id, pools) gives back
+# what the old one holds, and a node out registers with the new one.
+
+
+def test_a_reload_that_moves_the_budget_hands_an_out_node_s_slot_over(node: Node) -> None:
+    old_slots = FakeSlots(free=True, where=("etcd", "/a/"))
+    old = budgeted(node, old_slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, old) is Phase.DRAINING and node.saved().slot == "L1"
+    new_slots = FakeSlots(free=False, where=("etcd", "/b/"))
+    new = budgeted(node, new_slots)
+    moved = old.hand_over_slots(new)
+    new.adopt(old, budget_moved=moved)
+    assert moved and old_slots.released == ["L1"]
+    assert new_slots.taken == [("e1", True)]  # out already: registered, forced
+    record = node.saved()
+    assert record.slot == "L1" and record.over_budget and record.phase is Phase.DRAINING
+
+
+def test_a_reload_that_moves_the_budget_in_service_gives_back_what_a_lost_ask_holds(
+    node: Node,
+) -> None:
+    old_slots = FakeSlots(error="etcd: no endpoint answered: ReadTimeout", where=("etcd",))
+    old = budgeted(node, old_slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, old) is Phase.IN_SERVICE and node.saved().slot_wait
+    old.metrics.set_budget({"app": 1}, ())
+    old_slots.error = ""
+    new_slots = FakeSlots(where=("local",))
+    new = budgeted(node, new_slots)
+    new.metrics = old.metrics  # the daemon's, shared across a reload
+    moved = old.hand_over_slots(new)
+    new.adopt(old, budget_moved=moved)
+    assert old_slots.released == [""]  # whatever the node holds there
+    assert new_slots.taken == [] and node.saved().slot_wait == ""
+    series = {"pool": "app", "state": "free"}
+    assert new.metrics.registry.get_sample_value("drainer_budget_slots", series) is None
+
+
+def test_a_reload_that_keeps_the_budget_where_it_was_keeps_the_slot(node: Node) -> None:
+    old_slots = FakeSlots(free=True)
+    old = budgeted(node, old_slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    turn(node, old)
+    new = budgeted(node, FakeSlots(free=True))
+    assert not old.hand_over_slots(new)
+    new.adopt(old, budget_moved=False)
+    assert old_slots.released == [] and node.saved().slot == "L1"
+
+
+def test_over_budget_drains_are_counted_per_pool(node: Node) -> None:
+    # The node is in app and api; app is full at its latest start, api is not: the
+    # alert must name app, and the count of api stay true.
+    slots = FakeSlots(pools=(Pool("app", 1), Pool("api", 1)))
+    engine = budgeted(node, slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.IN_SERVICE
+    node.clock.advance(900 - 35)  # its latest start: drain timeout 30 s, margin 5 s
+    turn(node, engine)
+    assert slots.taken[-1] == ("e1", True) and node.saved().over_budget
+
+    def over(pool: str) -> float | None:
+        sample = "drainer_budget_over_budget_total"
+        return engine.metrics.registry.get_sample_value(sample, {"pool": pool})
+
+    assert (over("app"), over("api")) == (1.0, 0.0)
+
+
+def test_the_local_budget_shows_each_pool_in_the_slot_metrics(node: Node) -> None:
+    class Reporting(MemoryLoadBalancer):
+        def pools(self) -> list[PoolView]:
+            return [PoolView("app", 4, 2)]  # one other server out
+
+    engine = budgeted(node, FakeSlots())
+    engine.slots = LocalSlots({LB: Reporting(LB)}, 2)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.DRAINING
+
+    def slots(state: str) -> float | None:
+        sample = {"pool": "app", "state": state}
+        return engine.metrics.registry.get_sample_value("drainer_budget_slots", sample)
+
+    assert (slots("held"), slots("free")) == (1.0, 1.0)
