@@ -373,16 +373,23 @@ def status(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
 
 @app.command()
 def events(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
-    """List the maintenance events the metadata service shows now."""
+    """List the maintenance events the metadata service shows now (exit 1 when it could
+    not be read, or only in part: then the events read are listed all the same)."""
     from drainer.status import event_lines, event_rows
 
     with _errors(), _node(config) as node:
-        rows = event_rows(node)
+        rows, partial = event_rows(node)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
-        return
-    for line in event_lines(rows):
-        typer.echo(line)
+    else:
+        for line in event_lines(rows):
+            typer.echo(line)
+    if partial:
+        _say(
+            "the metadata service answered only in part (the warning above names what could"
+            " not be read): an event there is not listed"
+        )
+        raise typer.Exit(1)
 
 
 # -- check ---------------------------------------------------------------------------------

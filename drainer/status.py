@@ -125,14 +125,15 @@ def status_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def event_rows(node: Node) -> list[dict[str, Any]]:
-    """The events the source lists now, each with what drainer would do about it."""
+def event_rows(node: Node) -> tuple[list[dict[str, Any]], bool]:
+    """The events the source lists now, each with what drainer would do about it, and
+    whether the listing is partial (part of the cloud's notices could not be read)."""
     listing = node.source.events()
     policy = node.engine.policy
     # an entry the source could not read is listed only when it may be this VM's
     found = listing.events + salvage(listing.damaged, policy)
     mine = {e.event_id for e in relevant(found, policy)}
-    return [
+    rows = [
         {
             **e.to_json(),
             "for_this_node": names_this_vm(e, policy),
@@ -140,6 +141,7 @@ def event_rows(node: Node) -> list[dict[str, Any]]:
         }
         for e in found
     ]
+    return rows, listing.partial
 
 
 def event_lines(rows: list[dict[str, Any]]) -> list[str]:

@@ -240,3 +240,13 @@ def test_check_fails_while_a_path_cannot_be_read(aws: AwsWorld) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     (row,) = [r for r in done.stdout.splitlines() if "metadata: scheduled events" in r]
     assert row.startswith("FAIL") and "in part" in row, done.stdout
+
+
+def test_events_lists_what_it_read_and_fails_while_a_path_cannot_be_read(aws: AwsWorld) -> None:
+    fake(aws).rebalance()
+    fake(aws).inject("503", count=100_000, path=SPOT)
+    done = aws.cli("events", "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    (row,) = json.loads(done.stdout)  # what could be read is listed all the same
+    assert row["event_type"] == "Rebalance"
+    assert "only in part" in done.stderr and SPOT in done.stderr
