@@ -348,12 +348,16 @@ class _Signals:
         self.settle = threading.Event()  # the main thread's wait: a stop, or the loop's end
         self._lock = threading.Lock()
         self._runner: Runner | None = None
-        self._hups = early.taken()  # held by the CLI before these handlers were in place
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
+        # In this order, no signal falls between two steps: the pipe before the handlers
+        # (a signal whose handler is in place before it would be noted nowhere), and what
+        # drainer.early held taken after its handler is gone (a SIGHUP that comes while
+        # both are in place is counted twice: still one reload).
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, _noted)
-        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._hups = early.taken()  # held by the CLI before these handlers were in place
         self._thread = threading.Thread(target=self._relay, name="drainer-signals", daemon=True)
         self._thread.start()
 
