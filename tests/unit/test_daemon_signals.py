@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -72,3 +73,37 @@ def test_a_sighup_around_its_handler_while_starting_is_a_reload(
         assert runner.reload.is_set()
     finally:
         signals.close()
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_in_a_thread_other_than_the_main_one_it_refuses_and_leaves_nothing_open() -> None:
+    fds = _open_fds()
+    caught: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            _Signals(threading.Event())
+        except BaseException as exc:
+            caught.append(exc)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    assert [type(exc) for exc in caught] == [ValueError]
+    assert _open_fds() == fds
+
+
+def test_ctrl_c_while_it_installs_itself_leaves_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGINT keeps its default (KeyboardInterrupt) until its handler is in place."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _raising_around_install(monkeypatch, signal.SIGINT, before=True)
+    fds = _open_fds()
+    with pytest.raises(KeyboardInterrupt):
+        _Signals(threading.Event())
+    assert _open_fds() == fds
+    assert signal.set_wakeup_fd(-1) == -1  # the wakeup fd it set is gone again
