@@ -348,12 +348,25 @@ class _Signals:
         self.settle = threading.Event()  # the main thread's wait: a stop, or the loop's end
         self._lock = threading.Lock()
         self._runner: Runner | None = None
-        self._hups = early.taken()  # held by the CLI before these handlers were in place
         self._read, self._write = os.pipe()
         os.set_blocking(self._write, False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, _noted)
-        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        # In this order, no signal falls between two steps: the pipe before the handlers
+        # (a signal whose handler is in place before it would be noted nowhere), and what
+        # drainer.early held taken after its handler is gone (a SIGHUP that comes while
+        # both are in place is counted twice: still one reload).
+        try:  # ValueError outside the main thread
+            self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        except BaseException:
+            self._close_pipe()
+            raise
+        try:  # KeyboardInterrupt: a SIGINT before its handler is in place
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, _noted)
+        except BaseException:
+            signal.set_wakeup_fd(self._previous)
+            self._close_pipe()
+            raise
+        self._hups = early.taken()  # held by the CLI before these handlers were in place
         self._thread = threading.Thread(target=self._relay, name="drainer-signals", daemon=True)
         self._thread.start()
 
@@ -393,6 +406,10 @@ class _Signals:
         self._thread.join(timeout=1.0)
         if not self._thread.is_alive():
             os.close(self._read)
+
+    def _close_pipe(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
 
 
 def _noted(signum: int, frame: FrameType | None) -> None:

@@ -26,7 +26,7 @@ LIST_MODULES = """
 import atexit, json, sys
 out, sys.argv = sys.argv[1], ["drainer", *sys.argv[2:]]
 atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
-from drainer.cli import main
+from drainer.early import main
 main()
 """
 

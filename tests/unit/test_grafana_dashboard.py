@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from drainer.metrics import ERROR_KINDS
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD: dict[str, Any] = json.loads((ROOT / "deploy" / "grafana" / "drainer.json").read_text())
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -56,3 +58,13 @@ def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
         "Errors by kind",
         "Notification failures",
     } <= titles
+
+
+def test_errors_by_kind_describes_every_kind() -> None:
+    panel = next(p for p in DASHBOARD["panels"] if p["title"] == "Errors by kind")
+    described = {
+        kind
+        for part in panel["description"].split(";")
+        for kind in part.split(":")[0].strip().split("/")
+    }
+    assert set(ERROR_KINDS) <= described, set(ERROR_KINDS) - described
