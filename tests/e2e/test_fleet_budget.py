@@ -207,3 +207,49 @@ def test_a_reload_that_moves_the_budget_hands_the_slot_over(
         assert world.phase() == "held" and daemon.alive()
     finally:
         world.close()
+
+
+def holder_revisions(cluster: EtcdCluster, prefix: str = "/drainer/v1/") -> dict[str, str]:
+    """Each holder key under ``prefix`` with its create revision: a key given back and
+    taken again has a new one (a moment when its slot was free)."""
+    from drainer.budget.etcd import EtcdBudget, EtcdConfig, _b64, _range_end, _unb64
+
+    budget = EtcdBudget(EtcdConfig(endpoints=cluster.endpoints, prefix=prefix))
+    everything = f"{prefix}budget/"
+    try:
+        answer = budget.call(
+            "kv/range", {"key": _b64(everything), "range_end": _range_end(everything)}
+        )
+    finally:
+        budget.close()
+    return {_unb64(kv["key"]): kv["create_revision"] for kv in answer.get("kvs", [])}
+
+
+def test_a_reload_that_lists_the_same_cluster_otherwise_keeps_the_slot_of_a_node_out(
+    tmp_path: Path, cluster: EtcdCluster
+) -> None:
+    (world,) = fleet(tmp_path, cluster, ["web-1"])
+    try:
+        daemon = world.start()
+        world.wait_phase("in_service")
+        assert world.cli("drain").returncode == 0
+        world.wait_phase("held")
+        held = holder_revisions(cluster)
+        assert list(held) == ["/drainer/v1/budget/app/holders/web-1"]
+
+        # the same cluster, its members listed in another order (or one more member):
+        # the slot of a node out must never be free, not even for a moment
+        world.configure(budget={"etcd": {"endpoints": cluster.endpoints[::-1]}})
+        daemon.signal(signal.SIGHUP)
+        world.wait(lambda: "configuration reloaded" in world.log_path.read_text(), "the reload")
+        world.configure(budget={"etcd": {"endpoints": cluster.endpoints[1:]}})
+        daemon.signal(signal.SIGHUP)
+        world.wait(
+            lambda: world.log_path.read_text().count("configuration reloaded") == 2, "the reload"
+        )
+        assert holder_revisions(cluster) == held
+        assert "budget: moved by the reload" not in world.log_path.read_text()
+        assert world.phase() == "held" and world.record()["slot"]
+        assert not world.record()["over_budget"]
+    finally:
+        world.close()
