@@ -46,6 +46,7 @@ class LocalSlots:
         # (so no per-pool slot metrics: a local budget holds nothing)
         self.pools: tuple[Pool, ...] = ()
         self.where: tuple[str, ...] = ("local",)  # holds nothing to give back
+        self.members: frozenset[str] = frozenset()
 
     def _views(self) -> list[PoolView]:
         views: list[PoolView] = []

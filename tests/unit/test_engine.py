@@ -344,6 +344,7 @@ class FakeSlots:
 
     pools: tuple[Pool, ...] = (Pool("app", 1),)
     where: tuple[str, ...] = ("fake",)
+    members: frozenset[str] = frozenset()
     free: bool = False
     error: str = ""
     held: bool = True
@@ -647,3 +648,41 @@ def test_the_local_budget_shows_each_pool_in_the_slot_metrics(node: Node) -> Non
         return engine.metrics.registry.get_sample_value("drainer_budget_slots", sample)
 
     assert (slots("held"), slots("free")) == (1.0, 1.0)
+
+
+def test_a_reload_that_changes_the_pools_in_the_same_place_keeps_the_slot(node: Node) -> None:
+    old_slots = FakeSlots(free=True, where=("etcd", "/a/", "web-1"))
+    old = budgeted(node, old_slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, old) is Phase.DRAINING and node.saved().slot == "L1"
+    old.metrics.set_budget({"app": 1}, ())
+    new = budgeted(node, FakeSlots(pools=(Pool("api", 1),), where=("etcd", "/a/", "web-1")))
+    new.metrics = old.metrics  # the daemon's, shared across a reload
+    assert not old.hand_over_slots(new)
+    new.adopt(old, budget_moved=False)
+    assert old_slots.released == [] and node.saved().slot == "L1"
+    series = {"pool": "app", "state": "free"}
+    assert new.metrics.registry.get_sample_value("drainer_budget_slots", series) is None
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "moved"),
+    [
+        (["http://a:2379", "http://b:2379"], ["http://b:2379", "http://a:2379"], False),
+        (["http://a:2379", "http://b:2379"], ["http://b:2379", "http://c:2379"], False),
+        (["http://a:2379"], ["http://c:2379"], True),
+    ],
+)
+def test_an_etcd_budget_moves_with_a_cluster_that_shares_no_member(
+    before: list[str], after: list[str], moved: bool
+) -> None:
+    from drainer.budget import budget_moved
+    from drainer.budget.etcd import EtcdBudget, EtcdConfig, EtcdSlots
+
+    def slots(endpoints: list[str], prefix: str = "/drainer/v1/") -> EtcdSlots:
+        config = EtcdConfig.model_validate({"endpoints": endpoints, "prefix": prefix})
+        return EtcdSlots(EtcdBudget(config), "web-1", [Pool("app", 1)])
+
+    assert budget_moved(slots(before), slots(after)) is moved
+    assert budget_moved(slots(before), slots(before, "/other/"))
+    assert budget_moved(slots(before), None) and not budget_moved(None, None)
