@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -253,4 +254,42 @@ def test_a_reload_that_lists_the_same_cluster_otherwise_keeps_the_slot_of_a_node
         assert world.phase() == "held" and world.record()["slot"]
         assert not world.record()["over_budget"]
     finally:
+        world.close()
+
+
+def test_a_reload_rolled_back_never_gives_back_the_slot_of_a_node_out(
+    tmp_path: Path, cluster: EtcdCluster
+) -> None:
+    (world,) = fleet(tmp_path, cluster, ["web-1"])
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))  # another program holds the new agent's port
+    taken.listen(1)
+    try:
+        daemon = world.start()
+        world.wait_phase("in_service")
+        assert world.cli("drain").returncode == 0
+        world.wait_phase("held")
+        held = holder_revisions(cluster)
+        assert list(held) == ["/drainer/v1/budget/app/holders/web-1"]
+
+        # the new configuration moves the budget but cannot serve (its agent's port is
+        # taken): the one in use stays, and with it the slot, never given back
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        agent = {"type": "haproxy-agent", "name": "agent", "listen": listen, "service_port": 80}
+        world.configure(
+            budget={"etcd": {"prefix": "/moved/"}},
+            load_balancers=[*world.settings["load_balancers"], agent],
+        )
+        daemon.signal(signal.SIGHUP)
+        world.wait(
+            lambda: "configuration not reloaded" in world.log_path.read_text(), "the rollback"
+        )
+        world.wait_polls(2)
+        assert holder_revisions(cluster) == held
+        assert holder_revisions(cluster, "/moved/") == {}
+        assert "budget: moved by the reload" not in world.log_path.read_text()
+        assert world.phase() == "held" and not world.record()["over_budget"]
+        assert daemon.alive()
+    finally:
+        taken.close()
         world.close()
