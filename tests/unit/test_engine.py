@@ -686,3 +686,25 @@ def test_an_etcd_budget_moves_with_a_cluster_that_shares_no_member(
     assert budget_moved(slots(before), slots(after)) is moved
     assert budget_moved(slots(before), slots(before, "/other/"))
     assert budget_moved(slots(before), None) and not budget_moved(None, None)
+
+
+def test_the_local_budget_drops_the_series_of_a_pool_no_longer_counted(node: Node) -> None:
+    shown = [PoolView("app", 4, 2)]
+
+    class Reporting(MemoryLoadBalancer):
+        def pools(self) -> list[PoolView]:
+            return shown
+
+    engine = budgeted(node, FakeSlots())
+    engine.slots = LocalSlots({LB: Reporting(LB)}, 1)  # app full: the drain waits
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.IN_SERVICE
+    shown[:] = [PoolView("web", 4, 2)]  # the backend renamed (or budget.pools reloaded)
+    node.clock.advance(engine.slot_retry)
+    assert turn(node, engine) is Phase.IN_SERVICE
+
+    def free(pool: str) -> float | None:
+        sample = {"pool": pool, "state": "free"}
+        return engine.metrics.registry.get_sample_value("drainer_budget_slots", sample)
+
+    assert (free("app"), free("web")) == (None, 0.0)
