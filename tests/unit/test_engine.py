@@ -708,3 +708,19 @@ def test_the_local_budget_drops_the_series_of_a_pool_no_longer_counted(node: Nod
         return engine.metrics.registry.get_sample_value("drainer_budget_slots", sample)
 
     assert (free("app"), free("web")) == (None, 0.0)
+
+
+def test_the_local_settle_pause_never_runs_past_the_latest_start(node: Node) -> None:
+    class Reporting(MemoryLoadBalancer):
+        def pools(self) -> list[PoolView]:
+            return [PoolView("app", 4, 3)]  # every other server in: room
+
+    engine = budgeted(node, FakeSlots())
+    engine.slots = LocalSlots({LB: Reporting(LB)}, 1, settle=10.0, sleep=node.clock.advance)
+    engine.slots.random = lambda: 1.0  # the longest pause
+    # drain timeout 30 s, margin 5 s: the latest start is 1 s away
+    not_before = node.clock.now + 36
+    node.source.publish(maintenance("e1", not_before=not_before))
+    assert turn(node, engine) is Phase.DRAINING
+    record = node.saved()
+    assert record.slot and record.drain_deadline <= not_before - 5  # ends by NotBefore - margin
