@@ -458,7 +458,10 @@ class Engine:
         self._slot_asked = now
         self._slot_failed = False
         try:
-            admission = self.slots.take(action.event_id, action.event_type, force=action.force)
+            within = None if action.by is None else action.by - now
+            admission = self.slots.take(
+                action.event_id, action.event_type, force=action.force, within=within
+            )
         except BudgetError as exc:
             self._slot_failed = True
             self._error("budget", "budget", f"budget: {exc}")

@@ -118,7 +118,13 @@ class Slots(Protocol):
     where: tuple[str, ...]
     members: frozenset[str]
 
-    def take(self, event_id: str, event_type: str, *, force: bool) -> Admission: ...
+    def take(
+        self, event_id: str, event_type: str, *, force: bool, within: float | None = None
+    ) -> Admission:
+        """Slots for the event, or none; ``within``: seconds until the drain goes anyway
+        (a pause before answering never runs past it)."""
+        ...
+
     def holds(self) -> bool: ...
     def abandon(self, event_id: str, event_type: str) -> int:
         """Give back what ``take(event_id, event_type)`` may have written though its answer

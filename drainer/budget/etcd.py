@@ -433,7 +433,9 @@ class EtcdSlots:
         self.where: tuple[str, ...] = ("etcd", budget.config.prefix, node)
         self.members = frozenset(str(e).rstrip("/") for e in budget.config.endpoints)
 
-    def take(self, event_id: str, event_type: str, *, force: bool) -> Admission:
+    def take(
+        self, event_id: str, event_type: str, *, force: bool, within: float | None = None
+    ) -> Admission:
         manual = event_type == "manual"
         kind = "involuntary" if force and not manual else "manual" if manual else "voluntary"
         lease = lease_id(self.node, event_id or "manual")

@@ -353,7 +353,9 @@ class FakeSlots:
     released: list[str] = field(default_factory=list)
     release_error: str = ""
 
-    def take(self, event_id: str, event_type: str, *, force: bool) -> Admission:
+    def take(
+        self, event_id: str, event_type: str, *, force: bool, within: float | None = None
+    ) -> Admission:
         self.taken.append((event_id, force))
         if self.error:
             raise BudgetError(self.error)
