@@ -5,6 +5,7 @@ one drains, approves early and comes back; only then does the other leave."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
@@ -292,4 +293,39 @@ def test_a_reload_rolled_back_never_gives_back_the_slot_of_a_node_out(
         assert daemon.alive()
     finally:
         taken.close()
+        world.close()
+
+
+def test_a_budget_move_while_etcd_hangs_neither_blocks_the_daemon_nor_loses_the_node(
+    tmp_path: Path, cluster: EtcdCluster
+) -> None:
+    (world,) = fleet(tmp_path, cluster, ["web-1"])
+    stopped: list[int] = []
+    try:
+        daemon = world.start()
+        world.wait_phase("in_service")
+        assert world.cli("drain").returncode == 0
+        world.wait_phase("held")
+        for proc in cluster.procs:  # every member hangs: each call times out (1 s each)
+            assert proc is not None
+            os.kill(proc.pid, signal.SIGSTOP)
+            stopped.append(proc.pid)
+        world.configure(budget={"etcd": {"prefix": "/moved/"}})
+        daemon.signal(signal.SIGHUP)
+        world.wait(
+            lambda: "cannot give back the old budget's slot" in world.log_path.read_text(),
+            "the failed hand-over logged",
+        )
+        world.wait_polls(3)  # the loop goes on meanwhile
+        assert world.phase() == "held" and daemon.alive()
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        stopped.clear()
+        # the node out registers with the new budget once etcd answers; the old key is
+        # left to its lease (said in the log)
+        world.wait(lambda: holders_under(cluster, "/moved/") == ["web-1"], "the new slot")
+        assert world.phase() == "held"
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
         world.close()
