@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import World
+from harness import Daemon, World
 
 from drainer.testing.etcd import EtcdCluster, etcd_available
 
@@ -180,6 +180,15 @@ def holders_under(cluster: EtcdCluster, prefix: str) -> list[str]:
     return [h.node for h in held["app"]]
 
 
+def drained_by_hand(world: World) -> Daemon:
+    """Start the daemon and `drainer drain` the node: held, with a slot."""
+    daemon = world.start()
+    world.wait_phase("in_service")
+    assert world.cli("drain").returncode == 0
+    world.wait_phase("held")
+    return daemon
+
+
 def test_a_reload_that_moves_the_budget_hands_the_slot_over(
     tmp_path: Path, cluster: EtcdCluster
 ) -> None:
@@ -233,10 +242,7 @@ def test_a_reload_that_lists_the_same_cluster_otherwise_keeps_the_slot_of_a_node
 ) -> None:
     (world,) = fleet(tmp_path, cluster, ["web-1"])
     try:
-        daemon = world.start()
-        world.wait_phase("in_service")
-        assert world.cli("drain").returncode == 0
-        world.wait_phase("held")
+        daemon = drained_by_hand(world)
         held = holder_revisions(cluster)
         assert list(held) == ["/drainer/v1/budget/app/holders/web-1"]
 
@@ -266,10 +272,7 @@ def test_a_reload_rolled_back_never_gives_back_the_slot_of_a_node_out(
     taken.bind(("127.0.0.1", 0))  # another program holds the new agent's port
     taken.listen(1)
     try:
-        daemon = world.start()
-        world.wait_phase("in_service")
-        assert world.cli("drain").returncode == 0
-        world.wait_phase("held")
+        daemon = drained_by_hand(world)
         held = holder_revisions(cluster)
         assert list(held) == ["/drainer/v1/budget/app/holders/web-1"]
 
@@ -302,10 +305,7 @@ def test_a_budget_move_while_etcd_hangs_neither_blocks_the_daemon_nor_loses_the_
     (world,) = fleet(tmp_path, cluster, ["web-1"])
     stopped: list[int] = []
     try:
-        daemon = world.start()
-        world.wait_phase("in_service")
-        assert world.cli("drain").returncode == 0
-        world.wait_phase("held")
+        daemon = drained_by_hand(world)
         for proc in cluster.procs:  # every member hangs: each call times out (1 s each)
             assert proc is not None
             os.kill(proc.pid, signal.SIGSTOP)
