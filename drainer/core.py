@@ -337,6 +337,9 @@ class TakeSlot:
     event_id: str
     event_type: str
     force: bool = False
+    # a voluntary ask: the latest start, when the drain goes anyway (an engine that
+    # pauses before it answers never pauses past it)
+    by: float | None = None
 
 
 @dataclass(frozen=True)
@@ -480,9 +483,17 @@ def waits_for_slot(event: MaintenanceEvent, now: float, policy: Policy) -> bool:
         return False
     if event.event_type in (EventType.PREEMPT, EventType.TERMINATE, EventType.UNKNOWN):
         return False
-    if event.status is not EventStatus.SCHEDULED or event.not_before is None:
+    latest = _latest_start(event, policy)
+    if event.status is not EventStatus.SCHEDULED or latest is None:
         return False
-    return now < event.not_before - policy.drain_timeout - policy.drain_margin
+    return now < latest
+
+
+def _latest_start(event: MaintenanceEvent, policy: Policy) -> float | None:
+    """NotBefore minus the drain timeout and margin: a drain that waits goes then anyway."""
+    if event.not_before is None:
+        return None
+    return event.not_before - policy.drain_timeout - policy.drain_margin
 
 
 def _pick(candidates: list[MaintenanceEvent], policy: Policy) -> MaintenanceEvent | None:
@@ -1025,7 +1036,8 @@ def _in_service(
     record = _follow(record, event)
     if not record.slot and waits_for_slot(event, now, policy):
         wait = record.slot_wait or "asking the budget for a slot"
-        return replace(record, slot_wait=wait), [TakeSlot(event.event_id, event.type_name)]
+        take = TakeSlot(event.event_id, event.type_name, by=_latest_start(event, policy))
+        return replace(record, slot_wait=wait), [take]
     return _start_drain(record, tick.lbs, now, policy, _drain_note(record, event, now, policy))
 
 

@@ -264,8 +264,7 @@ class Runner:
         except Exception:
             log.exception("SIGHUP: configuration not reloaded, keeping the one in use")
             return
-        moved = old.engine.hand_over_slots(new.engine)  # before its client closes
-        old.close()
+        old.close(slots=False)  # the budget's client waits for the configuration that serves
         try:
             _serve(new)
         except DrainerError as exc:
@@ -274,7 +273,7 @@ class Runner:
             try:  # the old configuration served until a moment ago
                 new = assemble(old.config, self.stopping, metrics=self.metrics, names=old_names)
                 _serve(new)
-            except Exception:
+            except Exception:  # the old node goes on: its budget client stays open
                 log.exception("SIGHUP: cannot restore the configuration in use")
                 return
         else:
@@ -285,6 +284,11 @@ class Runner:
                 ", ".join(new.lbs),
                 config.source.poll_interval,
             )
+        # only now that it is known which configuration serves (a rollback keeps the
+        # budget where it was: a node out must not give its slot back, even for a moment)
+        moved = old.engine.hand_over_slots(new.engine)
+        if old.engine.slots is not None:
+            old.engine.slots.close()
         new.engine.follow_disk = True
         new.engine.adopt(old.engine, budget_moved=moved)
         if self.outbox is not None:

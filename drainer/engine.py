@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from drainer.adapters.base import AdapterConfig, AdapterContext, AnyAdapterPlugin, LoadBalancer
-from drainer.budget import BudgetError, Slots
+from drainer.budget import BudgetError, Slots, budget_moved
 from drainer.config import Config, HealthConfig
 from drainer.core import (
     Action,
@@ -358,14 +358,19 @@ class Engine:
 
     def hand_over_slots(self, new: Engine) -> bool:
         """Before a reload replaces this engine by ``new``: if the budget moved (engine,
-        endpoints, prefix, node id or pools), give back what this one holds (the record's
-        slot, a take whose answer may have been lost, releases that failed), or its keys
-        would hold a slot until their lease ends. True when the record names a slot or a
-        wait for one, which ``new.adopt(..., budget_moved=True)`` then drops."""
+        cluster, prefix or node id: ``budget_moved``), give back what this one holds (the
+        record's slot, a take whose answer may have been lost, releases that failed), or
+        its keys would hold a slot until their lease ends. True when the record names a
+        slot or a wait for one, which ``new.adopt(..., budget_moved=True)`` then drops.
+        Other pools in the same place keep the slot (the next keep-alive takes the new
+        ones): given back, a node out would leave its slot free for a moment."""
+        if not budget_moved(self.slots, new.slots):
+            pools = [{p.name for p in s.pools} if s else set() for s in (self.slots, new.slots)]
+            if pools[0] != pools[1]:
+                self.metrics.forget_budget()  # the new pools' series appear at the next read
+            return False
         before = self.slots.where if self.slots is not None else ("none",)
         after = new.slots.where if new.slots is not None else ("none",)
-        if before == after:
-            return False
         try:
             record = self.store.load()
         except StateError:
@@ -453,7 +458,10 @@ class Engine:
         self._slot_asked = now
         self._slot_failed = False
         try:
-            admission = self.slots.take(action.event_id, action.event_type, force=action.force)
+            within = None if action.by is None else action.by - now
+            admission = self.slots.take(
+                action.event_id, action.event_type, force=action.force, within=within
+            )
         except BudgetError as exc:
             self._slot_failed = True
             self._error("budget", "budget", f"budget: {exc}")

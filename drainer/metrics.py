@@ -14,6 +14,7 @@ Low cardinality: labels are phases, event types, results, kinds and load-balance
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter as Counter_
@@ -176,6 +177,7 @@ class Metrics:
         self.errors = Counter(
             "drainer_errors", "Errors met, by kind", ["kind"], registry=self.registry
         )
+        self._counted: set[str] = set()  # the pools engine local last reported
         self.budget_slots = Gauge(
             "drainer_budget_slots",
             "Slots of each budget pool held and free, as this node last read them",
@@ -236,9 +238,18 @@ class Metrics:
 
     def set_budget_counts(self, counts: Iterable[PoolCount]) -> None:
         """Each pool's servers out (engine local), as one read of its load balancers
-        showed them."""
+        showed them: every pool they report, so a pool no longer among them (a backend
+        renamed, ``budget.pools`` reloaded) loses its series instead of showing its last
+        count for ever."""
+        counted = set()
         for count in counts:
+            counted.add(count.pool)
             self._set_slots(count.pool, count.out, count.max_out)
+        for pool in self._counted - counted:
+            for state in ("held", "free"):
+                with contextlib.suppress(KeyError):  # dropped already (forget_budget)
+                    self.budget_slots.remove(pool, state)
+        self._counted = counted
 
     def _set_slots(self, pool: str, out: int, allowed: int) -> None:
         self.budget_over.labels(pool)  # 0 until a drain goes over in this pool
@@ -249,6 +260,7 @@ class Metrics:
         """Drop every pool's slot series (a reload moved the budget: the new one's pools
         appear at its first read)."""
         self.budget_slots.clear()
+        self._counted = set()
 
     def keep_lbs(self, names: Iterable[str]) -> None:
         """Drop the series of load balancers no longer configured (after a reload)."""
@@ -385,6 +397,9 @@ class NullMetrics(Metrics):
         pass
 
     def forget_budget(self) -> None:
+        pass
+
+    def set_budget_counts(self, counts: Iterable[PoolCount]) -> None:
         pass
 
     def serve(self, listen: str) -> int:

@@ -76,11 +76,13 @@ class Node:
     source: EventSource
     lbs: dict[str, LoadBalancer]
 
-    def close(self) -> None:
+    def close(self, *, slots: bool = True) -> None:
+        """Close what the node uses; the budget's client too unless ``slots`` is False
+        (a reload closes it once it knows which configuration serves)."""
         for lb in self.lbs.values():
             lb.close()
         self.source.close()
-        if self.engine.slots is not None:
+        if slots and self.engine.slots is not None:
             self.engine.slots.close()
 
 

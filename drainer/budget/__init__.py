@@ -37,6 +37,7 @@ __all__ = [
     "Pool",
     "PoolCount",
     "Slots",
+    "budget_moved",
     "max_out",
 ]
 
@@ -109,11 +110,21 @@ class Slots(Protocol):
     """One node's slots, as the engine uses them (``EtcdSlots``)."""
 
     pools: tuple[Pool, ...]
-    # where the slots live (engine, endpoints, prefix, node id, pools): a reload that
-    # changes it gives back what the old one holds
+    # where the slots live (engine, prefix, node id) and the cluster's members: a reload
+    # that changes ``where``, or lists members none of which it listed before, gives back
+    # what the old one holds. Members listed otherwise (reordered, one more or fewer) are
+    # the same cluster, and pools are keys of the same node: its slot is kept, or a node
+    # out would free it for a moment (the next keep-alive takes what new pools miss).
     where: tuple[str, ...]
+    members: frozenset[str]
 
-    def take(self, event_id: str, event_type: str, *, force: bool) -> Admission: ...
+    def take(
+        self, event_id: str, event_type: str, *, force: bool, within: float | None = None
+    ) -> Admission:
+        """Slots for the event, or none; ``within``: seconds until the drain goes anyway
+        (a pause before answering never runs past it)."""
+        ...
+
     def holds(self) -> bool: ...
     def abandon(self, event_id: str, event_type: str) -> int:
         """Give back what ``take(event_id, event_type)`` may have written though its answer
@@ -123,6 +134,16 @@ class Slots(Protocol):
     def keepalive(self, lease: str) -> bool: ...
     def release(self, lease: str) -> None: ...
     def close(self) -> None: ...
+
+
+def budget_moved(old: Slots | None, new: Slots | None) -> bool:
+    """Whether a reload from ``old`` to ``new`` moves the slots elsewhere (see
+    ``Slots.where``): what ``old`` holds must then be given back."""
+    if old is None or new is None:
+        return old is not new
+    if old.where != new.where:
+        return True
+    return bool(old.members and new.members) and old.members.isdisjoint(new.members)
 
 
 class EtcdConfig(BaseModel):

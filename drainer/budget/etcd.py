@@ -430,11 +430,12 @@ class EtcdSlots:
         self.budget = budget
         self.node = node
         self.pools = tuple(pools)
-        config = budget.config
-        names = tuple(p.name for p in self.pools)
-        self.where = ("etcd", config.prefix, node, *config.endpoints, "pools", *names)
+        self.where: tuple[str, ...] = ("etcd", budget.config.prefix, node)
+        self.members = frozenset(str(e).rstrip("/") for e in budget.config.endpoints)
 
-    def take(self, event_id: str, event_type: str, *, force: bool) -> Admission:
+    def take(
+        self, event_id: str, event_type: str, *, force: bool, within: float | None = None
+    ) -> Admission:
         manual = event_type == "manual"
         kind = "involuntary" if force and not manual else "manual" if manual else "voluntary"
         lease = lease_id(self.node, event_id or "manual")

@@ -46,6 +46,7 @@ class LocalSlots:
         # (so no per-pool slot metrics: a local budget holds nothing)
         self.pools: tuple[Pool, ...] = ()
         self.where: tuple[str, ...] = ("local",)  # holds nothing to give back
+        self.members: frozenset[str] = frozenset()
 
     def _views(self) -> list[PoolView]:
         views: list[PoolView] = []
@@ -82,12 +83,17 @@ class LocalSlots:
         counts = self._counts()
         return tuple(c.pool for c in counts if c.out + 1 > c.max_out), counts
 
-    def take(self, event_id: str, event_type: str, *, force: bool) -> Admission:
+    def take(
+        self, event_id: str, event_type: str, *, force: bool, within: float | None = None
+    ) -> Admission:
         full, counts = self._full()
         if full and not force:
             return Admission(False, full=full, counts=counts)
-        if not force and self.settle > 0:
-            self.sleep(self.random() * self.settle)
+        pause = self.random() * self.settle
+        if within is not None:  # never past the latest start: the drain would start late
+            pause = min(pause, within)
+        if not force and pause > 0:
+            self.sleep(pause)
             full, counts = self._full()
             if full:
                 return Admission(False, full=full, counts=counts)

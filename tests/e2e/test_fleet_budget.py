@@ -5,14 +5,16 @@ one drains, approves early and comes back; only then does the other leave."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import World
+from harness import Daemon, World
 
 from drainer.testing.etcd import EtcdCluster, etcd_available
 
@@ -178,6 +180,15 @@ def holders_under(cluster: EtcdCluster, prefix: str) -> list[str]:
     return [h.node for h in held["app"]]
 
 
+def drained_by_hand(world: World) -> Daemon:
+    """Start the daemon and `drainer drain` the node: held, with a slot."""
+    daemon = world.start()
+    world.wait_phase("in_service")
+    assert world.cli("drain").returncode == 0
+    world.wait_phase("held")
+    return daemon
+
+
 def test_a_reload_that_moves_the_budget_hands_the_slot_over(
     tmp_path: Path, cluster: EtcdCluster
 ) -> None:
@@ -204,6 +215,117 @@ def test_a_reload_that_moves_the_budget_hands_the_slot_over(
         daemon.signal(signal.SIGHUP)
         world.wait(lambda: holders_under(cluster, "/moved/") == [], "the slot given back")
         world.wait(lambda: world.record()["slot"] == "", "the slot dropped from the record")
-        assert world.phase() == "held" and daemon.alive()
+        world.wait_phase("held")  # the drain (300 ms) may outlast the two reloads
+        assert daemon.alive()
     finally:
+        world.close()
+
+
+def holder_revisions(cluster: EtcdCluster, prefix: str = "/drainer/v1/") -> dict[str, str]:
+    """Each holder key under ``prefix`` with its create revision: a key given back and
+    taken again has a new one (a moment when its slot was free)."""
+    from drainer.budget.etcd import EtcdBudget, EtcdConfig, _b64, _range_end, _unb64
+
+    budget = EtcdBudget(EtcdConfig(endpoints=cluster.endpoints, prefix=prefix))
+    everything = f"{prefix}budget/"
+    try:
+        answer = budget.call(
+            "kv/range", {"key": _b64(everything), "range_end": _range_end(everything)}
+        )
+    finally:
+        budget.close()
+    return {_unb64(kv["key"]): kv["create_revision"] for kv in answer.get("kvs", [])}
+
+
+def test_a_reload_that_lists_the_same_cluster_otherwise_keeps_the_slot_of_a_node_out(
+    tmp_path: Path, cluster: EtcdCluster
+) -> None:
+    (world,) = fleet(tmp_path, cluster, ["web-1"])
+    try:
+        daemon = drained_by_hand(world)
+        held = holder_revisions(cluster)
+        assert list(held) == ["/drainer/v1/budget/app/holders/web-1"]
+
+        # the same cluster, its members listed in another order (or one more member):
+        # the slot of a node out must never be free, not even for a moment
+        world.configure(budget={"etcd": {"endpoints": cluster.endpoints[::-1]}})
+        daemon.signal(signal.SIGHUP)
+        world.wait(lambda: "configuration reloaded" in world.log_path.read_text(), "the reload")
+        world.configure(budget={"etcd": {"endpoints": cluster.endpoints[1:]}})
+        daemon.signal(signal.SIGHUP)
+        world.wait(
+            lambda: world.log_path.read_text().count("configuration reloaded") == 2, "the reload"
+        )
+        assert holder_revisions(cluster) == held
+        assert "budget: moved by the reload" not in world.log_path.read_text()
+        assert world.phase() == "held" and world.record()["slot"]
+        assert not world.record()["over_budget"]
+    finally:
+        world.close()
+
+
+def test_a_reload_rolled_back_never_gives_back_the_slot_of_a_node_out(
+    tmp_path: Path, cluster: EtcdCluster
+) -> None:
+    (world,) = fleet(tmp_path, cluster, ["web-1"])
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))  # another program holds the new agent's port
+    taken.listen(1)
+    try:
+        daemon = drained_by_hand(world)
+        held = holder_revisions(cluster)
+        assert list(held) == ["/drainer/v1/budget/app/holders/web-1"]
+
+        # the new configuration moves the budget but cannot serve (its agent's port is
+        # taken): the one in use stays, and with it the slot, never given back
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        agent = {"type": "haproxy-agent", "name": "agent", "listen": listen, "service_port": 80}
+        world.configure(
+            budget={"etcd": {"prefix": "/moved/"}},
+            load_balancers=[*world.settings["load_balancers"], agent],
+        )
+        daemon.signal(signal.SIGHUP)
+        world.wait(
+            lambda: "configuration not reloaded" in world.log_path.read_text(), "the rollback"
+        )
+        world.wait_polls(2)
+        assert holder_revisions(cluster) == held
+        assert holder_revisions(cluster, "/moved/") == {}
+        assert "budget: moved by the reload" not in world.log_path.read_text()
+        assert world.phase() == "held" and not world.record()["over_budget"]
+        assert daemon.alive()
+    finally:
+        taken.close()
+        world.close()
+
+
+def test_a_budget_move_while_etcd_hangs_neither_blocks_the_daemon_nor_loses_the_node(
+    tmp_path: Path, cluster: EtcdCluster
+) -> None:
+    (world,) = fleet(tmp_path, cluster, ["web-1"])
+    stopped: list[int] = []
+    try:
+        daemon = drained_by_hand(world)
+        for proc in cluster.procs:  # every member hangs: each call times out (1 s each)
+            assert proc is not None
+            os.kill(proc.pid, signal.SIGSTOP)
+            stopped.append(proc.pid)
+        world.configure(budget={"etcd": {"prefix": "/moved/"}})
+        daemon.signal(signal.SIGHUP)
+        world.wait(
+            lambda: "cannot give back the old budget's slot" in world.log_path.read_text(),
+            "the failed hand-over logged",
+        )
+        world.wait_polls(3)  # the loop goes on meanwhile
+        assert world.phase() == "held" and daemon.alive()
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        stopped.clear()
+        # the node out registers with the new budget once etcd answers; the old key is
+        # left to its lease (said in the log)
+        world.wait(lambda: holders_under(cluster, "/moved/") == ["web-1"], "the new slot")
+        assert world.phase() == "held"
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
         world.close()

@@ -35,11 +35,11 @@ LATEST = NOW + 900 - 300 - 30  # NotBefore - drain timeout - margin
 def test_a_voluntary_drain_asks_for_a_slot_and_stays_in_service_while_refused() -> None:
     record, actions = step(Record(boot_id=BOOT), tick(event(), lbs=both(IN)), NOW, BUDGET)
     assert record.phase is Phase.IN_SERVICE and record.event is not None
-    assert actions == [TakeSlot("E1", "Reboot")]
+    assert actions == [TakeSlot("E1", "Reboot", by=LATEST)]
     record, actions = step(record, SlotRefused("no free slot in app"), NOW, BUDGET)
     assert record.phase is Phase.IN_SERVICE and record.slot_wait == "no free slot in app"
     record, actions = step(record, tick(event(), lbs=both(IN)), NOW + 1, BUDGET)
-    assert record.phase is Phase.IN_SERVICE and actions == [TakeSlot("E1", "Reboot")]
+    assert record.phase is Phase.IN_SERVICE and actions == [TakeSlot("E1", "Reboot", by=LATEST)]
 
 
 def test_a_slot_starts_the_drain_in_the_same_turn_and_lets_it_be_approved() -> None:

@@ -344,6 +344,7 @@ class FakeSlots:
 
     pools: tuple[Pool, ...] = (Pool("app", 1),)
     where: tuple[str, ...] = ("fake",)
+    members: frozenset[str] = frozenset()
     free: bool = False
     error: str = ""
     held: bool = True
@@ -352,7 +353,9 @@ class FakeSlots:
     released: list[str] = field(default_factory=list)
     release_error: str = ""
 
-    def take(self, event_id: str, event_type: str, *, force: bool) -> Admission:
+    def take(
+        self, event_id: str, event_type: str, *, force: bool, within: float | None = None
+    ) -> Admission:
         self.taken.append((event_id, force))
         if self.error:
             raise BudgetError(self.error)
@@ -647,3 +650,79 @@ def test_the_local_budget_shows_each_pool_in_the_slot_metrics(node: Node) -> Non
         return engine.metrics.registry.get_sample_value("drainer_budget_slots", sample)
 
     assert (slots("held"), slots("free")) == (1.0, 1.0)
+
+
+def test_a_reload_that_changes_the_pools_in_the_same_place_keeps_the_slot(node: Node) -> None:
+    old_slots = FakeSlots(free=True, where=("etcd", "/a/", "web-1"))
+    old = budgeted(node, old_slots)
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, old) is Phase.DRAINING and node.saved().slot == "L1"
+    old.metrics.set_budget({"app": 1}, ())
+    new = budgeted(node, FakeSlots(pools=(Pool("api", 1),), where=("etcd", "/a/", "web-1")))
+    new.metrics = old.metrics  # the daemon's, shared across a reload
+    assert not old.hand_over_slots(new)
+    new.adopt(old, budget_moved=False)
+    assert old_slots.released == [] and node.saved().slot == "L1"
+    series = {"pool": "app", "state": "free"}
+    assert new.metrics.registry.get_sample_value("drainer_budget_slots", series) is None
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "moved"),
+    [
+        (["http://a:2379", "http://b:2379"], ["http://b:2379", "http://a:2379"], False),
+        (["http://a:2379", "http://b:2379"], ["http://b:2379", "http://c:2379"], False),
+        (["http://a:2379"], ["http://c:2379"], True),
+    ],
+)
+def test_an_etcd_budget_moves_with_a_cluster_that_shares_no_member(
+    before: list[str], after: list[str], moved: bool
+) -> None:
+    from drainer.budget import budget_moved
+    from drainer.budget.etcd import EtcdBudget, EtcdConfig, EtcdSlots
+
+    def slots(endpoints: list[str], prefix: str = "/drainer/v1/") -> EtcdSlots:
+        config = EtcdConfig.model_validate({"endpoints": endpoints, "prefix": prefix})
+        return EtcdSlots(EtcdBudget(config), "web-1", [Pool("app", 1)])
+
+    assert budget_moved(slots(before), slots(after)) is moved
+    assert budget_moved(slots(before), slots(before, "/other/"))
+    assert budget_moved(slots(before), None) and not budget_moved(None, None)
+
+
+def test_the_local_budget_drops_the_series_of_a_pool_no_longer_counted(node: Node) -> None:
+    shown = [PoolView("app", 4, 2)]
+
+    class Reporting(MemoryLoadBalancer):
+        def pools(self) -> list[PoolView]:
+            return shown
+
+    engine = budgeted(node, FakeSlots())
+    engine.slots = LocalSlots({LB: Reporting(LB)}, 1)  # app full: the drain waits
+    node.source.publish(maintenance("e1", not_before=node.clock.now + 900))
+    assert turn(node, engine) is Phase.IN_SERVICE
+    shown[:] = [PoolView("web", 4, 2)]  # the backend renamed (or budget.pools reloaded)
+    node.clock.advance(engine.slot_retry)
+    assert turn(node, engine) is Phase.IN_SERVICE
+
+    def free(pool: str) -> float | None:
+        sample = {"pool": pool, "state": "free"}
+        return engine.metrics.registry.get_sample_value("drainer_budget_slots", sample)
+
+    assert (free("app"), free("web")) == (None, 0.0)
+
+
+def test_the_local_settle_pause_never_runs_past_the_latest_start(node: Node) -> None:
+    class Reporting(MemoryLoadBalancer):
+        def pools(self) -> list[PoolView]:
+            return [PoolView("app", 4, 3)]  # every other server in: room
+
+    engine = budgeted(node, FakeSlots())
+    engine.slots = LocalSlots({LB: Reporting(LB)}, 1, settle=10.0, sleep=node.clock.advance)
+    engine.slots.random = lambda: 1.0  # the longest pause
+    # drain timeout 30 s, margin 5 s: the latest start is 1 s away
+    not_before = node.clock.now + 36
+    node.source.publish(maintenance("e1", not_before=not_before))
+    assert turn(node, engine) is Phase.DRAINING
+    record = node.saved()
+    assert record.slot and record.drain_deadline <= not_before - 5  # ends by NotBefore - margin
