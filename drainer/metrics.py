@@ -256,6 +256,12 @@ class Metrics:
         self.budget_slots.labels(pool, "held").set(out)
         self.budget_slots.labels(pool, "free").set(max(0, allowed - out))
 
+    def budget_pools(self, pools: Iterable[str]) -> None:
+        """The budget's pools, at 0 over budget: a counter that appears only at its first
+        increase is one that ``increase()`` never sees rise."""
+        for pool in pools:
+            self.budget_over.labels(pool)
+
     def forget_budget(self) -> None:
         """Drop every pool's slot series (a reload moved the budget: the new one's pools
         appear at its first read)."""

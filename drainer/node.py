@@ -135,4 +135,6 @@ def assemble(
         metrics=metrics or NullMetrics(),  # a CLI command's: nothing would read them
     )
     engine.metrics.describe_lbs(entries)
+    if slots is not None:
+        engine.metrics.budget_pools(config.pools())
     return Node(config=config, engine=engine, source=source, lbs=lbs)

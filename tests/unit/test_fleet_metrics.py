@@ -190,3 +190,33 @@ def test_a_scrape_carries_no_created_series() -> None:
         metrics.close()
     assert 'drainer_events_total{type="Freeze"} 0.0' in text
     assert "_created" not in text
+
+
+def test_each_budget_pool_is_counted_from_zero_before_any_drain(tmp_path: Path) -> None:
+    """``increase()`` sees a counter rise only from a sample before it: a pool's
+    over-budget series that appeared at its first drain over budget would raise no
+    DrainerOverBudget for it."""
+    import threading
+
+    from drainer.node import assemble
+
+    config = parse_config(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "health": {"http": {"url": "http://127.0.0.1:9/"}},
+            "load_balancers": [{"type": "mock", "name": LB, "path": str(tmp_path / "lb.json")}],
+            "budget": {"engine": "local", "max_out": 1, "pools": ["web", "api"]},
+            "metrics": {"listen": None},
+        }
+    )
+    metrics = Metrics()
+    node = assemble(config, threading.Event(), metrics=metrics, names=frozenset({"web-1"}))
+    try:
+        for pool in ("web", "api"):
+            labels = {"pool": pool}
+            assert metrics.registry.get_sample_value(OVER_BUDGET, labels) == 0, pool
+    finally:
+        node.close()
+
+
+OVER_BUDGET = "drainer_budget_over_budget_total"
