@@ -62,6 +62,7 @@ FIRES = {
 # Alerts that must stay quiet here, and why; the drainer series they read must exist.
 QUIET = {
     "DrainerRestarting": "no sidecar restarts here (promtool tests it)",
+    "DrainerLoadBalancerReadsFailing": "reads fail only where the load balancer is down (web-c)",
     "DrainerOutOfServiceTooLong": "its budgets are 15 minutes and more (promtool tests them)",
     "DrainerStateNotSaved": "needs a full disk (tests/e2e/test_full_disk.py drives it)",
     "DrainerApprovalFailing": "the fake metadata service accepts every approval",
