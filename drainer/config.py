@@ -143,7 +143,7 @@ class MetricsConfig(_Strict):
 
 
 _NODE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
-MAX_SETTLE = 10.0
+MAX_SETTLE = 5.0  # under the 10 s after which a sidecar without a turn is stale
 DEFAULT_SETTLE = 1.0
 
 

@@ -230,7 +230,7 @@ def test_a_node_id_needs_engine_etcd() -> None:
 def test_settle_is_for_engine_local_and_short() -> None:
     with pytest.raises(ConfigError, match="settle is for engine local"):
         _config_with({**ETCD, "settle": "1s"})
-    with pytest.raises(ConfigError, match="settle must be at most 10s"):
+    with pytest.raises(ConfigError, match="settle must be at most 5s"):
         _config_with({"max_out": 1, "settle": "1m"})
     assert _config_with({"max_out": 1, "settle": "0s"})
 

@@ -718,7 +718,7 @@ def test_the_local_settle_pause_never_runs_past_the_latest_start(node: Node) -> 
             return [PoolView("app", 4, 3)]  # every other server in: room
 
     engine = budgeted(node, FakeSlots())
-    engine.slots = LocalSlots({LB: Reporting(LB)}, 1, settle=10.0, sleep=node.clock.advance)
+    engine.slots = LocalSlots({LB: Reporting(LB)}, 1, settle=5.0, sleep=node.clock.advance)
     engine.slots.random = lambda: 1.0  # the longest pause
     # drain timeout 30 s, margin 5 s: the latest start is 1 s away
     not_before = node.clock.now + 36
