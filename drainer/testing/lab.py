@@ -211,11 +211,12 @@ def main(argv: list[str]) -> int:
     if len(argv) != 4 or argv[0] != "web":
         print("usage: python -m drainer.testing web PORT NAME DELAY", file=sys.stderr)
         return 2
+    # Taken with sigwait, no handler: blocked before the server's threads start, so
+    # that they inherit the mask and only this loop receives them.
+    signals = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     server = WebServer(int(argv[1]), name=argv[2], delay=float(argv[3])).start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGUSR1, lambda *_: setattr(server, "healthy", False))
-    signal.signal(signal.SIGUSR2, lambda *_: setattr(server, "healthy", True))
-    stop.wait()
+    while (received := signal.sigwait(signals)) != signal.SIGTERM:
+        server.healthy = received == signal.SIGUSR2
     server.stop()
     return 0

@@ -59,3 +59,28 @@ def test_wait_until_returns_the_first_truthy_value_or_fails_naming_what() -> Non
     assert wait_until(lambda: next(answers), interval=0) == "yes"
     with pytest.raises(AssertionError, match="waiting for never"):
         wait_until(lambda: False, timeout=0.05, interval=0.01, what="never")
+
+
+def test_a_web_process_turns_unhealthy_healthy_and_stops_on_its_signals() -> None:
+    import signal
+
+    import httpx
+
+    from drainer.testing import WebProcess, free_port, wait_until
+
+    web = WebProcess(free_port(), name="web-1").start()
+    url = f"http://127.0.0.1:{web.port}/healthz"
+    try:
+
+        def answers(code: int) -> bool:
+            return httpx.get(url, timeout=2).status_code == code
+
+        assert answers(200)
+        web.set_healthy(False)
+        wait_until(lambda: answers(503), what="/healthz 503")
+        web.set_healthy(True)
+        wait_until(lambda: answers(200), what="/healthz 200 again")
+        web.stop(signal.SIGTERM)
+        assert web.process is not None and web.process.returncode == 0
+    finally:
+        web.stop()
