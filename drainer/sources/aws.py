@@ -26,10 +26,11 @@ and timeouts are retried with backoff inside one poll. Each path is read on its 
 that still fails makes the listing ``partial`` (the core keeps an event it does not
 list), and the poll fails with SourceError only when no notice was read at all, or when
 the service gave no answer at the first path (then the caller keeps what it knew); no
-answer on a later one leaves it and the rest unread. A 404 means "none" on
-the four event paths (AWS answers ``[]`` or a 404 for no scheduled events); any other
-answer that cannot be read is either an event read liberally (a Spot notice whose
-``time`` is unreadable is due now) or a failed poll, never "no event".
+answer on a later one leaves it and the rest unread, and that path is asked last from
+then on. A 404 means "none" on the four event paths (AWS answers ``[]`` or a 404 for no
+scheduled events); any other answer that cannot be read is either an event read
+liberally (a Spot notice whose ``time`` is unreadable is due now) or a failed poll,
+never "no event".
 
 Spot and rebalance notices and the lifecycle state have no id: theirs is derived from
 fields that stay put while the notice is listed (the action, the instance id and the
@@ -78,6 +79,7 @@ SPOT_PATH = "/latest/meta-data/spot/instance-action"
 REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
 LIFECYCLE_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
 _NOTICE_PATHS = frozenset({SPOT_PATH, REBALANCE_PATH, LIFECYCLE_PATH})
+_PATHS = (SPOT_PATH, SCHEDULED_PATH, LIFECYCLE_PATH, REBALANCE_PATH)
 IDENTITY_PATH = "/latest/dynamic/instance-identity/document"
 INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
 HOSTNAME_PATH = "/latest/meta-data/local-hostname"
@@ -289,6 +291,7 @@ class AwsSource:
         self._key = ""  # the ids of the notices listed now end with this
         self._said: set[str] = set()
         self._unread = ""  # the paths the last poll could not read, as said in the log
+        self._silent: str | None = None  # the path that last gave no answer: asked last
 
     # IMDSv2 tokens
 
@@ -412,8 +415,10 @@ class AwsSource:
         try:
             return self._get(path)
         except SourceError as exc:
-            if first and isinstance(exc, Unreachable):
-                raise
+            if isinstance(exc, Unreachable):
+                self._silent = path
+                if first:
+                    raise
             unread[path] = exc
             return None
 
@@ -425,16 +430,19 @@ class AwsSource:
         # listing is partial (the core keeps an event it does not list), and with no
         # notice at all it is no answer, never "no event".
         unread: dict[str, SourceError] = {}
-        spot = self._read(SPOT_PATH, unread, first=True)
-        scheduled = self._read(SCHEDULED_PATH, unread)
+        # A path that gave no answer is asked last from then on, so that one path that
+        # hangs at every poll fails one poll, not all of them with the others unread.
+        order = [p for p in _PATHS if p != self._silent] + [p for p in _PATHS if p == self._silent]
+        self._silent = None
+        replies = {path: self._read(path, unread, first=path == order[0]) for path in order}
+        spot, scheduled = replies[SPOT_PATH], replies[SCHEDULED_PATH]
+        lifecycle_reply, rebalance = replies[LIFECYCLE_PATH], replies[REBALANCE_PATH]
         events: list[MaintenanceEvent] = []
         try:
             events += parse_scheduled(_json_doc(scheduled), names)
         except PayloadError as exc:
             unread[SCHEDULED_PATH] = exc
-        lifecycle_reply = self._read(LIFECYCLE_PATH, unread)
         lifecycle = None if lifecycle_reply is None else lifecycle_reply.text
-        rebalance = self._read(REBALANCE_PATH, unread)
         # InService and the like are listed at every poll in a group: no notice
         ending = lifecycle is not None and lifecycle.strip().lower() not in _LIFECYCLE_STATES
         noticed = spot is not None or rebalance is not None or ending

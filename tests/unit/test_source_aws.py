@@ -3,6 +3,7 @@ the fake IMDS over real HTTP (tokens, 401s, expiry, 404s, 503 bursts, slow answe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
@@ -427,13 +428,39 @@ def test_no_answer_on_a_later_path_hides_no_notice_read_before_it(fake: FakeAWS)
     source = source_for(fake, config={"timeout": 0.3}, attempts=1)
     source.node_names()
     source.events()  # the launch key is read with the first notice
-    before = fake.snapshot()["requests"]
     fake.inject("slow", count=50, delay=1.0, path=SCHEDULED)
-    listing = source.events()  # the Spot notice was read: listed, not lost with the poll
-    (event,) = listing.events
-    assert event.event_type is EventType.PREEMPT and listing.partial
-    # the paths after the one with no answer are not asked: each would wait as long
-    assert fake.snapshot()["requests"] - before == 2
+
+    def poll() -> tuple[str, int]:
+        before = fake.snapshot()["requests"]
+        try:
+            listing = source.events()
+        except SourceError:
+            return "failed", fake.snapshot()["requests"] - before
+        (event,) = listing.events
+        assert event.event_type is EventType.PREEMPT and listing.partial
+        return "partial", fake.snapshot()["requests"] - before
+
+    # The Spot notice read before the silent path is listed; the paths after it are not
+    # asked (each would wait as long); from then on the silent path is asked last.
+    assert [poll() for _ in range(3)] == [("partial", 2), ("partial", 4), ("partial", 4)]
+
+
+def test_a_path_that_never_answers_hides_no_scheduled_event_on_every_poll(
+    fake: FakeAWS,
+) -> None:
+    """The Spot path read first at every poll, silent at every poll, would fail them
+    all, and a scheduled reboot would never be read."""
+    fake.schedule("system-reboot")
+    source = source_for(fake, config={"timeout": 0.3}, attempts=1)
+    fake.inject("slow", count=50, delay=1.0, path=SPOT)
+    listed = []
+    for _ in range(4):
+        with contextlib.suppress(SourceError):
+            listed.append(source.events())
+    assert len(listed) == 3  # every poll but the first: then the Spot path is asked last
+    for listing in listed:
+        (event,) = listing.events
+        assert event.event_type is EventType.REBOOT and listing.partial
 
 
 def test_a_token_that_cannot_be_renewed_mid_poll_costs_one_wait_not_one_per_path(
