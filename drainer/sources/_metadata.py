@@ -12,8 +12,9 @@ SourceError naming the endpoint, ``Unreachable`` when the last try got no answer
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from drainer.errors import SourceError
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
     import httpx
     from tenacity import RetryCallState, Retrying
 
-__all__ = ["MetadataHTTP", "Retryable", "Unreachable"]
+__all__ = ["MetadataHTTP", "Retryable", "Unreachable", "Unread"]
+
+log = logging.getLogger("drainer")
 
 T = TypeVar("T")
 
@@ -34,6 +37,31 @@ class Retryable(Exception):
 class Unreachable(SourceError):
     """The metadata service gave no answer at all (timeout, refused connection) after the
     retries: the whole service, not one path, is out of reach this poll."""
+
+
+class Unread:
+    """What one poll of a source that reads several paths (AWS's, Google Cloud's keys)
+    could not read: one that fails hides no notice on the others, and the listing is
+    then partial."""
+
+    def __init__(self) -> None:
+        self._said = ""  # what the last listing left out, as logged
+
+    def settle(self, errors: Sequence[SourceError], *, found: bool) -> bool:
+        """Whether the listing is partial. With nothing ``found`` the poll fails: no
+        answer, never "no event" (the one error itself, so that its kind stays). Else
+        what was left out is logged when it changes, and once when all reads again."""
+        if errors and not found:
+            if len(errors) == 1:
+                raise errors[0]
+            raise SourceError("; ".join(str(e) for e in errors))
+        said = "; ".join(str(e) for e in errors)
+        if said and said != self._said:
+            log.warning("%s; listing the notices read without it", said)
+        elif self._said and not said:
+            log.info("every metadata path can be read again")
+        self._said = said
+        return bool(errors)
 
 
 class MetadataHTTP:

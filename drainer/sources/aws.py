@@ -53,7 +53,7 @@ from pydantic import field_validator
 from drainer._types import Duration, HttpUrl
 from drainer.errors import PayloadError, SourceError
 from drainer.model import EventStatus, EventType, Listing, MaintenanceEvent
-from drainer.sources._metadata import MetadataHTTP, Retryable, Unreachable
+from drainer.sources._metadata import MetadataHTTP, Retryable, Unreachable, Unread
 from drainer.sources._times import parse_time
 from drainer.sources.base import SourceConfig, SourcePlugin
 
@@ -290,7 +290,7 @@ class AwsSource:
         self._noticed = False  # the last poll listed a notice that has no id of its own
         self._key = ""  # the ids of the notices listed now end with this
         self._said: set[str] = set()
-        self._unread = ""  # the paths the last poll could not read, as said in the log
+        self._unread = Unread()
         self._silent: str | None = None  # the path that last gave no answer: asked last
 
     # IMDSv2 tokens
@@ -432,7 +432,7 @@ class AwsSource:
         unread: dict[str, SourceError] = {}
         # A path that gave no answer is asked last from then on, so that one path that
         # hangs at every poll fails one poll, not all of them with the others unread.
-        order = [p for p in _PATHS if p != self._silent] + [p for p in _PATHS if p == self._silent]
+        order = sorted(_PATHS, key=lambda path: path == self._silent)  # stable: silent last
         self._silent = None
         replies = {path: self._read(path, unread, first=path == order[0]) for path in order}
         spot, scheduled = replies[SPOT_PATH], replies[SCHEDULED_PATH]
@@ -459,23 +459,10 @@ class AwsSource:
                 events += [ended] if ended is not None else []
         # a notice path that failed may still hold the notice the key was made for
         self._noticed = noticed or (self._noticed and bool(unread.keys() & _NOTICE_PATHS))
-        self._say_unread(unread, events)
-        listing = Listing(tuple(events), partial=bool(unread))
+        partial = self._unread.settle(list(unread.values()), found=bool(events))
+        listing = Listing(tuple(events), partial=partial)
         self._warn(listing)
         return listing
-
-    def _say_unread(self, unread: dict[str, SourceError], events: list[MaintenanceEvent]) -> None:
-        """Fail the poll when nothing was found; else say once which paths were not read."""
-        if unread and not events:
-            if len(unread) == 1:
-                raise next(iter(unread.values()))
-            raise SourceError("; ".join(str(e) for e in unread.values()))
-        said = "; ".join(str(e) for e in unread.values())
-        if said and said != self._unread:
-            log.warning("%s; listing the notices read without it", said)
-        elif self._unread and not said:
-            log.info("every metadata path can be read again")
-        self._unread = said
 
     def _warn(self, listing: Listing) -> None:
         """Say once per event (not at every poll) what was odd about it."""

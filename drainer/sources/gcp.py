@@ -55,7 +55,7 @@ from pydantic import field_validator
 from drainer._types import Duration, HttpUrl, PositiveDuration
 from drainer.errors import PayloadError, SourceError
 from drainer.model import EventStatus, EventType, Listing, MaintenanceEvent
-from drainer.sources._metadata import MetadataHTTP
+from drainer.sources._metadata import MetadataHTTP, Unread
 from drainer.sources._times import parse_time as _time
 from drainer.sources.base import SourceConfig, SourcePlugin
 
@@ -279,7 +279,7 @@ class GcpSource:
         self._names: tuple[str, ...] = ()
         self._upcoming: tuple[float, MaintenanceEvent | None] | None = None  # read at, event
         self._upcoming_error = ""  # why upcoming-maintenance could not be read, as logged
-        self._unread: list[str] = []  # the keys left out of the last listing, and why
+        self._unread = Unread()  # the keys left out of the last listing, and why
         self._said: set[str] = set()
 
         def http() -> MetadataHTTP:
@@ -465,21 +465,18 @@ class GcpSource:
         # the urgent keys after the slow one: a change the watchers saw meanwhile is listed
         now = self._clock()
         found: list[MaintenanceEvent | None] = []
-        unread: list[str] = []
+        unread: list[SourceError] = []
         for key, parse in ((MAINTENANCE, parse_maintenance_event), (PREEMPTED, parse_preempted)):
             try:
                 found.append(parse(self._read(key), names, now))
             except SourceError as exc:  # hides no notice on the other key
-                unread.append(f"{key}: {exc}")
+                unread.append(SourceError(f"{key}: {exc}"))
         if failed is not None:
-            unread.append(f"{UPCOMING}: {failed}")
-        if unread and not any(found):  # nothing urgent to hide: no answer, never "no event"
-            raise SourceError("; ".join(unread))
-        if unread and unread != self._unread:
-            log.warning("%s; listing the notices without it", "; ".join(unread))
-        self._unread = unread
+            unread.append(SourceError(f"{UPCOMING}: {failed}"))
+        # nothing urgent to hide: no answer, never "no event"
+        partial = self._unread.settle(unread, found=any(found))
         found.append(upcoming)
-        listing = Listing(tuple(e for e in found if e is not None), partial=bool(unread))
+        listing = Listing(tuple(e for e in found if e is not None), partial=partial)
         self._warn(listing)
         return listing
 
