@@ -958,7 +958,7 @@ def _tick(record: Record, tick: Tick, now: float, policy: Policy) -> Result:
     )
     seen = _track(record, candidates, tick, now, policy, patient=patient)
     record = seen.record
-    kept = seen.event if tick.partial and candidates is not None else None
+    kept = seen.event if tick.partial else None
     if kept is not None and candidates is not None and _listed(kept, candidates) is None:
         # kept by _track (not read, rather than not listed): still a candidate, so an
         # in-service node drains for it when due, as after a failed poll
