@@ -2,9 +2,9 @@
 
 The loop runs in one named worker thread; the main thread only waits for the stop flag
 (set by SIGTERM/SIGINT, relayed by a thread of its own: ``_Signals``) and then gives the
-worker a second to finish its turn. A turn
-cut short is harmless (the record on disk holds the intent, the actions are idempotent),
-and stopping never undoes a drain: the VM may be going down.
+worker a second to finish its turn. A turn cut short is harmless (the record on disk
+holds the intent, the actions are idempotent), and stopping never undoes a drain: the
+VM may be going down.
 
 What the loop does besides turning:
 
